@@ -1,0 +1,263 @@
+//! The workflow contract: its JSON argument and result. Pipelines and other languages' clients
+//! depend on these shapes; fields may be added, never renamed or removed.
+
+use crate::error::{Errors, ValidationError};
+use crate::ids::{ProjectId, SceneType, SegmentId};
+use crate::jitter::ParamChange;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// QA scores by metric, each within 0..=1.
+pub type Scores = BTreeMap<String, f64>;
+
+/// Generation parameters: a JSON object with at least an integer `seed`; other entries are kept
+/// as they are, numeric ones named in the policy's `vary` are jittered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Params(pub Map<String, Value>);
+
+impl Params {
+    /// Validate: a JSON object whose `seed` is a non-negative integer.
+    pub fn parse(value: &Value) -> Result<Self, ValidationError> {
+        let Value::Object(map) = value else {
+            return Err(ValidationError::single("params", "must be a JSON object"));
+        };
+        match map.get("seed") {
+            None => return Err(ValidationError::single("params.seed", "is required")),
+            Some(v) if v.as_u64().is_none() => {
+                return Err(ValidationError::single(
+                    "params.seed",
+                    format!("must be a non-negative integer below 2^64, got {v}"),
+                ));
+            }
+            Some(_) => {}
+        }
+        Ok(Self(map.clone()))
+    }
+
+    /// The `seed` entry (0 if absent, which [`Params::parse`] rules out).
+    pub fn seed(&self) -> u64 {
+        self.0.get("seed").and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// A numeric entry.
+    pub fn number(&self, name: &str) -> Option<f64> {
+        self.0.get(name).and_then(Value::as_f64)
+    }
+}
+
+/// QA result of the generation that failed: scores by metric and the failure kinds found.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FailedQa {
+    #[serde(default)]
+    pub scores: Scores,
+    #[serde(default)]
+    pub failures: Vec<String>,
+}
+
+/// What a scorer says about one output: scores by metric, plus failure kinds it found on its own
+/// (e.g. a detector with no score). Thresholds from the policy are applied on top.
+pub type QaScores = FailedQa;
+
+/// The validated workflow argument.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryRequest {
+    pub segment_id: SegmentId,
+    pub project_id: ProjectId,
+    pub scene_type: SceneType,
+    pub params: Params,
+    pub failed_qa: FailedQa,
+    /// Policy override, merged over the scene type's stored policy (see `RetryPolicy::resolve`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Value>,
+}
+
+impl RetryRequest {
+    /// Validate the JSON argument, reporting every invalid field.
+    pub fn parse(value: &Value) -> Result<Self, ValidationError> {
+        let Value::Object(obj) = value else {
+            return Err(ValidationError::single(
+                "",
+                "the workflow argument must be a JSON object",
+            ));
+        };
+        let mut errs = Errors::default();
+        let id = |errs: &mut Errors, field: &str| -> Option<String> {
+            match obj.get(field) {
+                Some(Value::String(s)) => Some(s.clone()),
+                // Numbers are accepted as ids ("segment_id": 5) for convenience.
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(other) => {
+                    errs.push(field, format!("must be a string, got {other}"));
+                    None
+                }
+                None => {
+                    errs.push(field, "is required");
+                    None
+                }
+            }
+        };
+        let segment = id(&mut errs, "segment_id").and_then(|s| keep(&mut errs, SegmentId::parse(s)));
+        let project = id(&mut errs, "project_id").and_then(|s| keep(&mut errs, ProjectId::parse(s)));
+        let scene = id(&mut errs, "scene_type").and_then(|s| keep(&mut errs, SceneType::parse(s)));
+        let params = match obj.get("params") {
+            Some(v) => keep(&mut errs, Params::parse(v)),
+            None => {
+                errs.push("params", "is required");
+                None
+            }
+        };
+        let failed_qa = parse_failed_qa(obj.get("failed_qa"), &mut errs);
+        let policy = match obj.get("policy") {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(other) => {
+                errs.push("policy", format!("must be a JSON object, got {other}"));
+                None
+            }
+        };
+        for key in obj.keys() {
+            if !matches!(
+                key.as_str(),
+                "segment_id" | "project_id" | "scene_type" | "params" | "failed_qa" | "policy"
+            ) {
+                errs.push(key.as_str(), "unknown field");
+            }
+        }
+        match (segment, project, scene, params, failed_qa) {
+            (Some(segment_id), Some(project_id), Some(scene_type), Some(params), Some(failed_qa)) => {
+                errs.finish(Self {
+                    segment_id,
+                    project_id,
+                    scene_type,
+                    params,
+                    failed_qa,
+                    policy,
+                })
+            }
+            _ => Err(errs
+                .finish(())
+                .expect_err("a missing part always records an error")),
+        }
+    }
+}
+
+fn keep<T>(errs: &mut Errors, r: Result<T, ValidationError>) -> Option<T> {
+    r.map_err(|e| errs.extend(e)).ok()
+}
+
+fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa> {
+    let value = value.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let qa: FailedQa = match serde_path_to_error::deserialize(&value) {
+        Ok(qa) => qa,
+        Err(e) => {
+            errs.push(format!("failed_qa.{}", e.path()), e.inner().to_string());
+            return None;
+        }
+    };
+    let before = errs.len();
+    check_scores("failed_qa.scores", &qa.scores, errs);
+    (errs.len() == before).then_some(qa)
+}
+
+/// Scores must be finite and within 0..=1.
+pub(crate) fn check_scores(field: &str, scores: &Scores, errs: &mut Errors) {
+    for (metric, score) in scores {
+        if !(score.is_finite() && (0.0..=1.0).contains(score)) {
+            errs.push(format!("{field}.{metric}"), format!("must be within 0..=1, got {score}"));
+        }
+    }
+}
+
+/// How a retry workflow ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// An attempt passed QA and was selected.
+    Passed,
+    /// Every attempt failed: flagged for human review with all attempts attached.
+    Escalated,
+    /// A creator aborted the retry.
+    Aborted,
+    /// The project budget refused the next attempt before any attempt passed.
+    BudgetExhausted,
+    /// The policy is disabled or none of the failures is one it retries on.
+    NotRetried,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::Escalated => "escalated",
+            Outcome::Aborted => "aborted",
+            Outcome::BudgetExhausted => "budget_exhausted",
+            Outcome::NotRetried => "not_retried",
+        }
+    }
+}
+
+/// Status of one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptStatus {
+    /// Generated and scored; passed every threshold.
+    Passed,
+    /// Generated and scored; failed at least one threshold.
+    Failed,
+    /// The backend could not generate (after Temporal's retries); no scores.
+    GenerationFailed,
+}
+
+impl AttemptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptStatus::Passed => "passed",
+            AttemptStatus::Failed => "failed",
+            AttemptStatus::GenerationFailed => "generation_failed",
+        }
+    }
+}
+
+/// One attempt, exactly as recorded in `retry_attempts` and returned in the result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1-based attempt number.
+    pub attempt: u32,
+    pub seed: u64,
+    /// Parameters the attempt generated with (seed replaced, jitter applied).
+    pub params: Params,
+    /// Parameters of the failed generation, as the request gave them.
+    pub original_params: Params,
+    /// Every jittered parameter: original and new value.
+    #[serde(default)]
+    pub jitter: Vec<ParamChange>,
+    pub scores: Scores,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub gpu_ms: u64,
+    pub status: AttemptStatus,
+    /// Where the backend put the output (a reference, never the bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_uri: Option<String>,
+    /// Why generation failed, for `generation_failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The workflow result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryResult {
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub outcome: Outcome,
+    /// Why the workflow ended the way it did, in words (e.g. why it was not retried).
+    pub reason: String,
+    pub selected_attempt: Option<u32>,
+    pub attempts: Vec<AttemptRecord>,
+    pub gpu_ms_total: u64,
+    /// `Segment 5: failed attempt 1 (face 0.42), passed attempt 3 (face 0.87)`.
+    pub report: String,
+}

@@ -1,0 +1,33 @@
+//! Pure, deterministic retry planning for retake.
+//!
+//! Everything that decides *what* a `SegmentRetryWorkflow` does lives here as plain functions over
+//! plain values: the retry policy and its validation, seed derivation, parameter jitter, the quality
+//! gate, best-of-N selection and the report text. Nothing here reads a clock, the environment or an
+//! unseeded random source, so the workflow can call it freely and replay stays deterministic.
+
+pub mod contract;
+pub mod error;
+pub mod ids;
+pub mod jitter;
+pub mod plan;
+pub mod policy;
+pub mod report;
+pub mod seed;
+pub mod select;
+
+pub use contract::{
+    AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,
+};
+pub use error::{FieldError, ValidationError};
+pub use ids::{ProjectId, SceneType, SegmentId};
+pub use policy::{RetryPolicy, Selection};
+
+/// Workflow type name of the retry workflow (part of the public contract).
+pub const WORKFLOW_TYPE: &str = "SegmentRetryWorkflow";
+/// Default task queue (part of the public contract).
+pub const DEFAULT_TASK_QUEUE: &str = "segment-retry";
+
+/// Workflow id for a segment: `segment-retry-<segment_id>` (part of the public contract).
+pub fn workflow_id(segment: &SegmentId) -> String {
+    format!("segment-retry-{}", segment.as_str())
+}

@@ -1,0 +1,343 @@
+//! The retry plan: whether to retry at all, what each attempt generates with, when to stop and how
+//! the workflow ends. The workflow executes these decisions; it makes none of its own.
+
+use crate::contract::{
+    AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,
+};
+use crate::jitter::{self, ParamChange};
+use crate::policy::{RetryPolicy, Selection};
+use crate::report;
+use crate::seed;
+use crate::select::{gate, select};
+
+/// Why retrying is not even started, or `Ok(())` to start.
+pub fn should_retry(policy: &RetryPolicy, failed: &FailedQa) -> Result<(), String> {
+    if !policy.enabled {
+        return Err("auto-retry is not enabled for this scene type (policies are opt-in)".into());
+    }
+    if failed.failures.is_empty() {
+        return Err("the failed QA result lists no failure kinds".into());
+    }
+    if policy.retryable(&failed.failures).is_empty() {
+        let listed: Vec<&str> = policy.retry_on.iter().map(String::as_str).collect();
+        return Err(format!(
+            "none of the failures ({}) is one the policy retries on ({})",
+            failed.failures.join(", "),
+            listed.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// What attempt `k` generates with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptPlan {
+    pub attempt: u32,
+    pub seed: u64,
+    pub params: Params,
+    pub original_params: Params,
+    pub jitter: Vec<ParamChange>,
+}
+
+/// Seed and parameters of attempt `attempt` (1-based).
+pub fn plan_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> AttemptPlan {
+    let seed = seed::attempt_seed(
+        req.segment_id.as_str(),
+        req.params.seed(),
+        attempt,
+        policy.seed_bits,
+    );
+    let (params, jitter) = jitter::apply(&req.params, &policy.vary, seed);
+    AttemptPlan {
+        attempt,
+        seed,
+        params,
+        original_params: req.params.clone(),
+        jitter,
+    }
+}
+
+impl AttemptPlan {
+    /// The record of a generated and scored attempt; the policy's thresholds decide pass or fail.
+    pub fn scored(
+        self,
+        policy: &RetryPolicy,
+        qa: QaScores,
+        gpu_ms: u64,
+        output_uri: Option<String>,
+    ) -> AttemptRecord {
+        let failures = gate(policy, &qa);
+        self.record(qa.scores, failures, gpu_ms, output_uri, None)
+    }
+
+    /// The record of an attempt whose generation failed for good.
+    pub fn generation_failed(self, gpu_ms: u64, error: String) -> AttemptRecord {
+        self.record(Default::default(), vec![], gpu_ms, None, Some(error))
+    }
+
+    fn record(
+        self,
+        scores: crate::contract::Scores,
+        failures: Vec<String>,
+        gpu_ms: u64,
+        output_uri: Option<String>,
+        error: Option<String>,
+    ) -> AttemptRecord {
+        let status = match (&error, failures.is_empty()) {
+            (Some(_), _) => AttemptStatus::GenerationFailed,
+            (None, true) => AttemptStatus::Passed,
+            (None, false) => AttemptStatus::Failed,
+        };
+        AttemptRecord {
+            attempt: self.attempt,
+            seed: self.seed,
+            params: self.params,
+            original_params: self.original_params,
+            jitter: self.jitter,
+            scores,
+            passed: status == AttemptStatus::Passed,
+            failures,
+            gpu_ms,
+            status,
+            output_uri,
+            error,
+        }
+    }
+}
+
+/// Why the attempt loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// `first_pass` and the last attempt passed.
+    Passed,
+    /// Every allowed attempt was made.
+    AttemptsUsed,
+    /// The last attempt failed only on kinds the policy does not retry on.
+    NotRetryable { attempt: u32, failures: Vec<String> },
+    /// The budget refused attempt `attempt`.
+    BudgetRefused { attempt: u32, detail: String },
+    /// A creator aborted.
+    Aborted { reason: String },
+}
+
+/// After the attempts so far: the next attempt number, or why to stop.
+pub fn next(policy: &RetryPolicy, attempts: &[AttemptRecord]) -> Result<u32, Stop> {
+    if let Some(last) = attempts.last() {
+        if last.passed && policy.selection == Selection::FirstPass {
+            return Err(Stop::Passed);
+        }
+        if last.status == AttemptStatus::Failed && policy.retryable(&last.failures).is_empty() {
+            return Err(Stop::NotRetryable {
+                attempt: last.attempt,
+                failures: last.failures.clone(),
+            });
+        }
+    }
+    let done = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+    if done >= policy.max_attempts {
+        return Err(Stop::AttemptsUsed);
+    }
+    Ok(done + 1)
+}
+
+/// The result of a workflow that was not retried.
+pub fn not_retried(req: &RetryRequest, reason: String) -> RetryResult {
+    let report = report::not_retried(req.segment_id.as_str(), &reason);
+    RetryResult {
+        segment_id: req.segment_id.to_string(),
+        project_id: req.project_id.to_string(),
+        scene_type: req.scene_type.to_string(),
+        outcome: Outcome::NotRetried,
+        reason,
+        selected_attempt: None,
+        attempts: vec![],
+        gpu_ms_total: 0,
+        report,
+    }
+}
+
+/// The result once the attempt loop stopped: outcome, selected attempt, reason and report.
+pub fn conclude(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: Vec<AttemptRecord>,
+    stop: &Stop,
+) -> RetryResult {
+    let selected = select(policy, &attempts);
+    let (outcome, reason) = match (stop, selected) {
+        (Stop::Aborted { reason }, _) => (Outcome::Aborted, format!("aborted: {reason}")),
+        (_, Some(k)) => (
+            Outcome::Passed,
+            match policy.selection {
+                Selection::FirstPass => format!("attempt {k} passed QA"),
+                Selection::BestOfN => format!(
+                    "attempt {k} scored highest of the {} passing attempts",
+                    attempts.iter().filter(|a| a.passed).count()
+                ),
+            },
+        ),
+        (Stop::BudgetRefused { attempt, detail }, None) => (
+            Outcome::BudgetExhausted,
+            format!("the project budget refused attempt {attempt}: {detail}"),
+        ),
+        (Stop::NotRetryable { attempt, failures }, None) => (
+            Outcome::Escalated,
+            format!(
+                "attempt {attempt} failed on {}, which the policy does not retry on; \
+                 flagged for human review",
+                failures.join(", ")
+            ),
+        ),
+        (_, None) => (
+            Outcome::Escalated,
+            format!(
+                "all {} attempts failed QA; flagged for human review",
+                attempts.len()
+            ),
+        ),
+    };
+    let report = report::summary(req.segment_id.as_str(), policy, &attempts, outcome, selected, stop);
+    RetryResult {
+        segment_id: req.segment_id.to_string(),
+        project_id: req.project_id.to_string(),
+        scene_type: req.scene_type.to_string(),
+        outcome,
+        reason,
+        selected_attempt: selected,
+        gpu_ms_total: attempts.iter().map(|a| a.gpu_ms).sum(),
+        attempts,
+        report,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::Scores;
+    use serde_json::json;
+
+    fn request() -> RetryRequest {
+        RetryRequest::parse(&json!({
+            "segment_id": "5", "project_id": "p1", "scene_type": "dialogue",
+            "params": {"seed": 1234, "cfg_scale": 7.0, "denoise_strength": 0.6},
+            "failed_qa": {"scores": {"face": 0.42, "motion": 0.81}, "failures": ["face_melt"]}
+        }))
+        .unwrap()
+    }
+
+    fn enabled() -> RetryPolicy {
+        RetryPolicy { enabled: true, ..RetryPolicy::default() }
+    }
+
+    fn scored(policy: &RetryPolicy, k: u32, face: f64, motion: f64) -> AttemptRecord {
+        let qa = QaScores {
+            scores: Scores::from([("face".into(), face), ("motion".into(), motion)]),
+            failures: vec![],
+        };
+        plan_attempt(&request(), policy, k).scored(policy, qa, 100, None)
+    }
+
+    #[test]
+    fn a_disabled_policy_does_not_retry_and_says_why() {
+        let why = should_retry(&RetryPolicy::default(), &request().failed_qa).unwrap_err();
+        assert!(why.contains("not enabled"), "{why}");
+    }
+
+    #[test]
+    fn a_failure_kind_not_in_retry_on_is_not_retried() {
+        let failed = FailedQa { scores: Scores::new(), failures: vec!["motion_score".into()] };
+        let why = should_retry(&enabled(), &failed).unwrap_err();
+        assert!(why.contains("motion_score"), "{why}");
+        assert!(should_retry(&enabled(), &request().failed_qa).is_ok());
+    }
+
+    #[test]
+    fn each_attempt_uses_its_derived_seed_and_records_the_original_params() {
+        let p = enabled();
+        let a1 = plan_attempt(&request(), &p, 1);
+        assert_eq!(a1.seed, 5_760_749_790_915_036);
+        assert_eq!(a1.params.seed(), a1.seed);
+        assert_eq!(a1.original_params.seed(), 1234);
+        assert_eq!(a1.jitter.len(), 2);
+        assert_ne!(plan_attempt(&request(), &p, 2).seed, a1.seed);
+    }
+
+    #[test]
+    fn first_pass_stops_at_the_first_passing_attempt() {
+        let p = enabled();
+        let a = vec![scored(&p, 1, 0.4, 0.9), scored(&p, 2, 0.8, 0.9)];
+        assert_eq!(next(&p, &a[..1]), Ok(2));
+        assert_eq!(next(&p, &a), Err(Stop::Passed));
+        let r = conclude(&request(), &p, a, &Stop::Passed);
+        assert_eq!(r.outcome, Outcome::Passed);
+        assert_eq!(r.selected_attempt, Some(2));
+        assert_eq!(r.gpu_ms_total, 200);
+        assert_eq!(
+            r.report,
+            "Segment 5: failed attempt 1 (face 0.40), passed attempt 2 (face 0.80)"
+        );
+    }
+
+    #[test]
+    fn best_of_n_keeps_going_after_a_pass_and_picks_the_best() {
+        let p = RetryPolicy { selection: Selection::BestOfN, ..enabled() };
+        let a = vec![scored(&p, 1, 0.7, 0.9), scored(&p, 2, 0.3, 0.9), scored(&p, 3, 0.9, 0.9)];
+        assert_eq!(next(&p, &a[..1]), Ok(2));
+        assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
+        let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
+        assert_eq!(r.selected_attempt, Some(3));
+        assert!(r.report.ends_with("; selected attempt 3 (best of 2 passing)"), "{}", r.report);
+    }
+
+    #[test]
+    fn all_attempts_failing_escalates_with_every_attempt_in_the_report() {
+        let p = enabled();
+        let a = vec![scored(&p, 1, 0.1, 0.9), scored(&p, 2, 0.2, 0.9), scored(&p, 3, 0.3, 0.9)];
+        assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
+        let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
+        assert_eq!(r.outcome, Outcome::Escalated);
+        assert_eq!(r.selected_attempt, None);
+        assert_eq!(
+            r.report,
+            "Segment 5: failed attempt 1 (face 0.10), failed attempt 2 (face 0.20), \
+             failed attempt 3 (face 0.30); escalated for human review"
+        );
+    }
+
+    #[test]
+    fn an_attempt_failing_only_on_a_kind_not_retried_on_stops_early() {
+        let p = enabled();
+        let a = vec![scored(&p, 1, 0.9, 0.1)];
+        let stop = next(&p, &a).unwrap_err();
+        assert_eq!(stop, Stop::NotRetryable { attempt: 1, failures: vec!["motion_score".into()] });
+        let r = conclude(&request(), &p, a, &stop);
+        assert_eq!(r.outcome, Outcome::Escalated);
+        assert!(r.report.contains("failed attempt 1 (face 0.90, motion 0.10)"), "{}", r.report);
+    }
+
+    #[test]
+    fn a_budget_refusal_without_a_pass_is_budget_exhausted() {
+        let p = enabled();
+        let stop = Stop::BudgetRefused { attempt: 2, detail: "limit 100 ms".into() };
+        let r = conclude(&request(), &p, vec![scored(&p, 1, 0.1, 0.9)], &stop);
+        assert_eq!(r.outcome, Outcome::BudgetExhausted);
+        assert!(r.report.ends_with("; budget exhausted before attempt 2"), "{}", r.report);
+    }
+
+    #[test]
+    fn a_generation_failure_counts_as_an_attempt_and_retrying_continues() {
+        let p = enabled();
+        let a = vec![plan_attempt(&request(), &p, 1).generation_failed(0, "GPU lost".into())];
+        assert_eq!(a[0].status, AttemptStatus::GenerationFailed);
+        assert_eq!(next(&p, &a), Ok(2));
+        let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
+        assert!(r.report.contains("generation failed on attempt 1 (GPU lost)"), "{}", r.report);
+    }
+
+    #[test]
+    fn not_retried_reports_the_reason() {
+        let r = not_retried(&request(), "auto-retry is not enabled".into());
+        assert_eq!(r.outcome, Outcome::NotRetried);
+        assert_eq!(r.report, "Segment 5: not retried (auto-retry is not enabled)");
+    }
+}

@@ -1,0 +1,431 @@
+//! The retry policy: a value type, stored per scene type, optionally overridden per request.
+//!
+//! Auto-retry is opt-in: the default policy has `enabled: false`, so a scene type with no stored
+//! policy and no override is never retried.
+
+use crate::error::{Errors, ValidationError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Allowed range of [`RetryPolicy::max_attempts`].
+pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
+/// Allowed range of [`RetryPolicy::seed_bits`]; 53 keeps seeds exact in JSON/JavaScript clients.
+pub const SEED_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=53;
+
+/// How the final attempt is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Stop at the first passing attempt and select it. Default.
+    #[default]
+    FirstPass,
+    /// Run every allowed attempt and select the highest-scoring passing one (ties: earliest).
+    BestOfN,
+}
+
+/// Pass threshold of one QA metric, and the failure kind reported when a score falls below it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// Minimum score (0..=1) to pass.
+    pub min: f64,
+    /// Failure kind reported below `min`, e.g. `face_melt` for the `face` metric.
+    pub failure: String,
+}
+
+/// Either `0.6` (failure kind from [`default_failure_kind`]) or `{"min": 0.6, "failure": "..."}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum ThresholdSpec {
+    Min(f64),
+    Full(Threshold),
+}
+
+/// Jitter of one numeric generation parameter: uniform in `±range`, then clamped to `[min, max]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitterSpec {
+    /// Half-width of the uniform jitter interval (≥ 0).
+    pub range: f64,
+    /// Lowest valid value of the parameter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    /// Highest valid value of the parameter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+/// Retry policy of a scene type. Every field has a default, so `{}` is a valid (disabled) policy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPolicy {
+    /// Whether failed segments of this scene type are retried at all. Default: `false` (opt-in).
+    pub enabled: bool,
+    /// Attempts the workflow may make, 1..=10. Default: 3.
+    pub max_attempts: u32,
+    /// QA failure kinds that trigger a retry. Default: `["face_melt"]` (`motion_score` does not).
+    pub retry_on: BTreeSet<String>,
+    /// Pass threshold per QA metric. Default: `face` ≥ 0.6 (`face_melt`), `motion` ≥ 0.5
+    /// (`motion_score`).
+    pub thresholds: BTreeMap<String, Threshold>,
+    /// Parameters jittered per attempt. Default: `cfg_scale` ±0.5 in [1, 30], `denoise_strength`
+    /// ±0.05 in [0, 1].
+    pub vary: BTreeMap<String, JitterSpec>,
+    /// How the final attempt is chosen. Default: `first_pass`.
+    pub selection: Selection,
+    /// GPU milliseconds reserved against the project budget before each attempt. Default: 60000.
+    pub est_gpu_ms_per_attempt: u64,
+    /// Derived seeds are below `2^seed_bits`, 16..=53. Default: 53.
+    pub seed_bits: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_attempts: 3,
+            retry_on: BTreeSet::from(["face_melt".to_owned()]),
+            thresholds: BTreeMap::from([
+                (
+                    "face".to_owned(),
+                    Threshold {
+                        min: 0.6,
+                        failure: "face_melt".to_owned(),
+                    },
+                ),
+                (
+                    "motion".to_owned(),
+                    Threshold {
+                        min: 0.5,
+                        failure: "motion_score".to_owned(),
+                    },
+                ),
+            ]),
+            vary: BTreeMap::from([
+                (
+                    "cfg_scale".to_owned(),
+                    JitterSpec {
+                        range: 0.5,
+                        min: Some(1.0),
+                        max: Some(30.0),
+                    },
+                ),
+                (
+                    "denoise_strength".to_owned(),
+                    JitterSpec {
+                        range: 0.05,
+                        min: Some(0.0),
+                        max: Some(1.0),
+                    },
+                ),
+            ]),
+            selection: Selection::FirstPass,
+            est_gpu_ms_per_attempt: 60_000,
+            seed_bits: 53,
+        }
+    }
+}
+
+/// The failure kind a shorthand threshold (`"face": 0.6`) reports.
+pub fn default_failure_kind(metric: &str) -> String {
+    match metric {
+        "face" => "face_melt".to_owned(),
+        "motion" => "motion_score".to_owned(),
+        "artifacts" => "artifacting".to_owned(),
+        other => format!("low_{other}"),
+    }
+}
+
+/// The wire form: every field optional, unknown fields rejected (a typo must not pass silently).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawPolicy {
+    enabled: Option<bool>,
+    max_attempts: Option<u32>,
+    retry_on: Option<BTreeSet<String>>,
+    thresholds: Option<BTreeMap<String, ThresholdSpec>>,
+    vary: Option<BTreeMap<String, JitterSpec>>,
+    selection: Option<Selection>,
+    est_gpu_ms_per_attempt: Option<u64>,
+    seed_bits: Option<u32>,
+}
+
+impl RetryPolicy {
+    /// Parse a policy from JSON; missing fields take their defaults. Errors name the field.
+    pub fn parse(value: &Value) -> Result<Self, ValidationError> {
+        if !value.is_object() {
+            return Err(ValidationError::single("", "a policy must be a JSON object"));
+        }
+        let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            ValidationError::single(field, e.inner().to_string())
+        })?;
+        let d = Self::default();
+        let policy = Self {
+            enabled: raw.enabled.unwrap_or(d.enabled),
+            max_attempts: raw.max_attempts.unwrap_or(d.max_attempts),
+            retry_on: raw.retry_on.unwrap_or(d.retry_on),
+            thresholds: raw
+                .thresholds
+                .map(|t| {
+                    t.into_iter()
+                        .map(|(metric, spec)| {
+                            let threshold = match spec {
+                                ThresholdSpec::Min(min) => Threshold {
+                                    min,
+                                    failure: default_failure_kind(&metric),
+                                },
+                                ThresholdSpec::Full(t) => t,
+                            };
+                            (metric, threshold)
+                        })
+                        .collect()
+                })
+                .unwrap_or(d.thresholds),
+            vary: raw.vary.unwrap_or(d.vary),
+            selection: raw.selection.unwrap_or(d.selection),
+            est_gpu_ms_per_attempt: raw.est_gpu_ms_per_attempt.unwrap_or(d.est_gpu_ms_per_attempt),
+            seed_bits: raw.seed_bits.unwrap_or(d.seed_bits),
+        };
+        policy.validate()
+    }
+
+    /// The scene type's stored policy (or the disabled default) with a request's override merged
+    /// over it as a JSON merge patch (RFC 7386): fields the override names replace the stored ones,
+    /// maps (`thresholds`, `vary`) merge key by key, `null` removes a key.
+    pub fn resolve(stored: Option<&Value>, override_: Option<&Value>) -> Result<Self, ValidationError> {
+        let mut merged = stored
+            .cloned()
+            .unwrap_or_else(|| serde_json::to_value(Self::default()).unwrap_or(Value::Null));
+        if let Some(patch) = override_ {
+            if !patch.is_object() {
+                return Err(ValidationError::single("policy", "must be a JSON object"));
+            }
+            merge_patch(&mut merged, patch);
+        }
+        Self::parse(&merged).map_err(|e| e.within("policy"))
+    }
+
+    /// Check every field; all problems are reported at once.
+    pub fn validate(self) -> Result<Self, ValidationError> {
+        let mut errs = Errors::default();
+        if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
+            errs.push(
+                "max_attempts",
+                format!("must be between 1 and 10, got {}", self.max_attempts),
+            );
+        }
+        if !SEED_BITS_RANGE.contains(&self.seed_bits) {
+            errs.push(
+                "seed_bits",
+                format!("must be between 16 and 53, got {}", self.seed_bits),
+            );
+        }
+        if self.enabled && self.retry_on.is_empty() {
+            errs.push(
+                "retry_on",
+                "an enabled policy must name at least one failure kind to retry on",
+            );
+        }
+        for kind in &self.retry_on {
+            if !is_name(kind) {
+                errs.push("retry_on", format!("{kind:?} is not a valid failure kind"));
+            }
+        }
+        for (metric, t) in &self.thresholds {
+            let field = format!("thresholds.{metric}");
+            if !is_name(metric) {
+                errs.push(&field, "metric names are letters, digits and _");
+            }
+            if !(t.min.is_finite() && (0.0..=1.0).contains(&t.min)) {
+                errs.push(format!("{field}.min"), format!("must be within 0..=1, got {}", t.min));
+            }
+            if !is_name(&t.failure) {
+                errs.push(format!("{field}.failure"), "must be a failure kind like face_melt");
+            }
+        }
+        for (param, j) in &self.vary {
+            let field = format!("vary.{param}");
+            if param == "seed" {
+                errs.push(&field, "the seed is derived per attempt, it cannot be jittered");
+            } else if !is_name(param) {
+                errs.push(&field, "parameter names are letters, digits and _");
+            }
+            if !(j.range.is_finite() && j.range >= 0.0) {
+                errs.push(format!("{field}.range"), format!("must be a finite number ≥ 0, got {}", j.range));
+            }
+            for (name, bound) in [("min", j.min), ("max", j.max)] {
+                if bound.is_some_and(|b| !b.is_finite()) {
+                    errs.push(format!("{field}.{name}"), "must be a finite number");
+                }
+            }
+            if let (Some(lo), Some(hi)) = (j.min, j.max) {
+                if lo > hi {
+                    errs.push(format!("{field}.min"), format!("min {lo} is above max {hi}"));
+                }
+            }
+        }
+        errs.finish(self)
+    }
+
+    /// The failure kinds in `failures` that this policy retries on, in order.
+    pub fn retryable<'a>(&self, failures: &'a [String]) -> Vec<&'a str> {
+        failures
+            .iter()
+            .filter(|f| self.retry_on.contains(f.as_str()))
+            .map(String::as_str)
+            .collect()
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_default_policy_is_disabled_with_three_attempts() {
+        let p = RetryPolicy::parse(&json!({})).unwrap();
+        assert!(!p.enabled);
+        assert_eq!(p.max_attempts, 3);
+        assert_eq!(p.selection, Selection::FirstPass);
+        assert!(p.retry_on.contains("face_melt"));
+        assert!(!p.retry_on.contains("motion_score"));
+        assert_eq!(p.vary["cfg_scale"].range, 0.5);
+        assert_eq!(p.vary["denoise_strength"].range, 0.05);
+        assert_eq!(p.seed_bits, 53);
+    }
+
+    #[test]
+    fn a_policy_with_zero_attempts_is_rejected() {
+        let err = RetryPolicy::parse(&json!({"max_attempts": 0})).unwrap_err();
+        assert_eq!(err.first_field(), "max_attempts");
+    }
+
+    #[test]
+    fn a_policy_with_eleven_attempts_is_rejected() {
+        assert!(RetryPolicy::parse(&json!({"max_attempts": 11})).is_err());
+        assert!(RetryPolicy::parse(&json!({"max_attempts": 10})).is_ok());
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named_in_the_error() {
+        let err = RetryPolicy::parse(&json!({"vary": {"cfg_scale": {"range": "big"}}})).unwrap_err();
+        assert_eq!(err.first_field(), "vary.cfg_scale.range");
+    }
+
+    #[test]
+    fn a_negative_estimated_cost_is_rejected_naming_the_field() {
+        let err = RetryPolicy::parse(&json!({"est_gpu_ms_per_attempt": -5})).unwrap_err();
+        assert_eq!(err.first_field(), "est_gpu_ms_per_attempt");
+    }
+
+    #[test]
+    fn an_unknown_field_is_rejected_instead_of_ignored() {
+        let err = RetryPolicy::parse(&json!({"max_attempt": 4})).unwrap_err();
+        assert!(err.to_string().contains("max_attempt"), "{err}");
+    }
+
+    #[test]
+    fn a_negative_jitter_range_and_inverted_bounds_are_both_reported() {
+        let err = RetryPolicy::parse(&json!({
+            "vary": {"cfg_scale": {"range": -1.0, "min": 5.0, "max": 2.0}}
+        }))
+        .unwrap_err();
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["vary.cfg_scale.range", "vary.cfg_scale.min"]);
+    }
+
+    #[test]
+    fn a_threshold_outside_zero_to_one_is_rejected() {
+        let err = RetryPolicy::parse(&json!({"thresholds": {"face": 1.5}})).unwrap_err();
+        assert_eq!(err.first_field(), "thresholds.face.min");
+    }
+
+    #[test]
+    fn a_nan_produced_outside_json_is_rejected() {
+        let mut p = RetryPolicy::default();
+        p.vary.get_mut("cfg_scale").unwrap().range = f64::NAN;
+        assert_eq!(p.validate().unwrap_err().first_field(), "vary.cfg_scale.range");
+    }
+
+    #[test]
+    fn jittering_the_seed_is_rejected() {
+        let err = RetryPolicy::parse(&json!({"vary": {"seed": {"range": 1.0}}})).unwrap_err();
+        assert_eq!(err.first_field(), "vary.seed");
+    }
+
+    #[test]
+    fn a_shorthand_threshold_gets_the_known_failure_kind() {
+        let p = RetryPolicy::parse(&json!({"thresholds": {"face": 0.7, "sharpness": 0.3}})).unwrap();
+        assert_eq!(p.thresholds["face"].failure, "face_melt");
+        assert_eq!(p.thresholds["sharpness"].failure, "low_sharpness");
+    }
+
+    #[test]
+    fn an_override_merges_over_the_stored_policy() {
+        let stored = serde_json::to_value(RetryPolicy {
+            enabled: true,
+            max_attempts: 4,
+            ..RetryPolicy::default()
+        })
+        .unwrap();
+        let p = RetryPolicy::resolve(
+            Some(&stored),
+            Some(&json!({"selection": "best_of_n", "vary": {"cfg_scale": {"range": 1.0}}})),
+        )
+        .unwrap();
+        assert!(p.enabled);
+        assert_eq!(p.max_attempts, 4);
+        assert_eq!(p.selection, Selection::BestOfN);
+        assert_eq!(p.vary["cfg_scale"].range, 1.0);
+        assert_eq!(p.vary["cfg_scale"].min, Some(1.0), "bounds not named stay");
+        assert!(p.vary.contains_key("denoise_strength"));
+    }
+
+    #[test]
+    fn no_stored_policy_and_no_override_resolves_to_the_disabled_default() {
+        assert_eq!(RetryPolicy::resolve(None, None).unwrap(), RetryPolicy::default());
+    }
+
+    #[test]
+    fn an_invalid_override_is_reported_under_policy() {
+        let err = RetryPolicy::resolve(None, Some(&json!({"max_attempts": 99}))).unwrap_err();
+        assert_eq!(err.first_field(), "policy.max_attempts");
+    }
+
+    #[test]
+    fn a_policy_survives_a_json_round_trip() {
+        let p = RetryPolicy {
+            enabled: true,
+            selection: Selection::BestOfN,
+            ..RetryPolicy::default()
+        };
+        let back = RetryPolicy::parse(&serde_json::to_value(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+    }
+}

@@ -1,0 +1,73 @@
+//! The transparent, one-line report of a retry: every attempt, in order, with the scores that
+//! matter, so no retry is ever silent.
+//!
+//! `Segment 5: failed attempt 1 (face 0.42), failed attempt 2 (face 0.55), passed attempt 3 (face 0.87)`
+
+use crate::contract::{AttemptRecord, AttemptStatus, Outcome};
+use crate::plan::Stop;
+use crate::policy::{RetryPolicy, Selection};
+
+/// Report of a segment that was not retried.
+pub fn not_retried(segment_id: &str, reason: &str) -> String {
+    format!("Segment {segment_id}: not retried ({reason})")
+}
+
+/// Report of a finished retry.
+pub fn summary(
+    segment_id: &str,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    outcome: Outcome,
+    selected: Option<u32>,
+    stop: &Stop,
+) -> String {
+    let mut line = format!("Segment {segment_id}: ");
+    if attempts.is_empty() {
+        line.push_str("no attempts");
+    } else {
+        let parts: Vec<String> = attempts.iter().map(|a| attempt_part(policy, a)).collect();
+        line.push_str(&parts.join(", "));
+    }
+    match (outcome, stop) {
+        (Outcome::Passed, _) => {
+            let passing = attempts.iter().filter(|a| a.passed).count();
+            if let (Some(k), Selection::BestOfN) = (selected, policy.selection) {
+                line.push_str(&format!("; selected attempt {k} (best of {passing} passing)"));
+            }
+        }
+        (Outcome::Escalated, _) => line.push_str("; escalated for human review"),
+        (_, Stop::BudgetRefused { attempt, .. }) => {
+            line.push_str(&format!("; budget exhausted before attempt {attempt}"));
+        }
+        (Outcome::Aborted, _) => line.push_str("; aborted"),
+        _ => {}
+    }
+    line
+}
+
+/// `failed attempt 1 (face 0.42)`: the metrics a retry is about (thresholded metrics whose failure
+/// kind is retried on) plus any metric the attempt failed.
+fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
+    if a.status == AttemptStatus::GenerationFailed {
+        let err = a.error.as_deref().unwrap_or("unknown error");
+        let short: String = err.chars().take(60).collect();
+        return format!("generation failed on attempt {} ({short})", a.attempt);
+    }
+    let shown: Vec<String> = policy
+        .thresholds
+        .iter()
+        .filter(|(_, t)| policy.retry_on.contains(&t.failure) || a.failures.contains(&t.failure))
+        .filter_map(|(metric, _)| a.scores.get(metric).map(|s| format!("{metric} {s:.2}")))
+        .collect();
+    let shown = if shown.is_empty() {
+        a.scores.iter().map(|(m, s)| format!("{m} {s:.2}")).collect()
+    } else {
+        shown
+    };
+    let verdict = if a.passed { "passed" } else { "failed" };
+    if shown.is_empty() {
+        format!("{verdict} attempt {}", a.attempt)
+    } else {
+        format!("{verdict} attempt {} ({})", a.attempt, shown.join(", "))
+    }
+}
