@@ -206,8 +206,8 @@ pub enum AttemptStatus {
     Passed,
     /// Generated and scored; failed at least one threshold.
     Failed,
-    /// The backend could not generate (after Temporal's retries); no scores.
-    GenerationFailed,
+    /// Generation or scoring failed for good (after Temporal's retries); see `error`.
+    Error,
 }
 
 impl AttemptStatus {
@@ -215,7 +215,7 @@ impl AttemptStatus {
         match self {
             AttemptStatus::Passed => "passed",
             AttemptStatus::Failed => "failed",
-            AttemptStatus::GenerationFailed => "generation_failed",
+            AttemptStatus::Error => "error",
         }
     }
 }
@@ -241,7 +241,7 @@ pub struct AttemptRecord {
     /// Where the backend put the output (a reference, never the bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_uri: Option<String>,
-    /// Why generation failed, for `generation_failed`.
+    /// What failed, for status `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

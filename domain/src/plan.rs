@@ -70,8 +70,8 @@ impl AttemptPlan {
         self.record(qa.scores, failures, gpu_ms, output_uri, None)
     }
 
-    /// The record of an attempt whose generation failed for good.
-    pub fn generation_failed(self, gpu_ms: u64, error: String) -> AttemptRecord {
+    /// The record of an attempt whose generation or scoring failed for good.
+    pub fn errored(self, gpu_ms: u64, error: String) -> AttemptRecord {
         self.record(Default::default(), vec![], gpu_ms, None, Some(error))
     }
 
@@ -84,7 +84,7 @@ impl AttemptPlan {
         error: Option<String>,
     ) -> AttemptRecord {
         let status = match (&error, failures.is_empty()) {
-            (Some(_), _) => AttemptStatus::GenerationFailed,
+            (Some(_), _) => AttemptStatus::Error,
             (None, true) => AttemptStatus::Passed,
             (None, false) => AttemptStatus::Failed,
         };
@@ -325,13 +325,13 @@ mod tests {
     }
 
     #[test]
-    fn a_generation_failure_counts_as_an_attempt_and_retrying_continues() {
+    fn an_attempt_that_errored_counts_and_retrying_continues() {
         let p = enabled();
-        let a = vec![plan_attempt(&request(), &p, 1).generation_failed(0, "GPU lost".into())];
-        assert_eq!(a[0].status, AttemptStatus::GenerationFailed);
+        let a = vec![plan_attempt(&request(), &p, 1).errored(0, "GPU lost".into())];
+        assert_eq!(a[0].status, AttemptStatus::Error);
         assert_eq!(next(&p, &a), Ok(2));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
-        assert!(r.report.contains("generation failed on attempt 1 (GPU lost)"), "{}", r.report);
+        assert!(r.report.contains("error on attempt 1 (GPU lost)"), "{}", r.report);
     }
 
     #[test]

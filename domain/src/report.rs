@@ -48,10 +48,10 @@ pub fn summary(
 /// `failed attempt 1 (face 0.42)`: the metrics a retry is about (thresholded metrics whose failure
 /// kind is retried on) plus any metric the attempt failed.
 fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
-    if a.status == AttemptStatus::GenerationFailed {
+    if a.status == AttemptStatus::Error {
         let err = a.error.as_deref().unwrap_or("unknown error");
         let short: String = err.chars().take(60).collect();
-        return format!("generation failed on attempt {} ({short})", a.attempt);
+        return format!("error on attempt {} ({short})", a.attempt);
     }
     let shown: Vec<String> = policy
         .thresholds

@@ -1,0 +1,108 @@
+//! Inputs and outputs of the activities. They cross Temporal as JSON, so a worker written in
+//! another language can implement the same activities.
+
+use retake_domain::contract::{AttemptRecord, Params, QaScores, RetryResult};
+use serde::{Deserialize, Serialize};
+
+/// Identifies one attempt of one workflow run. Every side effect of an attempt (reservation,
+/// generation, record) is keyed by it, so a re-run activity never acts twice.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptKey {
+    pub workflow_id: String,
+    pub run_id: String,
+    pub attempt: u32,
+}
+
+impl AttemptKey {
+    /// `<workflow id>/<run id>/<attempt>`: the idempotency key sent to backends.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}/{}", self.workflow_id, self.run_id, self.attempt)
+    }
+}
+
+/// Input of `load_policy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadPolicy {
+    pub scene_type: String,
+}
+
+/// Input of `reserve_budget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReserveBudget {
+    pub key: AttemptKey,
+    pub project_id: String,
+    pub gpu_ms: u64,
+}
+
+/// Output of `reserve_budget`. A refusal is a normal result, not an error: retrying it cannot help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reservation {
+    Granted {
+        gpu_ms: u64,
+    },
+    Refused {
+        limit_ms: u64,
+        /// Reserved plus spent when the reservation was refused.
+        committed_ms: u64,
+        requested_ms: u64,
+    },
+}
+
+/// Input of `settle_budget`: the reservation becomes `gpu_ms` actually spent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettleBudget {
+    pub key: AttemptKey,
+    pub project_id: String,
+    pub gpu_ms: u64,
+}
+
+/// Input of `generate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    pub key: AttemptKey,
+    pub segment_id: String,
+    pub scene_type: String,
+    pub seed: u64,
+    pub params: Params,
+}
+
+/// Output of `generate`: a reference to the output (never the bytes) and the GPU time used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generated {
+    pub output_uri: String,
+    pub gpu_ms: u64,
+}
+
+/// Input of `score_qa`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreRequest {
+    pub key: AttemptKey,
+    pub segment_id: String,
+    pub scene_type: String,
+    pub seed: u64,
+    pub params: Params,
+    pub output_uri: String,
+}
+
+/// Output of `score_qa`: scores by metric and failures found by the scorer itself. A low score is
+/// a normal result; the workflow applies the policy's thresholds.
+pub type Scored = QaScores;
+
+/// Input of `record_attempt`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordAttempt {
+    pub key: AttemptKey,
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub record: AttemptRecord,
+}
+
+/// Input of `record_outcome`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordOutcome {
+    pub workflow_id: String,
+    pub run_id: String,
+    pub result: RetryResult,
+}

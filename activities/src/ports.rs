@@ -1,0 +1,141 @@
+//! Ports: one small trait per capability the activities need. Adapters live beside them
+//! (`sim` for generation and QA, `store` for SQL).
+
+use crate::io::{AttemptKey, GenerateRequest, Generated, RecordAttempt, RecordOutcome, Reservation, ScoreRequest, Scored};
+use async_trait::async_trait;
+use retake_domain::contract::AttemptRecord;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Errors of generation and QA backends. The variant decides whether Temporal retries.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// Worth retrying: timeouts, 5xx, 429, lost GPU.
+    #[error("backend temporarily failed: {0}")]
+    Transient(String),
+    /// Retrying cannot help: the backend rejected the request or answered nonsense.
+    #[error("backend rejected the request: {0}")]
+    Rejected(String),
+    /// The attempt was cancelled while the backend worked.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Errors of the store. Unavailability is retried; invalid data is not.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be reached or timed out.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored or supplied data is invalid (e.g. a stored policy that no longer validates).
+    #[error("invalid data: {0}")]
+    Invalid(String),
+}
+
+/// Progress reporting and cancellation for long work (the activity heartbeat, seen from a
+/// backend).
+#[async_trait]
+pub trait Progress: Send + Sync {
+    /// Record that `done` of `total` steps are finished; a restarted attempt resumes from there.
+    /// Returns `Err(BackendError::Cancelled)` once the attempt has been cancelled.
+    async fn checkpoint(&self, done: u32, total: u32) -> Result<(), BackendError>;
+    /// The step a previous, interrupted run of this attempt reached (0 when none).
+    fn resume_from(&self) -> u32;
+}
+
+/// Generates one output for an attempt.
+#[async_trait]
+pub trait GenerationBackend: Send + Sync {
+    /// Generate with `req.seed` and `req.params`. Implementations use `req.key` as the idempotency
+    /// key, so a re-run for the same key does not generate (or bill) twice.
+    async fn generate(&self, req: &GenerateRequest, progress: &dyn Progress) -> Result<Generated, BackendError>;
+}
+
+/// Scores one output.
+#[async_trait]
+pub trait QaScorer: Send + Sync {
+    async fn score(&self, req: &ScoreRequest) -> Result<Scored, BackendError>;
+}
+
+/// Retry policies per scene type, stored as validated JSON.
+#[async_trait]
+pub trait PolicyStore: Send + Sync {
+    async fn policy(&self, scene_type: &str) -> Result<Option<Value>, StoreError>;
+    async fn set_policy(&self, scene_type: &str, policy: &Value) -> Result<(), StoreError>;
+}
+
+/// A project's GPU budget.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    pub project_id: String,
+    /// `None`: no limit (GPU time is still tracked).
+    pub limit_ms: Option<u64>,
+    /// Held by attempts in flight.
+    pub reserved_ms: u64,
+    /// Settled GPU time of finished attempts.
+    pub spent_ms: u64,
+}
+
+/// GPU budget reservations. Every operation is atomic and idempotent per attempt key.
+#[async_trait]
+pub trait BudgetLedger: Send + Sync {
+    /// Reserve `gpu_ms` for the attempt unless `limit < reserved + spent + gpu_ms`. Calling it
+    /// again for the same key returns the first answer and changes nothing.
+    async fn reserve(&self, key: &AttemptKey, project_id: &str, gpu_ms: u64) -> Result<Reservation, StoreError>;
+    /// Turn the attempt's reservation into `gpu_ms` spent. A second call changes nothing.
+    async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError>;
+    /// Give back a reservation that will never be settled. A second call changes nothing.
+    async fn release(&self, key: &AttemptKey) -> Result<(), StoreError>;
+    async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError>;
+    /// Set (or with `None` remove) the limit; reserved and spent are kept.
+    async fn set_limit(&self, project_id: &str, limit_ms: Option<u64>) -> Result<Budget, StoreError>;
+}
+
+/// One row of `retry_attempts`, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAttempt {
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub selected: bool,
+    #[serde(flatten)]
+    pub record: AttemptRecord,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// How a retry workflow run ended, as stored (`segment_retries`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredOutcome {
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub workflow_id: String,
+    pub run_id: String,
+    pub outcome: String,
+    pub reason: String,
+    pub selected_attempt: Option<u32>,
+    pub gpu_ms_total: u64,
+    pub report: String,
+    /// `pending` when the segment awaits human review (outcome `escalated`), else `none`.
+    pub review: String,
+    pub updated_at: String,
+}
+
+/// The `retry_attempts` table and the per-run outcome.
+#[async_trait]
+pub trait AttemptStore: Send + Sync {
+    /// Insert or replace the attempt (unique per workflow id, run id and attempt).
+    async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError>;
+    /// Upsert the run's outcome, mark its selected attempt, flag escalations for review.
+    async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError>;
+    /// Every attempt of a segment, oldest run first, then by attempt number.
+    async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError>;
+    /// Outcomes of a segment's runs, oldest first.
+    async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError>;
+}

@@ -1,0 +1,253 @@
+//! [`AttemptStore`] on SQL: `retry_attempts` (one row per attempt key) and `segment_retries`
+//! (one row per workflow run).
+
+use super::{SqlStore, from_json, get, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
+use crate::io::{RecordAttempt, RecordOutcome};
+use crate::ports::{AttemptStore, StoreError, StoredAttempt, StoredOutcome};
+use async_trait::async_trait;
+use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params};
+use serde_json::Value;
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteRow;
+
+const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, scene_type, \
+     workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, failures, \
+     passed, status, gpu_ms, output_uri, error, selected, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, FALSE, \
+     $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
+
+/// On conflict, replace the data but keep `created_at` and `selected`.
+const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
+     project_id = excluded.project_id, scene_type = excluded.scene_type, seed = excluded.seed, \
+     params = excluded.params, original_params = excluded.original_params, \
+     jitter = excluded.jitter, scores = excluded.scores, failures = excluded.failures, \
+     passed = excluded.passed, status = excluded.status, gpu_ms = excluded.gpu_ms, \
+     output_uri = excluded.output_uri, error = excluded.error, updated_at = excluded.updated_at";
+
+const KEEP_EXISTING: &str = "DO NOTHING";
+
+const ATTEMPT_COLUMNS: &str = "a.segment_id, a.project_id, a.scene_type, a.workflow_id, \
+     a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, a.failures, \
+     a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.selected, a.created_at, a.updated_at";
+
+/// Where an attempt belongs.
+struct Owner<'a> {
+    segment_id: &'a str,
+    project_id: &'a str,
+    scene_type: &'a str,
+    workflow_id: &'a str,
+    run_id: &'a str,
+}
+
+/// Insert `rec`; on a conflicting key, `on_conflict` decides ([`REPLACE_DATA`] or
+/// [`KEEP_EXISTING`]).
+async fn insert_attempt(
+    conn: &mut SqliteConnection,
+    owner: &Owner<'_>,
+    rec: &AttemptRecord,
+    on_conflict: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let sql = format!("{INSERT_ATTEMPT}{on_conflict}");
+    sqlx::query(&sql)
+        .bind(owner.segment_id)
+        .bind(owner.project_id)
+        .bind(owner.scene_type)
+        .bind(owner.workflow_id)
+        .bind(owner.run_id)
+        .bind(i64::from(rec.attempt))
+        .bind(to_i64(rec.seed, "seed")?)
+        .bind(to_json(&rec.params)?)
+        .bind(to_json(&rec.original_params)?)
+        .bind(to_json(&rec.jitter)?)
+        .bind(to_json(&rec.scores)?)
+        .bind(to_json(&rec.failures)?)
+        .bind(rec.passed)
+        .bind(rec.status.as_str())
+        .bind(to_i64(rec.gpu_ms, "gpu_ms")?)
+        .bind(rec.output_uri.as_deref())
+        .bind(rec.error.as_deref())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    Ok(())
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<StoredAttempt, StoreError> {
+    let status: String = get(row, "status")?;
+    let status: AttemptStatus =
+        serde_json::from_value(Value::String(status.clone())).map_err(|_| {
+            StoreError::Invalid(format!("retry_attempts.status: unknown status {status:?}"))
+        })?;
+    let params: Params = from_json(&get::<String>(row, "params")?, "retry_attempts.params")?;
+    let original_params: Params = from_json(
+        &get::<String>(row, "original_params")?,
+        "retry_attempts.original_params",
+    )?;
+    let record = AttemptRecord {
+        attempt: to_u32(get(row, "attempt")?, "retry_attempts.attempt")?,
+        seed: to_u64(get(row, "seed")?, "retry_attempts.seed")?,
+        params,
+        original_params,
+        jitter: from_json(&get::<String>(row, "jitter")?, "retry_attempts.jitter")?,
+        scores: from_json(&get::<String>(row, "scores")?, "retry_attempts.scores")?,
+        passed: get(row, "passed")?,
+        failures: from_json(&get::<String>(row, "failures")?, "retry_attempts.failures")?,
+        gpu_ms: to_u64(get(row, "gpu_ms")?, "retry_attempts.gpu_ms")?,
+        status,
+        output_uri: get(row, "output_uri")?,
+        error: get(row, "error")?,
+    };
+    Ok(StoredAttempt {
+        segment_id: get(row, "segment_id")?,
+        project_id: get(row, "project_id")?,
+        scene_type: get(row, "scene_type")?,
+        workflow_id: get(row, "workflow_id")?,
+        run_id: get(row, "run_id")?,
+        selected: get(row, "selected")?,
+        record,
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn outcome_from_row(row: &SqliteRow) -> Result<StoredOutcome, StoreError> {
+    let selected: Option<i64> = get(row, "selected_attempt")?;
+    Ok(StoredOutcome {
+        segment_id: get(row, "segment_id")?,
+        project_id: get(row, "project_id")?,
+        scene_type: get(row, "scene_type")?,
+        workflow_id: get(row, "workflow_id")?,
+        run_id: get(row, "run_id")?,
+        outcome: get(row, "outcome")?,
+        reason: get(row, "reason")?,
+        selected_attempt: selected
+            .map(|a| to_u32(a, "segment_retries.selected_attempt"))
+            .transpose()?,
+        gpu_ms_total: to_u64(get(row, "gpu_ms_total")?, "segment_retries.gpu_ms_total")?,
+        report: get(row, "report")?,
+        review: get(row, "review")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+#[async_trait]
+impl AttemptStore for SqlStore {
+    async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError> {
+        if rec.key.attempt != rec.record.attempt {
+            return Err(StoreError::Invalid(format!(
+                "attempt key {} does not match the record's attempt {}",
+                rec.key.idempotency_key(),
+                rec.record.attempt
+            )));
+        }
+        let owner = Owner {
+            segment_id: &rec.segment_id,
+            project_id: &rec.project_id,
+            scene_type: &rec.scene_type,
+            workflow_id: &rec.key.workflow_id,
+            run_id: &rec.key.run_id,
+        };
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        insert_attempt(&mut conn, &owner, &rec.record, REPLACE_DATA, &now()).await
+    }
+
+    async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError> {
+        let result = &out.result;
+        let now = now();
+        let selected = result.selected_attempt.map(i64::from);
+        let review = if result.outcome == Outcome::Escalated {
+            "pending"
+        } else {
+            "none"
+        };
+        let owner = Owner {
+            segment_id: &result.segment_id,
+            project_id: &result.project_id,
+            scene_type: &result.scene_type,
+            workflow_id: &out.workflow_id,
+            run_id: &out.run_id,
+        };
+        let mut tx = self.begin_write().await?;
+        // Attempts whose record_attempt was lost; recorded ones are kept as they are.
+        for rec in &result.attempts {
+            insert_attempt(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
+        }
+        sqlx::query(
+            "INSERT INTO segment_retries (workflow_id, run_id, segment_id, project_id, scene_type, \
+             outcome, reason, selected_attempt, gpu_ms_total, report, review, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             ON CONFLICT (workflow_id, run_id) DO UPDATE SET segment_id = excluded.segment_id, \
+             project_id = excluded.project_id, scene_type = excluded.scene_type, \
+             outcome = excluded.outcome, reason = excluded.reason, \
+             selected_attempt = excluded.selected_attempt, gpu_ms_total = excluded.gpu_ms_total, \
+             report = excluded.report, review = excluded.review, updated_at = excluded.updated_at",
+        )
+        .bind(out.workflow_id.as_str())
+        .bind(out.run_id.as_str())
+        .bind(result.segment_id.as_str())
+        .bind(result.project_id.as_str())
+        .bind(result.scene_type.as_str())
+        .bind(result.outcome.as_str())
+        .bind(result.reason.as_str())
+        .bind(selected)
+        .bind(to_i64(result.gpu_ms_total, "gpu_ms_total")?)
+        .bind(result.report.as_str())
+        .bind(review)
+        .bind(now.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        // Exactly the selected attempt (none if there is none) is marked; only rows whose flag
+        // changes are touched.
+        sqlx::query(
+            "UPDATE retry_attempts \
+             SET selected = CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END, updated_at = $2 \
+             WHERE workflow_id = $3 AND run_id = $4 \
+             AND selected <> CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END",
+        )
+        .bind(selected)
+        .bind(now.as_str())
+        .bind(out.workflow_id.as_str())
+        .bind(out.run_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Runs ordered by their first inserted attempt row (the smallest `id`), which follows the
+    /// order the runs happened in even when timestamps tie; within a run, by attempt number.
+    async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError> {
+        let sql = format!(
+            "SELECT {ATTEMPT_COLUMNS} FROM retry_attempts a WHERE a.segment_id = $1 \
+             ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
+             WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt"
+        );
+        sqlx::query(&sql)
+            .bind(segment_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(attempt_from_row)
+            .collect()
+    }
+
+    /// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
+    async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError> {
+        sqlx::query(
+            "SELECT workflow_id, run_id, segment_id, project_id, scene_type, outcome, reason, \
+             selected_attempt, gpu_ms_total, report, review, updated_at FROM segment_retries \
+             WHERE segment_id = $1 ORDER BY created_at, workflow_id, run_id",
+        )
+        .bind(segment_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?
+        .iter()
+        .map(outcome_from_row)
+        .collect()
+    }
+}

@@ -1,0 +1,261 @@
+//! [`BudgetLedger`] on SQL: `project_budgets` holds each project's totals, `budget_reservations`
+//! one row per attempt key, which makes every operation idempotent.
+
+use super::{SqlStore, get, map_sqlx, now, to_i64, to_u64};
+use crate::io::{AttemptKey, Reservation};
+use crate::ports::{Budget, BudgetLedger, StoreError};
+use async_trait::async_trait;
+use sqlx::sqlite::SqliteRow;
+
+const RESERVED: &str = "reserved";
+const SETTLED: &str = "settled";
+const RELEASED: &str = "released";
+const REFUSED: &str = "refused";
+
+const SELECT_RESERVATION: &str = "SELECT project_id, reserved_ms, status, limit_ms, committed_ms \
+     FROM budget_reservations WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3";
+
+const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, run_id, attempt, \
+     project_id, reserved_ms, spent_ms, status, limit_ms, committed_ms, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $9)";
+
+/// A reservation row, as far as the ledger needs it.
+struct Stored {
+    project_id: String,
+    reserved_ms: i64,
+    status: String,
+    limit_ms: Option<i64>,
+    committed_ms: Option<i64>,
+}
+
+impl Stored {
+    fn from_row(row: &SqliteRow) -> Result<Self, StoreError> {
+        Ok(Stored {
+            project_id: get(row, "project_id")?,
+            reserved_ms: get(row, "reserved_ms")?,
+            status: get(row, "status")?,
+            limit_ms: get(row, "limit_ms")?,
+            committed_ms: get(row, "committed_ms")?,
+        })
+    }
+
+    /// The answer `reserve` gave when it created this row.
+    fn answer(&self) -> Result<Reservation, StoreError> {
+        let requested_ms = to_u64(self.reserved_ms, "budget_reservations.reserved_ms")?;
+        if self.status != REFUSED {
+            return Ok(Reservation::Granted {
+                gpu_ms: requested_ms,
+            });
+        }
+        let (Some(limit), Some(committed)) = (self.limit_ms, self.committed_ms) else {
+            return Err(StoreError::Invalid(
+                "a refused budget reservation lacks its limit or committed time".to_owned(),
+            ));
+        };
+        Ok(Reservation::Refused {
+            limit_ms: to_u64(limit, "budget_reservations.limit_ms")?,
+            committed_ms: to_u64(committed, "budget_reservations.committed_ms")?,
+            requested_ms,
+        })
+    }
+}
+
+fn budget_from_row(row: &SqliteRow) -> Result<Budget, StoreError> {
+    let limit_ms: Option<i64> = get(row, "limit_ms")?;
+    Ok(Budget {
+        project_id: get(row, "project_id")?,
+        limit_ms: limit_ms
+            .map(|l| to_u64(l, "project_budgets.limit_ms"))
+            .transpose()?,
+        reserved_ms: to_u64(get(row, "reserved_ms")?, "project_budgets.reserved_ms")?,
+        spent_ms: to_u64(get(row, "spent_ms")?, "project_budgets.spent_ms")?,
+    })
+}
+
+impl SqlStore {
+    /// The reservation of `key` inside `tx`, if any.
+    async fn reservation(
+        tx: &mut sqlx::SqliteConnection,
+        key: &AttemptKey,
+    ) -> Result<Option<Stored>, StoreError> {
+        sqlx::query(SELECT_RESERVATION)
+            .bind(key.workflow_id.as_str())
+            .bind(key.run_id.as_str())
+            .bind(i64::from(key.attempt))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| Stored::from_row(&row))
+            .transpose()
+    }
+
+    /// Move a `reserved` reservation to `status`, taking its time off the project's reserved
+    /// time and adding `spent_ms` (if any) to its spent time. Anything else is left alone.
+    async fn close_reservation(
+        &self,
+        key: &AttemptKey,
+        status: &str,
+        spent_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let Some(stored) = Self::reservation(&mut tx, key).await? else {
+            return tx.commit().await.map_err(map_sqlx);
+        };
+        if stored.status != RESERVED {
+            return tx.commit().await.map_err(map_sqlx);
+        }
+        let now = now();
+        sqlx::query(
+            "UPDATE budget_reservations SET status = $1, spent_ms = $2, updated_at = $3 \
+             WHERE workflow_id = $4 AND run_id = $5 AND attempt = $6 AND status = $7",
+        )
+        .bind(status)
+        .bind(spent_ms)
+        .bind(now.as_str())
+        .bind(key.workflow_id.as_str())
+        .bind(key.run_id.as_str())
+        .bind(i64::from(key.attempt))
+        .bind(RESERVED)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        sqlx::query(
+            "UPDATE project_budgets SET reserved_ms = reserved_ms - $1, \
+             spent_ms = spent_ms + $2, updated_at = $3 WHERE project_id = $4",
+        )
+        .bind(stored.reserved_ms)
+        .bind(spent_ms.unwrap_or(0))
+        .bind(now.as_str())
+        .bind(stored.project_id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+}
+
+#[async_trait]
+impl BudgetLedger for SqlStore {
+    async fn reserve(
+        &self,
+        key: &AttemptKey,
+        project_id: &str,
+        gpu_ms: u64,
+    ) -> Result<Reservation, StoreError> {
+        let requested = to_i64(gpu_ms, "requested gpu_ms")?;
+        let now = now();
+        // Holds the write lock from here to commit: no other reserve can interleave.
+        let mut tx = self.begin_write().await?;
+        if let Some(stored) = Self::reservation(&mut tx, key).await? {
+            tx.commit().await.map_err(map_sqlx)?;
+            return stored.answer();
+        }
+        sqlx::query(
+            "INSERT INTO project_budgets (project_id, limit_ms, reserved_ms, spent_ms, updated_at) \
+             VALUES ($1, NULL, 0, 0, $2) ON CONFLICT (project_id) DO NOTHING",
+        )
+        .bind(project_id)
+        .bind(now.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+        // Check and add in one statement, so it stays atomic without the write lock too.
+        let granted = sqlx::query(
+            "UPDATE project_budgets SET reserved_ms = reserved_ms + $1, updated_at = $2 \
+             WHERE project_id = $3 AND (limit_ms IS NULL OR reserved_ms + spent_ms + $1 <= limit_ms)",
+        )
+        .bind(requested)
+        .bind(now.as_str())
+        .bind(project_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?
+        .rows_affected()
+            == 1;
+        let (status, limit_ms, committed_ms) = if granted {
+            (RESERVED, None, None)
+        } else {
+            let row = sqlx::query(
+                "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms FROM project_budgets \
+                 WHERE project_id = $1",
+            )
+            .bind(project_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+            let limit: Option<i64> = get(&row, "limit_ms")?;
+            let committed: i64 = get(&row, "committed_ms")?;
+            if limit.is_none() {
+                return Err(StoreError::Invalid(format!(
+                    "project {project_id:?} has no limit, yet reserving {gpu_ms} ms failed"
+                )));
+            }
+            (REFUSED, limit, Some(committed))
+        };
+        sqlx::query(INSERT_RESERVATION)
+            .bind(key.workflow_id.as_str())
+            .bind(key.run_id.as_str())
+            .bind(i64::from(key.attempt))
+            .bind(project_id)
+            .bind(requested)
+            .bind(status)
+            .bind(limit_ms)
+            .bind(committed_ms)
+            .bind(now.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Stored {
+            project_id: project_id.to_owned(),
+            reserved_ms: requested,
+            status: status.to_owned(),
+            limit_ms,
+            committed_ms,
+        }
+        .answer()
+    }
+
+    async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError> {
+        let spent = to_i64(gpu_ms, "settled gpu_ms")?;
+        self.close_reservation(key, SETTLED, Some(spent)).await
+    }
+
+    async fn release(&self, key: &AttemptKey) -> Result<(), StoreError> {
+        self.close_reservation(key, RELEASED, None).await
+    }
+
+    async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError> {
+        sqlx::query(
+            "SELECT project_id, limit_ms, reserved_ms, spent_ms FROM project_budgets \
+             WHERE project_id = $1",
+        )
+        .bind(project_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_sqlx)?
+        .map(|row| budget_from_row(&row))
+        .transpose()
+    }
+
+    async fn set_limit(
+        &self,
+        project_id: &str,
+        limit_ms: Option<u64>,
+    ) -> Result<Budget, StoreError> {
+        let limit = limit_ms.map(|l| to_i64(l, "limit_ms")).transpose()?;
+        let row = sqlx::query(
+            "INSERT INTO project_budgets (project_id, limit_ms, reserved_ms, spent_ms, updated_at) \
+             VALUES ($1, $2, 0, 0, $3) ON CONFLICT (project_id) DO UPDATE \
+             SET limit_ms = excluded.limit_ms, updated_at = excluded.updated_at \
+             RETURNING project_id, limit_ms, reserved_ms, spent_ms",
+        )
+        .bind(project_id)
+        .bind(limit)
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_sqlx)?;
+        budget_from_row(&row)
+    }
+}

@@ -1,0 +1,192 @@
+//! Each test opens a fresh SQLite file in its own temporary directory.
+
+use super::{SqlStore, rfc3339};
+use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation};
+use crate::ports::{AttemptStore, Budget, BudgetLedger, PolicyStore, StoreError};
+use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+use tempfile::TempDir;
+
+mod attempts;
+mod budget;
+
+fn db_path(dir: &TempDir) -> PathBuf {
+    dir.path().join("retake.db")
+}
+
+async fn open(dir: &TempDir) -> SqlStore {
+    let url = format!("sqlite://{}", db_path(dir).display());
+    SqlStore::connect(&url).await.expect("connect")
+}
+
+fn key(run: &str, attempt: u32) -> AttemptKey {
+    AttemptKey {
+        workflow_id: "segment-retry-5".to_owned(),
+        run_id: run.to_owned(),
+        attempt,
+    }
+}
+
+fn params(value: serde_json::Value) -> Params {
+    Params::parse(&value).expect("valid params")
+}
+
+fn record(attempt: u32, face: f64) -> AttemptRecord {
+    let passed = face >= 0.8;
+    AttemptRecord {
+        attempt,
+        seed: 1000 + u64::from(attempt),
+        params: params(json!({"seed": 1000 + attempt, "cfg": 7.5})),
+        original_params: params(json!({"seed": 42, "cfg": 7.0})),
+        jitter: Vec::new(),
+        scores: BTreeMap::from([("face".to_owned(), face)]),
+        passed,
+        failures: if passed {
+            vec![]
+        } else {
+            vec!["face".to_owned()]
+        },
+        gpu_ms: 100 * u64::from(attempt),
+        status: if passed {
+            AttemptStatus::Passed
+        } else {
+            AttemptStatus::Failed
+        },
+        output_uri: Some(format!("s3://out/{attempt}.mp4")),
+        error: None,
+    }
+}
+
+fn record_attempt(run: &str, rec: AttemptRecord) -> RecordAttempt {
+    RecordAttempt {
+        key: key(run, rec.attempt),
+        segment_id: "5".to_owned(),
+        project_id: "p1".to_owned(),
+        scene_type: "dialogue".to_owned(),
+        record: rec,
+    }
+}
+
+fn outcome(
+    run: &str,
+    outcome: Outcome,
+    selected: Option<u32>,
+    attempts: Vec<AttemptRecord>,
+) -> RecordOutcome {
+    RecordOutcome {
+        workflow_id: "segment-retry-5".to_owned(),
+        run_id: run.to_owned(),
+        result: RetryResult {
+            segment_id: "5".to_owned(),
+            project_id: "p1".to_owned(),
+            scene_type: "dialogue".to_owned(),
+            outcome,
+            reason: "because".to_owned(),
+            selected_attempt: selected,
+            gpu_ms_total: attempts.iter().map(|a| a.gpu_ms).sum(),
+            attempts,
+            report: "Segment 5: ...".to_owned(),
+        },
+    }
+}
+
+async fn budget(store: &SqlStore, project: &str) -> Budget {
+    store
+        .budget(project)
+        .await
+        .expect("budget")
+        .expect("a budget row")
+}
+
+async fn count(store: &SqlStore, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_policy_round_trips_and_setting_it_again_replaces_it() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.policy("dialogue").await.unwrap(), None);
+    let policy = json!({"max_attempts": 3, "retry_on": ["face"], "thresholds": {"face": 0.8}});
+    store.set_policy("dialogue", &policy).await.unwrap();
+    assert_eq!(store.policy("dialogue").await.unwrap(), Some(policy));
+    let replaced = json!({"max_attempts": 5});
+    store.set_policy("dialogue", &replaced).await.unwrap();
+    assert_eq!(store.policy("dialogue").await.unwrap(), Some(replaced));
+    assert_eq!(store.policy("action").await.unwrap(), None);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM retry_policies").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn reopening_the_same_file_keeps_the_data_and_runs_the_migrations_once() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store
+        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .await
+        .unwrap();
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 100).await.unwrap();
+    store.close().await;
+    drop(store);
+    // Reopen through the other accepted spellings of the location.
+    let bare = db_path(&dir).display().to_string();
+    for url in [bare.clone(), format!("sqlite:{bare}")] {
+        let store = SqlStore::connect(&url).await.unwrap();
+        assert_eq!(
+            store.policy("dialogue").await.unwrap(),
+            Some(json!({"max_attempts": 3}))
+        );
+        assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
+        assert_eq!(
+            count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
+            1
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn connecting_creates_a_missing_file_in_wal_mode_and_refuses_other_databases() {
+    let dir = TempDir::new().unwrap();
+    assert!(!db_path(&dir).exists());
+    let store = SqlStore::connect(&db_path(&dir).display().to_string())
+        .await
+        .unwrap();
+    assert!(db_path(&dir).exists());
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(fk, 1);
+    let err = SqlStore::connect("postgres://localhost/retake")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn timestamps_are_rfc3339_utc_with_milliseconds() {
+    let at =
+        |secs: u64, millis: u64| rfc3339(UNIX_EPOCH + Duration::from_millis(secs * 1000 + millis));
+    assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(at(1_700_000_000, 123), "2023-11-14T22:13:20.123Z");
+    assert_eq!(at(1_709_164_800, 5), "2024-02-29T00:00:00.005Z");
+    assert_eq!(at(951_782_400, 999), "2000-02-29T00:00:00.999Z");
+    assert_eq!(at(4_107_542_400 - 1, 0), "2100-02-28T23:59:59.000Z");
+    assert_eq!(at(4_107_542_400, 0), "2100-03-01T00:00:00.000Z");
+}

@@ -1,0 +1,241 @@
+//! Attempts and outcomes.
+
+use super::*;
+
+#[tokio::test]
+async fn recording_an_attempt_twice_keeps_one_row_with_the_latest_data() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store
+        .record_attempt(&record_attempt("r1", record(1, 0.4)))
+        .await
+        .unwrap();
+    let first = store.attempts("5").await.unwrap();
+    store
+        .record_outcome(&outcome("r1", Outcome::Passed, Some(1), vec![]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let mut latest = record(1, 0.9);
+    latest.output_uri = None;
+    latest.error = Some("boom".to_owned());
+    store
+        .record_attempt(&record_attempt("r1", latest.clone()))
+        .await
+        .unwrap();
+    let rows = store.attempts("5").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record, latest);
+    assert_eq!(rows[0].created_at, first[0].created_at);
+    assert!(rows[0].updated_at > first[0].updated_at);
+    assert!(rows[0].selected, "a re-recorded attempt stays selected");
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM retry_attempts").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn an_attempt_round_trips_with_every_field() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let mut rec = record(2, 0.5);
+    rec.seed = (1 << 62) + 7;
+    rec.jitter =
+        serde_json::from_value(json!([{"param": "cfg", "original": 7.0, "value": 7.5}])).unwrap();
+    store
+        .record_attempt(&record_attempt("r1", rec.clone()))
+        .await
+        .unwrap();
+    let rows = store.attempts("5").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    assert_eq!(row.record, rec);
+    assert_eq!(
+        (
+            row.segment_id.as_str(),
+            row.project_id.as_str(),
+            row.scene_type.as_str()
+        ),
+        ("5", "p1", "dialogue")
+    );
+    assert_eq!(
+        (row.workflow_id.as_str(), row.run_id.as_str()),
+        ("segment-retry-5", "r1")
+    );
+    assert!(!row.selected);
+    assert_eq!(row.created_at.len(), "2025-01-01T00:00:00.000Z".len());
+}
+
+#[tokio::test]
+async fn out_of_range_numbers_are_invalid_instead_of_panicking() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let mut rec = record(1, 0.5);
+    rec.seed = u64::MAX;
+    let err = store
+        .record_attempt(&record_attempt("r1", rec))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    let err = store
+        .reserve(&key("r1", 1), "p1", u64::MAX)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    store
+        .record_attempt(&record_attempt("r1", record(1, 0.5)))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE retry_attempts SET seed = -1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = store.attempts("5").await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+    sqlx::query("UPDATE retry_attempts SET seed = 1, params = 'not json'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = store.attempts("5").await.unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn recording_an_outcome_marks_exactly_the_selected_attempt() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let attempts = vec![record(1, 0.4), record(2, 0.85), record(3, 0.9)];
+    for rec in &attempts {
+        store
+            .record_attempt(&record_attempt("r1", rec.clone()))
+            .await
+            .unwrap();
+    }
+    store
+        .record_outcome(&outcome("r1", Outcome::Passed, Some(3), attempts.clone()))
+        .await
+        .unwrap();
+    // A corrected outcome moves the mark.
+    store
+        .record_outcome(&outcome("r1", Outcome::Passed, Some(2), attempts))
+        .await
+        .unwrap();
+    let selected: Vec<_> = store
+        .attempts("5")
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| (a.record.attempt, a.selected))
+        .collect();
+    assert_eq!(selected, vec![(1, false), (2, true), (3, false)]);
+    let outcomes = store.outcomes("5").await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    let o = &outcomes[0];
+    assert_eq!(
+        (o.outcome.as_str(), o.review.as_str(), o.selected_attempt),
+        ("passed", "none", Some(2))
+    );
+    assert_eq!((o.gpu_ms_total, o.reason.as_str()), (600, "because"));
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM retry_attempts").await,
+        3
+    );
+}
+
+#[tokio::test]
+async fn an_escalated_outcome_awaits_review_and_selects_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let attempts = vec![record(1, 0.4), record(2, 0.5)];
+    for rec in &attempts {
+        store
+            .record_attempt(&record_attempt("r1", rec.clone()))
+            .await
+            .unwrap();
+    }
+    store
+        .record_outcome(&outcome("r1", Outcome::Escalated, None, attempts))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .attempts("5")
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| !a.selected)
+    );
+    let outcomes = store.outcomes("5").await.unwrap();
+    assert_eq!(
+        (outcomes[0].outcome.as_str(), outcomes[0].review.as_str()),
+        ("escalated", "pending")
+    );
+    store
+        .record_outcome(&outcome("r2", Outcome::BudgetExhausted, None, vec![]))
+        .await
+        .unwrap();
+    let outcomes = store.outcomes("5").await.unwrap();
+    let runs: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.run_id.as_str(), o.outcome.as_str(), o.review.as_str()))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![
+            ("r1", "escalated", "pending"),
+            ("r2", "budget_exhausted", "none")
+        ]
+    );
+}
+
+#[tokio::test]
+async fn recording_an_outcome_fills_in_attempts_whose_record_was_lost() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    let recorded = record(1, 0.4);
+    store
+        .record_attempt(&record_attempt("r1", recorded.clone()))
+        .await
+        .unwrap();
+    let attempts = vec![recorded, record(2, 0.6), record(3, 0.95)];
+    store
+        .record_outcome(&outcome("r1", Outcome::Passed, Some(3), attempts.clone()))
+        .await
+        .unwrap();
+    let rows = store.attempts("5").await.unwrap();
+    let stored: Vec<_> = rows.iter().map(|a| a.record.clone()).collect();
+    assert_eq!(stored, attempts);
+    let selected: Vec<_> = rows.iter().map(|a| a.selected).collect();
+    assert_eq!(selected, vec![false, false, true]);
+    assert!(
+        rows.iter()
+            .all(|a| a.segment_id == "5" && a.project_id == "p1" && a.run_id == "r1")
+    );
+}
+
+#[tokio::test]
+async fn attempts_come_oldest_run_first_then_by_attempt_number() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    // Run "b" starts first; attempts are recorded out of order.
+    for (run, attempt) in [("b", 2), ("b", 1), ("a", 1), ("b", 3), ("a", 2)] {
+        store
+            .record_attempt(&record_attempt(run, record(attempt, 0.5)))
+            .await
+            .unwrap();
+    }
+    let order: Vec<_> = store
+        .attempts("5")
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| (a.run_id.clone(), a.record.attempt))
+        .collect();
+    let expected: Vec<_> = [("b", 1), ("b", 2), ("b", 3), ("a", 1), ("a", 2)]
+        .iter()
+        .map(|(r, a)| (r.to_string(), *a))
+        .collect();
+    assert_eq!(order, expected);
+    assert!(store.attempts("6").await.unwrap().is_empty());
+}

@@ -1,0 +1,240 @@
+//! The budget ledger: limits, idempotency, concurrency.
+
+use super::*;
+
+#[tokio::test]
+async fn a_reservation_within_the_limit_is_granted_and_held() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    let answer = store.reserve(&key("r1", 1), "p1", 400).await.unwrap();
+    assert_eq!(answer, Reservation::Granted { gpu_ms: 400 });
+    let b = budget(&store, "p1").await;
+    assert_eq!(
+        (b.limit_ms, b.reserved_ms, b.spent_ms),
+        (Some(1000), 400, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 700).await.unwrap();
+    let refused = Reservation::Refused {
+        limit_ms: 1000,
+        committed_ms: 700,
+        requested_ms: 400,
+    };
+    assert_eq!(
+        store.reserve(&key("r1", 2), "p1", 400).await.unwrap(),
+        refused
+    );
+    // Even once the budget would allow it, the same attempt keeps its first answer...
+    store.set_limit("p1", Some(5000)).await.unwrap();
+    assert_eq!(
+        store.reserve(&key("r1", 2), "p1", 400).await.unwrap(),
+        refused
+    );
+    assert_eq!(budget(&store, "p1").await.reserved_ms, 700);
+    // ...while a new attempt is granted.
+    let granted = store.reserve(&key("r1", 3), "p1", 400).await.unwrap();
+    assert_eq!(granted, Reservation::Granted { gpu_ms: 400 });
+    // Releasing or settling a refusal changes nothing.
+    store.release(&key("r1", 2)).await.unwrap();
+    store.settle(&key("r1", 2), 400).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (1100, 0));
+}
+
+#[tokio::test]
+async fn a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    assert_eq!(store.budget("p9").await.unwrap(), None);
+    let answer = store
+        .reserve(&key("r1", 1), "p9", u64::from(u32::MAX))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        Reservation::Granted {
+            gpu_ms: u64::from(u32::MAX)
+        }
+    );
+    store.settle(&key("r1", 1), 1234).await.unwrap();
+    let expected = Budget {
+        project_id: "p9".to_owned(),
+        limit_ms: None,
+        reserved_ms: 0,
+        spent_ms: 1234,
+    };
+    assert_eq!(budget(&store, "p9").await, expected);
+}
+
+#[tokio::test]
+async fn a_second_reservation_for_the_same_attempt_changes_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    let first = store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
+    // A different amount on the retry does not matter: the first answer stands.
+    let second = store.reserve(&key("r1", 1), "p1", 500).await.unwrap();
+    assert_eq!(first, Reservation::Granted { gpu_ms: 300 });
+    assert_eq!(second, first);
+    assert_eq!(budget(&store, "p1").await.reserved_ms, 300);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM budget_reservations").await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn settling_moves_the_reservation_to_spent_once_even_if_called_twice() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 500).await.unwrap();
+    store.reserve(&key("r1", 2), "p1", 200).await.unwrap();
+    store.settle(&key("r1", 1), 420).await.unwrap();
+    store.settle(&key("r1", 1), 420).await.unwrap();
+    store.settle(&key("r1", 1), 999).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (200, 420));
+    // A settled reservation cannot be released any more.
+    store.release(&key("r1", 1)).await.unwrap();
+    assert_eq!(budget(&store, "p1").await, b);
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM budget_reservations WHERE attempt = 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(status, "settled");
+}
+
+#[tokio::test]
+async fn releasing_gives_the_reservation_back_once() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 600).await.unwrap();
+    store.reserve(&key("r1", 2), "p1", 300).await.unwrap();
+    store.release(&key("r1", 1)).await.unwrap();
+    store.release(&key("r1", 1)).await.unwrap();
+    // Nor does a late settle of the released attempt count.
+    store.settle(&key("r1", 1), 600).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (300, 0));
+    // The released time can be reserved again.
+    let answer = store.reserve(&key("r1", 3), "p1", 700).await.unwrap();
+    assert_eq!(answer, Reservation::Granted { gpu_ms: 700 });
+}
+
+#[tokio::test]
+async fn settling_or_releasing_an_attempt_without_a_reservation_does_nothing() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.settle(&key("r1", 1), 100).await.unwrap();
+    store.release(&key("r1", 2)).await.unwrap();
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM budget_reservations").await,
+        0
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM project_budgets").await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn setting_a_limit_keeps_reserved_and_spent_time() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
+    store.reserve(&key("r1", 2), "p1", 200).await.unwrap();
+    store.settle(&key("r1", 2), 250).await.unwrap();
+    let b = store.set_limit("p1", Some(600)).await.unwrap();
+    let expected = Budget {
+        project_id: "p1".to_owned(),
+        limit_ms: Some(600),
+        reserved_ms: 300,
+        spent_ms: 250,
+    };
+    assert_eq!(b, expected);
+    let refused = store.reserve(&key("r1", 3), "p1", 100).await.unwrap();
+    assert_eq!(
+        refused,
+        Reservation::Refused {
+            limit_ms: 600,
+            committed_ms: 550,
+            requested_ms: 100
+        }
+    );
+    let b = store.set_limit("p1", None).await.unwrap();
+    assert_eq!((b.limit_ms, b.reserved_ms, b.spent_ms), (None, 300, 250));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forty_concurrent_reservations_from_two_stores_never_exceed_the_limit() {
+    let dir = TempDir::new().unwrap();
+    let first = open(&dir).await;
+    // A second pool on the same file stands in for another worker process.
+    let second = open(&dir).await;
+    first.set_limit("p1", Some(1000)).await.unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (store, done) = (second.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut max = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let b = store.budget("p1").await.unwrap().unwrap();
+                max = max.max(b.reserved_ms + b.spent_ms);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            max
+        })
+    };
+    let tasks: Vec<_> = (1..=40u32)
+        .map(|i| {
+            let store = if i % 2 == 0 {
+                first.clone()
+            } else {
+                second.clone()
+            };
+            tokio::spawn(async move { store.reserve(&key("r1", i), "p1", 100).await })
+        })
+        .collect();
+    let mut granted = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            Reservation::Granted { gpu_ms } => {
+                assert_eq!(gpu_ms, 100);
+                granted += 1;
+            }
+            Reservation::Refused {
+                limit_ms,
+                committed_ms,
+                requested_ms,
+            } => {
+                assert_eq!((limit_ms, requested_ms), (1000, 100));
+                assert!(committed_ms + requested_ms > limit_ms && committed_ms <= limit_ms);
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(watcher.await.unwrap() <= 1000);
+    assert_eq!(granted, 10);
+    let b = budget(&first, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (1000, 0));
+    let held = count(
+        &first,
+        "SELECT COUNT(*) FROM budget_reservations WHERE status = 'reserved'",
+    )
+    .await;
+    assert_eq!(held, 10);
+    assert_eq!(
+        count(&first, "SELECT COUNT(*) FROM budget_reservations").await,
+        40
+    );
+}

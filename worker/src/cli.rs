@@ -1,0 +1,87 @@
+//! Command-line interface (clap). Each subcommand is a function in `commands`.
+
+use crate::commands;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "retake", version, about = "Durable, transparent, budget-bounded retries for generative pipelines")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone, Args)]
+pub struct Global {
+    /// Store URL (`sqlite://path` or a file path).
+    #[arg(long, global = true, env = "RETAKE_DATABASE_URL", default_value = crate::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Task queue of the retry workflow.
+    #[arg(long, global = true, env = "RETAKE_TASK_QUEUE", default_value = retake_domain::DEFAULT_TASK_QUEUE)]
+    pub task_queue: String,
+    /// Temporal frontend address (host:port); default from TEMPORAL_ADDRESS / the client config,
+    /// else localhost:7233.
+    #[arg(long, global = true)]
+    pub temporal_address: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker (simulator backend) until Ctrl-C / SIGTERM.
+    Worker(WorkerArgs),
+    /// Start a retry for one failed segment, wait for it and print the report.
+    Retry(commands::retry::RetryArgs),
+    /// Every recorded attempt of a segment.
+    History(commands::history::HistoryArgs),
+    /// Retry policies per scene type.
+    #[command(subcommand)]
+    Policy(commands::policy::PolicyCommand),
+    /// GPU budgets per project.
+    #[command(subcommand)]
+    Budget(commands::budget::BudgetCommand),
+    /// Run a batch of failed segments through the simulator and print every report.
+    Demo(commands::demo::DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Simulated GPU time per attempt in milliseconds.
+    #[arg(long, env = "RETAKE_SIM_GPU_MS", default_value_t = retake_activities::sim::DEFAULT_GPU_MS)]
+    pub sim_gpu_ms: u64,
+}
+
+/// Options of a JSON-capable read command.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Output {
+    /// Print JSON for machines instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Read a file argument, or `-` for standard input.
+pub(crate) fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+/// Run the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Worker(args) => commands::worker(&g, args).await,
+        Command::Retry(args) => commands::retry::run(&g, args).await,
+        Command::History(args) => commands::history::run(&g, args).await,
+        Command::Policy(cmd) => commands::policy::run(&g, cmd).await,
+        Command::Budget(cmd) => commands::budget::run(&g, cmd).await,
+        Command::Demo(args) => commands::demo::run(&g, args).await,
+    }
+}

@@ -1,0 +1,50 @@
+//! The worker: registers `SegmentRetryWorkflow` and its activities on a task queue and runs
+//! until the shutdown future resolves.
+
+use retake_activities::RetryActivities;
+use retake_activities::sim::Simulator;
+use retake_activities::store::SqlStore;
+use retake_workflows::SegmentRetryWorkflow;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use temporalio_client::Client;
+use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+/// How long a workflow task waits on a worker's sticky queue before any worker may take it. The
+/// default (10 s) would stall a workflow for 10 s after its worker died; 2 s keeps recovery quick
+/// at the cost of an occasional full-history replay under load.
+pub const STICKY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The activities with the simulator as generation and QA backend.
+pub fn simulator_activities(store: Arc<SqlStore>, sim: Simulator) -> RetryActivities {
+    RetryActivities::from_parts(Arc::new(sim), store)
+}
+
+/// Run a worker on `task_queue` until `shutdown` resolves, then finish in-flight work and return.
+/// Must be awaited on the current task (the SDK's worker future is not `Send`).
+pub async fn run(
+    client: Client,
+    task_queue: &str,
+    activities: RetryActivities,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let runtime = Runtime::from_current_tokio(Default::default())?;
+    let options = WorkerOptions::new(task_queue)
+        .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)
+        .register_workflow::<SegmentRetryWorkflow>()?
+        .register_activities(activities)
+        .build();
+    let mut worker = Worker::new(&runtime, client, options)?;
+    let stop = worker.shutdown_handle();
+    let running = worker.run();
+    tokio::pin!(running);
+    tokio::select! {
+        ran = &mut running => ran?,
+        () = shutdown => {
+            stop();
+            running.await?;
+        }
+    }
+    Ok(())
+}

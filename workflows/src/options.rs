@@ -1,0 +1,46 @@
+//! Activity timeouts and retry policies, chosen per kind of work.
+//!
+//! * Store activities (policy, budget, records) are quick and idempotent: 30 s per try, retried
+//!   without limit with backoff up to 30 s, so a database outage pauses the workflow instead of
+//!   losing it. Invalid data is not retried.
+//! * `generate` may run for long on a GPU: a long start-to-close timeout (1 h) with a short
+//!   heartbeat timeout (5 s), so a killed worker's attempt is retried elsewhere within seconds and
+//!   resumes from its last heartbeat. 5 tries; a rejected request is not retried.
+//! * `score_qa` is short: 2 min per try, 5 tries.
+
+use retake_activities::failure_types;
+use std::time::Duration;
+use temporalio_common::RetryPolicy;
+use temporalio_sdk::ActivityOptions;
+
+fn retry(max_attempts: u32, max_interval_s: u64) -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_interval(Duration::from_millis(500))
+        .backoff_coefficient(2.0)
+        .maximum_interval(Duration::from_secs(max_interval_s))
+        .maximum_attempts(max_attempts)
+        .non_retryable_error_types(failure_types::NON_RETRYABLE)
+        .build()
+}
+
+pub(crate) fn store(summary: String) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(retry(0, 30))
+        .summary(summary)
+        .build()
+}
+
+pub(crate) fn generate(summary: String) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
+        .heartbeat_timeout(Duration::from_secs(5))
+        .retry_policy(retry(5, 10))
+        .summary(summary)
+        .build()
+}
+
+pub(crate) fn score(summary: String) -> ActivityOptions {
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+        .retry_policy(retry(5, 10))
+        .summary(summary)
+        .build()
+}
