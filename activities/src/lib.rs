@@ -70,7 +70,13 @@ impl RetryActivities {
         B: GenerationBackend + QaScorer + 'static,
         S: PolicyStore + BudgetLedger + AttemptStore + 'static,
     {
-        Self::new(backend.clone(), backend, store.clone(), store.clone(), store)
+        Self::new(
+            backend.clone(),
+            backend,
+            store.clone(),
+            store.clone(),
+            store,
+        )
     }
 }
 
@@ -95,7 +101,9 @@ fn store_failure(e: StoreError) -> ActivityError {
 fn backend_failure(e: BackendError) -> ActivityError {
     match e {
         BackendError::Cancelled => ActivityError::cancelled(),
-        BackendError::Transient(_) => failure(failure_types::BACKEND_TRANSIENT, false, e.to_string()),
+        BackendError::Transient(_) => {
+            failure(failure_types::BACKEND_TRANSIENT, false, e.to_string())
+        }
         _ => failure(failure_types::BACKEND_REJECTED, true, e.to_string()),
     }
 }
@@ -158,7 +166,12 @@ impl RetryActivities {
         ctx: ActivityContext,
         input: GenerateRequest,
     ) -> Result<Generated, ActivityError> {
-        let resume_from: u32 = ctx.heartbeat_details().deserialize().ok().flatten().unwrap_or(0);
+        let resume_from: u32 = ctx
+            .heartbeat_details()
+            .deserialize()
+            .ok()
+            .flatten()
+            .unwrap_or(0);
         let heartbeat = Heartbeat {
             ctx: &ctx,
             resume_from,

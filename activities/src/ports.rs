@@ -1,7 +1,10 @@
 //! Ports: one small trait per capability the activities need. Adapters live beside them
 //! (`sim` for generation and QA, `store` for SQL).
 
-use crate::io::{AttemptKey, GenerateRequest, Generated, RecordAttempt, RecordOutcome, Reservation, ScoreRequest, Scored};
+use crate::io::{
+    AttemptKey, GenerateRequest, Generated, RecordAttempt, RecordOutcome, Reservation,
+    ScoreRequest, Scored,
+};
 use async_trait::async_trait;
 use retake_domain::contract::AttemptRecord;
 use serde::{Deserialize, Serialize};
@@ -50,7 +53,11 @@ pub trait Progress: Send + Sync {
 pub trait GenerationBackend: Send + Sync {
     /// Generate with `req.seed` and `req.params`. Implementations use `req.key` as the idempotency
     /// key, so a re-run for the same key does not generate (or bill) twice.
-    async fn generate(&self, req: &GenerateRequest, progress: &dyn Progress) -> Result<Generated, BackendError>;
+    async fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &dyn Progress,
+    ) -> Result<Generated, BackendError>;
 }
 
 /// Scores one output.
@@ -83,14 +90,23 @@ pub struct Budget {
 pub trait BudgetLedger: Send + Sync {
     /// Reserve `gpu_ms` for the attempt unless `limit < reserved + spent + gpu_ms`. Calling it
     /// again for the same key returns the first answer and changes nothing.
-    async fn reserve(&self, key: &AttemptKey, project_id: &str, gpu_ms: u64) -> Result<Reservation, StoreError>;
+    async fn reserve(
+        &self,
+        key: &AttemptKey,
+        project_id: &str,
+        gpu_ms: u64,
+    ) -> Result<Reservation, StoreError>;
     /// Turn the attempt's reservation into `gpu_ms` spent. A second call changes nothing.
     async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError>;
     /// Give back a reservation that will never be settled. A second call changes nothing.
     async fn release(&self, key: &AttemptKey) -> Result<(), StoreError>;
     async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError>;
     /// Set (or with `None` remove) the limit; reserved and spent are kept.
-    async fn set_limit(&self, project_id: &str, limit_ms: Option<u64>) -> Result<Budget, StoreError>;
+    async fn set_limit(
+        &self,
+        project_id: &str,
+        limit_ms: Option<u64>,
+    ) -> Result<Budget, StoreError>;
 }
 
 /// One row of `retry_attempts`, with where it came from.

@@ -105,7 +105,10 @@ impl Simulator {
         } else {
             0.55 + 0.4 * u_motion
         };
-        Scores::from([("face".to_owned(), round3(face)), ("motion".to_owned(), round3(motion))])
+        Scores::from([
+            ("face".to_owned(), round3(face)),
+            ("motion".to_owned(), round3(motion)),
+        ])
     }
 }
 
@@ -141,10 +144,10 @@ impl QaScorer for Simulator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use retake_domain::policy::RetryPolicy;
-    use retake_domain::select::gate;
-    use retake_domain::seed::attempt_seeds;
     use retake_domain::contract::QaScores;
+    use retake_domain::policy::RetryPolicy;
+    use retake_domain::seed::attempt_seeds;
+    use retake_domain::select::gate;
     use serde_json::json;
 
     fn params(seed: u64) -> Params {
@@ -153,8 +156,14 @@ mod tests {
 
     #[test]
     fn scores_are_deterministic_per_segment_seed_and_params() {
-        assert_eq!(Simulator::scores("7", 11, &params(11)), Simulator::scores("7", 11, &params(11)));
-        assert_ne!(Simulator::scores("7", 11, &params(11)), Simulator::scores("7", 12, &params(12)));
+        assert_eq!(
+            Simulator::scores("7", 11, &params(11)),
+            Simulator::scores("7", 11, &params(11))
+        );
+        assert_ne!(
+            Simulator::scores("7", 11, &params(11)),
+            Simulator::scores("7", 12, &params(12))
+        );
     }
 
     #[test]
@@ -170,7 +179,10 @@ mod tests {
 
     #[test]
     fn the_failure_mix_matches_the_documented_model() {
-        let policy = RetryPolicy { enabled: true, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            enabled: true,
+            ..RetryPolicy::default()
+        };
         let (mut sys_face, mut sys_motion, mut fixed, mut stochastic) = (0, 0, 0, 0);
         for i in 0..1000 {
             let seg = format!("seg-{i}");
@@ -182,14 +194,23 @@ mod tests {
             }
             stochastic += 1;
             let passes = attempt_seeds(&seg, 1, 3, 53).into_iter().any(|s| {
-                let qa = QaScores { scores: Simulator::scores(&seg, s, &params(s)), failures: vec![] };
+                let qa = QaScores {
+                    scores: Simulator::scores(&seg, s, &params(s)),
+                    failures: vec![],
+                };
                 gate(&policy, &qa).is_empty()
             });
             fixed += usize::from(passes);
         }
         assert!((100..200).contains(&sys_face), "systematic face {sys_face}");
-        assert!((60..140).contains(&sys_motion), "systematic motion {sys_motion}");
+        assert!(
+            (60..140).contains(&sys_motion),
+            "systematic motion {sys_motion}"
+        );
         let rate = fixed as f64 / stochastic as f64;
-        assert!((0.7..0.97).contains(&rate), "three seeds fix {rate} of stochastic segments");
+        assert!(
+            (0.7..0.97).contains(&rate),
+            "three seeds fix {rate} of stochastic segments"
+        );
     }
 }

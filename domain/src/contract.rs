@@ -98,8 +98,10 @@ impl RetryRequest {
                 }
             }
         };
-        let segment = id(&mut errs, "segment_id").and_then(|s| keep(&mut errs, SegmentId::parse(s)));
-        let project = id(&mut errs, "project_id").and_then(|s| keep(&mut errs, ProjectId::parse(s)));
+        let segment =
+            id(&mut errs, "segment_id").and_then(|s| keep(&mut errs, SegmentId::parse(s)));
+        let project =
+            id(&mut errs, "project_id").and_then(|s| keep(&mut errs, ProjectId::parse(s)));
         let scene = id(&mut errs, "scene_type").and_then(|s| keep(&mut errs, SceneType::parse(s)));
         let params = match obj.get("params") {
             Some(v) => keep(&mut errs, Params::parse(v)),
@@ -126,16 +128,20 @@ impl RetryRequest {
             }
         }
         match (segment, project, scene, params, failed_qa) {
-            (Some(segment_id), Some(project_id), Some(scene_type), Some(params), Some(failed_qa)) => {
-                errs.finish(Self {
-                    segment_id,
-                    project_id,
-                    scene_type,
-                    params,
-                    failed_qa,
-                    policy,
-                })
-            }
+            (
+                Some(segment_id),
+                Some(project_id),
+                Some(scene_type),
+                Some(params),
+                Some(failed_qa),
+            ) => errs.finish(Self {
+                segment_id,
+                project_id,
+                scene_type,
+                params,
+                failed_qa,
+                policy,
+            }),
             _ => Err(errs
                 .finish(())
                 .expect_err("a missing part always records an error")),
@@ -165,7 +171,10 @@ fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa>
 pub(crate) fn check_scores(field: &str, scores: &Scores, errs: &mut Errors) {
     for (metric, score) in scores {
         if !(score.is_finite() && (0.0..=1.0).contains(score)) {
-            errs.push(format!("{field}.{metric}"), format!("must be within 0..=1, got {score}"));
+            errs.push(
+                format!("{field}.{metric}"),
+                format!("must be within 0..=1, got {score}"),
+            );
         }
     }
 }

@@ -89,7 +89,10 @@ mod tests {
 
     #[test]
     fn an_ordinary_segment_id_is_accepted() {
-        assert_eq!(SegmentId::parse("ep1:seg-5_a.b").unwrap().as_str(), "ep1:seg-5_a.b");
+        assert_eq!(
+            SegmentId::parse("ep1:seg-5_a.b").unwrap().as_str(),
+            "ep1:seg-5_a.b"
+        );
     }
 
     #[test]

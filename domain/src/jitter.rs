@@ -111,7 +111,10 @@ mod tests {
             assert!((0.0..=1.0).contains(&dn), "denoise {dn}");
             saw_low_clamp |= cfg == 1.0;
         }
-        assert!(saw_low_clamp, "half the draws go below 1.0 and must clamp to it");
+        assert!(
+            saw_low_clamp,
+            "half the draws go below 1.0 and must clamp to it"
+        );
     }
 
     #[test]
@@ -151,6 +154,10 @@ mod tests {
         assert_eq!(out.0["sampler"], "euler");
         assert_eq!(out.0["steps"], 30);
         assert_eq!(out.seed(), 77);
-        assert_eq!(changes.len(), 1, "denoise_strength is absent, so only cfg_scale changes");
+        assert_eq!(
+            changes.len(),
+            1,
+            "denoise_strength is absent, so only cfg_scale changes"
+        );
     }
 }

@@ -196,7 +196,14 @@ pub fn conclude(
             ),
         ),
     };
-    let report = report::summary(req.segment_id.as_str(), policy, &attempts, outcome, selected, stop);
+    let report = report::summary(
+        req.segment_id.as_str(),
+        policy,
+        &attempts,
+        outcome,
+        selected,
+        stop,
+    );
     RetryResult {
         segment_id: req.segment_id.to_string(),
         project_id: req.project_id.to_string(),
@@ -226,7 +233,10 @@ mod tests {
     }
 
     fn enabled() -> RetryPolicy {
-        RetryPolicy { enabled: true, ..RetryPolicy::default() }
+        RetryPolicy {
+            enabled: true,
+            ..RetryPolicy::default()
+        }
     }
 
     fn scored(policy: &RetryPolicy, k: u32, face: f64, motion: f64) -> AttemptRecord {
@@ -245,7 +255,10 @@ mod tests {
 
     #[test]
     fn a_failure_kind_not_in_retry_on_is_not_retried() {
-        let failed = FailedQa { scores: Scores::new(), failures: vec!["motion_score".into()] };
+        let failed = FailedQa {
+            scores: Scores::new(),
+            failures: vec!["motion_score".into()],
+        };
         let why = should_retry(&enabled(), &failed).unwrap_err();
         assert!(why.contains("motion_score"), "{why}");
         assert!(should_retry(&enabled(), &request().failed_qa).is_ok());
@@ -280,19 +293,35 @@ mod tests {
 
     #[test]
     fn best_of_n_keeps_going_after_a_pass_and_picks_the_best() {
-        let p = RetryPolicy { selection: Selection::BestOfN, ..enabled() };
-        let a = vec![scored(&p, 1, 0.7, 0.9), scored(&p, 2, 0.3, 0.9), scored(&p, 3, 0.9, 0.9)];
+        let p = RetryPolicy {
+            selection: Selection::BestOfN,
+            ..enabled()
+        };
+        let a = vec![
+            scored(&p, 1, 0.7, 0.9),
+            scored(&p, 2, 0.3, 0.9),
+            scored(&p, 3, 0.9, 0.9),
+        ];
         assert_eq!(next(&p, &a[..1]), Ok(2));
         assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert_eq!(r.selected_attempt, Some(3));
-        assert!(r.report.ends_with("; selected attempt 3 (best of 2 passing)"), "{}", r.report);
+        assert!(
+            r.report
+                .ends_with("; selected attempt 3 (best of 2 passing)"),
+            "{}",
+            r.report
+        );
     }
 
     #[test]
     fn all_attempts_failing_escalates_with_every_attempt_in_the_report() {
         let p = enabled();
-        let a = vec![scored(&p, 1, 0.1, 0.9), scored(&p, 2, 0.2, 0.9), scored(&p, 3, 0.3, 0.9)];
+        let a = vec![
+            scored(&p, 1, 0.1, 0.9),
+            scored(&p, 2, 0.2, 0.9),
+            scored(&p, 3, 0.3, 0.9),
+        ];
         assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert_eq!(r.outcome, Outcome::Escalated);
@@ -309,19 +338,37 @@ mod tests {
         let p = enabled();
         let a = vec![scored(&p, 1, 0.9, 0.1)];
         let stop = next(&p, &a).unwrap_err();
-        assert_eq!(stop, Stop::NotRetryable { attempt: 1, failures: vec!["motion_score".into()] });
+        assert_eq!(
+            stop,
+            Stop::NotRetryable {
+                attempt: 1,
+                failures: vec!["motion_score".into()]
+            }
+        );
         let r = conclude(&request(), &p, a, &stop);
         assert_eq!(r.outcome, Outcome::Escalated);
-        assert!(r.report.contains("failed attempt 1 (face 0.90, motion 0.10)"), "{}", r.report);
+        assert!(
+            r.report
+                .contains("failed attempt 1 (face 0.90, motion 0.10)"),
+            "{}",
+            r.report
+        );
     }
 
     #[test]
     fn a_budget_refusal_without_a_pass_is_budget_exhausted() {
         let p = enabled();
-        let stop = Stop::BudgetRefused { attempt: 2, detail: "limit 100 ms".into() };
+        let stop = Stop::BudgetRefused {
+            attempt: 2,
+            detail: "limit 100 ms".into(),
+        };
         let r = conclude(&request(), &p, vec![scored(&p, 1, 0.1, 0.9)], &stop);
         assert_eq!(r.outcome, Outcome::BudgetExhausted);
-        assert!(r.report.ends_with("; budget exhausted before attempt 2"), "{}", r.report);
+        assert!(
+            r.report.ends_with("; budget exhausted before attempt 2"),
+            "{}",
+            r.report
+        );
     }
 
     #[test]
@@ -331,13 +378,20 @@ mod tests {
         assert_eq!(a[0].status, AttemptStatus::Error);
         assert_eq!(next(&p, &a), Ok(2));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
-        assert!(r.report.contains("error on attempt 1 (GPU lost)"), "{}", r.report);
+        assert!(
+            r.report.contains("error on attempt 1 (GPU lost)"),
+            "{}",
+            r.report
+        );
     }
 
     #[test]
     fn not_retried_reports_the_reason() {
         let r = not_retried(&request(), "auto-retry is not enabled".into());
         assert_eq!(r.outcome, Outcome::NotRetried);
-        assert_eq!(r.report, "Segment 5: not retried (auto-retry is not enabled)");
+        assert_eq!(
+            r.report,
+            "Segment 5: not retried (auto-retry is not enabled)"
+        );
     }
 }

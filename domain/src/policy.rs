@@ -154,7 +154,10 @@ impl RetryPolicy {
     /// Parse a policy from JSON; missing fields take their defaults. Errors name the field.
     pub fn parse(value: &Value) -> Result<Self, ValidationError> {
         if !value.is_object() {
-            return Err(ValidationError::single("", "a policy must be a JSON object"));
+            return Err(ValidationError::single(
+                "",
+                "a policy must be a JSON object",
+            ));
         }
         let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
@@ -185,7 +188,9 @@ impl RetryPolicy {
                 .unwrap_or(d.thresholds),
             vary: raw.vary.unwrap_or(d.vary),
             selection: raw.selection.unwrap_or(d.selection),
-            est_gpu_ms_per_attempt: raw.est_gpu_ms_per_attempt.unwrap_or(d.est_gpu_ms_per_attempt),
+            est_gpu_ms_per_attempt: raw
+                .est_gpu_ms_per_attempt
+                .unwrap_or(d.est_gpu_ms_per_attempt),
             seed_bits: raw.seed_bits.unwrap_or(d.seed_bits),
         };
         policy.validate()
@@ -194,7 +199,10 @@ impl RetryPolicy {
     /// The scene type's stored policy (or the disabled default) with a request's override merged
     /// over it as a JSON merge patch (RFC 7386): fields the override names replace the stored ones,
     /// maps (`thresholds`, `vary`) merge key by key, `null` removes a key.
-    pub fn resolve(stored: Option<&Value>, override_: Option<&Value>) -> Result<Self, ValidationError> {
+    pub fn resolve(
+        stored: Option<&Value>,
+        override_: Option<&Value>,
+    ) -> Result<Self, ValidationError> {
         let mut merged = stored
             .cloned()
             .unwrap_or_else(|| serde_json::to_value(Self::default()).unwrap_or(Value::Null));
@@ -239,31 +247,46 @@ impl RetryPolicy {
                 errs.push(&field, "metric names are letters, digits and _");
             }
             if !(t.min.is_finite() && (0.0..=1.0).contains(&t.min)) {
-                errs.push(format!("{field}.min"), format!("must be within 0..=1, got {}", t.min));
+                errs.push(
+                    format!("{field}.min"),
+                    format!("must be within 0..=1, got {}", t.min),
+                );
             }
             if !is_name(&t.failure) {
-                errs.push(format!("{field}.failure"), "must be a failure kind like face_melt");
+                errs.push(
+                    format!("{field}.failure"),
+                    "must be a failure kind like face_melt",
+                );
             }
         }
         for (param, j) in &self.vary {
             let field = format!("vary.{param}");
             if param == "seed" {
-                errs.push(&field, "the seed is derived per attempt, it cannot be jittered");
+                errs.push(
+                    &field,
+                    "the seed is derived per attempt, it cannot be jittered",
+                );
             } else if !is_name(param) {
                 errs.push(&field, "parameter names are letters, digits and _");
             }
             if !(j.range.is_finite() && j.range >= 0.0) {
-                errs.push(format!("{field}.range"), format!("must be a finite number ≥ 0, got {}", j.range));
+                errs.push(
+                    format!("{field}.range"),
+                    format!("must be a finite number ≥ 0, got {}", j.range),
+                );
             }
             for (name, bound) in [("min", j.min), ("max", j.max)] {
                 if bound.is_some_and(|b| !b.is_finite()) {
                     errs.push(format!("{field}.{name}"), "must be a finite number");
                 }
             }
-            if let (Some(lo), Some(hi)) = (j.min, j.max) {
-                if lo > hi {
-                    errs.push(format!("{field}.min"), format!("min {lo} is above max {hi}"));
-                }
+            if let (Some(lo), Some(hi)) = (j.min, j.max)
+                && lo > hi
+            {
+                errs.push(
+                    format!("{field}.min"),
+                    format!("min {lo} is above max {hi}"),
+                );
             }
         }
         errs.finish(self)
@@ -334,7 +357,8 @@ mod tests {
 
     #[test]
     fn a_wrongly_typed_field_is_named_in_the_error() {
-        let err = RetryPolicy::parse(&json!({"vary": {"cfg_scale": {"range": "big"}}})).unwrap_err();
+        let err =
+            RetryPolicy::parse(&json!({"vary": {"cfg_scale": {"range": "big"}}})).unwrap_err();
         assert_eq!(err.first_field(), "vary.cfg_scale.range");
     }
 
@@ -370,7 +394,10 @@ mod tests {
     fn a_nan_produced_outside_json_is_rejected() {
         let mut p = RetryPolicy::default();
         p.vary.get_mut("cfg_scale").unwrap().range = f64::NAN;
-        assert_eq!(p.validate().unwrap_err().first_field(), "vary.cfg_scale.range");
+        assert_eq!(
+            p.validate().unwrap_err().first_field(),
+            "vary.cfg_scale.range"
+        );
     }
 
     #[test]
@@ -381,7 +408,8 @@ mod tests {
 
     #[test]
     fn a_shorthand_threshold_gets_the_known_failure_kind() {
-        let p = RetryPolicy::parse(&json!({"thresholds": {"face": 0.7, "sharpness": 0.3}})).unwrap();
+        let p =
+            RetryPolicy::parse(&json!({"thresholds": {"face": 0.7, "sharpness": 0.3}})).unwrap();
         assert_eq!(p.thresholds["face"].failure, "face_melt");
         assert_eq!(p.thresholds["sharpness"].failure, "low_sharpness");
     }
@@ -409,7 +437,10 @@ mod tests {
 
     #[test]
     fn no_stored_policy_and_no_override_resolves_to_the_disabled_default() {
-        assert_eq!(RetryPolicy::resolve(None, None).unwrap(), RetryPolicy::default());
+        assert_eq!(
+            RetryPolicy::resolve(None, None).unwrap(),
+            RetryPolicy::default()
+        );
     }
 
     #[test]

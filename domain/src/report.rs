@@ -32,7 +32,9 @@ pub fn summary(
         (Outcome::Passed, _) => {
             let passing = attempts.iter().filter(|a| a.passed).count();
             if let (Some(k), Selection::BestOfN) = (selected, policy.selection) {
-                line.push_str(&format!("; selected attempt {k} (best of {passing} passing)"));
+                line.push_str(&format!(
+                    "; selected attempt {k} (best of {passing} passing)"
+                ));
             }
         }
         (Outcome::Escalated, _) => line.push_str("; escalated for human review"),
@@ -60,7 +62,10 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
         .filter_map(|(metric, _)| a.scores.get(metric).map(|s| format!("{metric} {s:.2}")))
         .collect();
     let shown = if shown.is_empty() {
-        a.scores.iter().map(|(m, s)| format!("{m} {s:.2}")).collect()
+        a.scores
+            .iter()
+            .map(|(m, s)| format!("{m} {s:.2}"))
+            .collect()
     } else {
         shown
     };

@@ -27,7 +27,11 @@ fn candidate(segment_id: &str, original_seed: u64, attempt: u32, salt: u32, bits
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     let x = u64::from_be_bytes(first);
-    if bits >= 64 { x } else { x & ((1u64 << bits) - 1) }
+    if bits >= 64 {
+        x
+    } else {
+        x & ((1u64 << bits) - 1)
+    }
 }
 
 /// Seeds of attempts `1..=attempts`, in order (see the module docs for the derivation).
@@ -69,7 +73,11 @@ mod tests {
     }
 
     // Computed independently with the Python one-liner in the module docs.
-    const GOLDEN_53: [u64; 3] = [5_760_749_790_915_036, 8_406_589_542_879_644, 6_417_198_759_890_101];
+    const GOLDEN_53: [u64; 3] = [
+        5_760_749_790_915_036,
+        8_406_589_542_879_644,
+        6_417_198_759_890_101,
+    ];
     const GOLDEN_32: u64 = 351_103_452;
 
     #[test]

@@ -63,7 +63,13 @@ mod tests {
 
     pub(crate) fn attempt(k: u32, face: f64, motion: f64, policy: &RetryPolicy) -> AttemptRecord {
         let scores = Scores::from([("face".into(), face), ("motion".into(), motion)]);
-        let failures = gate(policy, &QaScores { scores: scores.clone(), failures: vec![] });
+        let failures = gate(
+            policy,
+            &QaScores {
+                scores: scores.clone(),
+                failures: vec![],
+            },
+        );
         let passed = failures.is_empty();
         let params = Params::parse(&json!({"seed": k})).unwrap();
         AttemptRecord {
@@ -76,7 +82,11 @@ mod tests {
             passed,
             failures,
             gpu_ms: 10,
-            status: if passed { AttemptStatus::Passed } else { AttemptStatus::Failed },
+            status: if passed {
+                AttemptStatus::Passed
+            } else {
+                AttemptStatus::Failed
+            },
             output_uri: None,
             error: None,
         }
@@ -105,21 +115,43 @@ mod tests {
     #[test]
     fn first_pass_selects_the_first_passing_attempt() {
         let p = RetryPolicy::default();
-        let a = [attempt(1, 0.3, 0.9, &p), attempt(2, 0.7, 0.9, &p), attempt(3, 0.95, 0.9, &p)];
+        let a = [
+            attempt(1, 0.3, 0.9, &p),
+            attempt(2, 0.7, 0.9, &p),
+            attempt(3, 0.95, 0.9, &p),
+        ];
         assert_eq!(select(&p, &a), Some(2));
     }
 
     #[test]
     fn best_of_n_selects_the_highest_scoring_passing_attempt() {
-        let p = RetryPolicy { selection: Selection::BestOfN, ..RetryPolicy::default() };
-        let a = [attempt(1, 0.99, 0.1, &p), attempt(2, 0.7, 0.9, &p), attempt(3, 0.95, 0.9, &p)];
-        assert_eq!(select(&p, &a), Some(3), "attempt 1 scores high but fails motion");
+        let p = RetryPolicy {
+            selection: Selection::BestOfN,
+            ..RetryPolicy::default()
+        };
+        let a = [
+            attempt(1, 0.99, 0.1, &p),
+            attempt(2, 0.7, 0.9, &p),
+            attempt(3, 0.95, 0.9, &p),
+        ];
+        assert_eq!(
+            select(&p, &a),
+            Some(3),
+            "attempt 1 scores high but fails motion"
+        );
     }
 
     #[test]
     fn best_of_n_breaks_ties_towards_the_earlier_attempt() {
-        let p = RetryPolicy { selection: Selection::BestOfN, ..RetryPolicy::default() };
-        let a = [attempt(1, 0.2, 0.9, &p), attempt(2, 0.8, 0.9, &p), attempt(3, 0.8, 0.9, &p)];
+        let p = RetryPolicy {
+            selection: Selection::BestOfN,
+            ..RetryPolicy::default()
+        };
+        let a = [
+            attempt(1, 0.2, 0.9, &p),
+            attempt(2, 0.8, 0.9, &p),
+            attempt(3, 0.8, 0.9, &p),
+        ];
         assert_eq!(select(&p, &a), Some(2));
     }
 

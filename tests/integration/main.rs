@@ -1,1 +1,15 @@
+//! Integration tests: a real Temporal dev server, real SQLite files, the real worker.
+#![allow(unreachable_pub)]
 
+mod harness;
+
+/// Malformed arguments and invalid policies fail clearly instead of sticking.
+mod bad_input;
+/// GPU budget: reservation, settlement and refusal mid-retry.
+mod budget;
+/// The contract as other clients see it: the plain `temporal` CLI and the `retake` binary.
+mod cli;
+/// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.
+mod retry_flows;
+/// The `retry_attempts` table and outcomes equal the workflow result.
+mod store_records;

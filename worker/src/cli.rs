@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "retake", version, about = "Durable, transparent, budget-bounded retries for generative pipelines")]
+#[command(
+    name = "retake",
+    version,
+    about = "Durable, transparent, budget-bounded retries for generative pipelines"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -14,23 +14,33 @@ pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
         ClientOptions::load_from_config(LoadClientConfigProfileOptions::default())
             .map_err(|e| anyhow::anyhow!("reading the Temporal client configuration: {e}"))?;
     if let Some(addr) = address {
-        let with_scheme = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+        let with_scheme = if addr.contains("://") {
+            addr.to_owned()
+        } else {
+            format!("http://{addr}")
+        };
         conn_opts.target = with_scheme
             .parse()
             .with_context(|| format!("invalid Temporal address {addr:?}"))?;
     }
     let target = conn_opts.target.to_string();
-    let connection = Connection::connect(conn_opts)
-        .await
-        .with_context(|| format!("connecting to Temporal at {target} (is the server running? set TEMPORAL_ADDRESS)"))?;
+    let connection = Connection::connect(conn_opts).await.with_context(|| {
+        format!("connecting to Temporal at {target} (is the server running? set TEMPORAL_ADDRESS)")
+    })?;
     Client::new(connection, client_opts).context("creating the Temporal client")
 }
 
 /// Open the store, creating a SQLite file's parent directory when needed.
 pub async fn store(url: &str) -> anyhow::Result<SqlStore> {
-    if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
         let path = path.split('?').next().unwrap_or(path);
-        if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }

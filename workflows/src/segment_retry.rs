@@ -107,18 +107,19 @@ impl Run {
                 return Ok(stop);
             }
             let record = self.generate_and_score(attempt).await?;
-            self.ctx.execute_activity(
-                RetryActivities::record_attempt,
-                RecordAttempt {
-                    key: self.key(k),
-                    segment_id: self.req.segment_id.to_string(),
-                    project_id: self.req.project_id.to_string(),
-                    scene_type: self.req.scene_type.to_string(),
-                    record: record.clone(),
-                },
-                options::store(format!("attempt {k} · record · {}", record.status.as_str())),
-            )
-            .await?;
+            self.ctx
+                .execute_activity(
+                    RetryActivities::record_attempt,
+                    RecordAttempt {
+                        key: self.key(k),
+                        segment_id: self.req.segment_id.to_string(),
+                        project_id: self.req.project_id.to_string(),
+                        scene_type: self.req.scene_type.to_string(),
+                        record: record.clone(),
+                    },
+                    options::store(format!("attempt {k} · record · {}", record.status.as_str())),
+                )
+                .await?;
             self.ctx.state_mut(|s| s.attempts.push(record));
         }
     }
@@ -217,7 +218,12 @@ impl Run {
             )
             .await?;
         Ok(match scored {
-            Ok(qa) => attempt.scored(&self.policy, qa, generated.gpu_ms, Some(generated.output_uri)),
+            Ok(qa) => attempt.scored(
+                &self.policy,
+                qa,
+                generated.gpu_ms,
+                Some(generated.output_uri),
+            ),
             Err(e) => attempt.errored(generated.gpu_ms, format!("QA scoring failed: {e}")),
         })
     }

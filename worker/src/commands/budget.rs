@@ -31,10 +31,18 @@ fn print(b: &Budget, out: Output) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(b)?);
         return Ok(());
     }
-    let limit = b.limit_ms.map_or_else(|| "none".to_owned(), |l| format!("{l} ms"));
-    println!("Project {}: limit {limit}, reserved {} ms, spent {} ms", b.project_id, b.reserved_ms, b.spent_ms);
+    let limit = b
+        .limit_ms
+        .map_or_else(|| "none".to_owned(), |l| format!("{l} ms"));
+    println!(
+        "Project {}: limit {limit}, reserved {} ms, spent {} ms",
+        b.project_id, b.reserved_ms, b.spent_ms
+    );
     if let Some(l) = b.limit_ms {
-        println!("  remaining: {} ms", l.saturating_sub(b.reserved_ms + b.spent_ms));
+        println!(
+            "  remaining: {} ms",
+            l.saturating_sub(b.reserved_ms + b.spent_ms)
+        );
     }
     Ok(())
 }
@@ -42,7 +50,11 @@ fn print(b: &Budget, out: Output) -> anyhow::Result<()> {
 pub(crate) async fn run(g: &Global, cmd: BudgetCommand) -> anyhow::Result<()> {
     let store = connect::store(&g.database_url).await?;
     match cmd {
-        BudgetCommand::Set { project, limit_ms, unlimited } => {
+        BudgetCommand::Set {
+            project,
+            limit_ms,
+            unlimited,
+        } => {
             let project = ProjectId::parse(&project)?;
             let limit = if unlimited { None } else { limit_ms };
             let b = store.set_limit(project.as_str(), limit).await?;

@@ -42,13 +42,22 @@ pub struct DemoArgs {
 /// output fails the policy's quality gate.
 fn failed_segment(tag: &str, i: u32, project: &str, scene: &str, policy: &RetryPolicy) -> Value {
     let segment = format!("demo-{tag}-{i}");
-    let gated = RetryPolicy { enabled: true, ..policy.clone() };
+    let gated = RetryPolicy {
+        enabled: true,
+        ..policy.clone()
+    };
     let mut seed = u64::from(i) * 1000 + 1;
     let (params, qa) = loop {
         let params = json!({"seed": seed, "cfg_scale": 7.5, "denoise_strength": 0.6, "steps": 30, "sampler": "dpmpp_2m"});
         let p = Params::parse(&params).unwrap_or_else(|_| Params(serde_json::Map::new()));
         let scores = Simulator::scores(&segment, seed, &p);
-        let failures = gate(&gated, &QaScores { scores: scores.clone(), failures: vec![] });
+        let failures = gate(
+            &gated,
+            &QaScores {
+                scores: scores.clone(),
+                failures: vec![],
+            },
+        );
         if !failures.is_empty() || seed > u64::from(i) * 1000 + 999 {
             break (params, json!({"scores": scores, "failures": failures}));
         }
@@ -89,13 +98,21 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
     let policy = match store.policy(scene.as_str()).await? {
         Some(p) => RetryPolicy::resolve(Some(&p), None)?,
         None => {
-            let p = RetryPolicy { enabled: true, ..RetryPolicy::default() };
-            store.set_policy(scene.as_str(), &serde_json::to_value(&p)?).await?;
+            let p = RetryPolicy {
+                enabled: true,
+                ..RetryPolicy::default()
+            };
+            store
+                .set_policy(scene.as_str(), &serde_json::to_value(&p)?)
+                .await?;
             p
         }
     };
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
-    let tag = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let tag = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let inputs: Vec<Value> = (1..=args.segments)
         .map(|i| failed_segment(&tag.to_string(), i, &args.project, scene.as_str(), &policy))
         .collect();
@@ -103,7 +120,9 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
         "retake demo: {} failed segments, scene type {scene} (max {} attempts, {}), simulated GPU {} ms/attempt",
         inputs.len(),
         policy.max_attempts,
-        serde_json::to_value(policy.selection)?.as_str().unwrap_or(""),
+        serde_json::to_value(policy.selection)?
+            .as_str()
+            .unwrap_or(""),
         args.sim_gpu_ms
     );
     let bar = ProgressBar::new(inputs.len() as u64).with_style(
@@ -131,7 +150,10 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
                     bar.suspend(|| eprintln!("error: {e:#}"));
                 }
             }
-            bar.set_message(format!("{} fixed, {} escalated", totals.fixed, totals.escalated));
+            bar.set_message(format!(
+                "{} fixed, {} escalated",
+                totals.fixed, totals.escalated
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -141,7 +163,8 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
     let totals = if args.no_worker {
         batch.await
     } else {
-        let activities = worker::simulator_activities(store.clone(), Simulator::new(args.sim_gpu_ms));
+        let activities =
+            worker::simulator_activities(store.clone(), Simulator::new(args.sim_gpu_ms));
         let shutdown = async {
             let _ = stop_rx.await;
         };

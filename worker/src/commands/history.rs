@@ -30,12 +30,22 @@ pub(crate) async fn run(g: &Global, args: HistoryArgs) -> anyhow::Result<()> {
     }
     for o in &outcomes {
         println!("{}", o.report);
-        println!("  run {} · outcome {} · review {} · {} GPU ms", o.run_id, o.outcome, o.review, o.gpu_ms_total);
+        println!(
+            "  run {} · outcome {} · review {} · {} GPU ms",
+            o.run_id, o.outcome, o.review, o.gpu_ms_total
+        );
     }
-    println!("{:<8} {:<18} {:<10} {:>8} {:>9}  {:<24} params", "attempt", "seed", "status", "gpu_ms", "selected", "scores");
+    println!(
+        "{:<8} {:<18} {:<10} {:>8} {:>9}  {:<24} params",
+        "attempt", "seed", "status", "gpu_ms", "selected", "scores"
+    );
     for a in &attempts {
         let r = &a.record;
-        let scores: Vec<String> = r.scores.iter().map(|(m, s)| format!("{m} {s:.3}")).collect();
+        let scores: Vec<String> = r
+            .scores
+            .iter()
+            .map(|(m, s)| format!("{m} {s:.3}"))
+            .collect();
         let jitter: Vec<String> = r
             .jitter
             .iter()

@@ -86,7 +86,11 @@ fn print(scene: &SceneType, policy: &RetryPolicy, stored: bool, out: Output) -> 
         println!("{}", serde_json::to_string_pretty(policy)?);
         return Ok(());
     }
-    let origin = if stored { "stored" } else { "default, nothing stored" };
+    let origin = if stored {
+        "stored"
+    } else {
+        "default, nothing stored"
+    };
     println!("Scene type {scene} ({origin})");
     println!("  enabled:       {}", policy.enabled);
     println!("  max_attempts:  {}", policy.max_attempts);
@@ -104,7 +108,12 @@ fn print(scene: &SceneType, policy: &RetryPolicy, stored: bool, out: Output) -> 
         };
         println!("  vary:          {p} ±{}{bounds}", j.range);
     }
-    println!("  selection:     {}", serde_json::to_value(policy.selection)?.as_str().unwrap_or("?"));
+    println!(
+        "  selection:     {}",
+        serde_json::to_value(policy.selection)?
+            .as_str()
+            .unwrap_or("?")
+    );
     println!("  est GPU/attempt: {} ms", policy.est_gpu_ms_per_attempt);
     println!("  seed_bits:     {}", policy.seed_bits);
     Ok(())
@@ -127,7 +136,9 @@ pub(crate) async fn run(g: &Global, cmd: PolicyCommand) -> anyhow::Result<()> {
                 None => store.policy(scene.as_str()).await?,
             };
             let policy = RetryPolicy::resolve(base.as_ref(), Some(&patch(&args)))?;
-            store.set_policy(scene.as_str(), &serde_json::to_value(&policy)?).await?;
+            store
+                .set_policy(scene.as_str(), &serde_json::to_value(&policy)?)
+                .await?;
             print(&scene, &policy, true, Output { json: false })
         }
         PolicyCommand::Show { scene_type, out } => {

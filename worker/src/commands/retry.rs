@@ -62,7 +62,8 @@ fn number(v: f64, field: &str) -> anyhow::Result<Value> {
 fn build_input(args: &RetryArgs) -> anyhow::Result<Value> {
     if let Some(path) = &args.input {
         let text = read_input(path)?;
-        return serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()));
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", path.display()));
     }
     let mut params = Map::new();
     params.insert("seed".into(), json!(args.seed));
@@ -79,7 +80,9 @@ fn build_input(args: &RetryArgs) -> anyhow::Result<Value> {
     let mut scores = Map::new();
     for raw in &args.scores {
         let (k, v) = pair(raw, "--score")?;
-        let s: f64 = v.parse().with_context(|| format!("--score {k}: {v:?} is not a number"))?;
+        let s: f64 = v
+            .parse()
+            .with_context(|| format!("--score {k}: {v:?} is not a number"))?;
         scores.insert(k.clone(), number(s, &format!("--score {k}"))?);
     }
     let mut input = json!({
@@ -113,7 +116,11 @@ pub(crate) async fn run(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
     } else {
         println!("{}", result.report);
         println!("outcome: {} ({})", result.outcome.as_str(), result.reason);
-        println!("GPU time: {} ms over {} attempts", result.gpu_ms_total, result.attempts.len());
+        println!(
+            "GPU time: {} ms over {} attempts",
+            result.gpu_ms_total,
+            result.attempts.len()
+        );
     }
     Ok(())
 }

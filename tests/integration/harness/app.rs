@@ -1,0 +1,122 @@
+//! `spawn_app`: a fresh database, task queue and worker per test.
+
+use super::server::dev_server;
+use retake::{connect, retries, worker};
+use retake_activities::sim::Simulator;
+use retake_activities::store::SqlStore;
+use retake_domain::contract::RetryResult;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use temporalio_client::Client;
+
+/// Simulated GPU time per attempt in tests: long enough to heartbeat, short enough to be quick.
+pub const TEST_GPU_MS: u64 = 20;
+
+/// Everything one test talks to.
+pub struct TestApp {
+    pub client: Client,
+    pub task_queue: String,
+    /// The test's own connection to the SQLite file the worker writes.
+    pub store: SqlStore,
+    pub db_url: String,
+    /// Prefix that makes this test's segment ids (and so workflow ids) unique on the shared server.
+    pub tag: String,
+    pub address: String,
+    // Dropped before `_dir`: the worker stops before its database file is deleted.
+    _worker: WorkerThread,
+    _dir: tempfile::TempDir,
+}
+
+/// A worker running on its own thread and runtime (the SDK's worker future is not `Send`).
+struct WorkerThread {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl WorkerThread {
+    fn start(address: String, db_url: String, task_queue: String, sim: Simulator) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let client = connect::temporal(Some(&address)).await?;
+                let store = Arc::new(connect::store(&db_url).await?);
+                let activities = worker::simulator_activities(store, sim);
+                worker::run(client, &task_queue, activities, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !std::thread::panicking() => panic!("worker failed: {e:#}"),
+                Err(_) if !std::thread::panicking() => panic!("worker thread panicked"),
+                _ => {}
+            }
+        }
+    }
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+/// A test app with the simulator at [`TEST_GPU_MS`].
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Simulator::new(TEST_GPU_MS)).await
+}
+
+/// A test app with the given simulator.
+async fn spawn_app_with(sim: Simulator) -> TestApp {
+    let server = dev_server();
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tag = format!("t{}x{n}", std::process::id());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db_url = format!("sqlite://{}", dir.path().join("retake.db").display());
+    let task_queue = format!("segment-retry-{tag}");
+    let store = connect::store(&db_url).await.expect("store");
+    let client = connect::temporal(Some(&server.address))
+        .await
+        .expect("client");
+    let worker = WorkerThread::start(
+        server.address.clone(),
+        db_url.clone(),
+        task_queue.clone(),
+        sim,
+    );
+    TestApp {
+        client,
+        task_queue,
+        store,
+        db_url,
+        tag,
+        address: server.address.clone(),
+        _worker: worker,
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    /// Start a retry and wait for its result.
+    pub async fn retry(&self, input: Value) -> RetryResult {
+        retries::run(&self.client, &self.task_queue, input)
+            .await
+            .expect("retry workflow result")
+    }
+}

@@ -1,0 +1,108 @@
+//! The dev server shared by every test of this binary.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A running `temporal server start-dev`.
+pub struct DevServer {
+    /// `127.0.0.1:<port>` of the frontend.
+    pub address: String,
+    /// The installed temporal CLI.
+    pub temporal: PathBuf,
+    // Holding the wrapper's stdin open keeps the server alive; when this process exits, however it
+    // exits, the pipe closes and the wrapper kills the server. No orphan servers.
+    _wrapper: Child,
+}
+
+static SERVER: OnceLock<DevServer> = OnceLock::new();
+
+/// The temporal CLI installed by `scripts/test` (or `RETAKE_TEMPORAL_BIN`).
+pub fn temporal_bin() -> PathBuf {
+    let path = std::env::var_os("RETAKE_TEMPORAL_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/temporal/bin/temporal"),
+        PathBuf::from,
+    );
+    assert!(
+        path.exists(),
+        "the temporal CLI is not at {}: run the tests with scripts/test, which installs it",
+        path.display()
+    );
+    path
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// Start the shared dev server on first use.
+pub fn dev_server() -> &'static DevServer {
+    SERVER.get_or_init(|| {
+        let temporal = temporal_bin();
+        let (port, http, metrics) = (free_port(), free_port(), free_port());
+        let mut args: Vec<String> = [
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend([
+            "--port".into(),
+            port.to_string(),
+            "--http-port".into(),
+            http.to_string(),
+            "--metrics-port".into(),
+            metrics.to_string(),
+        ]);
+        for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
+            args.extend(["--search-attribute".into(), format!("{sa}=Keyword")]);
+        }
+        let wrapper = Command::new("sh")
+            .arg("-c")
+            .arg(r#""$@" & pid=$!; read _ignored; kill $pid 2>/dev/null; wait $pid"#)
+            .arg("sh")
+            .arg(&temporal)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the temporal dev server");
+        let address = format!("127.0.0.1:{port}");
+        wait_healthy(&temporal, &address);
+        DevServer {
+            address,
+            temporal,
+            _wrapper: wrapper,
+        }
+    })
+}
+
+fn wait_healthy(temporal: &PathBuf, address: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while Instant::now() < deadline {
+        let listening = TcpStream::connect(address).is_ok();
+        if listening
+            && Command::new(temporal)
+                .args(["operator", "cluster", "health", "--address", address])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("the temporal dev server on {address} did not become healthy within 90 s");
+}

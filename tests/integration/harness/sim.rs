@@ -1,0 +1,64 @@
+//! Choosing simulator segments with a wanted behaviour, and predicting their attempts with the
+//! same pure planning functions the workflow uses.
+
+use super::app::TEST_GPU_MS;
+use retake_activities::sim::Simulator;
+use retake_domain::RetryPolicy;
+use retake_domain::contract::{AttemptRecord, QaScores, RetryRequest};
+use retake_domain::plan;
+use serde_json::{Value, json};
+
+/// A workflow argument: a segment whose generation (seed 1234, cfg 7.5, denoise 0.6) failed on
+/// face_melt.
+pub fn request(segment: &str, project: &str, policy: Option<Value>) -> Value {
+    let mut v = json!({
+        "segment_id": segment,
+        "project_id": project,
+        "scene_type": "dialogue",
+        "params": {"seed": 1234, "cfg_scale": 7.5, "denoise_strength": 0.6, "sampler": "euler"},
+        "failed_qa": {"scores": {"face": 0.42, "motion": 0.81}, "failures": ["face_melt"]}
+    });
+    if let Some(p) = policy {
+        v["policy"] = p;
+    }
+    v
+}
+
+/// The attempts the workflow will make for `input` with the simulator (no budget limit).
+pub fn predict(input: &Value) -> Vec<AttemptRecord> {
+    let req = RetryRequest::parse(input).expect("valid request");
+    let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
+    let mut attempts = Vec::new();
+    while let Ok(k) = plan::next(&policy, &attempts) {
+        let a = plan::plan_attempt(&req, &policy, k);
+        let scores = Simulator::scores(req.segment_id.as_str(), a.seed, &a.params);
+        let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);
+        attempts.push(a.scored(
+            &policy,
+            QaScores {
+                scores,
+                failures: vec![],
+            },
+            TEST_GPU_MS,
+            Some(output),
+        ));
+    }
+    attempts
+}
+
+/// The first segment `<tag>-<name>-<i>` whose predicted attempts satisfy `want`, with them.
+pub fn find_segment(
+    tag: &str,
+    name: &str,
+    policy: &Value,
+    want: impl Fn(&[AttemptRecord]) -> bool,
+) -> (String, Vec<AttemptRecord>) {
+    for i in 0..10_000 {
+        let segment = format!("{tag}-{name}-{i}");
+        let attempts = predict(&request(&segment, "p1", Some(policy.clone())));
+        if want(&attempts) {
+            return (segment, attempts);
+        }
+    }
+    panic!("no simulator segment behaves as the test {name} needs");
+}

@@ -1,0 +1,197 @@
+use crate::harness::{find_segment, predict, request, spawn_app};
+use retake_domain::contract::{AttemptStatus, Outcome};
+use retake_domain::seed::attempt_seeds;
+use serde_json::json;
+
+fn enabled() -> serde_json::Value {
+    json!({"enabled": true})
+}
+
+#[tokio::test]
+async fn a_stochastic_face_melt_is_fixed_on_a_later_attempt() {
+    let app = spawn_app().await;
+    let (segment, predicted) = find_segment(&app.tag, "fix", &enabled(), |a| {
+        a.len() >= 2 && !a[0].passed && a.last().is_some_and(|l| l.passed)
+    });
+
+    let result = app.retry(request(&segment, "p1", Some(enabled()))).await;
+
+    assert_eq!(result.outcome, Outcome::Passed);
+    let k = predicted.len() as u32;
+    assert_eq!(result.selected_attempt, Some(k));
+    assert_eq!(
+        result.attempts, predicted,
+        "attempts differ from the deterministic plan"
+    );
+    let seeds: Vec<u64> = result.attempts.iter().map(|a| a.seed).collect();
+    assert_eq!(seeds, attempt_seeds(&segment, 1234, k, 53));
+    for a in &result.attempts[..result.attempts.len() - 1] {
+        assert_eq!(a.status, AttemptStatus::Failed);
+        assert!(a.failures.contains(&"face_melt".to_owned()));
+        assert!(a.scores["face"] < 0.6);
+    }
+    for a in &result.attempts {
+        assert_eq!(a.original_params.0["cfg_scale"], json!(7.5));
+        assert_eq!(
+            a.params.0["sampler"],
+            json!("euler"),
+            "other params are kept"
+        );
+        let cfg = a.params.number("cfg_scale").unwrap();
+        assert!((7.0..=8.0).contains(&cfg), "cfg_scale {cfg} outside ±0.5");
+        assert_eq!(a.jitter.len(), 2);
+    }
+    assert!(
+        result
+            .report
+            .starts_with(&format!("Segment {segment}: failed attempt 1 (face "))
+    );
+    assert!(result.report.ends_with(&format!(
+        "passed attempt {k} (face {:.2})",
+        result.attempts[k as usize - 1].scores["face"]
+    )));
+    assert_eq!(result.gpu_ms_total, 20 * u64::from(k));
+}
+
+#[tokio::test]
+async fn a_systematic_failure_is_escalated_with_every_attempt_recorded() {
+    let app = spawn_app().await;
+    let (segment, _) = find_segment(&app.tag, "sys", &enabled(), |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+
+    let result = app.retry(request(&segment, "p1", Some(enabled()))).await;
+
+    assert_eq!(result.outcome, Outcome::Escalated);
+    assert_eq!(result.selected_attempt, None);
+    assert_eq!(result.attempts.len(), 3);
+    assert!(
+        result.report.ends_with("; escalated for human review"),
+        "{}",
+        result.report
+    );
+    assert_eq!(result.report.matches("failed attempt").count(), 3);
+
+    use retake_activities::ports::AttemptStore;
+    let rows = app.store.attempts(&segment).await.unwrap();
+    assert_eq!(rows.len(), 3, "every attempt is attached to the escalation");
+    let outcomes = app.store.outcomes(&segment).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].outcome, "escalated");
+    assert_eq!(outcomes[0].review, "pending");
+}
+
+#[tokio::test]
+async fn best_of_n_selects_the_best_of_several_passing_attempts() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "selection": "best_of_n", "max_attempts": 4});
+    let (segment, predicted) = find_segment(&app.tag, "best", &policy, |a| {
+        let passing: Vec<_> = a.iter().filter(|x| x.passed).collect();
+        // At least two passes, and the first pass is not the best one.
+        passing.len() >= 2
+            && passing[1..]
+                .iter()
+                .any(|x| x.scores["face"] > passing[0].scores["face"] + 0.05)
+    });
+
+    let result = app.retry(request(&segment, "p1", Some(policy))).await;
+
+    assert_eq!(result.outcome, Outcome::Passed);
+    assert_eq!(result.attempts.len(), 4, "best_of_n runs every attempt");
+    assert_eq!(result.attempts, predicted);
+    let quality = |a: &retake_domain::AttemptRecord| (a.scores["face"] + a.scores["motion"]) / 2.0;
+    let best = result
+        .attempts
+        .iter()
+        .filter(|a| a.passed)
+        .max_by(|a, b| {
+            quality(a)
+                .total_cmp(&quality(b))
+                .then(b.attempt.cmp(&a.attempt))
+        })
+        .unwrap();
+    assert_eq!(result.selected_attempt, Some(best.attempt));
+    let first_pass = result.attempts.iter().find(|a| a.passed).unwrap();
+    assert_ne!(result.selected_attempt, Some(first_pass.attempt));
+    assert!(
+        result
+            .report
+            .contains(&format!("selected attempt {}", best.attempt))
+    );
+}
+
+#[tokio::test]
+async fn a_failure_kind_not_in_retry_on_is_not_retried() {
+    let app = spawn_app().await;
+    let segment = format!("{}-motion", app.tag);
+    let mut input = request(&segment, "p1", Some(enabled()));
+    input["failed_qa"]["failures"] = json!(["motion_score"]);
+
+    let result = app.retry(input).await;
+
+    assert_eq!(result.outcome, Outcome::NotRetried);
+    assert!(result.attempts.is_empty());
+    assert!(result.reason.contains("motion_score"), "{}", result.reason);
+    assert_eq!(
+        result.report,
+        format!("Segment {segment}: not retried ({})", result.reason)
+    );
+    use retake_activities::ports::{AttemptStore, BudgetLedger};
+    assert!(app.store.attempts(&segment).await.unwrap().is_empty());
+    assert_eq!(
+        app.store.outcomes(&segment).await.unwrap()[0].outcome,
+        "not_retried"
+    );
+    let charged = app
+        .store
+        .budget("p1")
+        .await
+        .unwrap()
+        .map_or(0, |b| b.spent_ms + b.reserved_ms);
+    assert_eq!(
+        charged, 0,
+        "nothing is reserved for a segment that is not retried"
+    );
+}
+
+#[tokio::test]
+async fn a_scene_type_without_a_stored_policy_is_not_retried_because_retry_is_opt_in() {
+    let app = spawn_app().await;
+    let segment = format!("{}-optin", app.tag);
+
+    let result = app.retry(request(&segment, "p1", None)).await;
+
+    assert_eq!(result.outcome, Outcome::NotRetried);
+    assert!(result.reason.contains("not enabled"), "{}", result.reason);
+}
+
+#[tokio::test]
+async fn a_stored_scene_type_policy_is_used_and_a_request_override_merges_over_it() {
+    use retake_activities::ports::PolicyStore;
+    let app = spawn_app().await;
+    app.store
+        .set_policy("dialogue", &json!({"enabled": true, "max_attempts": 2}))
+        .await
+        .unwrap();
+    let (segment, _) = find_segment(&app.tag, "stored", &json!({"enabled": true}), |a| {
+        a.iter().all(|x| !x.passed)
+    });
+
+    let stored_only = app.retry(request(&segment, "p1", None)).await;
+    assert_eq!(
+        stored_only.attempts.len(),
+        2,
+        "the stored max_attempts applies"
+    );
+
+    let seg2 = format!("{segment}-b");
+    let overridden = app
+        .retry(request(&seg2, "p1", Some(json!({"max_attempts": 1}))))
+        .await;
+    assert_eq!(
+        overridden.attempts.len(),
+        1,
+        "the override wins, enabled comes from the store"
+    );
+    let _ = predict;
+}
