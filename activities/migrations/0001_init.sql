@@ -73,7 +73,10 @@ CREATE TABLE retry_attempts (
 
 CREATE INDEX retry_attempts_segment ON retry_attempts (segment_id);
 
--- How each retry run ended. review: 'pending' for escalations awaiting a human, else 'none'.
+-- How each retry run ended (or stands, while it waits for review). review: 'pending' while an
+-- escalation awaits a human (also after the review window ended without a decision), 'accepted' /
+-- 'rejected' / 'retrying' after a reviewer's decision, else 'none'. decisions: JSON list of every
+-- creator signal and review decision, with who made it.
 CREATE TABLE segment_retries (
     workflow_id      TEXT NOT NULL,
     run_id           TEXT NOT NULL,
@@ -86,10 +89,11 @@ CREATE TABLE segment_retries (
     gpu_ms_total     BIGINT NOT NULL,
     report           TEXT NOT NULL,
     review           TEXT NOT NULL,
+    decisions        TEXT NOT NULL DEFAULT '[]',
     created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     PRIMARY KEY (workflow_id, run_id),
-    CHECK (review IN ('pending', 'none'))
+    CHECK (review IN ('none', 'pending', 'accepted', 'rejected', 'retrying'))
 );
 
 CREATE INDEX segment_retries_segment ON segment_retries (segment_id);

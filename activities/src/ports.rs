@@ -138,8 +138,10 @@ pub struct StoredOutcome {
     pub selected_attempt: Option<u32>,
     pub gpu_ms_total: u64,
     pub report: String,
-    /// `pending` when the segment awaits human review (outcome `escalated`), else `none`.
+    /// `none`, `pending` (awaiting human review), `accepted`, `rejected` or `retrying`.
     pub review: String,
+    /// Creator signals and review decisions, with who made them.
+    pub decisions: Vec<retake_domain::review::CreatorEvent>,
     pub updated_at: String,
 }
 

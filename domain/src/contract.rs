@@ -8,6 +8,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// Deserialize `null` as the type's default: JSON clients (the Go-based `temporal` CLI among them)
+/// render empty lists as `null`.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// QA scores by metric, each within 0..=1.
 pub type Scores = BTreeMap<String, f64>;
 
@@ -50,9 +60,9 @@ impl Params {
 /// QA result of the generation that failed: scores by metric and the failure kinds found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FailedQa {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub scores: Scores,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub failures: Vec<String>,
 }
 
@@ -217,6 +227,8 @@ pub enum AttemptStatus {
     Failed,
     /// Generation or scoring failed for good (after Temporal's retries); see `error`.
     Error,
+    /// A creator aborted while the attempt ran; it was cancelled and its reservation released.
+    Aborted,
 }
 
 impl AttemptStatus {
@@ -225,6 +237,7 @@ impl AttemptStatus {
             AttemptStatus::Passed => "passed",
             AttemptStatus::Failed => "failed",
             AttemptStatus::Error => "error",
+            AttemptStatus::Aborted => "aborted",
         }
     }
 }
@@ -240,10 +253,12 @@ pub struct AttemptRecord {
     /// Parameters of the failed generation, as the request gave them.
     pub original_params: Params,
     /// Every jittered parameter: original and new value.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub jitter: Vec<ParamChange>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub scores: Scores,
     pub passed: bool,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub failures: Vec<String>,
     pub gpu_ms: u64,
     pub status: AttemptStatus,
@@ -265,8 +280,56 @@ pub struct RetryResult {
     /// Why the workflow ended the way it did, in words (e.g. why it was not retried).
     pub reason: String,
     pub selected_attempt: Option<u32>,
+    #[serde(default, deserialize_with = "null_as_default")]
     pub attempts: Vec<AttemptRecord>,
     pub gpu_ms_total: u64,
     /// `Segment 5: failed attempt 1 (face 0.42), passed attempt 3 (face 0.87)`.
     pub report: String,
+    /// Creator signals and review decisions, in order, with who made them.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub decisions: Vec<crate::review::CreatorEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_result_with_null_lists_from_a_go_client_is_read_as_empty() {
+        let r: RetryResult = serde_json::from_value(json!({
+            "segment_id": "5", "project_id": "p", "scene_type": "s", "outcome": "not_retried",
+            "reason": "r", "selected_attempt": null, "attempts": null, "gpu_ms_total": 0,
+            "report": "x", "decisions": null
+        }))
+        .unwrap();
+        assert!(r.attempts.is_empty() && r.decisions.is_empty());
+    }
+
+    #[test]
+    fn a_request_reports_every_missing_field() {
+        let err = RetryRequest::parse(&json!({"segment_id": "5"})).unwrap_err();
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["project_id", "scene_type", "params"]);
+    }
+
+    #[test]
+    fn a_numeric_segment_id_is_accepted_as_text() {
+        let r = RetryRequest::parse(&json!({
+            "segment_id": 5, "project_id": "p1", "scene_type": "dialogue",
+            "params": {"seed": 1}, "failed_qa": {"failures": ["face_melt"]}
+        }))
+        .unwrap();
+        assert_eq!(r.segment_id.as_str(), "5");
+    }
+
+    #[test]
+    fn unknown_top_level_fields_are_rejected() {
+        let err = RetryRequest::parse(&json!({
+            "segment_id": "5", "project_id": "p1", "scene_type": "dialogue",
+            "params": {"seed": 1}, "failed_qa": {}, "polcy": {}
+        }))
+        .unwrap_err();
+        assert_eq!(err.first_field(), "polcy");
+    }
 }

@@ -12,8 +12,10 @@ pub mod jitter;
 pub mod plan;
 pub mod policy;
 pub mod report;
+pub mod review;
 pub mod seed;
 pub mod select;
+pub mod status;
 
 pub use contract::{
     AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,

@@ -7,6 +7,7 @@ use crate::contract::{
 use crate::jitter::{self, ParamChange};
 use crate::policy::{RetryPolicy, Selection};
 use crate::report;
+use crate::review::CreatorEvent;
 use crate::seed;
 use crate::select::{gate, select};
 
@@ -75,6 +76,19 @@ impl AttemptPlan {
         self.record(Default::default(), vec![], gpu_ms, None, Some(error))
     }
 
+    /// The record of an attempt cancelled by a creator's abort.
+    pub fn aborted(self, by: &str) -> AttemptRecord {
+        let mut r = self.record(
+            Default::default(),
+            vec![],
+            0,
+            None,
+            Some(format!("aborted by {by}")),
+        );
+        r.status = AttemptStatus::Aborted;
+        r
+    }
+
     fn record(
         self,
         scores: crate::contract::Scores,
@@ -116,13 +130,21 @@ pub enum Stop {
     NotRetryable { attempt: u32, failures: Vec<String> },
     /// The budget refused attempt `attempt`.
     BudgetRefused { attempt: u32, detail: String },
-    /// A creator aborted.
-    Aborted { reason: String },
+    /// A creator aborted (the in-flight attempt is cancelled).
+    Aborted { by: String, reason: String },
+    /// A creator escalated to human review before the attempts ran out.
+    Escalated { by: String, reason: String },
 }
 
-/// After the attempts so far: the next attempt number, or why to stop.
-pub fn next(policy: &RetryPolicy, attempts: &[AttemptRecord]) -> Result<u32, Stop> {
-    if let Some(last) = attempts.last() {
+/// After the attempts so far: the next attempt number, or why to stop. `round_start` is the
+/// number of attempts made before the current round (0, or more after a creator's `retry_with`):
+/// the last attempt of an earlier round does not stop a new one.
+pub fn next(
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    round_start: u32,
+) -> Result<u32, Stop> {
+    if let Some(last) = attempts.last().filter(|l| l.attempt > round_start) {
         if last.passed && policy.selection == Selection::FirstPass {
             return Err(Stop::Passed);
         }
@@ -153,6 +175,7 @@ pub fn not_retried(req: &RetryRequest, reason: String) -> RetryResult {
         attempts: vec![],
         gpu_ms_total: 0,
         report,
+        decisions: vec![],
     }
 }
 
@@ -165,7 +188,9 @@ pub fn conclude(
 ) -> RetryResult {
     let selected = select(policy, &attempts);
     let (outcome, reason) = match (stop, selected) {
-        (Stop::Aborted { reason }, _) => (Outcome::Aborted, format!("aborted: {reason}")),
+        (Stop::Aborted { by, reason }, _) => {
+            (Outcome::Aborted, format!("aborted by {by}: {reason}"))
+        }
         (_, Some(k)) => (
             Outcome::Passed,
             match policy.selection {
@@ -179,6 +204,10 @@ pub fn conclude(
         (Stop::BudgetRefused { attempt, detail }, None) => (
             Outcome::BudgetExhausted,
             format!("the project budget refused attempt {attempt}: {detail}"),
+        ),
+        (Stop::Escalated { by, reason }, None) => (
+            Outcome::Escalated,
+            format!("escalated by {by}: {reason}; flagged for human review"),
         ),
         (Stop::NotRetryable { attempt, failures }, None) => (
             Outcome::Escalated,
@@ -214,7 +243,45 @@ pub fn conclude(
         gpu_ms_total: attempts.iter().map(|a| a.gpu_ms).sum(),
         attempts,
         report,
+        decisions: vec![],
     }
+}
+
+/// The result after a reviewer accepted attempt `k`: it is selected and the segment passes.
+pub fn accepted(mut result: RetryResult, k: u32, event: &CreatorEvent) -> RetryResult {
+    result.outcome = Outcome::Passed;
+    result.selected_attempt = Some(k);
+    result.reason = format!("attempt {k} accepted by {} in review", event.by);
+    if !event.reason.is_empty() {
+        result.reason.push_str(&format!(": {}", event.reason));
+    }
+    result.report = report::with_suffix(
+        &result.report,
+        &format!("attempt {k} accepted by {}", event.by),
+    );
+    result
+}
+
+/// The result after a reviewer rejected the segment: it stays escalated, review closed.
+pub fn rejected(mut result: RetryResult, event: &CreatorEvent) -> RetryResult {
+    result.outcome = Outcome::Escalated;
+    result.selected_attempt = None;
+    result.reason = format!("rejected by {} in review", event.by);
+    if !event.reason.is_empty() {
+        result.reason.push_str(&format!(": {}", event.reason));
+    }
+    result.report = report::with_suffix(&result.report, &format!("rejected by {}", event.by));
+    result
+}
+
+/// The result when the review window ended without a decision.
+pub fn review_expired(mut result: RetryResult, window_secs: u64) -> RetryResult {
+    if window_secs > 0 {
+        result.reason.push_str(&format!(
+            " (no decision within the {window_secs} s review window)"
+        ));
+    }
+    result
 }
 
 #[cfg(test)]
@@ -279,8 +346,8 @@ mod tests {
     fn first_pass_stops_at_the_first_passing_attempt() {
         let p = enabled();
         let a = vec![scored(&p, 1, 0.4, 0.9), scored(&p, 2, 0.8, 0.9)];
-        assert_eq!(next(&p, &a[..1]), Ok(2));
-        assert_eq!(next(&p, &a), Err(Stop::Passed));
+        assert_eq!(next(&p, &a[..1], 0), Ok(2));
+        assert_eq!(next(&p, &a, 0), Err(Stop::Passed));
         let r = conclude(&request(), &p, a, &Stop::Passed);
         assert_eq!(r.outcome, Outcome::Passed);
         assert_eq!(r.selected_attempt, Some(2));
@@ -302,8 +369,8 @@ mod tests {
             scored(&p, 2, 0.3, 0.9),
             scored(&p, 3, 0.9, 0.9),
         ];
-        assert_eq!(next(&p, &a[..1]), Ok(2));
-        assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
+        assert_eq!(next(&p, &a[..1], 0), Ok(2));
+        assert_eq!(next(&p, &a, 0), Err(Stop::AttemptsUsed));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert_eq!(r.selected_attempt, Some(3));
         assert!(
@@ -322,7 +389,7 @@ mod tests {
             scored(&p, 2, 0.2, 0.9),
             scored(&p, 3, 0.3, 0.9),
         ];
-        assert_eq!(next(&p, &a), Err(Stop::AttemptsUsed));
+        assert_eq!(next(&p, &a, 0), Err(Stop::AttemptsUsed));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert_eq!(r.outcome, Outcome::Escalated);
         assert_eq!(r.selected_attempt, None);
@@ -337,7 +404,7 @@ mod tests {
     fn an_attempt_failing_only_on_a_kind_not_retried_on_stops_early() {
         let p = enabled();
         let a = vec![scored(&p, 1, 0.9, 0.1)];
-        let stop = next(&p, &a).unwrap_err();
+        let stop = next(&p, &a, 0).unwrap_err();
         assert_eq!(
             stop,
             Stop::NotRetryable {
@@ -376,12 +443,67 @@ mod tests {
         let p = enabled();
         let a = vec![plan_attempt(&request(), &p, 1).errored(0, "GPU lost".into())];
         assert_eq!(a[0].status, AttemptStatus::Error);
-        assert_eq!(next(&p, &a), Ok(2));
+        assert_eq!(next(&p, &a, 0), Ok(2));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert!(
             r.report.contains("error on attempt 1 (GPU lost)"),
             "{}",
             r.report
+        );
+    }
+
+    #[test]
+    fn a_new_round_is_not_stopped_by_the_last_attempt_of_the_previous_one() {
+        let p = RetryPolicy {
+            max_attempts: 3,
+            ..enabled()
+        };
+        let a = vec![scored(&p, 1, 0.9, 0.1)];
+        assert!(
+            next(&p, &a, 0).is_err(),
+            "motion-only failure stops round one"
+        );
+        assert_eq!(next(&p, &a, 1), Ok(2), "a retry_with round starts anyway");
+    }
+
+    #[test]
+    fn a_reviewer_accepting_an_attempt_makes_it_the_selected_pass() {
+        let p = enabled();
+        let a = vec![scored(&p, 1, 0.5, 0.9)];
+        let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
+        let who = CreatorEvent {
+            action: "accept".into(),
+            by: "mina".into(),
+            reason: "good enough".into(),
+            detail: json!(null),
+        };
+        let r = accepted(r, 1, &who);
+        assert_eq!((r.outcome, r.selected_attempt), (Outcome::Passed, Some(1)));
+        assert_eq!(
+            r.reason,
+            "attempt 1 accepted by mina in review: good enough"
+        );
+        assert!(
+            r.report
+                .ends_with("; escalated for human review; attempt 1 accepted by mina"),
+            "{}",
+            r.report
+        );
+    }
+
+    #[test]
+    fn a_creator_escalation_is_escalated_with_who_and_why() {
+        let p = enabled();
+        let stop = Stop::Escalated {
+            by: "mina".into(),
+            reason: "looks off".into(),
+        };
+        let r = conclude(&request(), &p, vec![scored(&p, 1, 0.5, 0.9)], &stop);
+        assert_eq!(r.outcome, Outcome::Escalated);
+        assert!(
+            r.reason.starts_with("escalated by mina: looks off"),
+            "{}",
+            r.reason
         );
     }
 

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 /// Allowed range of [`RetryPolicy::seed_bits`]; 53 keeps seeds exact in JSON/JavaScript clients.
 pub const SEED_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=53;
+/// Longest allowed [`RetryPolicy::review_window_secs`]: 30 days.
+pub const MAX_REVIEW_WINDOW_SECS: u64 = 30 * 86_400;
 
 /// How the final attempt is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -77,6 +79,10 @@ pub struct RetryPolicy {
     pub est_gpu_ms_per_attempt: u64,
     /// Derived seeds are below `2^seed_bits`, 16..=53. Default: 53.
     pub seed_bits: u32,
+    /// How long an escalated segment waits for a creator's decision before the workflow ends
+    /// with outcome `escalated` (the review stays pending in the store). 0 ends at once, at most
+    /// 30 days. Default: 86400 (one day).
+    pub review_window_secs: u64,
 }
 
 impl Default for RetryPolicy {
@@ -122,6 +128,7 @@ impl Default for RetryPolicy {
             selection: Selection::FirstPass,
             est_gpu_ms_per_attempt: 60_000,
             seed_bits: 53,
+            review_window_secs: 86_400,
         }
     }
 }
@@ -148,6 +155,7 @@ struct RawPolicy {
     selection: Option<Selection>,
     est_gpu_ms_per_attempt: Option<u64>,
     seed_bits: Option<u32>,
+    review_window_secs: Option<u64>,
 }
 
 impl RetryPolicy {
@@ -192,6 +200,7 @@ impl RetryPolicy {
                 .est_gpu_ms_per_attempt
                 .unwrap_or(d.est_gpu_ms_per_attempt),
             seed_bits: raw.seed_bits.unwrap_or(d.seed_bits),
+            review_window_secs: raw.review_window_secs.unwrap_or(d.review_window_secs),
         };
         policy.validate()
     }
@@ -228,6 +237,15 @@ impl RetryPolicy {
             errs.push(
                 "seed_bits",
                 format!("must be between 16 and 53, got {}", self.seed_bits),
+            );
+        }
+        if self.review_window_secs > MAX_REVIEW_WINDOW_SECS {
+            errs.push(
+                "review_window_secs",
+                format!(
+                    "must be at most {MAX_REVIEW_WINDOW_SECS} (30 days), got {}",
+                    self.review_window_secs
+                ),
             );
         }
         if self.enabled && self.retry_on.is_empty() {
@@ -341,6 +359,7 @@ mod tests {
         assert_eq!(p.vary["cfg_scale"].range, 0.5);
         assert_eq!(p.vary["denoise_strength"].range, 0.05);
         assert_eq!(p.seed_bits, 53);
+        assert_eq!(p.review_window_secs, 86_400);
     }
 
     #[test]

@@ -12,6 +12,29 @@ pub fn not_retried(segment_id: &str, reason: &str) -> String {
     format!("Segment {segment_id}: not retried ({reason})")
 }
 
+/// Report of a retry still running: the attempts so far and the one in flight.
+pub fn progress(
+    segment_id: &str,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    running: Option<u32>,
+) -> String {
+    let mut parts: Vec<String> = attempts.iter().map(|a| attempt_part(policy, a)).collect();
+    if let Some(k) = running {
+        parts.push(format!("attempt {k} running"));
+    }
+    if parts.is_empty() {
+        format!("Segment {segment_id}: starting")
+    } else {
+        format!("Segment {segment_id}: {}", parts.join(", "))
+    }
+}
+
+/// `report` with `; suffix` appended (a review decision after the fact).
+pub fn with_suffix(report: &str, suffix: &str) -> String {
+    format!("{report}; {suffix}")
+}
+
 /// Report of a finished retry.
 pub fn summary(
     segment_id: &str,
@@ -41,7 +64,9 @@ pub fn summary(
         (_, Stop::BudgetRefused { attempt, .. }) => {
             line.push_str(&format!("; budget exhausted before attempt {attempt}"));
         }
-        (Outcome::Aborted, _) => line.push_str("; aborted"),
+        (Outcome::Aborted, Stop::Aborted { by, .. }) => {
+            line.push_str(&format!("; aborted by {by}"))
+        }
         _ => {}
     }
     line
@@ -50,6 +75,9 @@ pub fn summary(
 /// `failed attempt 1 (face 0.42)`: the metrics a retry is about (thresholded metrics whose failure
 /// kind is retried on) plus any metric the attempt failed.
 fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
+    if a.status == AttemptStatus::Aborted {
+        return format!("aborted attempt {}", a.attempt);
+    }
     if a.status == AttemptStatus::Error {
         let err = a.error.as_deref().unwrap_or("unknown error");
         let short: String = err.chars().take(60).collect();

@@ -99,7 +99,7 @@ async fn the_plain_temporal_cli_starts_a_retry_and_gets_the_result_json() {
 #[tokio::test]
 async fn retake_retry_prints_the_report_and_history_lists_every_attempt() {
     let app = spawn_app().await;
-    let policy = json!({"enabled": true});
+    let policy = json!({"enabled": true, "review_window_secs": 0});
     let (segment, predicted) = find_segment(&app.tag, "bin", &policy, |a| a.len() == 3);
     let policy_arg = policy.to_string();
     let args = [

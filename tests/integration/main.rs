@@ -9,6 +9,8 @@ mod bad_input;
 mod budget;
 /// The contract as other clients see it: the plain `temporal` CLI and the `retake` binary.
 mod cli;
+/// Creator controls: abort, escalate, review decisions, the live query, search attributes.
+mod controls;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.
 mod retry_flows;
 /// The `retry_attempts` table and outcomes equal the workflow result.

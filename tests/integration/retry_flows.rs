@@ -170,11 +170,15 @@ async fn a_stored_scene_type_policy_is_used_and_a_request_override_merges_over_i
     use retake_activities::ports::PolicyStore;
     let app = spawn_app().await;
     app.store
-        .set_policy("dialogue", &json!({"enabled": true, "max_attempts": 2}))
+        .set_policy(
+            "dialogue",
+            &json!({"enabled": true, "max_attempts": 2, "review_window_secs": 0}),
+        )
         .await
         .unwrap();
-    let (segment, _) = find_segment(&app.tag, "stored", &json!({"enabled": true}), |a| {
-        a.iter().all(|x| !x.passed)
+    let stored = json!({"enabled": true, "max_attempts": 2});
+    let (segment, _) = find_segment(&app.tag, "stored", &stored, |a| {
+        a.len() == 2 && a.iter().all(|x| !x.passed)
     });
 
     let stored_only = app.retry(request(&segment, "p1", None)).await;

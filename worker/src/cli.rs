@@ -1,6 +1,7 @@
 //! Command-line interface (clap). Each subcommand is a function in `commands`.
 
 use crate::commands;
+use crate::retries::Creator;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -48,6 +49,14 @@ pub enum Command {
     Budget(commands::budget::BudgetCommand),
     /// Run a batch of failed segments through the simulator and print every report.
     Demo(commands::demo::DemoArgs),
+    /// Abort a running retry: cancel the attempt in flight, keep the finished ones.
+    Abort(commands::control::SignalArgs),
+    /// Stop retrying and send the segment to human review.
+    Escalate(commands::control::SignalArgs),
+    /// Decide an escalated segment: --accept K, --reject, or --retry-with new params.
+    Decide(commands::control::DecideArgs),
+    /// Live status of a segment's retry: attempts so far, phase, report.
+    Status(commands::control::StatusArgs),
 }
 
 #[derive(Debug, Args)]
@@ -87,5 +96,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => commands::policy::run(&g, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&g, cmd).await,
         Command::Demo(args) => commands::demo::run(&g, args).await,
+        Command::Abort(args) => commands::control::signal(&g, Creator::Abort, args).await,
+        Command::Escalate(args) => commands::control::signal(&g, Creator::Escalate, args).await,
+        Command::Decide(args) => commands::control::decide(&g, args).await,
+        Command::Status(args) => commands::control::status(&g, args).await,
     }
 }

@@ -6,7 +6,11 @@ use anyhow::Context;
 use retake_activities::store::SqlStore;
 use std::path::Path;
 use temporalio_client::envconfig::LoadClientConfigProfileOptions;
-use temporalio_client::{Client, ClientOptions, Connection};
+use temporalio_client::{Client, ClientOptions, Connection, NamespacedClient, tonic};
+use temporalio_protos::protos::temporal::api::enums::v1::IndexedValueType;
+use temporalio_protos::protos::temporal::api::operatorservice::v1::{
+    AddSearchAttributesRequest, ListSearchAttributesRequest,
+};
 
 /// Connect to Temporal. `address` (e.g. from `--temporal-address`) overrides the configuration.
 pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
@@ -47,4 +51,51 @@ pub async fn store(url: &str) -> anyhow::Result<SqlStore> {
     SqlStore::connect(url)
         .await
         .with_context(|| format!("opening the store at {url}"))
+}
+
+/// Make sure the workflow's custom search attributes exist on the namespace, registering missing
+/// ones. Without them a workflow that upserts them would fail every workflow task and stick, so a
+/// worker refuses to start when they are missing and cannot be registered.
+pub async fn ensure_search_attributes(client: &Client) -> anyhow::Result<()> {
+    let namespace = client.namespace();
+    let mut operator = client.connection().operator_service();
+    let existing = operator
+        .list_search_attributes(tonic::Request::new(ListSearchAttributesRequest {
+            namespace: namespace.clone(),
+        }))
+        .await
+        .with_context(|| format!("listing the search attributes of namespace {namespace}"))?
+        .into_inner()
+        .custom_attributes;
+    let missing: std::collections::HashMap<String, i32> = retake_workflows::SEARCH_ATTRIBUTES
+        .iter()
+        .filter(|name| !existing.contains_key(**name))
+        .map(|name| ((*name).to_owned(), IndexedValueType::Keyword as i32))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = missing.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    tracing::info!(?names, %namespace, "registering search attributes");
+    operator
+        .add_search_attributes(tonic::Request::new(AddSearchAttributesRequest {
+            search_attributes: missing.clone(),
+            namespace: namespace.clone(),
+        }))
+        .await
+        .map_err(|e| {
+            let cmds: Vec<String> = names
+                .iter()
+                .map(|n| format!("temporal operator search-attribute create --namespace {namespace} --name {n} --type Keyword"))
+                .collect();
+            anyhow::anyhow!(
+                "namespace {namespace} lacks the search attributes {} and registering them failed ({}); \
+                 an operator can register them with:\n  {}",
+                names.join(", "),
+                e.message(),
+                cmds.join("\n  ")
+            )
+        })?;
+    Ok(())
 }

@@ -1,12 +1,17 @@
 //! Starting retry workflows and waiting for their results, for the CLI and the tests.
 
 use anyhow::Context;
+use retake_domain::SegmentId;
 use retake_domain::contract::{RetryRequest, RetryResult};
+use retake_domain::review::Phase;
+use retake_domain::status::Status;
 use retake_workflows::{SegmentRetryRun, SegmentRetryWorkflow};
-use serde_json::Value;
+use serde_json::{Value, json};
+use temporalio_client::errors::WorkflowUpdateError;
 use temporalio_client::{
-    Client, WorkflowGetResultOptions, WorkflowHandle, WorkflowIdConflictPolicy,
-    WorkflowIdReusePolicy, WorkflowStartOptions,
+    Client, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions, WorkflowHandle,
+    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions,
+    WorkflowStartOptions,
 };
 
 /// Handle of a running retry.
@@ -56,4 +61,121 @@ fn describe_failure(e: &dyn std::error::Error) -> String {
 pub async fn run(client: &Client, task_queue: &str, input: Value) -> anyhow::Result<RetryResult> {
     let handle = start(client, task_queue, input).await?;
     result(&handle).await
+}
+
+/// The running (or last) retry of a segment.
+pub fn handle(client: &Client, segment: &SegmentId) -> RetryHandle {
+    client.get_workflow_handle::<SegmentRetryRun>(retake_domain::workflow_id(segment))
+}
+
+/// Send the `abort` or `escalate` signal with `{"reason", "by"}`.
+pub async fn signal(
+    client: &Client,
+    segment: &SegmentId,
+    action: Creator,
+    reason: &str,
+    by: &str,
+) -> anyhow::Result<()> {
+    let payload = json!({"reason": reason, "by": by});
+    let h = handle(client, segment);
+    let sent = match action {
+        Creator::Abort => {
+            h.signal(
+                SegmentRetryWorkflow::abort,
+                payload,
+                WorkflowSignalOptions::default(),
+            )
+            .await
+        }
+        Creator::Escalate => {
+            h.signal(
+                SegmentRetryWorkflow::escalate,
+                payload,
+                WorkflowSignalOptions::default(),
+            )
+            .await
+        }
+    };
+    sent.map_err(|e| anyhow::anyhow!("{}", describe_failure(&e)))
+        .with_context(|| {
+            format!(
+                "signalling {} to the retry of segment {segment}",
+                action.name()
+            )
+        })
+}
+
+/// A creator's signal.
+#[derive(Debug, Clone, Copy)]
+pub enum Creator {
+    Abort,
+    Escalate,
+}
+
+impl Creator {
+    fn name(self) -> &'static str {
+        match self {
+            Creator::Abort => "abort",
+            Creator::Escalate => "escalate",
+        }
+    }
+}
+
+/// Deliver a review decision through the `decide` update; a rejection comes back as an error
+/// with the workflow's message.
+pub async fn decide(
+    client: &Client,
+    segment: &SegmentId,
+    decision: Value,
+) -> anyhow::Result<Value> {
+    handle(client, segment)
+        .execute_update(
+            SegmentRetryWorkflow::decide,
+            decision,
+            WorkflowExecuteUpdateOptions::default(),
+        )
+        .await
+        .map_err(|e| match e {
+            WorkflowUpdateError::Failed(f) => anyhow::anyhow!("decision rejected: {}", f.message),
+            other => anyhow::anyhow!("{}", describe_failure(&other)),
+        })
+}
+
+/// The live status (query `report`).
+pub async fn status(client: &Client, segment: &SegmentId) -> anyhow::Result<Status> {
+    handle(client, segment)
+        .query(
+            SegmentRetryWorkflow::report,
+            (),
+            WorkflowQueryOptions::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe_failure(&e)))
+        .with_context(|| format!("querying the retry of segment {segment}"))
+}
+
+/// Where a started retry settled: finished, or escalated and waiting for a creator's decision.
+#[derive(Debug)]
+pub enum Settled {
+    Finished(RetryResult),
+    AwaitingReview(Status),
+}
+
+/// Wait until the retry finishes or starts waiting for review (checked once a second through the
+/// `report` query), whichever comes first: a review window may last a day.
+pub async fn settled(handle: &RetryHandle) -> anyhow::Result<Settled> {
+    let finished = result(handle);
+    tokio::pin!(finished);
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            r = &mut finished => return r.map(Settled::Finished),
+            _ = tick.tick() => {
+                let s = handle.query(SegmentRetryWorkflow::report, (), WorkflowQueryOptions::default()).await;
+                if let Ok(s) = s && s.phase == Phase::AwaitingReview {
+                    return Ok(Settled::AwaitingReview(s));
+                }
+            }
+        }
+    }
 }

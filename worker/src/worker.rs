@@ -29,6 +29,7 @@ pub async fn run(
     activities: RetryActivities,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::connect::ensure_search_attributes(&client).await?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let options = WorkerOptions::new(task_queue)
         .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)

@@ -11,7 +11,7 @@
 use retake_activities::failure_types;
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
-use temporalio_sdk::ActivityOptions;
+use temporalio_sdk::{ActivityCancellationType, ActivityOptions, WorkflowCancellationToken};
 
 fn retry(max_attempts: u32, max_interval_s: u64) -> RetryPolicy {
     RetryPolicy::builder()
@@ -30,17 +30,22 @@ pub(crate) fn store(summary: String) -> ActivityOptions {
         .build()
 }
 
-pub(crate) fn generate(summary: String) -> ActivityOptions {
+/// Cancelled by `token` (a creator's abort); the workflow waits until the activity has stopped,
+/// so the GPU is free before the reservation is released.
+pub(crate) fn generate(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(Duration::from_secs(5))
         .retry_policy(retry(5, 10))
+        .cancellation_token(token.clone())
+        .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .summary(summary)
         .build()
 }
 
-pub(crate) fn score(summary: String) -> ActivityOptions {
+pub(crate) fn score(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
         .retry_policy(retry(5, 10))
+        .cancellation_token(token.clone())
         .summary(summary)
         .build()
 }

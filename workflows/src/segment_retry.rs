@@ -1,24 +1,44 @@
-//! The workflow: validate, resolve the policy, run attempts until the plan says stop, conclude.
+//! The workflow: its state, its signals, update and query, and `run`.
 
+use crate::attempts::Run;
+use crate::search::{PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
 use crate::{INVALID_REQUEST, options};
 use retake_activities::RetryActivities;
-use retake_activities::io::{
-    AttemptKey, GenerateRequest, LoadPolicy, RecordAttempt, RecordOutcome, Reservation,
-    ReserveBudget, ScoreRequest, SettleBudget,
-};
+use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
 use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
-use retake_domain::plan::{self, AttemptPlan, Stop};
+use retake_domain::plan;
+use retake_domain::report;
+use retake_domain::review::{CreatorEvent, Decision, Phase};
+use retake_domain::status::Status;
 use retake_domain::{RetryPolicy, ValidationError};
-use serde_json::Value;
+use serde_json::{Value, json};
 use temporalio_macros::{workflow, workflow_methods};
-use temporalio_sdk::{ApplicationFailure, WorkflowContext, WorkflowResult};
+use temporalio_sdk::{
+    ApplicationFailure, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
+    WorkflowContextView, WorkflowResult,
+};
 
-/// Retries a segment that failed its quality gate. Argument: the JSON of
-/// [`RetryRequest`]; result: [`RetryResult`].
+/// Retries a segment that failed its quality gate. Argument: the JSON of [`RetryRequest`];
+/// result: [`RetryResult`]. Signals `abort` and `escalate`, update `decide`, query `report`.
 #[workflow]
 #[derive(Default)]
 pub struct SegmentRetryWorkflow {
-    attempts: Vec<AttemptRecord>,
+    pub(crate) phase: Phase,
+    pub(crate) segment_id: String,
+    pub(crate) project_id: String,
+    pub(crate) scene_type: String,
+    pub(crate) policy: Option<RetryPolicy>,
+    pub(crate) attempts: Vec<AttemptRecord>,
+    /// The attempt in flight, and the token that cancels it.
+    pub(crate) running: Option<(u32, WorkflowCancellationToken)>,
+    /// Every creator signal and decision, in order.
+    pub(crate) events: Vec<CreatorEvent>,
+    pub(crate) abort: Option<CreatorEvent>,
+    pub(crate) escalate: Option<CreatorEvent>,
+    /// A validated decision not yet acted on.
+    pub(crate) decision: Option<(Decision, CreatorEvent)>,
+    /// The provisional result while awaiting review, then the final one.
+    pub(crate) result: Option<RetryResult>,
 }
 
 fn invalid(e: ValidationError) -> ApplicationFailure {
@@ -35,6 +55,17 @@ impl SegmentRetryWorkflow {
     #[run]
     pub async fn run(ctx: &mut WorkflowContext<Self>, input: Value) -> WorkflowResult<RetryResult> {
         let req = RetryRequest::parse(&input).map_err(invalid)?;
+        ctx.state_mut(|s| {
+            s.segment_id = req.segment_id.to_string();
+            s.project_id = req.project_id.to_string();
+            s.scene_type = req.scene_type.to_string();
+        });
+        ctx.upsert_search_attributes([
+            SEGMENT_ID.value_set(req.segment_id.to_string()),
+            PROJECT_ID.value_set(req.project_id.to_string()),
+            SCENE_TYPE.value_set(req.scene_type.to_string()),
+            RETRY_OUTCOME.value_set("running".to_owned()),
+        ]);
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
         let stored = ctx
             .execute_activity(
@@ -46,187 +77,144 @@ impl SegmentRetryWorkflow {
             )
             .await?;
         let policy = RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref()).map_err(invalid)?;
-        let run = Run {
-            ctx: ctx.clone(),
-            workflow_id: ctx.workflow_id().to_owned(),
-            run_id: ctx.run_id().to_owned(),
-            req,
-            policy,
+        ctx.state_mut(|s| {
+            s.policy = Some(policy.clone());
+            s.phase = Phase::Retrying;
+        });
+        let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
+            Err(reason) => (plan::not_retried(&req, reason), Review::None),
+            Ok(()) => Run::new(ctx, req, policy).retry_and_review().await?,
         };
-        let result = match plan::should_retry(&run.policy, &run.req.failed_qa) {
-            Err(reason) => plan::not_retried(&run.req, reason),
-            Ok(()) => {
-                let stop = run.attempts().await?;
-                let attempts = ctx.state(|s| s.attempts.clone());
-                plan::conclude(&run.req, &run.policy, attempts, &stop)
-            }
-        };
+        result.decisions = ctx.state(|s| s.events.clone());
+        ctx.state_mut(|s| {
+            s.phase = Phase::Finished;
+            s.result = Some(result.clone());
+        });
+        ctx.upsert_search_attributes([RETRY_OUTCOME.value_set(result.outcome.as_str().to_owned())]);
         ctx.set_current_details(result.report.clone());
-        ctx.execute_activity(
-            RetryActivities::record_outcome,
-            RecordOutcome {
-                workflow_id: run.workflow_id.clone(),
-                run_id: run.run_id.clone(),
-                result: result.clone(),
-            },
-            options::store(format!("record outcome · {}", result.outcome.as_str())),
-        )
-        .await?;
+        record_outcome(ctx, &result, review).await?;
         Ok(result)
     }
-}
 
-/// One run's fixed inputs, and the attempt loop.
-struct Run {
-    ctx: WorkflowContext<SegmentRetryWorkflow>,
-    workflow_id: String,
-    run_id: String,
-    req: RetryRequest,
-    policy: RetryPolicy,
-}
+    /// Stop now: the in-flight attempt is cancelled and its reservation released; finished
+    /// attempts stay recorded; outcome `aborted`. Payload `{"reason": "...", "by": "..."}`.
+    #[signal]
+    pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
+        if self.phase == Phase::Finished || self.abort.is_some() {
+            return;
+        }
+        let event = CreatorEvent::from_signal("abort", &payload);
+        if let Some((_, token)) = &self.running {
+            token.cancel_with_reason(format!("aborted by {}", event.by));
+        }
+        self.events.push(event.clone());
+        self.abort = Some(event);
+    }
 
-impl Run {
-    fn key(&self, attempt: u32) -> AttemptKey {
-        AttemptKey {
-            workflow_id: self.workflow_id.clone(),
-            run_id: self.run_id.clone(),
-            attempt,
+    /// Stop retrying (after the attempt in flight) and go to human review. Payload
+    /// `{"reason": "...", "by": "..."}`.
+    #[signal]
+    pub fn escalate(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
+        if matches!(self.phase, Phase::Finished | Phase::AwaitingReview) || self.escalate.is_some()
+        {
+            return;
+        }
+        let event = CreatorEvent::from_signal("escalate", &payload);
+        self.events.push(event.clone());
+        self.escalate = Some(event);
+    }
+
+    #[update_validator(decide)]
+    pub fn validate_decide(
+        &self,
+        _ctx: &WorkflowContextView,
+        input: &Value,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if self.phase != Phase::AwaitingReview {
+            return Err(format!(
+                "segment {} is not awaiting review (phase {})",
+                self.segment_id,
+                json!(self.phase).as_str().unwrap_or("?")
+            )
+            .into());
+        }
+        if self.decision.is_some() {
+            return Err("a decision is already being applied".into());
+        }
+        let policy = self.policy.clone().unwrap_or_default();
+        Decision::parse(input, &policy, &self.attempts)
+            .map(|_| ())
+            .map_err(|e| e.to_string().into())
+    }
+
+    /// A creator's review decision: `retry_with` (new params / wider jitter / more attempts),
+    /// `accept` (an attempt as final) or `reject`. Validated by `validate_decide`.
+    #[update]
+    pub fn decide(
+        &mut self,
+        _ctx: &mut SyncWorkflowContext<Self>,
+        input: Value,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let policy = self.policy.clone().unwrap_or_default();
+        let (decision, event) = Decision::parse(&input, &policy, &self.attempts)?;
+        self.events.push(event.clone());
+        let answer = json!({"accepted": event.action, "by": event.by});
+        self.decision = Some((decision, event));
+        Ok(answer)
+    }
+
+    /// The live attempt table, phase and report text (the result shape plus `phase`).
+    #[query]
+    pub fn report(&self, _ctx: &WorkflowContextView) -> Status {
+        if let Some(result) = &self.result {
+            let mut status = Status::concluded(self.phase, result);
+            status.decisions = self.events.clone();
+            return status;
+        }
+        let policy = self.policy.clone().unwrap_or_default();
+        let running = self.running.as_ref().map(|(k, _)| *k);
+        Status {
+            phase: self.phase,
+            segment_id: self.segment_id.clone(),
+            project_id: self.project_id.clone(),
+            scene_type: self.scene_type.clone(),
+            outcome: None,
+            reason: match running {
+                Some(k) => format!("attempt {k} of {} running", policy.max_attempts),
+                None => "starting".to_owned(),
+            },
+            selected_attempt: None,
+            running_attempt: running,
+            gpu_ms_total: self.attempts.iter().map(|a| a.gpu_ms).sum(),
+            report: report::progress(&self.segment_id, &policy, &self.attempts, running),
+            attempts: self.attempts.clone(),
+            decisions: self.events.clone(),
         }
     }
+}
 
-    /// Run attempts until the plan says stop; every attempt is recorded before the next starts.
-    async fn attempts(&self) -> WorkflowResult<Stop> {
-        loop {
-            let done = self.ctx.state(|s| s.attempts.clone());
-            let k = match plan::next(&self.policy, &done) {
-                Ok(k) => k,
-                Err(stop) => return Ok(stop),
-            };
-            let attempt = plan::plan_attempt(&self.req, &self.policy, k);
-            if let Some(stop) = self.reserve(&attempt).await? {
-                return Ok(stop);
-            }
-            let record = self.generate_and_score(attempt).await?;
-            self.ctx
-                .execute_activity(
-                    RetryActivities::record_attempt,
-                    RecordAttempt {
-                        key: self.key(k),
-                        segment_id: self.req.segment_id.to_string(),
-                        project_id: self.req.project_id.to_string(),
-                        scene_type: self.req.scene_type.to_string(),
-                        record: record.clone(),
-                    },
-                    options::store(format!("attempt {k} · record · {}", record.status.as_str())),
-                )
-                .await?;
-            self.ctx.state_mut(|s| s.attempts.push(record));
-        }
-    }
-
-    /// Reserve the attempt's estimated GPU time; `Some(stop)` when the budget refuses.
-    async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Option<Stop>> {
-        let k = attempt.attempt;
-        let answer = self
-            .ctx
-            .execute_activity(
-                RetryActivities::reserve_budget,
-                ReserveBudget {
-                    key: self.key(k),
-                    project_id: self.req.project_id.to_string(),
-                    gpu_ms: self.policy.est_gpu_ms_per_attempt,
-                },
-                options::store(format!(
-                    "attempt {k} · reserve {} GPU ms",
-                    self.policy.est_gpu_ms_per_attempt
-                )),
-            )
-            .await?;
-        Ok(match answer {
-            Reservation::Granted { .. } => None,
-            Reservation::Refused {
-                limit_ms,
-                committed_ms,
-                requested_ms,
-            } => Some(Stop::BudgetRefused {
-                attempt: k,
-                detail: format!(
-                    "{requested_ms} GPU ms requested, {committed_ms} of {limit_ms} already committed"
-                ),
-            }),
-        })
-    }
-
-    /// Generate and score; settle (or release) the reservation with the GPU time used.
-    async fn generate_and_score(&self, attempt: AttemptPlan) -> WorkflowResult<AttemptRecord> {
-        let k = attempt.attempt;
-        self.ctx.set_current_details(format!(
-            "Segment {}: attempt {k}/{} generating (seed {})",
-            self.req.segment_id, self.policy.max_attempts, attempt.seed
-        ));
-        let generated = self
-            .ctx
-            .execute_activity(
-                RetryActivities::generate,
-                GenerateRequest {
-                    key: self.key(k),
-                    segment_id: self.req.segment_id.to_string(),
-                    scene_type: self.req.scene_type.to_string(),
-                    seed: attempt.seed,
-                    params: attempt.params.clone(),
-                },
-                options::generate(format!("attempt {k} · generate · seed {:#x}", attempt.seed)),
-            )
-            .await;
-        let generated = match generated {
-            Ok(g) => g,
-            Err(e) => {
-                self.ctx
-                    .execute_activity(
-                        RetryActivities::release_budget,
-                        self.key(k),
-                        options::store(format!("attempt {k} · release budget")),
-                    )
-                    .await?;
-                return Ok(attempt.errored(0, format!("generation failed: {e}")));
-            }
-        };
-        let scored = self
-            .ctx
-            .execute_activity(
-                RetryActivities::score_qa,
-                ScoreRequest {
-                    key: self.key(k),
-                    segment_id: self.req.segment_id.to_string(),
-                    scene_type: self.req.scene_type.to_string(),
-                    seed: attempt.seed,
-                    params: attempt.params.clone(),
-                    output_uri: generated.output_uri.clone(),
-                },
-                options::score(format!("attempt {k} · score QA · seed {:#x}", attempt.seed)),
-            )
-            .await;
-        self.ctx
-            .execute_activity(
-                RetryActivities::settle_budget,
-                SettleBudget {
-                    key: self.key(k),
-                    project_id: self.req.project_id.to_string(),
-                    gpu_ms: generated.gpu_ms,
-                },
-                options::store(format!("attempt {k} · settle {} GPU ms", generated.gpu_ms)),
-            )
-            .await?;
-        Ok(match scored {
-            Ok(qa) => attempt.scored(
-                &self.policy,
-                qa,
-                generated.gpu_ms,
-                Some(generated.output_uri),
-            ),
-            Err(e) => attempt.errored(generated.gpu_ms, format!("QA scoring failed: {e}")),
-        })
-    }
+/// Record the run's outcome (or standing, while in review) in the store.
+pub(crate) async fn record_outcome(
+    ctx: &WorkflowContext<SegmentRetryWorkflow>,
+    result: &RetryResult,
+    review: Review,
+) -> WorkflowResult<()> {
+    ctx.execute_activity(
+        RetryActivities::record_outcome,
+        RecordOutcome {
+            workflow_id: ctx.workflow_id().to_owned(),
+            run_id: ctx.run_id().to_owned(),
+            result: result.clone(),
+            review,
+        },
+        options::store(format!(
+            "record outcome · {} · review {}",
+            result.outcome.as_str(),
+            review.as_str()
+        )),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Marker type of the run method: what client workflow handles are typed by.

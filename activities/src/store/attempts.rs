@@ -5,7 +5,7 @@ use super::{SqlStore, from_json, get, map_sqlx, now, to_i64, to_json, to_u32, to
 use crate::io::{RecordAttempt, RecordOutcome};
 use crate::ports::{AttemptStore, StoreError, StoredAttempt, StoredOutcome};
 use async_trait::async_trait;
-use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params};
+use retake_domain::contract::{AttemptRecord, AttemptStatus, Params};
 use serde_json::Value;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
@@ -128,6 +128,10 @@ fn outcome_from_row(row: &SqliteRow) -> Result<StoredOutcome, StoreError> {
         gpu_ms_total: to_u64(get(row, "gpu_ms_total")?, "segment_retries.gpu_ms_total")?,
         report: get(row, "report")?,
         review: get(row, "review")?,
+        decisions: from_json(
+            &get::<String>(row, "decisions")?,
+            "segment_retries.decisions",
+        )?,
         updated_at: get(row, "updated_at")?,
     })
 }
@@ -157,11 +161,8 @@ impl AttemptStore for SqlStore {
         let result = &out.result;
         let now = now();
         let selected = result.selected_attempt.map(i64::from);
-        let review = if result.outcome == Outcome::Escalated {
-            "pending"
-        } else {
-            "none"
-        };
+        let review = out.review.as_str();
+        let decisions = to_json(&result.decisions)?;
         let owner = Owner {
             segment_id: &result.segment_id,
             project_id: &result.project_id,
@@ -176,13 +177,14 @@ impl AttemptStore for SqlStore {
         }
         sqlx::query(
             "INSERT INTO segment_retries (workflow_id, run_id, segment_id, project_id, scene_type, \
-             outcome, reason, selected_attempt, gpu_ms_total, report, review, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) \
+             outcome, reason, selected_attempt, gpu_ms_total, report, review, decisions, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $12, $12) \
              ON CONFLICT (workflow_id, run_id) DO UPDATE SET segment_id = excluded.segment_id, \
              project_id = excluded.project_id, scene_type = excluded.scene_type, \
              outcome = excluded.outcome, reason = excluded.reason, \
              selected_attempt = excluded.selected_attempt, gpu_ms_total = excluded.gpu_ms_total, \
-             report = excluded.report, review = excluded.review, updated_at = excluded.updated_at",
+             report = excluded.report, review = excluded.review, decisions = excluded.decisions, \
+             updated_at = excluded.updated_at",
         )
         .bind(out.workflow_id.as_str())
         .bind(out.run_id.as_str())
@@ -196,6 +198,7 @@ impl AttemptStore for SqlStore {
         .bind(result.report.as_str())
         .bind(review)
         .bind(now.as_str())
+        .bind(decisions)
         .execute(&mut *tx)
         .await
         .map_err(map_sqlx)?;
@@ -239,7 +242,7 @@ impl AttemptStore for SqlStore {
     async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError> {
         sqlx::query(
             "SELECT workflow_id, run_id, segment_id, project_id, scene_type, outcome, reason, \
-             selected_attempt, gpu_ms_total, report, review, updated_at FROM segment_retries \
+             selected_attempt, gpu_ms_total, report, review, decisions, updated_at FROM segment_retries \
              WHERE segment_id = $1 ORDER BY created_at, workflow_id, run_id",
         )
         .bind(segment_id)

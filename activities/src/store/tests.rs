@@ -1,7 +1,7 @@
 //! Each test opens a fresh SQLite file in its own temporary directory.
 
 use super::{SqlStore, rfc3339};
-use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation};
+use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation, Review};
 use crate::ports::{AttemptStore, Budget, BudgetLedger, PolicyStore, StoreError};
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
 use serde_json::json;
@@ -89,6 +89,13 @@ fn outcome(
             gpu_ms_total: attempts.iter().map(|a| a.gpu_ms).sum(),
             attempts,
             report: "Segment 5: ...".to_owned(),
+            decisions: vec![],
+        },
+        // What the workflow sends: escalations await review.
+        review: if outcome == Outcome::Escalated {
+            Review::Pending
+        } else {
+            Review::None
         },
     }
 }

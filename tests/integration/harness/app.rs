@@ -4,7 +4,9 @@ use super::server::dev_server;
 use retake::{connect, retries, worker};
 use retake_activities::sim::Simulator;
 use retake_activities::store::SqlStore;
+use retake_domain::SegmentId;
 use retake_domain::contract::RetryResult;
+use retake_domain::status::Status;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -83,7 +85,7 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// A test app with the given simulator.
-async fn spawn_app_with(sim: Simulator) -> TestApp {
+pub async fn spawn_app_with(sim: Simulator) -> TestApp {
     let server = dev_server();
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tag = format!("t{}x{n}", std::process::id());
@@ -113,6 +115,29 @@ async fn spawn_app_with(sim: Simulator) -> TestApp {
 }
 
 impl TestApp {
+    /// Wait (polling the `report` query) until the retry of `segment` satisfies `want`; panics
+    /// after 60 s with the last status seen.
+    pub async fn wait_for(
+        &self,
+        segment: &str,
+        what: &str,
+        want: impl Fn(&Status) -> bool,
+    ) -> Status {
+        let segment = SegmentId::parse(segment).expect("segment id");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(s) = retries::status(&self.client, &segment).await {
+                if want(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("segment {segment} never reached: {what}; last status: {last:#?}");
+    }
+
     /// Start a retry and wait for its result.
     pub async fn retry(&self, input: Value) -> RetryResult {
         retries::run(&self.client, &self.task_queue, input)

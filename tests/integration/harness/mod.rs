@@ -5,6 +5,6 @@ mod app;
 mod server;
 mod sim;
 
-pub use app::{TestApp, spawn_app};
+pub use app::{TestApp, spawn_app, spawn_app_with};
 pub use server::dev_server;
 pub use sim::{find_segment, predict, request};

@@ -18,7 +18,11 @@ pub fn request(segment: &str, project: &str, policy: Option<Value>) -> Value {
         "params": {"seed": 1234, "cfg_scale": 7.5, "denoise_strength": 0.6, "sampler": "euler"},
         "failed_qa": {"scores": {"face": 0.42, "motion": 0.81}, "failures": ["face_melt"]}
     });
-    if let Some(p) = policy {
+    if let Some(mut p) = policy {
+        // Escalations end at once unless a test asks for a review window.
+        if p.get("review_window_secs").is_none() {
+            p["review_window_secs"] = json!(0);
+        }
         v["policy"] = p;
     }
     v
@@ -29,7 +33,7 @@ pub fn predict(input: &Value) -> Vec<AttemptRecord> {
     let req = RetryRequest::parse(input).expect("valid request");
     let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
     let mut attempts = Vec::new();
-    while let Ok(k) = plan::next(&policy, &attempts) {
+    while let Ok(k) = plan::next(&policy, &attempts, 0) {
         let a = plan::plan_attempt(&req, &policy, k);
         let scores = Simulator::scores(req.segment_id.as_str(), a.seed, &a.params);
         let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);

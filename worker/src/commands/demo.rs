@@ -25,6 +25,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo")]
     project: String,
     /// Scene type; its policy is created (enabled, 3 attempts, first_pass) if none is stored.
+    /// Escalations are recorded for review without waiting for a decision.
     #[arg(long, default_value = "demo")]
     scene_type: String,
     /// Retries running at once.
@@ -63,7 +64,10 @@ fn failed_segment(tag: &str, i: u32, project: &str, scene: &str, policy: &RetryP
         }
         seed += 1;
     };
-    json!({"segment_id": segment, "project_id": project, "scene_type": scene, "params": params, "failed_qa": qa})
+    // Escalated demo segments are flagged for review in the store but do not hold the batch open
+    // waiting for a decision.
+    json!({"segment_id": segment, "project_id": project, "scene_type": scene, "params": params,
+           "failed_qa": qa, "policy": {"review_window_secs": 0}})
 }
 
 #[derive(Debug, Default)]

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod budget;
+pub mod control;
 pub mod demo;
 pub mod history;
 pub mod policy;

@@ -110,7 +110,23 @@ pub(crate) async fn run(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
         bail!("{e}");
     }
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
-    let result = retries::run(&client, &g.task_queue, input).await?;
+    let handle = retries::start(&client, &g.task_queue, input).await?;
+    let result = match retries::settled(&handle).await? {
+        retries::Settled::Finished(result) => result,
+        retries::Settled::AwaitingReview(status) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("{}", status.report);
+                println!("outcome: escalated, awaiting review ({})", status.reason);
+                println!(
+                    "decide with: retake decide {} --accept <attempt> | --reject | --retry-with --param NAME=VALUE [--attempts N]",
+                    status.segment_id
+                );
+            }
+            return Ok(());
+        }
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {

@@ -1,0 +1,550 @@
+use crate::harness::{TestApp, dev_server, find_segment, request, spawn_app, spawn_app_with};
+use retake::retries::{self, Creator};
+use retake_activities::ports::{AttemptStore, BudgetLedger};
+use retake_activities::sim::Simulator;
+use retake_domain::SegmentId;
+use retake_domain::contract::{AttemptStatus, Outcome};
+use retake_domain::review::Phase;
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+fn seg(s: &str) -> SegmentId {
+    SegmentId::parse(s).unwrap()
+}
+
+/// A segment whose attempts all fail, under `policy`.
+fn failing(app: &TestApp, name: &str, policy: &Value) -> String {
+    find_segment(&app.tag, name, policy, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    })
+    .0
+}
+
+#[tokio::test]
+async fn aborting_during_generation_cancels_the_attempt_and_releases_its_reservation() {
+    // Generation takes 20 s, so the abort certainly lands while attempt 1 generates.
+    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let project = format!("{}-abort", app.tag);
+    app.store
+        .set_limit(&project, Some(1_000_000))
+        .await
+        .unwrap();
+    let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 30000});
+    let segment = format!("{}-abort", app.tag);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, &project, Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "attempt 1 generating", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+    let reserved = app
+        .store
+        .budget(&project)
+        .await
+        .unwrap()
+        .unwrap()
+        .reserved_ms;
+    assert_eq!(
+        reserved, 30000,
+        "attempt 1 holds its reservation while it generates"
+    );
+
+    // The plain temporal CLI, with the JSON input documented in the README.
+    let out = Command::new(&dev_server().temporal)
+        .args([
+            "workflow",
+            "signal",
+            "--name",
+            "abort",
+            "--workflow-id",
+            &format!("segment-retry-{segment}"),
+        ])
+        .args([
+            "--input",
+            r#"{"reason": "wrong prompt", "by": "mina"}"#,
+            "--address",
+            &app.address,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Aborted);
+    assert_eq!(
+        result.attempts.len(),
+        1,
+        "no further attempts after an abort"
+    );
+    assert_eq!(result.attempts[0].status, AttemptStatus::Aborted);
+    assert_eq!(result.reason, "aborted by mina: wrong prompt");
+    assert_eq!(result.decisions.len(), 1);
+    assert_eq!(
+        (
+            result.decisions[0].action.as_str(),
+            result.decisions[0].by.as_str()
+        ),
+        ("abort", "mina")
+    );
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(
+        (b.reserved_ms, b.spent_ms),
+        (0, 0),
+        "the reservation is released, nothing charged"
+    );
+    let rows = app.store.attempts(&segment).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].record.status, AttemptStatus::Aborted);
+    assert_eq!(
+        app.store.outcomes(&segment).await.unwrap()[0].outcome,
+        "aborted"
+    );
+}
+
+#[tokio::test]
+async fn escalating_stops_retrying_and_accepting_an_attempt_in_review_selects_it() {
+    let app = spawn_app_with(Simulator::new(1500)).await;
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let segment = failing(&app, "esc", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "attempt 1 running", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "escalate",
+            &segment,
+            "--reason",
+            "faces keep melting",
+            "--by",
+            "mina",
+        ])
+        .args(["--temporal-address", &app.address])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let review = app
+        .wait_for(&segment, "awaiting review", |s| {
+            s.phase == Phase::AwaitingReview
+        })
+        .await;
+    assert_eq!(
+        review.attempts.len(),
+        1,
+        "the attempt in flight finished; no new one started"
+    );
+    assert_eq!(review.outcome, Some(Outcome::Escalated));
+    assert!(
+        review
+            .reason
+            .starts_with("escalated by mina: faces keep melting"),
+        "{}",
+        review.reason
+    );
+    let pending = app.store.outcomes(&segment).await.unwrap();
+    assert_eq!(
+        (pending[0].outcome.as_str(), pending[0].review.as_str()),
+        ("escalated", "pending")
+    );
+
+    let answer = retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "accept", "attempt": 1, "by": "jun", "reason": "fine for a cutaway"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer["accepted"], "accept");
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Passed);
+    assert_eq!(result.selected_attempt, Some(1));
+    assert_eq!(
+        result.reason,
+        "attempt 1 accepted by jun in review: fine for a cutaway"
+    );
+    let actions: Vec<_> = result
+        .decisions
+        .iter()
+        .map(|d| (d.action.as_str(), d.by.as_str()))
+        .collect();
+    assert_eq!(actions, [("escalate", "mina"), ("accept", "jun")]);
+    let stored = app.store.outcomes(&segment).await.unwrap();
+    assert_eq!(
+        (stored[0].outcome.as_str(), stored[0].review.as_str()),
+        ("passed", "accepted")
+    );
+    assert_eq!(stored[0].decisions.len(), 2);
+    let rows = app.store.attempts(&segment).await.unwrap();
+    assert!(rows[0].selected);
+}
+
+#[tokio::test]
+async fn rejecting_in_review_ends_escalated_with_the_review_closed() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let segment = failing(&app, "rej", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+
+    retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "reject", "by": "jun"}),
+    )
+    .await
+    .unwrap();
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Escalated);
+    assert_eq!(result.attempts.len(), 3);
+    assert_eq!(result.reason, "rejected by jun in review");
+    assert!(
+        result
+            .report
+            .ends_with("; escalated for human review; rejected by jun"),
+        "{}",
+        result.report
+    );
+    assert_eq!(
+        app.store.outcomes(&segment).await.unwrap()[0].review,
+        "rejected"
+    );
+}
+
+#[tokio::test]
+async fn retry_with_new_parameters_records_new_attempts_with_those_parameters() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let segment = failing(&app, "rw", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+
+    let out = Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "decide",
+            &segment,
+            "--retry-with",
+            "--param",
+            "cfg_scale=9.0",
+            "--vary",
+            "cfg_scale=1.5",
+            "--attempts",
+            "2",
+            "--by",
+            "jun",
+        ])
+        .args(["--temporal-address", &app.address])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The new round either passes (and finishes) or fails and waits for review again.
+    let s = app
+        .wait_for(&segment, "the second round done", |s| {
+            s.attempts.len() == 5 && matches!(s.phase, Phase::AwaitingReview | Phase::Finished)
+        })
+        .await;
+    if s.phase == Phase::AwaitingReview {
+        retries::decide(
+            &app.client,
+            &seg(&segment),
+            json!({"decision": "reject", "by": "jun"}),
+        )
+        .await
+        .unwrap();
+    }
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.attempts.len(), 5);
+    let seeds = retake_domain::seed::attempt_seeds(&segment, 1234, 5, 53);
+    for a in &result.attempts[3..] {
+        assert_eq!(
+            a.original_params.0["cfg_scale"],
+            json!(9.0),
+            "attempt {} starts from the new value",
+            a.attempt
+        );
+        let cfg = a.params.number("cfg_scale").unwrap();
+        assert!(
+            (7.5..=10.5).contains(&cfg),
+            "cfg_scale {cfg} outside the wider ±1.5"
+        );
+        assert_eq!(a.seed, seeds[a.attempt as usize - 1]);
+    }
+    for a in &result.attempts[..3] {
+        assert_eq!(
+            a.original_params.0["cfg_scale"],
+            json!(7.5),
+            "earlier attempts keep their record"
+        );
+    }
+    assert_eq!(result.decisions[0].action, "retry_with");
+    assert_eq!(app.store.attempts(&segment).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn a_review_window_ending_without_a_decision_leaves_the_segment_escalated_and_pending() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "review_window_secs": 1});
+    let segment = failing(&app, "expire", &policy);
+
+    let result = app.retry(request(&segment, "p1", Some(policy))).await;
+
+    assert_eq!(result.outcome, Outcome::Escalated);
+    assert!(
+        result
+            .reason
+            .ends_with("(no decision within the 1 s review window)"),
+        "{}",
+        result.reason
+    );
+    assert_eq!(
+        app.store.outcomes(&segment).await.unwrap()[0].review,
+        "pending"
+    );
+}
+
+#[tokio::test]
+async fn invalid_decisions_are_rejected_with_a_message_and_change_nothing() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let segment = failing(&app, "invalid", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+
+    let no_such = retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "accept", "attempt": 9, "by": "jun"}),
+    )
+    .await;
+    assert!(format!("{:#}", no_such.unwrap_err()).contains("no generated attempt 9"));
+    let unknown = retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "maybe", "by": "jun"}),
+    )
+    .await;
+    assert!(
+        format!("{:#}", unknown.unwrap_err()).contains("not one of retry_with, accept, reject")
+    );
+    let cli = Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "decide",
+            &segment,
+            "--accept",
+            "0",
+            "--by",
+            "jun",
+            "--temporal-address",
+            &app.address,
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("no generated attempt 0"));
+
+    let still = retries::status(&app.client, &seg(&segment)).await.unwrap();
+    assert_eq!(
+        still.phase,
+        Phase::AwaitingReview,
+        "rejected decisions change nothing"
+    );
+    assert!(still.decisions.is_empty());
+    retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "reject", "by": "jun"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        retries::result(&handle).await.unwrap().outcome,
+        Outcome::Escalated
+    );
+}
+
+#[tokio::test]
+async fn a_decision_for_a_retry_that_is_not_in_review_is_rejected() {
+    let app = spawn_app_with(Simulator::new(5000)).await;
+    let policy = json!({"enabled": true});
+    let segment = failing(&app, "early", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&segment, "attempt 1 running", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+
+    let early = retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "reject", "by": "jun"}),
+    )
+    .await;
+
+    assert!(format!("{:#}", early.unwrap_err()).contains("is not awaiting review"));
+    retries::signal(
+        &app.client,
+        &seg(&segment),
+        Creator::Abort,
+        "test over",
+        "jun",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        retries::result(&handle).await.unwrap().outcome,
+        Outcome::Aborted
+    );
+}
+
+#[tokio::test]
+async fn the_report_query_shows_the_live_attempt_table_mid_run() {
+    let app = spawn_app_with(Simulator::new(800)).await;
+    let policy = json!({"enabled": true});
+    let segment = failing(&app, "live", &policy);
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+
+    let s = app
+        .wait_for(&segment, "attempt 2 running", |s| {
+            s.running_attempt == Some(2)
+        })
+        .await;
+
+    assert_eq!(s.phase, Phase::Retrying);
+    assert_eq!(s.outcome, None);
+    assert_eq!(s.attempts.len(), 1);
+    assert!(
+        s.report
+            .starts_with(&format!("Segment {segment}: failed attempt 1 (face ")),
+        "{}",
+        s.report
+    );
+    assert!(s.report.ends_with("attempt 2 running"), "{}", s.report);
+    let cli = Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "status",
+            &segment,
+            "--json",
+            "--temporal-address",
+            &app.address,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(doc["segment_id"], json!(segment));
+    assert!(!doc["attempts"].as_array().unwrap().is_empty());
+    let done = retries::result(&handle).await.unwrap();
+    let after = retries::status(&app.client, &seg(&segment)).await.unwrap();
+    assert_eq!(after.phase, Phase::Finished);
+    assert_eq!(after.report, done.report);
+}
+
+#[tokio::test]
+async fn a_segment_is_found_by_its_search_attributes() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true});
+    let (segment, _) = find_segment(&app.tag, "sa", &policy, |a| {
+        a.last().is_some_and(|l| l.passed)
+    });
+    app.retry(request(&segment, "p1", Some(policy))).await;
+
+    // Visibility is eventually consistent: wait until the list query finds it.
+    let query = format!("SegmentId='{segment}' AND RetryOutcome='passed' AND SceneType='dialogue'");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = Command::new(&dev_server().temporal)
+            .args([
+                "workflow",
+                "list",
+                "--query",
+                &query,
+                "-o",
+                "json",
+                "--address",
+                &app.address,
+            ])
+            .output()
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains(&format!("segment-retry-{segment}")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not listed by {query}: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
