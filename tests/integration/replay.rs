@@ -1,0 +1,217 @@
+//! The determinism guard: histories of representative runs, recorded from the real workflow, must
+//! replay against the current code. Change the workflow behind `ctx.patched(..)` and keep these
+//! files; record new ones with
+//! `cargo test -p retake --test integration -- --ignored record_representative_histories`.
+
+use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
+use retake::retries::{self, Creator};
+use retake_activities::RetryActivities;
+use retake_activities::io::LoadPolicy;
+use retake_activities::ports::BudgetLedger;
+use retake_activities::sim::Simulator;
+use retake_domain::SegmentId;
+use retake_domain::contract::Outcome;
+use retake_domain::review::Phase;
+use retake_workflows::SegmentRetryWorkflow;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
+use temporalio_macros::{workflow, workflow_methods};
+use temporalio_sdk::workflow_replayer::{WorkflowReplayer, WorkflowReplayerOptions};
+use temporalio_sdk::{ActivityOptions, WorkflowContext, WorkflowResult};
+
+fn histories_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/histories")
+}
+
+fn stored_histories() -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(histories_dir())
+        .expect("tests/histories")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_stored_history_replays_against_the_current_workflow() {
+    let histories = stored_histories();
+    let names: Vec<&str> = histories.iter().map(|(n, _)| n.as_str()).collect();
+    for required in [
+        "passed.json",
+        "escalated.json",
+        "aborted.json",
+        "budget_exhausted.json",
+        "review_accepted.json",
+    ] {
+        assert!(
+            names.contains(&required),
+            "tests/histories lacks {required}: {names:?}"
+        );
+    }
+    let replayer = WorkflowReplayer::new(
+        WorkflowReplayerOptions::new()
+            .register_workflow::<SegmentRetryWorkflow>()
+            .unwrap()
+            .build(),
+    )
+    .unwrap();
+    for (name, bytes) in histories {
+        let history = WorkflowHistory::from_json(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if let Err(e) = replayer.replay_workflow(history).await {
+            panic!("{name} no longer replays: {e}");
+        }
+    }
+}
+
+/// A deliberately changed workflow: it skips loading the policy. Registered under the real
+/// workflow's name, it must be caught by replay.
+#[workflow]
+#[derive(Default)]
+pub struct ChangedRetryWorkflow;
+
+#[workflow_methods]
+impl ChangedRetryWorkflow {
+    #[run(name = "SegmentRetryWorkflow")]
+    pub async fn run(ctx: &mut WorkflowContext<Self>, _input: Value) -> WorkflowResult<Value> {
+        ctx.execute_activity(
+            RetryActivities::load_policy,
+            LoadPolicy {
+                scene_type: "changed".into(),
+            },
+            ActivityOptions::with_start_to_close_timeout(Duration::from_secs(5)).build(),
+        )
+        .await?;
+        Ok(Value::Null)
+    }
+}
+
+#[tokio::test]
+async fn a_changed_workflow_is_detected_as_nondeterministic() {
+    let bytes = std::fs::read(histories_dir().join("passed.json")).expect("passed.json");
+    let replayer = WorkflowReplayer::new(
+        WorkflowReplayerOptions::new()
+            .register_workflow::<ChangedRetryWorkflow>()
+            .unwrap()
+            .build(),
+    )
+    .unwrap();
+
+    let err = replayer
+        .replay_workflow(WorkflowHistory::from_json(&bytes).unwrap())
+        .await
+        .expect_err("the changed workflow must not replay the recorded history");
+
+    let msg = err.to_string();
+    assert!(msg.to_lowercase().contains("nondetermin"), "{msg}");
+}
+
+async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
+    let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
+    let json = handle
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .to_json()
+        .await
+        .unwrap();
+    std::fs::write(histories_dir().join(file), json).unwrap();
+}
+
+#[tokio::test]
+#[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
+async fn record_representative_histories() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true});
+
+    let (seg, _) = find_segment(&app.tag, "passed", &policy, |a| a.len() == 2 && a[1].passed);
+    assert_eq!(
+        app.retry(request(&seg, "p1", Some(policy.clone())))
+            .await
+            .outcome,
+        Outcome::Passed
+    );
+    save(&app, &seg, "passed.json").await;
+
+    let (seg, _) = find_segment(&app.tag, "esc", &policy, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+    assert_eq!(
+        app.retry(request(&seg, "p1", Some(policy.clone())))
+            .await
+            .outcome,
+        Outcome::Escalated
+    );
+    save(&app, &seg, "escalated.json").await;
+
+    let project = format!("{}-tight", app.tag);
+    app.store.set_limit(&project, Some(130)).await.unwrap();
+    let tight = json!({"enabled": true, "est_gpu_ms_per_attempt": 100});
+    let (seg, _) = find_segment(&app.tag, "budget", &tight, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+    assert_eq!(
+        app.retry(request(&seg, &project, Some(tight)))
+            .await
+            .outcome,
+        Outcome::BudgetExhausted
+    );
+    save(&app, &seg, "budget_exhausted.json").await;
+
+    let review = json!({"enabled": true, "review_window_secs": 3600});
+    let (seg, _) = find_segment(&app.tag, "review", &review, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+    let h = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&seg, "p1", Some(review)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&seg, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+    retries::decide(
+        &app.client,
+        &SegmentId::parse(&seg).unwrap(),
+        json!({"decision": "accept", "attempt": 2, "by": "jun"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Passed);
+    save(&app, &seg, "review_accepted.json").await;
+
+    let slow = spawn_app_with(Simulator::new(20_000)).await;
+    let seg = format!("{}-aborted", slow.tag);
+    let h = retries::start(
+        &slow.client,
+        &slow.task_queue,
+        request(&seg, "p1", Some(policy)),
+    )
+    .await
+    .unwrap();
+    slow.wait_for(&seg, "attempt 1 running", |s| s.running_attempt == Some(1))
+        .await;
+    retries::signal(
+        &slow.client,
+        &SegmentId::parse(&seg).unwrap(),
+        Creator::Abort,
+        "recording",
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
+    save(&slow, &seg, "aborted.json").await;
+}
