@@ -64,3 +64,19 @@ ensure_dev_server() {
   tail -n 20 "$logfile" >&2
   die "the Temporal dev server did not come up within 60 s (log: $logfile)"
 }
+
+# Debian's Chromium, for the test that looks at the web UI in a real browser.
+ensure_chromium() {
+  for b in chromium chromium-browser google-chrome; do
+    command -v "$b" >/dev/null 2>&1 && return
+  done
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
+    log "installing Debian's chromium (for the web UI check)"
+    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+      || die "could not install chromium with apt-get"
+  else
+    log "chromium is missing and cannot be installed here: the web UI check is skipped (on CI it fails)"
+  fi
+}

@@ -504,6 +504,31 @@ async fn the_report_query_shows_the_live_attempt_table_mid_run() {
     let doc: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(doc["segment_id"], json!(segment));
     assert!(!doc["attempts"].as_array().unwrap().is_empty());
+    let plain = Command::new(&dev_server().temporal)
+        .args([
+            "workflow",
+            "query",
+            "--name",
+            "report",
+            "-o",
+            "json",
+            "--address",
+            &app.address,
+        ])
+        .args(["--workflow-id", &format!("segment-retry-{segment}")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        plain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plain.stderr)
+    );
+    assert!(
+        text.contains("\"phase\"") && text.contains(&segment),
+        "{text}"
+    );
     let done = retries::result(&handle).await.unwrap();
     let after = retries::status(&app.client, &seg(&segment)).await.unwrap();
     assert_eq!(after.phase, Phase::Finished);

@@ -17,3 +17,5 @@ mod replay;
 mod retry_flows;
 /// The `retry_attempts` table and outcomes equal the workflow result.
 mod store_records;
+/// The Temporal web UI, in headless Chromium, shows a segment's workflow and search attributes.
+mod web_ui;

@@ -171,6 +171,11 @@ impl AttemptStore for SqlStore {
             run_id: &out.run_id,
         };
         let mut tx = self.begin_write().await?;
+        let released =
+            super::budget::release_abandoned(&mut tx, &out.workflow_id, &out.run_id, &now).await?;
+        if released > 0 {
+            tracing::warn!(workflow_id = %out.workflow_id, run_id = %out.run_id, released, "released abandoned reservations");
+        }
         // Attempts whose record_attempt was lost; recorded ones are kept as they are.
         for rec in &result.attempts {
             insert_attempt(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;

@@ -5,6 +5,7 @@ use super::{SqlStore, get, map_sqlx, now, to_i64, to_u64};
 use crate::io::{AttemptKey, Reservation};
 use crate::ports::{Budget, BudgetLedger, StoreError};
 use async_trait::async_trait;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 
 const RESERVED: &str = "reserved";
@@ -132,6 +133,44 @@ impl SqlStore {
         .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)
     }
+}
+
+/// Release every reservation of a run that is still held: once a run records its outcome no
+/// attempt of it is in flight, so such a reservation was abandoned (a safety net; the workflow
+/// settles or releases each attempt itself). Part of the caller's write transaction.
+pub(super) async fn release_abandoned(
+    conn: &mut SqliteConnection,
+    workflow_id: &str,
+    run_id: &str,
+    now: &str,
+) -> Result<u64, StoreError> {
+    sqlx::query(
+        "UPDATE project_budgets SET reserved_ms = reserved_ms - COALESCE((SELECT SUM(r.reserved_ms) \
+         FROM budget_reservations r WHERE r.project_id = project_budgets.project_id \
+         AND r.workflow_id = $1 AND r.run_id = $2 AND r.status = $3), 0), updated_at = $4 \
+         WHERE project_id IN (SELECT project_id FROM budget_reservations \
+         WHERE workflow_id = $1 AND run_id = $2 AND status = $3)",
+    )
+    .bind(workflow_id)
+    .bind(run_id)
+    .bind(RESERVED)
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    let released = sqlx::query(
+        "UPDATE budget_reservations SET status = $1, updated_at = $2 \
+         WHERE workflow_id = $3 AND run_id = $4 AND status = $5",
+    )
+    .bind(RELEASED)
+    .bind(now)
+    .bind(workflow_id)
+    .bind(run_id)
+    .bind(RESERVED)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_sqlx)?;
+    Ok(released.rows_affected())
 }
 
 #[async_trait]

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct DevServer {
     /// `127.0.0.1:<port>` of the frontend.
     pub address: String,
+    /// `http://127.0.0.1:<port>` of the web UI.
+    pub ui_url: String,
     /// The installed temporal CLI.
     pub temporal: PathBuf,
     // Holding the wrapper's stdin open keeps the server alive; when this process exits, however it
@@ -33,24 +35,27 @@ pub fn temporal_bin() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+/// `N` distinct free local ports (all held until every one is picked, so none repeats).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free local port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("bound address").port())
 }
 
 /// Start the shared dev server on first use.
 pub fn dev_server() -> &'static DevServer {
     SERVER.get_or_init(|| {
         let temporal = temporal_bin();
-        let (port, http, metrics) = (free_port(), free_port(), free_port());
+        let [port, http, metrics, ui] = free_ports::<4>();
         let mut args: Vec<String> = [
             "server",
             "start-dev",
-            "--headless",
             "--ip",
             "127.0.0.1",
+            "--ui-ip",
+            "127.0.0.1",
+            "--ui-disable-news-fetch",
             "--log-level",
             "error",
         ]
@@ -63,6 +68,8 @@ pub fn dev_server() -> &'static DevServer {
             http.to_string(),
             "--metrics-port".into(),
             metrics.to_string(),
+            "--ui-port".into(),
+            ui.to_string(),
         ]);
         for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
             args.extend(["--search-attribute".into(), format!("{sa}=Keyword")]);
@@ -82,6 +89,7 @@ pub fn dev_server() -> &'static DevServer {
         wait_healthy(&temporal, &address);
         DevServer {
             address,
+            ui_url: format!("http://127.0.0.1:{ui}"),
             temporal,
             _wrapper: wrapper,
         }

@@ -238,3 +238,25 @@ async fn forty_concurrent_reservations_from_two_stores_never_exceed_the_limit() 
         40
     );
 }
+
+#[tokio::test]
+async fn recording_a_runs_outcome_releases_a_reservation_it_abandoned() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir).await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    // Attempt 1 of run r1 reserved and was never settled (e.g. its workflow was cut short);
+    // another run's reservation must stay.
+    store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
+    store.reserve(&key("r2", 1), "p1", 200).await.unwrap();
+
+    store
+        .record_outcome(&outcome("r1", Outcome::Escalated, None, vec![]))
+        .await
+        .unwrap();
+
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (200, 0));
+    // Settling the released reservation later changes nothing.
+    store.settle(&key("r1", 1), 300).await.unwrap();
+    assert_eq!(budget(&store, "p1").await.spent_ms, 0);
+}
