@@ -182,14 +182,30 @@ impl RetryActivities {
             .map_err(backend_failure)
     }
 
-    /// Score the attempt's output. A low score is a normal result.
+    /// Score the attempt's output, heartbeating every second while the scorer works (scorers
+    /// such as an LLM judge may take a while; the heartbeat lets a killed worker's scoring be
+    /// retried within seconds). A low score is a normal result.
     #[activity(name = "score_qa")]
     pub async fn score_qa(
         self: Arc<Self>,
-        _ctx: ActivityContext,
+        ctx: ActivityContext,
         input: ScoreRequest,
     ) -> Result<Scored, ActivityError> {
-        self.scorer.score(&input).await.map_err(backend_failure)
+        let scoring = self.scorer.score(&input);
+        tokio::pin!(scoring);
+        let mut beat = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                scored = &mut scoring => return scored.map_err(backend_failure),
+                _ = beat.tick() => {
+                    if ctx.is_cancelled() {
+                        return Err(ActivityError::cancelled());
+                    }
+                    // A failed heartbeat is retried at the next tick; scoring goes on.
+                    let _ = ctx.record_heartbeat(()).await;
+                }
+            }
+        }
     }
 
     /// Upsert the attempt into `retry_attempts`.

@@ -34,6 +34,7 @@ const STEPS: u32 = 10;
 #[derive(Debug, Clone)]
 pub struct Simulator {
     gpu_ms: u64,
+    qa_ms: u64,
 }
 
 impl Default for Simulator {
@@ -69,7 +70,13 @@ fn round3(x: f64) -> f64 {
 
 impl Simulator {
     pub fn new(gpu_ms: u64) -> Self {
-        Self { gpu_ms }
+        Self { gpu_ms, qa_ms: 0 }
+    }
+
+    /// Scoring takes `qa_ms` (default 0; `RETAKE_SIM_QA_MS`), e.g. to observe a crash mid-QA.
+    pub fn with_qa_ms(mut self, qa_ms: u64) -> Self {
+        self.qa_ms = qa_ms;
+        self
     }
 
     /// Simulated GPU time per attempt in milliseconds.
@@ -134,6 +141,9 @@ impl GenerationBackend for Simulator {
 #[async_trait]
 impl QaScorer for Simulator {
     async fn score(&self, req: &ScoreRequest) -> Result<Scored, BackendError> {
+        if self.qa_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.qa_ms)).await;
+        }
         Ok(Scored {
             scores: Self::scores(&req.segment_id, req.seed, &req.params),
             failures: vec![],

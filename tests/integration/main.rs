@@ -11,6 +11,8 @@ mod budget;
 mod cli;
 /// Creator controls: abort, escalate, review decisions, the live query, search attributes.
 mod controls;
+/// SIGKILLed worker processes: nothing lost, nothing charged twice.
+mod crash;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.

@@ -64,6 +64,9 @@ pub struct WorkerArgs {
     /// Simulated GPU time per attempt in milliseconds.
     #[arg(long, env = "RETAKE_SIM_GPU_MS", default_value_t = retake_activities::sim::DEFAULT_GPU_MS)]
     pub sim_gpu_ms: u64,
+    /// Simulated QA scoring time per attempt in milliseconds.
+    #[arg(long, env = "RETAKE_SIM_QA_MS", default_value_t = 0)]
+    pub sim_qa_ms: u64,
 }
 
 /// Options of a JSON-capable read command.

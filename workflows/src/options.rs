@@ -4,14 +4,20 @@
 //!   without limit with backoff up to 30 s, so a database outage pauses the workflow instead of
 //!   losing it. Invalid data is not retried.
 //! * `generate` may run for long on a GPU: a long start-to-close timeout (1 h) with a short
-//!   heartbeat timeout (5 s), so a killed worker's attempt is retried elsewhere within seconds and
+//!   heartbeat timeout (3 s), so a killed worker's attempt is retried elsewhere within seconds and
 //!   resumes from its last heartbeat. 5 tries; a rejected request is not retried.
-//! * `score_qa` is short: 2 min per try, 5 tries.
+//! * `score_qa`: 10 min per try with the same 3 s heartbeat timeout (the activity heartbeats
+//!   while the scorer works, e.g. an LLM judge), 5 tries.
 
 use retake_activities::failure_types;
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
 use temporalio_sdk::{ActivityCancellationType, ActivityOptions, WorkflowCancellationToken};
+
+/// How long the server waits for a heartbeat before it retries a long activity elsewhere: the
+/// bound on how long a killed worker's attempt stays stuck. Heartbeats are sent at most every
+/// 0.8 × this (2.4 s).
+pub(crate) const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn retry(max_attempts: u32, max_interval_s: u64) -> RetryPolicy {
     RetryPolicy::builder()
@@ -34,7 +40,7 @@ pub(crate) fn store(summary: String) -> ActivityOptions {
 /// so the GPU is free before the reservation is released.
 pub(crate) fn generate(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
-        .heartbeat_timeout(Duration::from_secs(5))
+        .heartbeat_timeout(HEARTBEAT_TIMEOUT)
         .retry_policy(retry(5, 10))
         .cancellation_token(token.clone())
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
@@ -43,7 +49,8 @@ pub(crate) fn generate(summary: String, token: &WorkflowCancellationToken) -> Ac
 }
 
 pub(crate) fn score(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(120))
+    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(600))
+        .heartbeat_timeout(HEARTBEAT_TIMEOUT)
         .retry_policy(retry(5, 10))
         .cancellation_token(token.clone())
         .summary(summary)

@@ -1,6 +1,6 @@
 //! `spawn_app`: a fresh database, task queue and worker per test.
 
-use super::server::dev_server;
+use super::server::{DevServer, dev_server};
 use retake::{connect, retries, worker};
 use retake_activities::sim::Simulator;
 use retake_activities::store::SqlStore;
@@ -27,7 +27,7 @@ pub struct TestApp {
     pub tag: String,
     pub address: String,
     // Dropped before `_dir`: the worker stops before its database file is deleted.
-    _worker: WorkerThread,
+    _worker: Option<WorkerThread>,
     _dir: tempfile::TempDir,
 }
 
@@ -86,7 +86,24 @@ pub async fn spawn_app() -> TestApp {
 
 /// A test app with the given simulator.
 pub async fn spawn_app_with(sim: Simulator) -> TestApp {
-    let server = dev_server();
+    spawn(Some(sim)).await
+}
+
+/// A test app without an in-process worker: the test runs worker processes itself.
+pub async fn spawn_bare_app() -> TestApp {
+    spawn(None).await
+}
+
+/// A test app without an in-process worker on another server (e.g. an [`OwnedServer`]).
+pub async fn spawn_bare_app_on(server: &DevServer) -> TestApp {
+    spawn_on(server, None).await
+}
+
+async fn spawn(sim: Option<Simulator>) -> TestApp {
+    spawn_on(dev_server(), sim).await
+}
+
+async fn spawn_on(server: &DevServer, sim: Option<Simulator>) -> TestApp {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tag = format!("t{}x{n}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -96,12 +113,14 @@ pub async fn spawn_app_with(sim: Simulator) -> TestApp {
     let client = connect::temporal(Some(&server.address))
         .await
         .expect("client");
-    let worker = WorkerThread::start(
-        server.address.clone(),
-        db_url.clone(),
-        task_queue.clone(),
-        sim,
-    );
+    let worker = sim.map(|sim| {
+        WorkerThread::start(
+            server.address.clone(),
+            db_url.clone(),
+            task_queue.clone(),
+            sim,
+        )
+    });
     TestApp {
         client,
         task_queue,

@@ -2,9 +2,11 @@
 //! test a fresh SQLite database, a fresh task queue, a worker on its own thread and a client.
 
 mod app;
+mod crash;
 mod server;
 mod sim;
 
-pub use app::{TestApp, spawn_app, spawn_app_with};
-pub use server::dev_server;
+pub use app::{TestApp, spawn_app, spawn_app_with, spawn_bare_app, spawn_bare_app_on};
+pub use crash::{WorkerProcess, wait_for_activity};
+pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, request};

@@ -16,7 +16,7 @@ pub struct DevServer {
     pub temporal: PathBuf,
     // Holding the wrapper's stdin open keeps the server alive; when this process exits, however it
     // exits, the pipe closes and the wrapper kills the server. No orphan servers.
-    _wrapper: Child,
+    wrapper: Child,
 }
 
 static SERVER: OnceLock<DevServer> = OnceLock::new();
@@ -43,11 +43,40 @@ fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| listeners[i].local_addr().expect("bound address").port())
 }
 
-/// Start the shared dev server on first use.
+/// Start the shared dev server (in memory) on first use.
 pub fn dev_server() -> &'static DevServer {
-    SERVER.get_or_init(|| {
+    SERVER.get_or_init(|| DevServer::launch(free_ports::<4>(), None))
+}
+
+/// A dev server of one test's own that keeps its data in `db`, so it can be stopped and started
+/// again on the same ports.
+pub struct OwnedServer {
+    pub server: DevServer,
+    ports: [u16; 4],
+    db: PathBuf,
+}
+
+impl OwnedServer {
+    pub fn start(db: &std::path::Path) -> Self {
+        let ports = free_ports::<4>();
+        Self {
+            server: DevServer::launch(ports, Some(db)),
+            ports,
+            db: db.to_owned(),
+        }
+    }
+
+    /// Stop the server (SIGTERM, waiting for it to exit) and start it again on the same ports
+    /// with the same database file.
+    pub fn restart(&mut self) {
+        self.server.stop();
+        self.server = DevServer::launch(self.ports, Some(&self.db));
+    }
+}
+
+impl DevServer {
+    fn launch([port, http, metrics, ui]: [u16; 4], db: Option<&std::path::Path>) -> Self {
         let temporal = temporal_bin();
-        let [port, http, metrics, ui] = free_ports::<4>();
         let mut args: Vec<String> = [
             "server",
             "start-dev",
@@ -71,6 +100,9 @@ pub fn dev_server() -> &'static DevServer {
             "--ui-port".into(),
             ui.to_string(),
         ]);
+        if let Some(db) = db {
+            args.extend(["--db-filename".into(), db.display().to_string()]);
+        }
         for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
             args.extend(["--search-attribute".into(), format!("{sa}=Keyword")]);
         }
@@ -91,9 +123,21 @@ pub fn dev_server() -> &'static DevServer {
             address,
             ui_url: format!("http://127.0.0.1:{ui}"),
             temporal,
-            _wrapper: wrapper,
+            wrapper,
         }
-    })
+    }
+
+    /// Close the wrapper's stdin: it stops the server and waits for it.
+    fn stop(&mut self) {
+        drop(self.wrapper.stdin.take());
+        let _ = self.wrapper.wait();
+    }
+}
+
+impl Drop for OwnedServer {
+    fn drop(&mut self) {
+        self.server.stop();
+    }
 }
 
 fn wait_healthy(temporal: &PathBuf, address: &str) {

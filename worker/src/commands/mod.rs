@@ -34,7 +34,10 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
     let store = Arc::new(connect::store(&g.database_url).await?);
-    let activities = worker::simulator_activities(store, Simulator::new(args.sim_gpu_ms));
+    let activities = worker::simulator_activities(
+        store,
+        Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms),
+    );
     tracing::info!(task_queue = %g.task_queue, "worker started");
     worker::run(client, &g.task_queue, activities, shutdown_signal()).await?;
     tracing::info!("worker stopped");

@@ -1,0 +1,285 @@
+//! Kill worker processes with SIGKILL anywhere: nothing is lost, nothing is charged twice, and the
+//! attempts equal those of an uninterrupted run.
+
+use crate::harness::{
+    OwnedServer, TestApp, WorkerProcess, find_segment, request, spawn_bare_app, spawn_bare_app_on,
+    wait_for_activity,
+};
+use retake::retries;
+use retake_activities::ports::{AttemptStore, BudgetLedger};
+use retake_domain::contract::{AttemptRecord, RetryResult};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// `PendingActivityState::Started`.
+const STARTED: i32 = 2;
+
+fn policy() -> Value {
+    json!({"enabled": true, "est_gpu_ms_per_attempt": 10000})
+}
+
+/// Attempts as an uninterrupted run makes them, ignoring the simulated GPU time.
+fn comparable(attempts: &[AttemptRecord]) -> Vec<AttemptRecord> {
+    attempts
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a.gpu_ms = 0;
+            a
+        })
+        .collect()
+}
+
+/// The invariants after a crash: the same attempts as an uninterrupted run, one row per attempt,
+/// the project charged exactly once per attempt and nothing left reserved.
+async fn assert_exactly_once(
+    app: &TestApp,
+    segment: &str,
+    project: &str,
+    predicted: &[AttemptRecord],
+    result: &RetryResult,
+    gpu_ms: u64,
+) {
+    assert_eq!(
+        comparable(&result.attempts),
+        comparable(predicted),
+        "attempts differ from an uninterrupted run"
+    );
+    for a in &result.attempts {
+        assert_eq!(
+            a.gpu_ms, gpu_ms,
+            "attempt {} charged {} ms",
+            a.attempt, a.gpu_ms
+        );
+    }
+    let rows = app.store.attempts(segment).await.unwrap();
+    let numbers: Vec<u32> = rows.iter().map(|r| r.record.attempt).collect();
+    let expected: Vec<u32> = (1..=predicted.len() as u32).collect();
+    assert_eq!(
+        numbers, expected,
+        "one retry_attempts row per attempt, no duplicates"
+    );
+    let b = app.store.budget(project).await.unwrap().unwrap();
+    assert_eq!(b.reserved_ms, 0, "no reservation left behind");
+    assert_eq!(
+        b.spent_ms,
+        gpu_ms * predicted.len() as u64,
+        "charged exactly once per attempt"
+    );
+}
+
+async fn start(
+    app: &TestApp,
+    name: &str,
+) -> (String, String, Vec<AttemptRecord>, retries::RetryHandle) {
+    let (segment, predicted) = find_segment(&app.tag, name, &policy(), |a| a.len() >= 2);
+    let project = format!("{}-{name}", app.tag);
+    app.store
+        .set_limit(&project, Some(10_000_000))
+        .await
+        .unwrap();
+    let handle = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&segment, &project, Some(policy())),
+    )
+    .await
+    .unwrap();
+    (segment, project, predicted, handle)
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_generate_loses_nothing_and_charges_once() {
+    let app = spawn_bare_app().await;
+    let mut a = WorkerProcess::spawn(&app, 3000, 0);
+    let (segment, project, predicted, handle) = start(&app, "kgen").await;
+    let running = wait_for_activity(&app, &segment, "generate", |p| {
+        p.state == STARTED && p.heartbeat_details.is_some()
+    })
+    .await;
+
+    let killed = Instant::now();
+    a.kill().await;
+    let _b = WorkerProcess::spawn(&app, 3000, 0);
+    wait_for_activity(&app, &segment, "generate", |p| {
+        p.attempt > running.attempt && p.state == STARTED
+    })
+    .await;
+    eprintln!(
+        "generate resumed on another worker {:.1} s after SIGKILL",
+        killed.elapsed().as_secs_f64()
+    );
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_exactly_once(&app, &segment, &project, &predicted, &result, 3000).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_during_score_qa_loses_nothing_and_charges_once() {
+    let app = spawn_bare_app().await;
+    let mut a = WorkerProcess::spawn(&app, 200, 3000);
+    let (segment, project, predicted, handle) = start(&app, "kqa").await;
+    wait_for_activity(&app, &segment, "score_qa", |p| p.state == STARTED).await;
+
+    a.kill().await;
+    let _b = WorkerProcess::spawn(&app, 200, 3000);
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_exactly_once(&app, &segment, &project, &predicted, &result, 200).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
+    let app = spawn_bare_app().await;
+    let mut a = WorkerProcess::spawn(&app, 200, 0);
+    let (segment, project, predicted, handle) = start(&app, "kbetween").await;
+    // The moment attempt 1's reservation is committed, the workflow is between reserve_budget
+    // and generate.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app
+        .store
+        .budget(&project)
+        .await
+        .unwrap()
+        .is_none_or(|b| b.reserved_ms == 0)
+    {
+        assert!(Instant::now() < deadline, "attempt 1 never reserved");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    a.kill().await;
+    let _b = WorkerProcess::spawn(&app, 200, 0);
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_exactly_once(&app, &segment, &project, &predicted, &result, 200).await;
+}
+
+#[tokio::test]
+async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
+    let app = spawn_bare_app().await;
+    let mut workers: Vec<WorkerProcess> =
+        (0..3).map(|_| WorkerProcess::spawn(&app, 300, 0)).collect();
+    let project = format!("{}-fleet", app.tag);
+    app.store
+        .set_limit(&project, Some(100_000_000))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for i in 0..50 {
+        let (segment, predicted) =
+            find_segment(&app.tag, &format!("fleet{i}"), &policy(), |a| !a.is_empty());
+        let handle = retries::start(
+            &app.client,
+            &app.task_queue,
+            request(&segment, &project, Some(policy())),
+        )
+        .await
+        .unwrap();
+        runs.push((segment, predicted, handle));
+    }
+
+    // Kill one worker every 1.5 s, round robin, and start a fresh one in its place, until every
+    // retry has finished (bounded: the test fails after 3 minutes).
+    let all_done = async {
+        let mut results = Vec::new();
+        for (_, _, h) in &runs {
+            results.push(retries::result(h).await.unwrap());
+        }
+        results
+    };
+    tokio::pin!(all_done);
+    let mut kills = 0;
+    let deadline = tokio::time::sleep(Duration::from_secs(180));
+    tokio::pin!(deadline);
+    let results = loop {
+        tokio::select! {
+            results = &mut all_done => break results,
+            () = tokio::time::sleep(Duration::from_millis(1500)) => {
+                let i = kills % workers.len();
+                workers[i].kill().await;
+                workers[i] = WorkerProcess::spawn(&app, 300, 0);
+                kills += 1;
+            }
+            () = &mut deadline => panic!("the retries did not finish within 3 minutes of kills"),
+        }
+    };
+    eprintln!("{kills} worker kills while 50 retries ran");
+    assert!(kills >= 3, "the workers must actually have been killed");
+
+    let mut total_attempts = 0;
+    for ((segment, predicted, _), result) in runs.iter().zip(&results) {
+        assert_eq!(
+            comparable(&result.attempts),
+            comparable(predicted),
+            "segment {segment}"
+        );
+        let rows = app.store.attempts(segment).await.unwrap();
+        assert_eq!(
+            rows.len(),
+            predicted.len(),
+            "segment {segment}: one row per attempt"
+        );
+        total_attempts += predicted.len() as u64;
+    }
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(b.reserved_ms, 0);
+    assert_eq!(
+        b.spent_ms,
+        300 * total_attempts,
+        "every attempt charged exactly once"
+    );
+}
+
+#[tokio::test]
+async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = OwnedServer::start(&dir.path().join("temporal.db"));
+    let app = spawn_bare_app_on(&server.server).await;
+    let _worker = WorkerProcess::spawn(&app, 1000, 0);
+    let project = format!("{}-restart", app.tag);
+    app.store
+        .set_limit(&project, Some(10_000_000))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for i in 0..3 {
+        let (segment, predicted) =
+            find_segment(&app.tag, &format!("srv{i}"), &policy(), |a| a.len() >= 2);
+        let handle = retries::start(
+            &app.client,
+            &app.task_queue,
+            request(&segment, &project, Some(policy())),
+        )
+        .await
+        .unwrap();
+        runs.push((segment, predicted, handle));
+    }
+    // Restart once the first attempts are recorded, so the retries are mid-run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while app.store.attempts(&runs[0].0).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no attempt recorded before the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    server.restart();
+
+    let mut total = 0;
+    for (segment, predicted, handle) in &runs {
+        let result = retries::result(handle).await.unwrap();
+        assert_eq!(
+            comparable(&result.attempts),
+            comparable(predicted),
+            "segment {segment}"
+        );
+        assert_eq!(
+            app.store.attempts(segment).await.unwrap().len(),
+            predicted.len()
+        );
+        total += predicted.len() as u64;
+    }
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 1000 * total));
+}

@@ -1,0 +1,78 @@
+//! Worker processes that tests kill with SIGKILL, and a view of the activities in flight.
+
+use super::app::TestApp;
+use retake_domain::SegmentId;
+use std::process::Stdio;
+use std::time::Duration;
+use temporalio_client::WorkflowDescribeOptions;
+use temporalio_protos::protos::temporal::api::workflow::v1::PendingActivityInfo;
+use tokio::process::{Child, Command};
+
+/// A `retake worker` child process on the app's queue and database.
+pub struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    pub fn spawn(app: &TestApp, gpu_ms: u64, qa_ms: u64) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_retake"))
+            .args([
+                "worker",
+                "--temporal-address",
+                &app.address,
+                "--task-queue",
+                &app.task_queue,
+            ])
+            .env("RETAKE_DATABASE_URL", &app.db_url)
+            .env("RETAKE_SIM_GPU_MS", gpu_ms.to_string())
+            .env("RETAKE_SIM_QA_MS", qa_ms.to_string())
+            .env("RUST_LOG", "error")
+            .env_remove("TEMPORAL_ADDRESS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a retake worker process");
+        Self { child }
+    }
+
+    /// SIGKILL, and reap it.
+    pub async fn kill(&mut self) {
+        self.child.kill().await.expect("SIGKILL the worker");
+    }
+}
+
+/// The pending activity `name` of the segment's workflow, if any.
+async fn pending_activity(app: &TestApp, segment: &str, name: &str) -> Option<PendingActivityInfo> {
+    let handle = retake::retries::handle(&app.client, &SegmentId::parse(segment).ok()?);
+    let d = handle
+        .describe(WorkflowDescribeOptions::default())
+        .await
+        .ok()?;
+    d.raw_description
+        .pending_activities
+        .into_iter()
+        .find(|a| a.activity_type.as_ref().is_some_and(|t| t.name == name))
+}
+
+/// Wait (polling `describe`) until the pending activity `name` satisfies `want`.
+pub async fn wait_for_activity(
+    app: &TestApp,
+    segment: &str,
+    name: &str,
+    want: impl Fn(&PendingActivityInfo) -> bool,
+) -> PendingActivityInfo {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(a) = pending_activity(app, segment, name).await
+            && want(&a)
+        {
+            return a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "activity {name} of {segment} never got there"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
