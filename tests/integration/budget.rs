@@ -88,3 +88,47 @@ async fn a_project_without_a_budget_is_not_limited_but_its_gpu_time_is_tracked()
     assert_eq!(b.spent_ms, result.gpu_ms_total);
     assert_eq!(b.reserved_ms, 0);
 }
+
+#[tokio::test]
+async fn reservations_from_three_worker_processes_never_exceed_the_limit() {
+    use crate::harness::{WorkerProcess, spawn_bare_app};
+    let app = spawn_bare_app().await;
+    let _workers: Vec<_> = (0..3).map(|_| WorkerProcess::spawn(&app, 100, 0)).collect();
+    let project = format!("{}-hammer", app.tag);
+    app.store.set_limit(&project, Some(5000)).await.unwrap();
+    // Each attempt reserves 1000 ms, so at most five attempts may hold a reservation at once.
+    let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 1000});
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        let (segment, _) = find_segment(&app.tag, &format!("ham{i}"), &policy, |a| !a.is_empty());
+        let input = request(&segment, &project, Some(policy.clone()));
+        handles.push(
+            retake::retries::start(&app.client, &app.task_queue, input)
+                .await
+                .unwrap(),
+        );
+    }
+
+    let finished = futures::future::join_all(handles.iter().map(retake::retries::result));
+    tokio::pin!(finished);
+    let mut peak = 0;
+    let results = loop {
+        tokio::select! {
+            results = &mut finished => break results,
+            () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                let b = app.store.budget(&project).await.unwrap().unwrap();
+                assert!(b.reserved_ms + b.spent_ms <= 5000, "over the limit: {b:?}");
+                peak = peak.max(b.reserved_ms);
+            }
+        }
+    };
+
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(b.reserved_ms, 0);
+    let charged: u64 = results.into_iter().map(|r| r.unwrap().gpu_ms_total).sum();
+    assert_eq!(b.spent_ms, charged);
+    assert!(
+        peak >= 2000,
+        "the three workers never contended (peak {peak} ms reserved)"
+    );
+}

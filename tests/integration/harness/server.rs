@@ -106,6 +106,15 @@ impl DevServer {
         for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
             args.extend(["--search-attribute".into(), format!("{sa}=Keyword")]);
         }
+        // The server's own log goes to a file: it reports every cancelled poll of a stopping
+        // worker as an error, which would bury the test output.
+        let log_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+        let _ = std::fs::create_dir_all(&log_dir);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_dir.join("temporal-dev-server.log"))
+            .expect("dev server log file");
         let wrapper = Command::new("sh")
             .arg("-c")
             .arg(r#""$@" & pid=$!; read _ignored; kill $pid 2>/dev/null; wait $pid"#)
@@ -114,7 +123,7 @@ impl DevServer {
             .args(&args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log)
             .spawn()
             .expect("starting the temporal dev server");
         let address = format!("127.0.0.1:{port}");
