@@ -85,6 +85,16 @@ pub struct Budget {
     pub spent_ms: u64,
 }
 
+/// A reservation still held by an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldReservation {
+    pub key: AttemptKey,
+    pub project_id: String,
+    pub reserved_ms: u64,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+}
+
 /// GPU budget reservations. Every operation is atomic and idempotent per attempt key.
 #[async_trait]
 pub trait BudgetLedger: Send + Sync {
@@ -101,6 +111,12 @@ pub trait BudgetLedger: Send + Sync {
     /// Give back a reservation that will never be settled. A second call changes nothing.
     async fn release(&self, key: &AttemptKey) -> Result<(), StoreError>;
     async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError>;
+    /// Reservations still held that were made before `before` (candidates for the sweeper:
+    /// an attempt whose workflow was terminated never settles or releases its own).
+    async fn held_before(
+        &self,
+        before: std::time::SystemTime,
+    ) -> Result<Vec<HeldReservation>, StoreError>;
     /// Set (or with `None` remove) the limit; reserved and spent are kept.
     async fn set_limit(
         &self,

@@ -283,3 +283,94 @@ async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run(
     let b = app.store.budget(&project).await.unwrap().unwrap();
     assert_eq!((b.reserved_ms, b.spent_ms), (0, 1000 * total));
 }
+
+#[tokio::test]
+async fn the_sweeper_releases_a_terminated_workflows_reservation_and_no_other() {
+    use crate::harness::spawn_app_with;
+    use retake_activities::sim::Simulator;
+    use temporalio_client::WorkflowTerminateOptions;
+    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let project = format!("{}-sweep", app.tag);
+    app.store
+        .set_limit(&project, Some(1_000_000))
+        .await
+        .unwrap();
+    let slow = json!({"enabled": true, "est_gpu_ms_per_attempt": 30000});
+    let (gone, alive) = (format!("{}-gone", app.tag), format!("{}-alive", app.tag));
+    let h_gone = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&gone, &project, Some(slow.clone())),
+    )
+    .await
+    .unwrap();
+    let h_alive = retries::start(
+        &app.client,
+        &app.task_queue,
+        request(&alive, &project, Some(slow)),
+    )
+    .await
+    .unwrap();
+    app.wait_for(&gone, "attempt 1 running", |s| s.running_attempt == Some(1))
+        .await;
+    app.wait_for(&alive, "attempt 1 running", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+    h_gone
+        .terminate(
+            WorkflowTerminateOptions::builder()
+                .reason("operator")
+                .build(),
+        )
+        .await
+        .unwrap();
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "sweep",
+            "--older-than-secs",
+            "0",
+            "--temporal-address",
+            &app.address,
+        ])
+        .env("RETAKE_DATABASE_URL", &app.db_url)
+        .output()
+        .await
+        .unwrap();
+
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("checked 2 held reservations") && text.contains("released 1"),
+        "{text}"
+    );
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(
+        b.reserved_ms, 30000,
+        "the running retry keeps its reservation"
+    );
+    retries::signal(
+        &app.client,
+        &retake_domain::SegmentId::parse(&alive).unwrap(),
+        retries::Creator::Abort,
+        "done",
+        "test",
+    )
+    .await
+    .unwrap();
+    retries::result(&h_alive).await.unwrap();
+    assert_eq!(
+        app.store
+            .budget(&project)
+            .await
+            .unwrap()
+            .unwrap()
+            .reserved_ms,
+        0
+    );
+}

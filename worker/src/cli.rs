@@ -57,6 +57,16 @@ pub enum Command {
     Decide(commands::control::DecideArgs),
     /// Live status of a segment's retry: attempts so far, phase, report.
     Status(commands::control::StatusArgs),
+    /// Release GPU reservations of workflows that ended without settling them (terminated, timed
+    /// out). `retake worker` does this every 5 minutes.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// Only reservations held at least this long (seconds).
+    #[arg(long, default_value_t = crate::sweep::DEFAULT_MIN_AGE.as_secs())]
+    pub older_than_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -103,5 +113,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Escalate(args) => commands::control::signal(&g, Creator::Escalate, args).await,
         Command::Decide(args) => commands::control::decide(&g, args).await,
         Command::Status(args) => commands::control::status(&g, args).await,
+        Command::Sweep(args) => commands::sweep_reservations(&g, args).await,
     }
 }

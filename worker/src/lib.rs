@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod connect;
 pub mod retries;
+pub mod sweep;
 pub mod telemetry;
 pub mod worker;
 

@@ -1,12 +1,13 @@
 //! [`BudgetLedger`] on SQL: `project_budgets` holds each project's totals, `budget_reservations`
 //! one row per attempt key, which makes every operation idempotent.
 
-use super::{SqlStore, get, map_sqlx, now, to_i64, to_u64};
+use super::{SqlStore, get, map_sqlx, now, rfc3339, to_i64, to_u32, to_u64};
 use crate::io::{AttemptKey, Reservation};
-use crate::ports::{Budget, BudgetLedger, StoreError};
+use crate::ports::{Budget, BudgetLedger, HeldReservation, StoreError};
 use async_trait::async_trait;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
+use std::time::SystemTime;
 
 const RESERVED: &str = "reserved";
 const SETTLED: &str = "settled";
@@ -262,6 +263,33 @@ impl BudgetLedger for SqlStore {
 
     async fn release(&self, key: &AttemptKey) -> Result<(), StoreError> {
         self.close_reservation(key, RELEASED, None).await
+    }
+
+    async fn held_before(&self, before: SystemTime) -> Result<Vec<HeldReservation>, StoreError> {
+        sqlx::query(
+            "SELECT workflow_id, run_id, attempt, project_id, reserved_ms, created_at \
+             FROM budget_reservations WHERE status = $1 AND created_at < $2 \
+             ORDER BY created_at, workflow_id, run_id, attempt",
+        )
+        .bind(RESERVED)
+        .bind(rfc3339(before))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_sqlx)?
+        .iter()
+        .map(|row| {
+            Ok(HeldReservation {
+                key: AttemptKey {
+                    workflow_id: get(row, "workflow_id")?,
+                    run_id: get(row, "run_id")?,
+                    attempt: to_u32(get(row, "attempt")?, "budget_reservations.attempt")?,
+                },
+                project_id: get(row, "project_id")?,
+                reserved_ms: to_u64(get(row, "reserved_ms")?, "budget_reservations.reserved_ms")?,
+                created_at: get(row, "created_at")?,
+            })
+        })
+        .collect()
     }
 
     async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError> {

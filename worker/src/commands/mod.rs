@@ -7,8 +7,8 @@ pub mod history;
 pub mod policy;
 pub mod retry;
 
-use crate::cli::{Global, WorkerArgs};
-use crate::{connect, worker};
+use crate::cli::{Global, SweepArgs, WorkerArgs};
+use crate::{connect, sweep, worker};
 use retake_activities::sim::Simulator;
 use std::sync::Arc;
 
@@ -35,11 +35,36 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
     let store = Arc::new(connect::store(&g.database_url).await?);
     let activities = worker::simulator_activities(
-        store,
+        store.clone(),
         Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms),
     );
     tracing::info!(task_queue = %g.task_queue, "worker started");
-    worker::run(client, &g.task_queue, activities, shutdown_signal()).await?;
+    // Beside the worker: give back reservations of workflows that ended without settling them.
+    let sweeping = async {
+        let mut every = tokio::time::interval(sweep::INTERVAL);
+        loop {
+            every.tick().await;
+            if let Err(e) = sweep::sweep(&client, store.as_ref(), sweep::DEFAULT_MIN_AGE).await {
+                tracing::warn!("reservation sweep failed: {e:#}");
+            }
+        }
+    };
+    tokio::select! {
+        ran = worker::run(client.clone(), &g.task_queue, activities, shutdown_signal()) => ran?,
+        () = sweeping => {}
+    }
     tracing::info!("worker stopped");
+    Ok(())
+}
+
+pub(crate) async fn sweep_reservations(g: &Global, args: SweepArgs) -> anyhow::Result<()> {
+    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let store = connect::store(&g.database_url).await?;
+    let min_age = std::time::Duration::from_secs(args.older_than_secs);
+    let swept = sweep::sweep(&client, &store, min_age).await?;
+    println!(
+        "checked {} held reservations older than {} s; released {} whose workflow is no longer running",
+        swept.checked, args.older_than_secs, swept.released
+    );
     Ok(())
 }

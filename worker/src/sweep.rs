@@ -1,0 +1,83 @@
+//! The reservation sweeper: an attempt whose workflow was terminated (or timed out, or was reset)
+//! never settles or releases its own reservation; this gives such reservations back.
+
+use anyhow::Context;
+use retake_activities::ports::BudgetLedger;
+use std::time::{Duration, SystemTime};
+use temporalio_client::{Client, NamespacedClient, tonic};
+use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
+use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
+use temporalio_protos::protos::temporal::api::workflowservice::v1::DescribeWorkflowExecutionRequest;
+
+/// How old a held reservation must be before the sweeper asks Temporal about its workflow.
+pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(600);
+/// How often `retake worker` sweeps.
+pub const INTERVAL: Duration = Duration::from_secs(300);
+
+/// What a sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Held reservations older than the minimum age.
+    pub checked: usize,
+    /// Of those, released because their workflow run is closed or gone.
+    pub released: usize,
+}
+
+/// Is this workflow run still running? A run the server does not know any more is not.
+async fn running(client: &Client, workflow_id: &str, run_id: &str) -> anyhow::Result<bool> {
+    let mut svc = client.connection().workflow_service();
+    let answer = svc
+        .describe_workflow_execution(tonic::Request::new(DescribeWorkflowExecutionRequest {
+            namespace: client.namespace(),
+            execution: Some(WorkflowExecution {
+                workflow_id: workflow_id.to_owned(),
+                run_id: run_id.to_owned(),
+            }),
+            ..Default::default()
+        }))
+        .await;
+    match answer {
+        Ok(r) => Ok(r
+            .into_inner()
+            .workflow_execution_info
+            .is_some_and(|i| i.status == WorkflowExecutionStatus::Running as i32)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+        Err(s) => Err(anyhow::anyhow!(
+            "describing {workflow_id}/{run_id}: {}",
+            s.message()
+        )),
+    }
+}
+
+/// Release every reservation held for at least `min_age` whose workflow run is no longer
+/// running. Reservations of running workflows are never touched.
+pub async fn sweep(
+    client: &Client,
+    ledger: &dyn BudgetLedger,
+    min_age: Duration,
+) -> anyhow::Result<Swept> {
+    let before = SystemTime::now() - min_age;
+    let held = ledger
+        .held_before(before)
+        .await
+        .context("listing held reservations")?;
+    let mut swept = Swept {
+        checked: held.len(),
+        released: 0,
+    };
+    for r in held {
+        if !running(client, &r.key.workflow_id, &r.key.run_id).await? {
+            ledger
+                .release(&r.key)
+                .await
+                .context("releasing a reservation")?;
+            tracing::warn!(
+                workflow_id = %r.key.workflow_id, run_id = %r.key.run_id, attempt = r.key.attempt,
+                project_id = %r.project_id, reserved_ms = r.reserved_ms,
+                "released the reservation of an attempt whose workflow is no longer running"
+            );
+            swept.released += 1;
+        }
+    }
+    Ok(swept)
+}
