@@ -33,7 +33,6 @@ async fn running(client: &Client, workflow_id: &str, run_id: &str) -> anyhow::Re
                 workflow_id: workflow_id.to_owned(),
                 run_id: run_id.to_owned(),
             }),
-            ..Default::default()
         }))
         .await;
     match answer {
