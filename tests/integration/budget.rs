@@ -102,11 +102,7 @@ async fn reservations_from_three_worker_processes_never_exceed_the_limit() {
     for i in 0..12 {
         let (segment, _) = find_segment(&app.tag, &format!("ham{i}"), &policy, |a| !a.is_empty());
         let input = request(&segment, &project, Some(policy.clone()));
-        handles.push(
-            retake::retries::start(&app.client, &app.task_queue, input)
-                .await
-                .unwrap(),
-        );
+        handles.push(app.start(input).await);
     }
 
     let finished = futures::future::join_all(handles.iter().map(retake::retries::result));

@@ -12,6 +12,19 @@ fn seg(s: &str) -> SegmentId {
     SegmentId::parse(s).unwrap()
 }
 
+/// Start a retry whose attempts all fail, with a one-hour review window, and wait until it
+/// awaits a decision.
+async fn in_review(app: &TestApp, name: &str) -> (String, retries::RetryHandle) {
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let segment = failing(app, name, &policy);
+    let handle = app.start(request(&segment, "p1", Some(policy))).await;
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+    (segment, handle)
+}
+
 /// A segment whose attempts all fail, under `policy`.
 fn failing(app: &TestApp, name: &str, policy: &Value) -> String {
     find_segment(&app.tag, name, policy, |a| {
@@ -31,13 +44,7 @@ async fn aborting_during_generation_cancels_the_attempt_and_releases_its_reserva
         .unwrap();
     let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 30000});
     let segment = format!("{}-abort", app.tag);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, &project, Some(policy)),
-    )
-    .await
-    .unwrap();
+    let handle = app.start(request(&segment, &project, Some(policy))).await;
     app.wait_for(&segment, "attempt 1 generating", |s| {
         s.running_attempt == Some(1)
     })
@@ -116,13 +123,7 @@ async fn escalating_stops_retrying_and_accepting_an_attempt_in_review_selects_it
     let app = spawn_app_with(Simulator::new(1500)).await;
     let policy = json!({"enabled": true, "review_window_secs": 3600});
     let segment = failing(&app, "esc", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
+    let handle = app.start(request(&segment, "p1", Some(policy))).await;
     app.wait_for(&segment, "attempt 1 running", |s| {
         s.running_attempt == Some(1)
     })
@@ -206,19 +207,7 @@ async fn escalating_stops_retrying_and_accepting_an_attempt_in_review_selects_it
 #[tokio::test]
 async fn rejecting_in_review_ends_escalated_with_the_review_closed() {
     let app = spawn_app().await;
-    let policy = json!({"enabled": true, "review_window_secs": 3600});
-    let segment = failing(&app, "rej", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
-    app.wait_for(&segment, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (segment, handle) = in_review(&app, "rej").await;
 
     retries::decide(
         &app.client,
@@ -248,19 +237,7 @@ async fn rejecting_in_review_ends_escalated_with_the_review_closed() {
 #[tokio::test]
 async fn retry_with_new_parameters_records_new_attempts_with_those_parameters() {
     let app = spawn_app().await;
-    let policy = json!({"enabled": true, "review_window_secs": 3600});
-    let segment = failing(&app, "rw", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
-    app.wait_for(&segment, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (segment, handle) = in_review(&app, "rw").await;
 
     let out = Command::new(env!("CARGO_BIN_EXE_retake"))
         .args([
@@ -354,19 +331,7 @@ async fn a_review_window_ending_without_a_decision_leaves_the_segment_escalated_
 #[tokio::test]
 async fn invalid_decisions_are_rejected_with_a_message_and_change_nothing() {
     let app = spawn_app().await;
-    let policy = json!({"enabled": true, "review_window_secs": 3600});
-    let segment = failing(&app, "invalid", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
-    app.wait_for(&segment, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (segment, handle) = in_review(&app, "invalid").await;
 
     let no_such = retries::decide(
         &app.client,
@@ -426,13 +391,7 @@ async fn a_decision_for_a_retry_that_is_not_in_review_is_rejected() {
     let app = spawn_app_with(Simulator::new(5000)).await;
     let policy = json!({"enabled": true});
     let segment = failing(&app, "early", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
+    let handle = app.start(request(&segment, "p1", Some(policy))).await;
     app.wait_for(&segment, "attempt 1 running", |s| {
         s.running_attempt == Some(1)
     })
@@ -466,13 +425,7 @@ async fn the_report_query_shows_the_live_attempt_table_mid_run() {
     let app = spawn_app_with(Simulator::new(800)).await;
     let policy = json!({"enabled": true});
     let segment = failing(&app, "live", &policy);
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
+    let handle = app.start(request(&segment, "p1", Some(policy))).await;
 
     let s = app
         .wait_for(&segment, "attempt 2 running", |s| {

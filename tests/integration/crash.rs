@@ -78,13 +78,7 @@ async fn start(
         .set_limit(&project, Some(10_000_000))
         .await
         .unwrap();
-    let handle = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&segment, &project, Some(policy())),
-    )
-    .await
-    .unwrap();
+    let handle = app.start(request(&segment, &project, Some(policy()))).await;
     (segment, project, predicted, handle)
 }
 
@@ -168,13 +162,7 @@ async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
     for i in 0..50 {
         let (segment, predicted) =
             find_segment(&app.tag, &format!("fleet{i}"), &policy(), |a| !a.is_empty());
-        let handle = retries::start(
-            &app.client,
-            &app.task_queue,
-            request(&segment, &project, Some(policy())),
-        )
-        .await
-        .unwrap();
+        let handle = app.start(request(&segment, &project, Some(policy()))).await;
         runs.push((segment, predicted, handle));
     }
 
@@ -245,13 +233,7 @@ async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run(
     for i in 0..3 {
         let (segment, predicted) =
             find_segment(&app.tag, &format!("srv{i}"), &policy(), |a| a.len() >= 2);
-        let handle = retries::start(
-            &app.client,
-            &app.task_queue,
-            request(&segment, &project, Some(policy())),
-        )
-        .await
-        .unwrap();
+        let handle = app.start(request(&segment, &project, Some(policy()))).await;
         runs.push((segment, predicted, handle));
     }
     // Restart once the first attempts are recorded, so the retries are mid-run.
@@ -297,20 +279,10 @@ async fn the_sweeper_releases_a_terminated_workflows_reservation_and_no_other() 
         .unwrap();
     let slow = json!({"enabled": true, "est_gpu_ms_per_attempt": 30000});
     let (gone, alive) = (format!("{}-gone", app.tag), format!("{}-alive", app.tag));
-    let h_gone = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&gone, &project, Some(slow.clone())),
-    )
-    .await
-    .unwrap();
-    let h_alive = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&alive, &project, Some(slow)),
-    )
-    .await
-    .unwrap();
+    let h_gone = app
+        .start(request(&gone, &project, Some(slow.clone())))
+        .await;
+    let h_alive = app.start(request(&alive, &project, Some(slow))).await;
     app.wait_for(&gone, "attempt 1 running", |s| s.running_attempt == Some(1))
         .await;
     app.wait_for(&alive, "attempt 1 running", |s| {

@@ -171,13 +171,7 @@ async fn record_representative_histories() {
     let (seg, _) = find_segment(&app.tag, "review", &review, |a| {
         a.len() == 3 && a.iter().all(|x| !x.passed)
     });
-    let h = retries::start(
-        &app.client,
-        &app.task_queue,
-        request(&seg, "p1", Some(review)),
-    )
-    .await
-    .unwrap();
+    let h = app.start(request(&seg, "p1", Some(review))).await;
     app.wait_for(&seg, "awaiting review", |s| {
         s.phase == Phase::AwaitingReview
     })
@@ -194,13 +188,7 @@ async fn record_representative_histories() {
 
     let slow = spawn_app_with(Simulator::new(20_000)).await;
     let seg = format!("{}-aborted", slow.tag);
-    let h = retries::start(
-        &slow.client,
-        &slow.task_queue,
-        request(&seg, "p1", Some(policy)),
-    )
-    .await
-    .unwrap();
+    let h = slow.start(request(&seg, "p1", Some(policy))).await;
     slow.wait_for(&seg, "attempt 1 running", |s| s.running_attempt == Some(1))
         .await;
     retries::signal(

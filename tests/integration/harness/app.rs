@@ -157,6 +157,13 @@ impl TestApp {
         panic!("segment {segment} never reached: {what}; last status: {last:#?}");
     }
 
+    /// Start a retry (without waiting).
+    pub async fn start(&self, input: Value) -> retries::RetryHandle {
+        retries::start(&self.client, &self.task_queue, input)
+            .await
+            .expect("start the retry workflow")
+    }
+
     /// Start a retry and wait for its result.
     pub async fn retry(&self, input: Value) -> RetryResult {
         retries::run(&self.client, &self.task_queue, input)
