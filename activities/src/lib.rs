@@ -7,6 +7,7 @@
 pub mod io;
 pub mod ports;
 pub mod sim;
+pub mod stats;
 pub mod store;
 
 use crate::io::{

@@ -3,6 +3,8 @@
 
 mod harness;
 
+/// The HTTP API: auth, validation, idempotent start, steering, history, metrics, OpenAPI.
+mod api;
 /// Malformed arguments and invalid policies fail clearly instead of sticking.
 mod bad_input;
 /// GPU budget: reservation, settlement and refusal mid-retry.

@@ -60,6 +60,15 @@ pub enum Command {
     /// Release GPU reservations of workflows that ended without settling them (terminated, timed
     /// out). `retake worker` does this every 5 minutes.
     Sweep(SweepArgs),
+    /// Serve the HTTP API (bearer tokens from RETAKE_API_TOKENS) until Ctrl-C / SIGTERM.
+    Api(ApiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RETAKE_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -114,5 +123,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decide(args) => commands::control::decide(&g, args).await,
         Command::Status(args) => commands::control::status(&g, args).await,
         Command::Sweep(args) => commands::sweep_reservations(&g, args).await,
+        Command::Api(args) => commands::api(&g, args).await,
     }
 }

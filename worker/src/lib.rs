@@ -4,7 +4,8 @@
 pub mod cli;
 pub mod commands;
 pub mod connect;
-pub mod retries;
+/// Starting and steering retries (re-exported from `retake-client`).
+pub use retake_client as retries;
 pub mod sweep;
 pub mod telemetry;
 pub mod worker;

@@ -7,8 +7,9 @@ pub mod history;
 pub mod policy;
 pub mod retry;
 
-use crate::cli::{Global, SweepArgs, WorkerArgs};
+use crate::cli::{ApiArgs, Global, SweepArgs, WorkerArgs};
 use crate::{connect, sweep, worker};
+use anyhow::Context;
 use retake_activities::sim::Simulator;
 use std::sync::Arc;
 
@@ -66,5 +67,26 @@ pub(crate) async fn sweep_reservations(g: &Global, args: SweepArgs) -> anyhow::R
         "checked {} held reservations older than {} s; released {} whose workflow is no longer running",
         swept.checked, args.older_than_secs, swept.released
     );
+    Ok(())
+}
+
+pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
+    let spec = std::env::var("RETAKE_API_TOKENS").context(
+        "RETAKE_API_TOKENS is not set: give at least one token, e.g. admin=<token>,creator=<token>,viewer=<token>",
+    )?;
+    let tokens = retake_api::Tokens::parse(&spec)?;
+    let temporal = connect::temporal(g.temporal_address.as_deref()).await?;
+    let store = Arc::new(connect::store(&g.database_url).await?);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(address = %listener.local_addr()?, "API listening");
+    let state = retake_api::AppState {
+        store,
+        temporal,
+        task_queue: g.task_queue.clone(),
+        tokens: Arc::new(tokens),
+    };
+    retake_api::serve(listener, state, shutdown_signal()).await?;
     Ok(())
 }

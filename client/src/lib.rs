@@ -1,4 +1,5 @@
-//! Starting retry workflows and waiting for their results, for the CLI and the tests.
+//! Starting and steering retry workflows from Rust (the CLI, the HTTP API and the tests):
+//! start, wait, signal, decide, query.
 
 use anyhow::Context;
 use retake_domain::SegmentId;
@@ -121,13 +122,32 @@ impl Creator {
     }
 }
 
-/// Deliver a review decision through the `decide` update; a rejection comes back as an error
-/// with the workflow's message.
+/// Why a decision did not take effect.
+#[derive(Debug)]
+pub enum DecideError {
+    /// The workflow rejected it (invalid, or not awaiting review); the message says why.
+    Rejected(String),
+    /// Temporal could not be asked (unreachable, no such workflow, ...).
+    Failed(anyhow::Error),
+}
+
+impl std::fmt::Display for DecideError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecideError::Rejected(m) => write!(f, "decision rejected: {m}"),
+            DecideError::Failed(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl std::error::Error for DecideError {}
+
+/// Deliver a review decision through the `decide` update.
 pub async fn decide(
     client: &Client,
     segment: &SegmentId,
     decision: Value,
-) -> anyhow::Result<Value> {
+) -> Result<Value, DecideError> {
     handle(client, segment)
         .execute_update(
             SegmentRetryWorkflow::decide,
@@ -136,8 +156,8 @@ pub async fn decide(
         )
         .await
         .map_err(|e| match e {
-            WorkflowUpdateError::Failed(f) => anyhow::anyhow!("decision rejected: {}", f.message),
-            other => anyhow::anyhow!("{}", describe_failure(&other)),
+            WorkflowUpdateError::Failed(f) => DecideError::Rejected(f.message),
+            other => DecideError::Failed(anyhow::anyhow!("{}", describe_failure(&other))),
         })
 }
 

@@ -1,0 +1,55 @@
+//! The retake HTTP service (axum): retry policies, project budgets, starting and steering
+//! retries, their history, health, metrics and the OpenAPI document.
+//!
+//! [`app`] builds the router (testable in-process); [`serve`] runs it on a bound listener until
+//! a shutdown future resolves.
+
+mod auth;
+mod error;
+mod openapi;
+mod routes;
+
+pub use auth::{Role, Tokens, TokensError};
+pub use error::AppError;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use retake_activities::ports::{AttemptStore, BudgetLedger, PolicyStore};
+use retake_activities::stats::Reporting;
+use std::future::Future;
+use std::sync::Arc;
+use temporalio_client::Client;
+
+/// Largest accepted request body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Everything the store must offer the API.
+pub trait ApiStore: PolicyStore + BudgetLedger + AttemptStore + Reporting {}
+impl<T: PolicyStore + BudgetLedger + AttemptStore + Reporting> ApiStore for T {}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn ApiStore>,
+    pub temporal: Client,
+    pub task_queue: String,
+    pub tokens: Arc<Tokens>,
+}
+
+/// The router with every endpoint, the body limit and the state.
+pub fn app(state: AppState) -> Router {
+    routes::router()
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serve on `listener` until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,461 @@
+//! The HTTP API through a real socket on port 0: auth, validation, idempotent start, steering and
+//! history after a real workflow ran.
+
+use crate::harness::{TestApp, find_segment, request, spawn_app, spawn_app_with};
+use reqwest::StatusCode;
+use retake_activities::sim::Simulator;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const ADMIN: &str = "admin-token-0123456789";
+const CREATOR: &str = "creator-token-0123456789";
+const VIEWER: &str = "viewer-token-0123456789";
+
+/// The API served for `app` on a free port; returns its base URL.
+async fn serve(app: &TestApp) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let tokens =
+        retake_api::Tokens::parse(&format!("admin={ADMIN},creator={CREATOR},viewer={VIEWER}"))
+            .unwrap();
+    let state = retake_api::AppState {
+        store: Arc::new(store),
+        temporal: app.client.clone(),
+        task_queue: app.task_queue.clone(),
+        tokens: Arc::new(tokens),
+    };
+    tokio::spawn(retake_api::serve(listener, state, std::future::pending()));
+    base
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(reqwest::Method::GET, path, token, None).await
+    }
+    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::PUT, path, Some(token), Some(body))
+            .await
+    }
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
+    }
+}
+
+async fn api_for(app: &TestApp) -> Api {
+    Api {
+        base: serve(app).await,
+        http: reqwest::Client::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_auth_matrix_is_enforced() {
+    let app = spawn_app().await;
+    let api = api_for(&app).await;
+    let policy = "/scene-types/action/retry-policy";
+
+    let resp = api
+        .http
+        .get(format!("{}{policy}", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        api.get(policy, Some("not-a-token-at-all")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        api.put(policy, VIEWER, json!({"enabled": true})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.put(policy, CREATOR, json!({"enabled": true})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.put("/projects/p1/budget", CREATOR, json!({"limit_ms": 5}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.post("/segments/s1/retries", VIEWER, json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        api.put(policy, ADMIN, json!({"enabled": true})).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(api.get(policy, Some(VIEWER)).await.0, StatusCode::OK);
+    let (status, body) = api.get(policy, Some("x")).await;
+    assert!(status == StatusCode::UNAUTHORIZED && !body.to_string().contains(ADMIN));
+}
+
+#[tokio::test]
+async fn policies_and_budgets_are_validated_stored_and_shown() {
+    let app = spawn_app().await;
+    let api = api_for(&app).await;
+
+    let (status, body) = api
+        .put(
+            "/scene-types/dialogue/retry-policy",
+            ADMIN,
+            json!({"max_attempts": 0, "vary": {"cfg_scale": {"range": -1}}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let fields: Vec<&str> = body["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["max_attempts", "vary.cfg_scale.range"]);
+    assert_eq!(
+        api.get("/scene-types/dialogue/retry-policy", Some(VIEWER))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, body) = api
+        .put(
+            "/scene-types/dialogue/retry-policy",
+            ADMIN,
+            json!({"enabled": true, "selection": "best_of_n"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["max_attempts"], 3, "defaults are filled in");
+    assert_eq!(
+        api.get("/scene-types/dialogue/retry-policy", Some(VIEWER))
+            .await
+            .1,
+        body
+    );
+    assert_eq!(
+        api.get("/scene-types/bad%20id/retry-policy", Some(VIEWER))
+            .await
+            .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    assert_eq!(
+        api.get("/projects/p7/budget", Some(VIEWER)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = api
+        .put("/projects/p7/budget", ADMIN, json!({"limit_ms": -4}))
+        .await;
+    assert_eq!(
+        (status, body["fields"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("limit_ms"))
+    );
+    let (status, body) = api
+        .put("/projects/p7/budget", ADMIN, json!({"limit_ms": 3600000}))
+        .await;
+    assert_eq!(
+        (status, body["limit_ms"].as_u64()),
+        (StatusCode::OK, Some(3600000))
+    );
+    assert_eq!(
+        api.get("/projects/p7/budget", Some(VIEWER)).await.1["spent_ms"],
+        0
+    );
+
+    let resp = api
+        .http
+        .put(format!("{}/projects/p7/budget", api.base))
+        .bearer_auth(ADMIN)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let big = "x".repeat(retake_api::BODY_LIMIT + 1);
+    let resp = api
+        .http
+        .put(format!("{}/projects/p7/budget", api.base))
+        .bearer_auth(ADMIN)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn starting_a_retry_is_idempotent_and_its_history_is_served_after_it_ran() {
+    let app = spawn_app_with(Simulator::new(1500)).await;
+    let api = api_for(&app).await;
+    let policy = json!({"enabled": true, "review_window_secs": 0});
+    let (segment, predicted) = find_segment(&app.tag, "api", &policy, |a| a.len() >= 2);
+    let mut body = request(&segment, "p1", Some(policy));
+    body.as_object_mut().unwrap().remove("segment_id");
+    let path = format!("/segments/{segment}/retries");
+
+    let (first, started) = api.post(&path, CREATOR, body.clone()).await;
+    let (second, running) = api.post(&path, CREATOR, body.clone()).await;
+
+    assert_eq!(
+        (first, started["status"].as_str()),
+        (StatusCode::ACCEPTED, Some("started"))
+    );
+    assert_eq!(
+        (second, running["status"].as_str()),
+        (StatusCode::OK, Some("running"))
+    );
+    assert_eq!(
+        started["run_id"], running["run_id"],
+        "the running retry is returned, not a second one"
+    );
+    let mut bad = body.clone();
+    bad["params"]["seed"] = json!("abc");
+    let (status, err) = api.post(&path, CREATOR, bad).await;
+    assert_eq!(
+        (status, err["fields"][0]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("params.seed"))
+    );
+
+    let result = retake::retries::result(&retake::retries::handle(
+        &app.client,
+        &retake_domain::SegmentId::parse(&segment).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let (status, history) = api
+        .get(&format!("/segments/{segment}/retry-history"), Some(VIEWER))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(history["total_attempts"], predicted.len());
+    assert_eq!(history["runs"][0]["report"], json!(result.report));
+    for (row, a) in history["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&result.attempts)
+    {
+        assert_eq!(row["seed"], json!(a.seed));
+        assert_eq!(row["params"], serde_json::to_value(&a.params).unwrap());
+        assert_eq!(
+            row["original_params"],
+            serde_json::to_value(&a.original_params).unwrap()
+        );
+        assert_eq!(row["gpu_ms"], json!(a.gpu_ms));
+        assert_eq!(
+            row["selected"],
+            json!(result.selected_attempt == Some(a.attempt))
+        );
+    }
+    let (_, page2) = api
+        .get(
+            &format!("/segments/{segment}/retry-history?page=2&per_page=1"),
+            Some(VIEWER),
+        )
+        .await;
+    assert_eq!(page2["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["attempts"][0]["attempt"], 2);
+    assert_eq!(
+        api.get("/segments/never-seen/retry-history", Some(VIEWER))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.get(
+            &format!("/segments/{segment}/retry-history?per_page=0"),
+            Some(VIEWER)
+        )
+        .await
+        .0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn creators_steer_a_running_retry_through_the_api() {
+    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let api = api_for(&app).await;
+    let segment = format!("{}-steer", app.tag);
+    let mut body = request(&segment, "p1", Some(json!({"enabled": true})));
+    body.as_object_mut().unwrap().remove("segment_id");
+    assert_eq!(
+        api.post(&format!("/segments/{segment}/retries"), CREATOR, body)
+            .await
+            .0,
+        StatusCode::ACCEPTED
+    );
+    app.wait_for(&segment, "attempt 1 running", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+
+    let (status, live) = api
+        .get(&format!("/segments/{segment}/retries/status"), Some(VIEWER))
+        .await;
+    assert_eq!(
+        (status, live["phase"].as_str()),
+        (StatusCode::OK, Some("retrying"))
+    );
+    let (status, err) = api
+        .post(
+            &format!("/segments/{segment}/retries/decision"),
+            CREATOR,
+            json!({"decision": "reject"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("not awaiting review"),
+        "{err}"
+    );
+    let (status, sent) = api
+        .post(
+            &format!("/segments/{segment}/retries/abort"),
+            CREATOR,
+            json!({"reason": "wrong prompt"}),
+        )
+        .await;
+    assert_eq!(
+        (status, sent["by"].as_str()),
+        (StatusCode::ACCEPTED, Some("api:creator"))
+    );
+
+    let result = retake::retries::result(&retake::retries::handle(
+        &app.client,
+        &retake_domain::SegmentId::parse(&segment).unwrap(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(result.outcome, retake_domain::Outcome::Aborted);
+    assert_eq!(result.reason, "aborted by api:creator: wrong prompt");
+    assert_eq!(
+        api.post(
+            &format!("/segments/{segment}/retries/escalate"),
+            CREATOR,
+            json!({})
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.post("/segments/nobody/retries/abort", CREATOR, json!({}))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn health_metrics_and_the_openapi_document_are_served() {
+    let app = spawn_app().await;
+    let api = api_for(&app).await;
+    let policy = json!({"enabled": true});
+    let (segment, predicted) = find_segment(&app.tag, "met", &policy, |a| {
+        a.last().is_some_and(|l| l.passed)
+    });
+    app.retry(request(&segment, "p1", Some(policy))).await;
+
+    assert_eq!(
+        api.get("/healthz", None).await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    let (status, metrics) = api.get("/metrics", None).await;
+    let text = metrics.as_str().unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains("retake_segments_fixed_total 1"), "{text}");
+    assert!(
+        text.contains("retake_attempts_total{status=\"passed\"} 1"),
+        "{text}"
+    );
+    let failed = predicted.len() - 1;
+    if failed > 0 {
+        assert!(
+            text.contains(&format!(
+                "retake_attempts_total{{status=\"failed\"}} {failed}"
+            )),
+            "{text}"
+        );
+    }
+    let (status, doc) = api.get("/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/segments/{id}/retries",
+        "/segments/{id}/retry-history",
+        "/scene-types/{id}/retry-policy",
+        "/projects/{id}/budget",
+        "/segments/{id}/retries/decision",
+    ] {
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "openapi.json lacks {path}"
+        );
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[tokio::test]
+async fn temporal_being_down_is_a_503_with_a_retry_hint() {
+    use crate::harness::{OwnedServer, spawn_bare_app_on};
+    let dir = tempfile::tempdir().unwrap();
+    let server = OwnedServer::start(&dir.path().join("t.db"));
+    let app = spawn_bare_app_on(&server.server).await;
+    let api = api_for(&app).await;
+    drop(server);
+
+    let resp = api
+        .http
+        .get(format!("{}/healthz", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "5");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "Temporal is unavailable; retry later");
+    let mut start = request(&format!("{}-down", app.tag), "p1", None);
+    start.as_object_mut().unwrap().remove("segment_id");
+    let (status, _) = api
+        .post(
+            &format!("/segments/{}-down/retries", app.tag),
+            CREATOR,
+            start,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
