@@ -1,5 +1,7 @@
-// Rebuild when a migration is added or changed: `sqlx::migrate!` embeds `migrations/` at compile
-// time, and without this cargo would not notice a new file there.
+// Rebuild when a migration is added or changed: `sqlx::migrate!` embeds `migrations/sqlite/` and
+// `migrations/postgres/` at compile time, and without this cargo would not notice a new file
+// there.
 fn main() {
-    println!("cargo:rerun-if-changed=migrations");
+    println!("cargo:rerun-if-changed=migrations/sqlite");
+    println!("cargo:rerun-if-changed=migrations/postgres");
 }

@@ -80,3 +80,59 @@ ensure_chromium() {
     log "chromium is missing and cannot be installed here: the web UI check is skipped (on CI it fails)"
   fi
 }
+
+# The PostgreSQL server of the Postgres store tests, on 127.0.0.1:5432.
+POSTGRES_HOST=127.0.0.1
+POSTGRES_PORT=5432
+
+# Does a PostgreSQL server accept connections there? (pg_isready, or a bare TCP connect.)
+postgres_up() {
+  if command -v pg_isready >/dev/null 2>&1; then
+    pg_isready -q -h "$POSTGRES_HOST" -p "$POSTGRES_PORT" >/dev/null 2>&1
+  else
+    (exec 3<>"/dev/tcp/$POSTGRES_HOST/$POSTGRES_PORT") 2>/dev/null
+  fi
+}
+
+# Make sure PostgreSQL answers on 127.0.0.1:5432: start Debian's cluster if it is installed but
+# stopped, install it with apt-get first if missing (as root only). A cluster installed here gets
+# trust authentication for local TCP connections, which the tests' default URL (user postgres,
+# no password) needs. If no server comes up, the Postgres store tests are skipped; with CI set,
+# that is an error.
+ensure_postgres() {
+  postgres_up && return
+  local sudo="" installed=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ -z "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      log "installing Debian's postgresql (for the Postgres store tests)"
+      if apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; then
+        local hba
+        for hba in /etc/postgresql/*/main/pg_hba.conf; do
+          [ -f "$hba" ] || continue
+          sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+        done
+        installed=1
+      else
+        log "apt-get could not install postgresql"
+      fi
+    fi
+  fi
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -n "$(ls /etc/postgresql 2>/dev/null)" ]; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    log "starting the PostgreSQL $version cluster"
+    [ -z "$sudo" ] || sudo -n true 2>/dev/null || sudo=""
+    $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
+    # The package may have started the cluster before pg_hba.conf was changed.
+    [ -z "$installed" ] || $sudo pg_ctlcluster --skip-systemctl-redirect "$version" main reload >&2 || true
+    for _ in $(seq 1 60); do
+      postgres_up && return
+      sleep 0.5
+    done
+  fi
+  if [ -n "${CI:-}" ]; then
+    die "PostgreSQL does not answer on $POSTGRES_HOST:$POSTGRES_PORT and could not be started (CI is set: the Postgres store tests must run)"
+  fi
+  log "PostgreSQL does not answer on $POSTGRES_HOST:$POSTGRES_PORT: the Postgres store tests will be skipped"
+}

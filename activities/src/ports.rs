@@ -173,3 +173,21 @@ pub trait AttemptStore: Send + Sync {
     /// Outcomes of a segment's runs, oldest first.
     async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError>;
 }
+
+/// Every store capability in one object: what [`connect_any`](crate::store::connect_any)
+/// returns, implemented by every type that implements the three store ports.
+pub trait Store:
+    PolicyStore + BudgetLedger + AttemptStore + crate::stats::Reporting + Send + Sync + std::fmt::Debug
+{
+}
+
+impl<T> Store for T where
+    T: PolicyStore
+        + BudgetLedger
+        + AttemptStore
+        + crate::stats::Reporting
+        + Send
+        + Sync
+        + std::fmt::Debug
+{
+}

@@ -2,7 +2,7 @@
 //! API replica reports the same numbers.
 
 use crate::ports::StoreError;
-use crate::store::{SqlStore, map_sqlx};
+use crate::store::{PgStore, SqlStore, map_sqlx};
 use async_trait::async_trait;
 use serde::Serialize;
 use sqlx::Row;
@@ -33,45 +33,58 @@ fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-#[async_trait]
-impl Reporting for SqlStore {
-    async fn stats(&self) -> Result<Stats, StoreError> {
-        let pool = self.pool();
-        let mut stats = Stats::default();
-        for row in sqlx::query("SELECT status, COUNT(*) AS n, COALESCE(SUM(gpu_ms), 0) AS ms FROM retry_attempts GROUP BY status")
-            .fetch_all(pool)
-            .await
-            .map_err(map_sqlx)?
-        {
-            let status: String = row.try_get("status").map_err(map_sqlx)?;
-            stats.attempts_by_status.insert(status, count(row.try_get("n").map_err(map_sqlx)?));
-            stats.gpu_ms += count(row.try_get("ms").map_err(map_sqlx)?);
+// The same statements on both backends: COUNT is BIGINT on Postgres and SUM(BIGINT) is NUMERIC
+// there, hence the CAST.
+const BY_STATUS: &str = "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) AS ms \
+     FROM retry_attempts GROUP BY status";
+const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome";
+const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
+const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
+
+macro_rules! stats_impl {
+    ($store:ty) => {
+        #[async_trait]
+        impl Reporting for $store {
+            async fn stats(&self) -> Result<Stats, StoreError> {
+                let pool = self.pool();
+                let mut stats = Stats::default();
+                for row in sqlx::query(BY_STATUS)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(map_sqlx)?
+                {
+                    let status: String = row.try_get("status").map_err(map_sqlx)?;
+                    let n: i64 = row.try_get("n").map_err(map_sqlx)?;
+                    let ms: i64 = row.try_get("ms").map_err(map_sqlx)?;
+                    stats.attempts_by_status.insert(status, count(n));
+                    stats.gpu_ms += count(ms);
+                }
+                for row in sqlx::query(BY_OUTCOME)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(map_sqlx)?
+                {
+                    let outcome: String = row.try_get("outcome").map_err(map_sqlx)?;
+                    let n: i64 = row.try_get("n").map_err(map_sqlx)?;
+                    stats.runs_by_outcome.insert(outcome, count(n));
+                }
+                let refused: i64 = sqlx::query(REFUSALS)
+                    .fetch_one(pool)
+                    .await
+                    .and_then(|r| r.try_get("n"))
+                    .map_err(map_sqlx)?;
+                stats.budget_refusals = count(refused);
+                let pending: i64 = sqlx::query(PENDING)
+                    .fetch_one(pool)
+                    .await
+                    .and_then(|r| r.try_get("n"))
+                    .map_err(map_sqlx)?;
+                stats.reviews_pending = count(pending);
+                Ok(stats)
+            }
         }
-        for row in
-            sqlx::query("SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome")
-                .fetch_all(pool)
-                .await
-                .map_err(map_sqlx)?
-        {
-            let outcome: String = row.try_get("outcome").map_err(map_sqlx)?;
-            stats
-                .runs_by_outcome
-                .insert(outcome, count(row.try_get("n").map_err(map_sqlx)?));
-        }
-        let refused: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'")
-                .fetch_one(pool)
-                .await
-                .and_then(|r| r.try_get("n"))
-                .map_err(map_sqlx)?;
-        stats.budget_refusals = count(refused);
-        let pending: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'")
-                .fetch_one(pool)
-                .await
-                .and_then(|r| r.try_get("n"))
-                .map_err(map_sqlx)?;
-        stats.reviews_pending = count(pending);
-        Ok(stats)
-    }
+    };
 }
+
+stats_impl!(SqlStore);
+stats_impl!(PgStore);

@@ -14,8 +14,7 @@ pub use error::AppError;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use retake_activities::ports::{AttemptStore, BudgetLedger, PolicyStore};
-use retake_activities::stats::Reporting;
+use retake_activities::ports::Store;
 use std::future::Future;
 use std::sync::Arc;
 use temporalio_client::Client;
@@ -23,14 +22,10 @@ use temporalio_client::Client;
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
-/// Everything the store must offer the API.
-pub trait ApiStore: PolicyStore + BudgetLedger + AttemptStore + Reporting {}
-impl<T: PolicyStore + BudgetLedger + AttemptStore + Reporting> ApiStore for T {}
-
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    pub store: Arc<dyn ApiStore>,
+    pub store: Arc<dyn Store>,
     pub temporal: Client,
     pub task_queue: String,
     pub tokens: Arc<Tokens>,

@@ -20,7 +20,7 @@ async fn serve(app: &TestApp) -> String {
         retake_api::Tokens::parse(&format!("admin={ADMIN},creator={CREATOR},viewer={VIEWER}"))
             .unwrap();
     let state = retake_api::AppState {
-        store: Arc::new(store),
+        store,
         temporal: app.client.clone(),
         task_queue: app.task_queue.clone(),
         tokens: Arc::new(tokens),

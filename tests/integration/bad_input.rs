@@ -68,7 +68,6 @@ async fn an_invalid_policy_override_fails_the_workflow_before_any_attempt() {
     let msg = failure_of(&app, &id, input).await;
 
     assert!(msg.contains("policy.max_attempts"), "{msg}");
-    use retake_activities::ports::AttemptStore;
     assert!(
         app.store.attempts(&id).await.unwrap().is_empty(),
         "no half-written records"

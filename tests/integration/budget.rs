@@ -1,5 +1,4 @@
 use crate::harness::{find_segment, request, spawn_app};
-use retake_activities::ports::BudgetLedger;
 use retake_domain::contract::Outcome;
 use serde_json::json;
 

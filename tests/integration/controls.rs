@@ -1,6 +1,5 @@
 use crate::harness::{TestApp, dev_server, find_segment, request, spawn_app, spawn_app_with};
 use retake::retries::{self, Creator};
-use retake_activities::ports::{AttemptStore, BudgetLedger};
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptStatus, Outcome};

@@ -6,7 +6,6 @@ use crate::harness::{
     wait_for_activity,
 };
 use retake::retries;
-use retake_activities::ports::{AttemptStore, BudgetLedger};
 use retake_domain::contract::{AttemptRecord, RetryResult};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

@@ -7,7 +7,6 @@ use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
 use retake::retries::{self, Creator};
 use retake_activities::RetryActivities;
 use retake_activities::io::LoadPolicy;
-use retake_activities::ports::BudgetLedger;
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
 use retake_domain::contract::Outcome;

@@ -71,8 +71,6 @@ async fn a_systematic_failure_is_escalated_with_every_attempt_recorded() {
         result.report
     );
     assert_eq!(result.report.matches("failed attempt").count(), 3);
-
-    use retake_activities::ports::AttemptStore;
     let rows = app.store.attempts(&segment).await.unwrap();
     assert_eq!(rows.len(), 3, "every attempt is attached to the escalation");
     let outcomes = app.store.outcomes(&segment).await.unwrap();
@@ -136,7 +134,6 @@ async fn a_failure_kind_not_in_retry_on_is_not_retried() {
         result.report,
         format!("Segment {segment}: not retried ({})", result.reason)
     );
-    use retake_activities::ports::{AttemptStore, BudgetLedger};
     assert!(app.store.attempts(&segment).await.unwrap().is_empty());
     assert_eq!(
         app.store.outcomes(&segment).await.unwrap()[0].outcome,
@@ -167,7 +164,6 @@ async fn a_scene_type_without_a_stored_policy_is_not_retried_because_retry_is_op
 
 #[tokio::test]
 async fn a_stored_scene_type_policy_is_used_and_a_request_override_merges_over_it() {
-    use retake_activities::ports::PolicyStore;
     let app = spawn_app().await;
     app.store
         .set_policy(

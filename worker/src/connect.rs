@@ -3,8 +3,9 @@
 //! `RETAKE_DATABASE_URL`.
 
 use anyhow::Context;
-use retake_activities::store::SqlStore;
+use retake_activities::ports::Store;
 use std::path::Path;
+use std::sync::Arc;
 use temporalio_client::envconfig::LoadClientConfigProfileOptions;
 use temporalio_client::{Client, ClientOptions, Connection, NamespacedClient, tonic};
 use temporalio_protos::protos::temporal::api::enums::v1::IndexedValueType;
@@ -34,8 +35,9 @@ pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
     Client::new(connection, client_opts).context("creating the Temporal client")
 }
 
-/// Open the store, creating a SQLite file's parent directory when needed.
-pub async fn store(url: &str) -> anyhow::Result<SqlStore> {
+/// Open the store (`postgres://...`, `sqlite://PATH` or a file path), creating a SQLite file's
+/// parent directory when needed.
+pub async fn store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -48,9 +50,9 @@ pub async fn store(url: &str) -> anyhow::Result<SqlStore> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    SqlStore::connect(url)
+    retake_activities::store::connect_any(url)
         .await
-        .with_context(|| format!("opening the store at {url}"))
+        .with_context(|| format!("opening the store at {}", redact(url)))
 }
 
 /// Make sure the workflow's custom search attributes exist on the namespace, registering missing
@@ -98,4 +100,15 @@ pub async fn ensure_search_attributes(client: &Client) -> anyhow::Result<()> {
             )
         })?;
     Ok(())
+}
+
+/// `url` without its password, for messages and logs.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }

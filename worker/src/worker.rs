@@ -2,8 +2,8 @@
 //! until the shutdown future resolves.
 
 use retake_activities::RetryActivities;
+use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
-use retake_activities::store::SqlStore;
 use retake_workflows::SegmentRetryWorkflow;
 use std::future::Future;
 use std::sync::Arc;
@@ -17,8 +17,9 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 pub const STICKY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The activities with the simulator as generation and QA backend.
-pub fn simulator_activities(store: Arc<SqlStore>, sim: Simulator) -> RetryActivities {
-    RetryActivities::from_parts(Arc::new(sim), store)
+pub fn simulator_activities(store: Arc<dyn Store>, sim: Simulator) -> RetryActivities {
+    let sim = Arc::new(sim);
+    RetryActivities::new(sim.clone(), sim, store.clone(), store.clone(), store)
 }
 
 /// Run a worker on `task_queue` until `shutdown` resolves, then finish in-flight work and return.

@@ -1,5 +1,5 @@
 //! [`AttemptStore`] on SQL: `retry_attempts` (one row per attempt key) and `segment_retries`
-//! (one row per workflow run).
+//! (one row per workflow run). The statements are shared with [`PgStore`](super::PgStore).
 
 use super::{SqlStore, from_json, get, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
 use crate::io::{RecordAttempt, RecordOutcome};
@@ -10,33 +10,63 @@ use serde_json::Value;
 use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 
-const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, scene_type, \
-     workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, failures, \
-     passed, status, gpu_ms, output_uri, error, selected, created_at, updated_at) \
+pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
+     scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
+     failures, passed, status, gpu_ms, output_uri, error, selected, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, FALSE, \
      $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
-const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
+pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
      project_id = excluded.project_id, scene_type = excluded.scene_type, seed = excluded.seed, \
      params = excluded.params, original_params = excluded.original_params, \
      jitter = excluded.jitter, scores = excluded.scores, failures = excluded.failures, \
      passed = excluded.passed, status = excluded.status, gpu_ms = excluded.gpu_ms, \
      output_uri = excluded.output_uri, error = excluded.error, updated_at = excluded.updated_at";
 
-const KEEP_EXISTING: &str = "DO NOTHING";
+pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
 
-const ATTEMPT_COLUMNS: &str = "a.segment_id, a.project_id, a.scene_type, a.workflow_id, \
-     a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, a.failures, \
-     a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.selected, a.created_at, a.updated_at";
+/// A segment's attempts: runs ordered by their first inserted attempt row (the smallest `id`),
+/// which follows the order the runs happened in even when timestamps tie; within a run, by
+/// attempt number.
+pub(super) const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
+     a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
+     a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.selected, a.created_at, \
+     a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
+     ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
+     WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
+
+pub(super) const UPSERT_OUTCOME: &str = "INSERT INTO segment_retries (workflow_id, run_id, \
+     segment_id, project_id, scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, \
+     review, decisions, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $12, $12) \
+     ON CONFLICT (workflow_id, run_id) DO UPDATE SET segment_id = excluded.segment_id, \
+     project_id = excluded.project_id, scene_type = excluded.scene_type, \
+     outcome = excluded.outcome, reason = excluded.reason, \
+     selected_attempt = excluded.selected_attempt, gpu_ms_total = excluded.gpu_ms_total, \
+     report = excluded.report, review = excluded.review, decisions = excluded.decisions, \
+     updated_at = excluded.updated_at";
+
+/// Exactly the selected attempt (none if there is none) is marked; only rows whose flag changes
+/// are touched.
+pub(super) const MARK_SELECTED: &str = "UPDATE retry_attempts \
+     SET selected = CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END, updated_at = $2 \
+     WHERE workflow_id = $3 AND run_id = $4 \
+     AND selected <> CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END";
+
+/// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
+pub(super) const SELECT_OUTCOMES: &str = "SELECT workflow_id, run_id, segment_id, project_id, \
+     scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, review, decisions, \
+     updated_at FROM segment_retries WHERE segment_id = $1 \
+     ORDER BY created_at, workflow_id, run_id";
 
 /// Where an attempt belongs.
-struct Owner<'a> {
-    segment_id: &'a str,
-    project_id: &'a str,
-    scene_type: &'a str,
-    workflow_id: &'a str,
-    run_id: &'a str,
+pub(super) struct Owner<'a> {
+    pub(super) segment_id: &'a str,
+    pub(super) project_id: &'a str,
+    pub(super) scene_type: &'a str,
+    pub(super) workflow_id: &'a str,
+    pub(super) run_id: &'a str,
 }
 
 /// Insert `rec`; on a conflicting key, `on_conflict` decides ([`REPLACE_DATA`] or
@@ -180,60 +210,38 @@ impl AttemptStore for SqlStore {
         for rec in &result.attempts {
             insert_attempt(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
         }
-        sqlx::query(
-            "INSERT INTO segment_retries (workflow_id, run_id, segment_id, project_id, scene_type, \
-             outcome, reason, selected_attempt, gpu_ms_total, report, review, decisions, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $12, $12) \
-             ON CONFLICT (workflow_id, run_id) DO UPDATE SET segment_id = excluded.segment_id, \
-             project_id = excluded.project_id, scene_type = excluded.scene_type, \
-             outcome = excluded.outcome, reason = excluded.reason, \
-             selected_attempt = excluded.selected_attempt, gpu_ms_total = excluded.gpu_ms_total, \
-             report = excluded.report, review = excluded.review, decisions = excluded.decisions, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(out.workflow_id.as_str())
-        .bind(out.run_id.as_str())
-        .bind(result.segment_id.as_str())
-        .bind(result.project_id.as_str())
-        .bind(result.scene_type.as_str())
-        .bind(result.outcome.as_str())
-        .bind(result.reason.as_str())
-        .bind(selected)
-        .bind(to_i64(result.gpu_ms_total, "gpu_ms_total")?)
-        .bind(result.report.as_str())
-        .bind(review)
-        .bind(now.as_str())
-        .bind(decisions)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        // Exactly the selected attempt (none if there is none) is marked; only rows whose flag
-        // changes are touched.
-        sqlx::query(
-            "UPDATE retry_attempts \
-             SET selected = CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END, updated_at = $2 \
-             WHERE workflow_id = $3 AND run_id = $4 \
-             AND selected <> CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END",
-        )
-        .bind(selected)
-        .bind(now.as_str())
-        .bind(out.workflow_id.as_str())
-        .bind(out.run_id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
+        sqlx::query(UPSERT_OUTCOME)
+            .bind(out.workflow_id.as_str())
+            .bind(out.run_id.as_str())
+            .bind(result.segment_id.as_str())
+            .bind(result.project_id.as_str())
+            .bind(result.scene_type.as_str())
+            .bind(result.outcome.as_str())
+            .bind(result.reason.as_str())
+            .bind(selected)
+            .bind(to_i64(result.gpu_ms_total, "gpu_ms_total")?)
+            .bind(result.report.as_str())
+            .bind(review)
+            .bind(now.as_str())
+            .bind(decisions)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::query(MARK_SELECTED)
+            .bind(selected)
+            .bind(now.as_str())
+            .bind(out.workflow_id.as_str())
+            .bind(out.run_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)
     }
 
     /// Runs ordered by their first inserted attempt row (the smallest `id`), which follows the
     /// order the runs happened in even when timestamps tie; within a run, by attempt number.
     async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError> {
-        let sql = format!(
-            "SELECT {ATTEMPT_COLUMNS} FROM retry_attempts a WHERE a.segment_id = $1 \
-             ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
-             WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt"
-        );
-        sqlx::query(&sql)
+        sqlx::query(SELECT_ATTEMPTS)
             .bind(segment_id)
             .fetch_all(&self.pool)
             .await
@@ -245,17 +253,13 @@ impl AttemptStore for SqlStore {
 
     /// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
     async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError> {
-        sqlx::query(
-            "SELECT workflow_id, run_id, segment_id, project_id, scene_type, outcome, reason, \
-             selected_attempt, gpu_ms_total, report, review, decisions, updated_at FROM segment_retries \
-             WHERE segment_id = $1 ORDER BY created_at, workflow_id, run_id",
-        )
-        .bind(segment_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?
-        .iter()
-        .map(outcome_from_row)
-        .collect()
+        sqlx::query(SELECT_OUTCOMES)
+            .bind(segment_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(outcome_from_row)
+            .collect()
     }
 }

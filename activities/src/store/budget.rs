@@ -1,5 +1,6 @@
 //! [`BudgetLedger`] on SQL: `project_budgets` holds each project's totals, `budget_reservations`
-//! one row per attempt key, which makes every operation idempotent.
+//! one row per attempt key, which makes every operation idempotent. The statements are shared
+//! with [`PgStore`](super::PgStore).
 
 use super::{SqlStore, get, map_sqlx, now, rfc3339, to_i64, to_u32, to_u64};
 use crate::io::{AttemptKey, Reservation};
@@ -9,25 +10,72 @@ use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 use std::time::SystemTime;
 
-const RESERVED: &str = "reserved";
-const SETTLED: &str = "settled";
-const RELEASED: &str = "released";
-const REFUSED: &str = "refused";
+pub(super) const RESERVED: &str = "reserved";
+pub(super) const SETTLED: &str = "settled";
+pub(super) const RELEASED: &str = "released";
+pub(super) const REFUSED: &str = "refused";
 
-const SELECT_RESERVATION: &str = "SELECT project_id, reserved_ms, status, limit_ms, committed_ms \
-     FROM budget_reservations WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3";
+pub(super) const SELECT_RESERVATION: &str = "SELECT project_id, reserved_ms, status, limit_ms, \
+     committed_ms FROM budget_reservations WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3";
 
-const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, run_id, attempt, \
-     project_id, reserved_ms, spent_ms, status, limit_ms, committed_ms, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $9)";
+pub(super) const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, \
+     run_id, attempt, project_id, reserved_ms, spent_ms, status, limit_ms, committed_ms, \
+     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $9)";
+
+/// Create the project's row (no limit) unless it exists.
+pub(super) const ENSURE_PROJECT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
+     reserved_ms, spent_ms, updated_at) VALUES ($1, NULL, 0, 0, $2) \
+     ON CONFLICT (project_id) DO NOTHING";
+
+/// Check and add in one statement: it changes one row exactly when the reservation is granted.
+pub(super) const ADD_WITHIN_LIMIT: &str = "UPDATE project_budgets \
+     SET reserved_ms = reserved_ms + $1, updated_at = $2 \
+     WHERE project_id = $3 AND (limit_ms IS NULL OR reserved_ms + spent_ms + $1 <= limit_ms)";
+
+/// What a refusal saw.
+pub(super) const SELECT_COMMITTED: &str = "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms \
+     FROM project_budgets WHERE project_id = $1";
+
+/// Move a reservation that is still `reserved` to another status.
+pub(super) const CLOSE_RESERVATION: &str = "UPDATE budget_reservations \
+     SET status = $1, spent_ms = $2, updated_at = $3 \
+     WHERE workflow_id = $4 AND run_id = $5 AND attempt = $6 AND status = $7";
+
+/// Take a closed reservation off the project's reserved time, adding what it spent.
+pub(super) const MOVE_TO_SPENT: &str = "UPDATE project_budgets \
+     SET reserved_ms = reserved_ms - $1, spent_ms = spent_ms + $2, updated_at = $3 \
+     WHERE project_id = $4";
+
+/// [`release_abandoned`], first the projects' totals, then the reservations.
+pub(super) const RELEASE_RUN_TOTALS: &str = "UPDATE project_budgets SET reserved_ms = \
+     reserved_ms - COALESCE((SELECT SUM(r.reserved_ms) FROM budget_reservations r \
+     WHERE r.project_id = project_budgets.project_id AND r.workflow_id = $1 AND r.run_id = $2 \
+     AND r.status = $3), 0), updated_at = $4 \
+     WHERE project_id IN (SELECT project_id FROM budget_reservations \
+     WHERE workflow_id = $1 AND run_id = $2 AND status = $3)";
+
+pub(super) const RELEASE_RUN_RESERVATIONS: &str = "UPDATE budget_reservations \
+     SET status = $1, updated_at = $2 WHERE workflow_id = $3 AND run_id = $4 AND status = $5";
+
+pub(super) const SELECT_HELD_BEFORE: &str = "SELECT workflow_id, run_id, attempt, project_id, \
+     reserved_ms, created_at FROM budget_reservations WHERE status = $1 AND created_at < $2 \
+     ORDER BY created_at, workflow_id, run_id, attempt";
+
+pub(super) const SELECT_BUDGET: &str = "SELECT project_id, limit_ms, reserved_ms, spent_ms \
+     FROM project_budgets WHERE project_id = $1";
+
+pub(super) const UPSERT_LIMIT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
+     reserved_ms, spent_ms, updated_at) VALUES ($1, $2, 0, 0, $3) ON CONFLICT (project_id) \
+     DO UPDATE SET limit_ms = excluded.limit_ms, updated_at = excluded.updated_at \
+     RETURNING project_id, limit_ms, reserved_ms, spent_ms";
 
 /// A reservation row, as far as the ledger needs it.
-struct Stored {
-    project_id: String,
-    reserved_ms: i64,
-    status: String,
-    limit_ms: Option<i64>,
-    committed_ms: Option<i64>,
+pub(super) struct Stored {
+    pub(super) project_id: String,
+    pub(super) reserved_ms: i64,
+    pub(super) status: String,
+    pub(super) limit_ms: Option<i64>,
+    pub(super) committed_ms: Option<i64>,
 }
 
 impl Stored {
@@ -42,7 +90,7 @@ impl Stored {
     }
 
     /// The answer `reserve` gave when it created this row.
-    fn answer(&self) -> Result<Reservation, StoreError> {
+    pub(super) fn answer(&self) -> Result<Reservation, StoreError> {
         let requested_ms = to_u64(self.reserved_ms, "budget_reservations.reserved_ms")?;
         if self.status != REFUSED {
             return Ok(Reservation::Granted {
@@ -107,31 +155,25 @@ impl SqlStore {
             return tx.commit().await.map_err(map_sqlx);
         }
         let now = now();
-        sqlx::query(
-            "UPDATE budget_reservations SET status = $1, spent_ms = $2, updated_at = $3 \
-             WHERE workflow_id = $4 AND run_id = $5 AND attempt = $6 AND status = $7",
-        )
-        .bind(status)
-        .bind(spent_ms)
-        .bind(now.as_str())
-        .bind(key.workflow_id.as_str())
-        .bind(key.run_id.as_str())
-        .bind(i64::from(key.attempt))
-        .bind(RESERVED)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
-        sqlx::query(
-            "UPDATE project_budgets SET reserved_ms = reserved_ms - $1, \
-             spent_ms = spent_ms + $2, updated_at = $3 WHERE project_id = $4",
-        )
-        .bind(stored.reserved_ms)
-        .bind(spent_ms.unwrap_or(0))
-        .bind(now.as_str())
-        .bind(stored.project_id.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
+        sqlx::query(CLOSE_RESERVATION)
+            .bind(status)
+            .bind(spent_ms)
+            .bind(now.as_str())
+            .bind(key.workflow_id.as_str())
+            .bind(key.run_id.as_str())
+            .bind(i64::from(key.attempt))
+            .bind(RESERVED)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::query(MOVE_TO_SPENT)
+            .bind(stored.reserved_ms)
+            .bind(spent_ms.unwrap_or(0))
+            .bind(now.as_str())
+            .bind(stored.project_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         tx.commit().await.map_err(map_sqlx)
     }
 }
@@ -145,32 +187,23 @@ pub(super) async fn release_abandoned(
     run_id: &str,
     now: &str,
 ) -> Result<u64, StoreError> {
-    sqlx::query(
-        "UPDATE project_budgets SET reserved_ms = reserved_ms - COALESCE((SELECT SUM(r.reserved_ms) \
-         FROM budget_reservations r WHERE r.project_id = project_budgets.project_id \
-         AND r.workflow_id = $1 AND r.run_id = $2 AND r.status = $3), 0), updated_at = $4 \
-         WHERE project_id IN (SELECT project_id FROM budget_reservations \
-         WHERE workflow_id = $1 AND run_id = $2 AND status = $3)",
-    )
-    .bind(workflow_id)
-    .bind(run_id)
-    .bind(RESERVED)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
-    let released = sqlx::query(
-        "UPDATE budget_reservations SET status = $1, updated_at = $2 \
-         WHERE workflow_id = $3 AND run_id = $4 AND status = $5",
-    )
-    .bind(RELEASED)
-    .bind(now)
-    .bind(workflow_id)
-    .bind(run_id)
-    .bind(RESERVED)
-    .execute(&mut *conn)
-    .await
-    .map_err(map_sqlx)?;
+    sqlx::query(RELEASE_RUN_TOTALS)
+        .bind(workflow_id)
+        .bind(run_id)
+        .bind(RESERVED)
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
+    let released = sqlx::query(RELEASE_RUN_RESERVATIONS)
+        .bind(RELEASED)
+        .bind(now)
+        .bind(workflow_id)
+        .bind(run_id)
+        .bind(RESERVED)
+        .execute(&mut *conn)
+        .await
+        .map_err(map_sqlx)?;
     Ok(released.rows_affected())
 }
 
@@ -190,39 +223,30 @@ impl BudgetLedger for SqlStore {
             tx.commit().await.map_err(map_sqlx)?;
             return stored.answer();
         }
-        sqlx::query(
-            "INSERT INTO project_budgets (project_id, limit_ms, reserved_ms, spent_ms, updated_at) \
-             VALUES ($1, NULL, 0, 0, $2) ON CONFLICT (project_id) DO NOTHING",
-        )
-        .bind(project_id)
-        .bind(now.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?;
+        sqlx::query(ENSURE_PROJECT)
+            .bind(project_id)
+            .bind(now.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
         // Check and add in one statement, so it stays atomic without the write lock too.
-        let granted = sqlx::query(
-            "UPDATE project_budgets SET reserved_ms = reserved_ms + $1, updated_at = $2 \
-             WHERE project_id = $3 AND (limit_ms IS NULL OR reserved_ms + spent_ms + $1 <= limit_ms)",
-        )
-        .bind(requested)
-        .bind(now.as_str())
-        .bind(project_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_sqlx)?
-        .rows_affected()
+        let granted = sqlx::query(ADD_WITHIN_LIMIT)
+            .bind(requested)
+            .bind(now.as_str())
+            .bind(project_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected()
             == 1;
         let (status, limit_ms, committed_ms) = if granted {
             (RESERVED, None, None)
         } else {
-            let row = sqlx::query(
-                "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms FROM project_budgets \
-                 WHERE project_id = $1",
-            )
-            .bind(project_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+            let row = sqlx::query(SELECT_COMMITTED)
+                .bind(project_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
             let limit: Option<i64> = get(&row, "limit_ms")?;
             let committed: i64 = get(&row, "committed_ms")?;
             if limit.is_none() {
@@ -266,43 +290,39 @@ impl BudgetLedger for SqlStore {
     }
 
     async fn held_before(&self, before: SystemTime) -> Result<Vec<HeldReservation>, StoreError> {
-        sqlx::query(
-            "SELECT workflow_id, run_id, attempt, project_id, reserved_ms, created_at \
-             FROM budget_reservations WHERE status = $1 AND created_at < $2 \
-             ORDER BY created_at, workflow_id, run_id, attempt",
-        )
-        .bind(RESERVED)
-        .bind(rfc3339(before))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_sqlx)?
-        .iter()
-        .map(|row| {
-            Ok(HeldReservation {
-                key: AttemptKey {
-                    workflow_id: get(row, "workflow_id")?,
-                    run_id: get(row, "run_id")?,
-                    attempt: to_u32(get(row, "attempt")?, "budget_reservations.attempt")?,
-                },
-                project_id: get(row, "project_id")?,
-                reserved_ms: to_u64(get(row, "reserved_ms")?, "budget_reservations.reserved_ms")?,
-                created_at: get(row, "created_at")?,
+        sqlx::query(SELECT_HELD_BEFORE)
+            .bind(RESERVED)
+            .bind(rfc3339(before))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .iter()
+            .map(|row| {
+                Ok(HeldReservation {
+                    key: AttemptKey {
+                        workflow_id: get(row, "workflow_id")?,
+                        run_id: get(row, "run_id")?,
+                        attempt: to_u32(get(row, "attempt")?, "budget_reservations.attempt")?,
+                    },
+                    project_id: get(row, "project_id")?,
+                    reserved_ms: to_u64(
+                        get(row, "reserved_ms")?,
+                        "budget_reservations.reserved_ms",
+                    )?,
+                    created_at: get(row, "created_at")?,
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError> {
-        sqlx::query(
-            "SELECT project_id, limit_ms, reserved_ms, spent_ms FROM project_budgets \
-             WHERE project_id = $1",
-        )
-        .bind(project_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_sqlx)?
-        .map(|row| budget_from_row(&row))
-        .transpose()
+        sqlx::query(SELECT_BUDGET)
+            .bind(project_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .map(|row| budget_from_row(&row))
+            .transpose()
     }
 
     async fn set_limit(
@@ -311,18 +331,13 @@ impl BudgetLedger for SqlStore {
         limit_ms: Option<u64>,
     ) -> Result<Budget, StoreError> {
         let limit = limit_ms.map(|l| to_i64(l, "limit_ms")).transpose()?;
-        let row = sqlx::query(
-            "INSERT INTO project_budgets (project_id, limit_ms, reserved_ms, spent_ms, updated_at) \
-             VALUES ($1, $2, 0, 0, $3) ON CONFLICT (project_id) DO UPDATE \
-             SET limit_ms = excluded.limit_ms, updated_at = excluded.updated_at \
-             RETURNING project_id, limit_ms, reserved_ms, spent_ms",
-        )
-        .bind(project_id)
-        .bind(limit)
-        .bind(now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        let row = sqlx::query(UPSERT_LIMIT)
+            .bind(project_id)
+            .bind(limit)
+            .bind(now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         budget_from_row(&row)
     }
 }

@@ -1,10 +1,11 @@
-//! SQL store adapter: [`SqlStore`] implements [`PolicyStore`], [`BudgetLedger`](crate::ports::BudgetLedger)
-//! and [`AttemptStore`](crate::ports::AttemptStore) on SQLite.
+//! SQL store adapters: [`SqlStore`] implements [`PolicyStore`], [`BudgetLedger`](crate::ports::BudgetLedger)
+//! and [`AttemptStore`](crate::ports::AttemptStore) on SQLite, [`PgStore`] the same on PostgreSQL.
+//! [`connect_any`] picks one by the URL.
 //!
 //! The SQL is kept portable (numbered `$n` parameters, `INSERT ... ON CONFLICT`, `RETURNING`,
-//! `CASE`) so a Postgres adapter can reuse it; SQLite-specific parts are the connect options, the
-//! `BEGIN IMMEDIATE` of write transactions ([`SqlStore::begin_write`]) and one column type in the
-//! migration.
+//! `CASE`) and [`PgStore`] reuses it; SQLite-specific parts are the connect options, the
+//! `BEGIN IMMEDIATE` of write transactions ([`SqlStore::begin_write`]) and the migration
+//! (`migrations/sqlite/`; Postgres has its own in `migrations/postgres/`).
 //!
 //! Write transactions that read before they write (reserve, settle, release, record outcome)
 //! start with `BEGIN IMMEDIATE`: the connection takes SQLite's write lock up front, waiting up to
@@ -15,23 +16,54 @@
 
 mod attempts;
 mod budget;
+mod pg;
 #[cfg(test)]
 mod tests;
 
-use crate::ports::{PolicyStore, StoreError};
+pub use pg::PgStore;
+
+use crate::ports::{PolicyStore, Store, StoreError};
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Row, Sqlite, Transaction};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The embedded migrations (`activities/migrations`).
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+/// The embedded SQLite migrations (`activities/migrations/sqlite`).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const SELECT_POLICY: &str = "SELECT policy FROM retry_policies WHERE scene_type = $1";
+
+const UPSERT_POLICY: &str = "INSERT INTO retry_policies (scene_type, policy, updated_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (scene_type) DO UPDATE SET policy = excluded.policy, \
+     updated_at = excluded.updated_at";
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open the store at `url`: [`PgStore`] for `postgres://` and `postgresql://` URLs, [`SqlStore`]
+/// for anything else (`sqlite://PATH`, `sqlite:PATH` or a bare file path; other schemes are
+/// refused as [`StoreError::Invalid`]).
+pub async fn connect_any(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if is_postgres_url(url) {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else if url.contains("://") && !url.starts_with("sqlite:") {
+        Err(StoreError::Invalid(format!(
+            "unsupported store URL {url:?}: use postgres://, postgresql://, sqlite:// or a file path"
+        )))
+    } else {
+        Ok(Arc::new(SqlStore::connect(url).await?))
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (the scheme is case-insensitive).
+fn is_postgres_url(url: &str) -> bool {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
+}
 
 /// The SQL store: policies, budgets and reservations, attempts and outcomes.
 #[derive(Debug, Clone)]
@@ -103,7 +135,7 @@ impl SqlStore {
 #[async_trait]
 impl PolicyStore for SqlStore {
     async fn policy(&self, scene_type: &str) -> Result<Option<Value>, StoreError> {
-        let row = sqlx::query("SELECT policy FROM retry_policies WHERE scene_type = $1")
+        let row = sqlx::query(SELECT_POLICY)
             .bind(scene_type)
             .fetch_optional(&self.pool)
             .await
@@ -113,17 +145,13 @@ impl PolicyStore for SqlStore {
     }
 
     async fn set_policy(&self, scene_type: &str, policy: &Value) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO retry_policies (scene_type, policy, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (scene_type) DO UPDATE SET policy = excluded.policy, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(scene_type)
-        .bind(to_json(policy)?)
-        .bind(now())
-        .execute(&self.pool)
-        .await
-        .map_err(map_sqlx)?;
+        sqlx::query(UPSERT_POLICY)
+            .bind(scene_type)
+            .bind(to_json(policy)?)
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         Ok(())
     }
 }
@@ -139,7 +167,10 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
     let unavailable = match &e {
         E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed => true,
         E::WorkerCrashed | E::BeginFailed | E::AnyDriverError(_) => true,
-        E::Database(db) => db_unavailable(db.code().as_deref(), db.message()),
+        E::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            Some(pg) => sqlstate_unavailable(pg.code()),
+            None => db_unavailable(db.code().as_deref(), db.message()),
+        },
         E::Configuration(_) | E::InvalidArgument(_) | E::RowNotFound | E::TypeNotFound { .. } => {
             false
         }
@@ -168,8 +199,8 @@ fn map_migrate(e: MigrateError) -> StoreError {
     }
 }
 
-/// Whether a database error means "try again later". `code` is SQLite's extended result code
-/// (a number) or a Postgres SQLSTATE.
+/// Whether a SQLite error means "try again later". `code` is SQLite's extended result code (a
+/// number; a non-numeric code is taken for a SQLSTATE).
 fn db_unavailable(code: Option<&str>, message: &str) -> bool {
     let message = message.to_ascii_lowercase();
     if message.contains("database is locked") || message.contains("busy") {
@@ -180,18 +211,24 @@ fn db_unavailable(code: Option<&str>, message: &str) -> bool {
             // SQLITE_NOMEM, _READONLY, _INTERRUPT, _IOERR, _FULL, _CANTOPEN, _PROTOCOL,
             // _BUSY, _LOCKED (primary code in the low byte).
             Ok(n) => matches!(n & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15),
-            // SQLSTATE: connection exceptions, serialization failure, deadlock, insufficient
-            // resources, operator intervention (e.g. shutdown).
-            Err(_) => {
-                code.starts_with("08")
-                    || code == "40001"
-                    || code == "40P01"
-                    || code.starts_with("53")
-                    || code.starts_with("57P")
-            }
+            Err(_) => sqlstate_unavailable(code),
         },
         None => false,
     }
+}
+
+/// Whether a Postgres SQLSTATE means "try again later": connection exceptions, serialization
+/// failure, deadlock, lock wait timeout (`lock_timeout`), statement timeout or cancel,
+/// insufficient resources, operator intervention (e.g. shutdown). Checked on the SQLSTATE
+/// itself, never parsed as a number: `40001` is not a SQLite result code.
+fn sqlstate_unavailable(code: &str) -> bool {
+    code.starts_with("08")
+        || code == "40001"
+        || code == "40P01"
+        || code == "55P03"
+        || code == "57014"
+        || code.starts_with("53")
+        || code.starts_with("57P")
 }
 
 /// Read a column, mapping a missing or undecodable column to `Invalid`.

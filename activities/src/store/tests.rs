@@ -1,25 +1,59 @@
-//! Each test opens a fresh SQLite file in its own temporary directory.
+//! The store tests. Those written with [`store_tests!`] run on both backends, as `NAME::sqlite`
+//! (a fresh SQLite file in its own temporary directory) and `NAME::postgres` (a fresh database
+//! on the server of `RETAKE_TEST_POSTGRES_URL`, dropped at the end; see [`harness`]).
 
-use super::{SqlStore, rfc3339};
+use super::{PgStore, SqlStore, connect_any, rfc3339};
 use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation, Review};
 use crate::ports::{AttemptStore, Budget, BudgetLedger, PolicyStore, StoreError};
+use harness::{AnyStore, TestDb};
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 use tempfile::TempDir;
 
+/// For each `#[test attribute] NAME` listed, a module `NAME` with two tests, `sqlite` and
+/// `postgres`, each running the test body `async fn NAME(db: &TestDb)` of the module where it is
+/// listed with a fresh [`TestDb`] of that backend, and cleaning it up afterwards, even when the
+/// body panics. The Postgres test is skipped (or fails when `CI` is set) if no server can be
+/// reached.
+macro_rules! store_tests {
+    ($( #[$attr:meta] $name:ident ),* $(,)?) => {$(
+        mod $name {
+            #[$attr]
+            async fn sqlite() {
+                let db = $crate::store::tests::harness::TestDb::sqlite();
+                let result = ::futures::FutureExt::catch_unwind(
+                    ::std::panic::AssertUnwindSafe(super::$name(&db)),
+                )
+                .await;
+                db.finish(result).await;
+            }
+
+            #[$attr]
+            async fn postgres() {
+                let Some(db) = $crate::store::tests::harness::TestDb::postgres().await else {
+                    return;
+                };
+                let result = ::futures::FutureExt::catch_unwind(
+                    ::std::panic::AssertUnwindSafe(super::$name(&db)),
+                )
+                .await;
+                db.finish(result).await;
+            }
+        }
+    )*};
+}
+
 mod attempts;
 mod budget;
+mod harness;
+mod postgres;
 
 fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("retake.db")
-}
-
-async fn open(dir: &TempDir) -> SqlStore {
-    let url = format!("sqlite://{}", db_path(dir).display());
-    SqlStore::connect(&url).await.expect("connect")
 }
 
 fn key(run: &str, attempt: u32) -> AttemptKey {
@@ -100,7 +134,7 @@ fn outcome(
     }
 }
 
-async fn budget(store: &SqlStore, project: &str) -> Budget {
+async fn budget(store: &AnyStore, project: &str) -> Budget {
     store
         .budget(project)
         .await
@@ -108,17 +142,12 @@ async fn budget(store: &SqlStore, project: &str) -> Budget {
         .expect("a budget row")
 }
 
-async fn count(store: &SqlStore, sql: &str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(store.pool())
-        .await
-        .expect("count")
+async fn count(store: &AnyStore, sql: &str) -> i64 {
+    store.count(sql).await
 }
 
-#[tokio::test]
-async fn a_policy_round_trips_and_setting_it_again_replaces_it() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn a_policy_round_trips_and_setting_it_again_replaces_it(db: &TestDb) {
+    let store = db.open().await;
     assert_eq!(store.policy("dialogue").await.unwrap(), None);
     let policy = json!({"max_attempts": 3, "retry_on": ["face"], "thresholds": {"face": 0.8}});
     store.set_policy("dialogue", &policy).await.unwrap();
@@ -133,10 +162,8 @@ async fn a_policy_round_trips_and_setting_it_again_replaces_it() {
     );
 }
 
-#[tokio::test]
-async fn reopening_the_same_file_keeps_the_data_and_runs_the_migrations_once() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once(db: &TestDb) {
+    let store = db.open().await;
     store
         .set_policy("dialogue", &json!({"max_attempts": 3}))
         .await
@@ -145,10 +172,9 @@ async fn reopening_the_same_file_keeps_the_data_and_runs_the_migrations_once() {
     store.reserve(&key("r1", 1), "p1", 100).await.unwrap();
     store.close().await;
     drop(store);
-    // Reopen through the other accepted spellings of the location.
-    let bare = db_path(&dir).display().to_string();
-    for url in [bare.clone(), format!("sqlite:{bare}")] {
-        let store = SqlStore::connect(&url).await.unwrap();
+    // Reopen through every accepted spelling of the location.
+    for url in db.urls() {
+        let store = db.open_url(&url).await;
         assert_eq!(
             store.policy("dialogue").await.unwrap(),
             Some(json!({"max_attempts": 3}))
@@ -160,6 +186,47 @@ async fn reopening_the_same_file_keeps_the_data_and_runs_the_migrations_once() {
         );
         store.close().await;
     }
+}
+
+async fn connect_any_picks_the_backend_from_the_url(db: &TestDb) {
+    for url in db.urls() {
+        let store = connect_any(&url).await.unwrap();
+        let expected = match db {
+            TestDb::Sqlite(_) => "SqlStore",
+            TestDb::Postgres { .. } => "PgStore",
+        };
+        assert!(
+            format!("{store:?}").starts_with(expected),
+            "{url}: {store:?}"
+        );
+        // The same database as the concrete store's, through the trait object.
+        store
+            .set_policy("dialogue", &json!({"max_attempts": 2}))
+            .await
+            .unwrap();
+        let direct = db.open_url(&url).await;
+        assert_eq!(
+            direct.policy("dialogue").await.unwrap(),
+            Some(json!({"max_attempts": 2}))
+        );
+        direct.close().await;
+        // Each port is one upcast away, as `RetryActivities::new` takes them.
+        let _ports: (
+            Arc<dyn PolicyStore>,
+            Arc<dyn BudgetLedger>,
+            Arc<dyn AttemptStore>,
+        ) = (store.clone(), store.clone(), store);
+    }
+    for url in ["mysql://localhost/retake", "file:///tmp/retake.db"] {
+        let err = connect_any(url).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{url}: {err:?}");
+    }
+}
+
+store_tests! {
+    #[tokio::test] a_policy_round_trips_and_setting_it_again_replaces_it,
+    #[tokio::test] reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once,
+    #[tokio::test] connect_any_picks_the_backend_from_the_url,
 }
 
 #[tokio::test]

@@ -2,8 +2,8 @@
 
 use super::server::{DevServer, dev_server};
 use retake::{connect, retries, worker};
+use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
-use retake_activities::store::SqlStore;
 use retake_domain::SegmentId;
 use retake_domain::contract::RetryResult;
 use retake_domain::status::Status;
@@ -20,8 +20,8 @@ pub const TEST_GPU_MS: u64 = 20;
 pub struct TestApp {
     pub client: Client,
     pub task_queue: String,
-    /// The test's own connection to the SQLite file the worker writes.
-    pub store: SqlStore,
+    /// The test's own connection to the database the worker writes.
+    pub store: Arc<dyn Store>,
     pub db_url: String,
     /// Prefix that makes this test's segment ids (and so workflow ids) unique on the shared server.
     pub tag: String,
@@ -46,7 +46,7 @@ impl WorkerThread {
                 .build()?;
             rt.block_on(async move {
                 let client = connect::temporal(Some(&address)).await?;
-                let store = Arc::new(connect::store(&db_url).await?);
+                let store = connect::store(&db_url).await?;
                 let activities = worker::simulator_activities(store, sim);
                 worker::run(client, &task_queue, activities, async {
                     let _ = stopped.await;
@@ -96,18 +96,24 @@ pub async fn spawn_bare_app() -> TestApp {
 
 /// A test app without an in-process worker on another server (e.g. an [`OwnedServer`]).
 pub async fn spawn_bare_app_on(server: &DevServer) -> TestApp {
-    spawn_on(server, None).await
+    spawn_on(server, None, None).await
+}
+
+/// A test app whose store is the database at `db_url` (e.g. a fresh Postgres database).
+pub async fn spawn_app_with_store(db_url: String, sim: Simulator) -> TestApp {
+    spawn_on(dev_server(), Some(sim), Some(db_url)).await
 }
 
 async fn spawn(sim: Option<Simulator>) -> TestApp {
-    spawn_on(dev_server(), sim).await
+    spawn_on(dev_server(), sim, None).await
 }
 
-async fn spawn_on(server: &DevServer, sim: Option<Simulator>) -> TestApp {
+async fn spawn_on(server: &DevServer, sim: Option<Simulator>, db_url: Option<String>) -> TestApp {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tag = format!("t{}x{n}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
-    let db_url = format!("sqlite://{}", dir.path().join("retake.db").display());
+    let db_url =
+        db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("retake.db").display()));
     let task_queue = format!("segment-retry-{tag}");
     let store = connect::store(&db_url).await.expect("store");
     let client = connect::temporal(Some(&server.address))

@@ -6,7 +6,9 @@ mod crash;
 mod server;
 mod sim;
 
-pub use app::{TestApp, spawn_app, spawn_app_with, spawn_bare_app, spawn_bare_app_on};
+pub use app::{
+    TestApp, spawn_app, spawn_app_with, spawn_app_with_store, spawn_bare_app, spawn_bare_app_on,
+};
 pub use crash::{WorkerProcess, wait_for_activity};
 pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, request};

@@ -3,7 +3,7 @@
 use crate::cli::{Global, Output};
 use crate::connect;
 use clap::Subcommand;
-use retake_activities::ports::{Budget, BudgetLedger};
+use retake_activities::ports::Budget;
 use retake_domain::ProjectId;
 
 #[derive(Debug, Subcommand)]

@@ -7,13 +7,11 @@ use anyhow::Context;
 use clap::Args;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use retake_activities::ports::PolicyStore;
 use retake_activities::sim::Simulator;
 use retake_domain::contract::{Outcome, Params, QaScores, RetryResult};
 use retake_domain::select::gate;
 use retake_domain::{RetryPolicy, SceneType};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Args)]
@@ -98,7 +96,7 @@ impl Totals {
 pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
     let scene = SceneType::parse(&args.scene_type)?;
     retake_domain::ProjectId::parse(&args.project)?;
-    let store = Arc::new(connect::store(&g.database_url).await?);
+    let store = connect::store(&g.database_url).await?;
     let policy = match store.policy(scene.as_str()).await? {
         Some(p) => RetryPolicy::resolve(Some(&p), None)?,
         None => {

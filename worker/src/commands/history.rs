@@ -3,7 +3,6 @@
 use crate::cli::{Global, Output};
 use crate::connect;
 use clap::Args;
-use retake_activities::ports::AttemptStore;
 use serde_json::json;
 
 #[derive(Debug, Args)]

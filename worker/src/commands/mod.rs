@@ -34,7 +34,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
-    let store = Arc::new(connect::store(&g.database_url).await?);
+    let store = connect::store(&g.database_url).await?;
     let activities = worker::simulator_activities(
         store.clone(),
         Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms),
@@ -62,7 +62,7 @@ pub(crate) async fn sweep_reservations(g: &Global, args: SweepArgs) -> anyhow::R
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
     let store = connect::store(&g.database_url).await?;
     let min_age = std::time::Duration::from_secs(args.older_than_secs);
-    let swept = sweep::sweep(&client, &store, min_age).await?;
+    let swept = sweep::sweep(&client, store.as_ref(), min_age).await?;
     println!(
         "checked {} held reservations older than {} s; released {} whose workflow is no longer running",
         swept.checked, args.older_than_secs, swept.released
@@ -76,7 +76,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     )?;
     let tokens = retake_api::Tokens::parse(&spec)?;
     let temporal = connect::temporal(g.temporal_address.as_deref()).await?;
-    let store = Arc::new(connect::store(&g.database_url).await?);
+    let store = connect::store(&g.database_url).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

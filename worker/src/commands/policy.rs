@@ -4,7 +4,6 @@ use crate::cli::{Global, Output, read_input};
 use crate::connect;
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use retake_activities::ports::PolicyStore;
 use retake_domain::{RetryPolicy, SceneType, Selection};
 use serde_json::{Map, Value, json};
 use std::path::PathBuf;

@@ -2,10 +2,8 @@
 
 use super::*;
 
-#[tokio::test]
-async fn recording_an_attempt_twice_keeps_one_row_with_the_latest_data() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn recording_an_attempt_twice_keeps_one_row_with_the_latest_data(db: &TestDb) {
+    let store = db.open().await;
     store
         .record_attempt(&record_attempt("r1", record(1, 0.4)))
         .await
@@ -35,10 +33,8 @@ async fn recording_an_attempt_twice_keeps_one_row_with_the_latest_data() {
     );
 }
 
-#[tokio::test]
-async fn an_attempt_round_trips_with_every_field() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn an_attempt_round_trips_with_every_field(db: &TestDb) {
+    let store = db.open().await;
     let mut rec = record(2, 0.5);
     rec.seed = (1 << 62) + 7;
     rec.jitter =
@@ -67,10 +63,8 @@ async fn an_attempt_round_trips_with_every_field() {
     assert_eq!(row.created_at.len(), "2025-01-01T00:00:00.000Z".len());
 }
 
-#[tokio::test]
-async fn out_of_range_numbers_are_invalid_instead_of_panicking() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn out_of_range_numbers_are_invalid_instead_of_panicking(db: &TestDb) {
+    let store = db.open().await;
     let mut rec = record(1, 0.5);
     rec.seed = u64::MAX;
     let err = store
@@ -87,24 +81,18 @@ async fn out_of_range_numbers_are_invalid_instead_of_panicking() {
         .record_attempt(&record_attempt("r1", record(1, 0.5)))
         .await
         .unwrap();
-    sqlx::query("UPDATE retry_attempts SET seed = -1")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    store.execute("UPDATE retry_attempts SET seed = -1").await;
     let err = store.attempts("5").await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
-    sqlx::query("UPDATE retry_attempts SET seed = 1, params = 'not json'")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    store
+        .execute("UPDATE retry_attempts SET seed = 1, params = 'not json'")
+        .await;
     let err = store.attempts("5").await.unwrap_err();
     assert!(matches!(err, StoreError::Invalid(_)), "{err:?}");
 }
 
-#[tokio::test]
-async fn recording_an_outcome_marks_exactly_the_selected_attempt() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn recording_an_outcome_marks_exactly_the_selected_attempt(db: &TestDb) {
+    let store = db.open().await;
     let attempts = vec![record(1, 0.4), record(2, 0.85), record(3, 0.9)];
     for rec in &attempts {
         store
@@ -143,10 +131,8 @@ async fn recording_an_outcome_marks_exactly_the_selected_attempt() {
     );
 }
 
-#[tokio::test]
-async fn an_escalated_outcome_awaits_review_and_selects_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn an_escalated_outcome_awaits_review_and_selects_nothing(db: &TestDb) {
+    let store = db.open().await;
     let attempts = vec![record(1, 0.4), record(2, 0.5)];
     for rec in &attempts {
         store
@@ -189,10 +175,8 @@ async fn an_escalated_outcome_awaits_review_and_selects_nothing() {
     );
 }
 
-#[tokio::test]
-async fn recording_an_outcome_fills_in_attempts_whose_record_was_lost() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn recording_an_outcome_fills_in_attempts_whose_record_was_lost(db: &TestDb) {
+    let store = db.open().await;
     let recorded = record(1, 0.4);
     store
         .record_attempt(&record_attempt("r1", recorded.clone()))
@@ -214,10 +198,8 @@ async fn recording_an_outcome_fills_in_attempts_whose_record_was_lost() {
     );
 }
 
-#[tokio::test]
-async fn attempts_come_oldest_run_first_then_by_attempt_number() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn attempts_come_oldest_run_first_then_by_attempt_number(db: &TestDb) {
+    let store = db.open().await;
     // Run "b" starts first; attempts are recorded out of order.
     for (run, attempt) in [("b", 2), ("b", 1), ("a", 1), ("b", 3), ("a", 2)] {
         store
@@ -238,4 +220,14 @@ async fn attempts_come_oldest_run_first_then_by_attempt_number() {
         .collect();
     assert_eq!(order, expected);
     assert!(store.attempts("6").await.unwrap().is_empty());
+}
+
+store_tests! {
+    #[tokio::test] recording_an_attempt_twice_keeps_one_row_with_the_latest_data,
+    #[tokio::test] an_attempt_round_trips_with_every_field,
+    #[tokio::test] out_of_range_numbers_are_invalid_instead_of_panicking,
+    #[tokio::test] recording_an_outcome_marks_exactly_the_selected_attempt,
+    #[tokio::test] an_escalated_outcome_awaits_review_and_selects_nothing,
+    #[tokio::test] recording_an_outcome_fills_in_attempts_whose_record_was_lost,
+    #[tokio::test] attempts_come_oldest_run_first_then_by_attempt_number,
 }

@@ -2,10 +2,8 @@
 
 use super::*;
 
-#[tokio::test]
-async fn a_reservation_within_the_limit_is_granted_and_held() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn a_reservation_within_the_limit_is_granted_and_held(db: &TestDb) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     let answer = store.reserve(&key("r1", 1), "p1", 400).await.unwrap();
     assert_eq!(answer, Reservation::Granted { gpu_ms: 400 });
@@ -16,10 +14,10 @@ async fn a_reservation_within_the_limit_is_granted_and_held() {
     );
 }
 
-#[tokio::test]
-async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal(
+    db: &TestDb,
+) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     store.reserve(&key("r1", 1), "p1", 700).await.unwrap();
     let refused = Reservation::Refused {
@@ -48,10 +46,8 @@ async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_
     assert_eq!((b.reserved_ms, b.spent_ms), (1100, 0));
 }
 
-#[tokio::test]
-async fn a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked(db: &TestDb) {
+    let store = db.open().await;
     assert_eq!(store.budget("p9").await.unwrap(), None);
     let answer = store
         .reserve(&key("r1", 1), "p9", u64::from(u32::MAX))
@@ -73,10 +69,8 @@ async fn a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked() {
     assert_eq!(budget(&store, "p9").await, expected);
 }
 
-#[tokio::test]
-async fn a_second_reservation_for_the_same_attempt_changes_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn a_second_reservation_for_the_same_attempt_changes_nothing(db: &TestDb) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     let first = store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
     // A different amount on the retry does not matter: the first answer stands.
@@ -90,10 +84,8 @@ async fn a_second_reservation_for_the_same_attempt_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn settling_moves_the_reservation_to_spent_once_even_if_called_twice() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn settling_moves_the_reservation_to_spent_once_even_if_called_twice(db: &TestDb) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     store.reserve(&key("r1", 1), "p1", 500).await.unwrap();
     store.reserve(&key("r1", 2), "p1", 200).await.unwrap();
@@ -105,18 +97,14 @@ async fn settling_moves_the_reservation_to_spent_once_even_if_called_twice() {
     // A settled reservation cannot be released any more.
     store.release(&key("r1", 1)).await.unwrap();
     assert_eq!(budget(&store, "p1").await, b);
-    let status: String =
-        sqlx::query_scalar("SELECT status FROM budget_reservations WHERE attempt = 1")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+    let status = store
+        .text("SELECT status FROM budget_reservations WHERE attempt = 1")
+        .await;
     assert_eq!(status, "settled");
 }
 
-#[tokio::test]
-async fn releasing_gives_the_reservation_back_once() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn releasing_gives_the_reservation_back_once(db: &TestDb) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     store.reserve(&key("r1", 1), "p1", 600).await.unwrap();
     store.reserve(&key("r1", 2), "p1", 300).await.unwrap();
@@ -131,10 +119,8 @@ async fn releasing_gives_the_reservation_back_once() {
     assert_eq!(answer, Reservation::Granted { gpu_ms: 700 });
 }
 
-#[tokio::test]
-async fn settling_or_releasing_an_attempt_without_a_reservation_does_nothing() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn settling_or_releasing_an_attempt_without_a_reservation_does_nothing(db: &TestDb) {
+    let store = db.open().await;
     store.settle(&key("r1", 1), 100).await.unwrap();
     store.release(&key("r1", 2)).await.unwrap();
     assert_eq!(
@@ -147,10 +133,8 @@ async fn settling_or_releasing_an_attempt_without_a_reservation_does_nothing() {
     );
 }
 
-#[tokio::test]
-async fn setting_a_limit_keeps_reserved_and_spent_time() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn setting_a_limit_keeps_reserved_and_spent_time(db: &TestDb) {
+    let store = db.open().await;
     store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
     store.reserve(&key("r1", 2), "p1", 200).await.unwrap();
     store.settle(&key("r1", 2), 250).await.unwrap();
@@ -175,12 +159,10 @@ async fn setting_a_limit_keeps_reserved_and_spent_time() {
     assert_eq!((b.limit_ms, b.reserved_ms, b.spent_ms), (None, 300, 250));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn forty_concurrent_reservations_from_two_stores_never_exceed_the_limit() {
-    let dir = TempDir::new().unwrap();
-    let first = open(&dir).await;
-    // A second pool on the same file stands in for another worker process.
-    let second = open(&dir).await;
+async fn forty_concurrent_reservations_from_two_stores_never_exceed_the_limit(db: &TestDb) {
+    let first = db.open().await;
+    // A second pool on the same database stands in for another worker process.
+    let second = db.open().await;
     first.set_limit("p1", Some(1000)).await.unwrap();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
@@ -239,10 +221,8 @@ async fn forty_concurrent_reservations_from_two_stores_never_exceed_the_limit() 
     );
 }
 
-#[tokio::test]
-async fn recording_a_runs_outcome_releases_a_reservation_it_abandoned() {
-    let dir = TempDir::new().unwrap();
-    let store = open(&dir).await;
+async fn recording_a_runs_outcome_releases_a_reservation_it_abandoned(db: &TestDb) {
+    let store = db.open().await;
     store.set_limit("p1", Some(1000)).await.unwrap();
     // Attempt 1 of run r1 reserved and was never settled (e.g. its workflow was cut short);
     // another run's reservation must stay.
@@ -259,4 +239,101 @@ async fn recording_a_runs_outcome_releases_a_reservation_it_abandoned() {
     // Settling the released reservation later changes nothing.
     store.settle(&key("r1", 1), 300).await.unwrap();
     assert_eq!(budget(&store, "p1").await.spent_ms, 0);
+}
+
+/// Twenty calls for one attempt key at once, from two stores, and then ten settles at once.
+async fn concurrent_calls_for_the_same_attempt_reserve_and_settle_once(db: &TestDb) {
+    let first = db.open().await;
+    let second = db.open().await;
+    first.set_limit("p1", Some(1000)).await.unwrap();
+    let reserves: Vec<_> = (0..20)
+        .map(|i| {
+            let store = if i % 2 == 0 { &first } else { &second }.clone();
+            tokio::spawn(async move { store.reserve(&key("r1", 1), "p1", 300).await })
+        })
+        .collect();
+    for task in reserves {
+        let answer = task.await.unwrap().unwrap();
+        assert_eq!(answer, Reservation::Granted { gpu_ms: 300 });
+    }
+    assert_eq!(budget(&first, "p1").await.reserved_ms, 300);
+    assert_eq!(
+        count(&first, "SELECT COUNT(*) FROM budget_reservations").await,
+        1
+    );
+    let settles: Vec<_> = (0..10)
+        .map(|i| {
+            let store = if i % 2 == 0 { &first } else { &second }.clone();
+            tokio::spawn(async move { store.settle(&key("r1", 1), 250).await })
+        })
+        .collect();
+    for task in settles {
+        task.await.unwrap().unwrap();
+    }
+    let b = budget(&first, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 250));
+}
+
+/// A run's outcome (which releases what the run still holds) racing the settle of its attempt:
+/// the reservation is taken off the project's reserved time exactly once, either way.
+async fn an_outcome_racing_a_settle_takes_the_reservation_off_once(db: &TestDb) {
+    let first = db.open().await;
+    let second = db.open().await;
+    let runs: Vec<String> = (1..=20).map(|i| format!("r{i}")).collect();
+    for run in &runs {
+        first.reserve(&key(run, 1), "p1", 100).await.unwrap();
+    }
+    let mut tasks = Vec::new();
+    for run in &runs {
+        let (store, settled_run) = (first.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            store.settle(&key(&settled_run, 1), 60).await
+        }));
+        let (store, run) = (second.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            store
+                .record_outcome(&outcome(
+                    &run,
+                    Outcome::Passed,
+                    Some(1),
+                    vec![record(1, 0.9)],
+                ))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let settled = count(
+        &first,
+        "SELECT COUNT(*) FROM budget_reservations WHERE status = 'settled'",
+    )
+    .await;
+    let released = count(
+        &first,
+        "SELECT COUNT(*) FROM budget_reservations WHERE status = 'released'",
+    )
+    .await;
+    assert_eq!(settled + released, 20);
+    let b = budget(&first, "p1").await;
+    let settled = u64::try_from(settled).unwrap();
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 60 * settled));
+}
+
+store_tests! {
+    #[tokio::test] a_reservation_within_the_limit_is_granted_and_held,
+    #[tokio::test] a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal,
+    #[tokio::test] a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked,
+    #[tokio::test] a_second_reservation_for_the_same_attempt_changes_nothing,
+    #[tokio::test] settling_moves_the_reservation_to_spent_once_even_if_called_twice,
+    #[tokio::test] releasing_gives_the_reservation_back_once,
+    #[tokio::test] settling_or_releasing_an_attempt_without_a_reservation_does_nothing,
+    #[tokio::test] setting_a_limit_keeps_reserved_and_spent_time,
+    #[tokio::test] recording_a_runs_outcome_releases_a_reservation_it_abandoned,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    forty_concurrent_reservations_from_two_stores_never_exceed_the_limit,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    concurrent_calls_for_the_same_attempt_reserve_and_settle_once,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    an_outcome_racing_a_settle_takes_the_reservation_off_once,
 }

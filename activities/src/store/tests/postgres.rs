@@ -1,0 +1,80 @@
+//! Postgres only: what has no SQLite counterpart among the shared tests.
+
+use super::harness::with_database;
+use super::*;
+use crate::store::map_sqlx;
+
+#[tokio::test]
+async fn pg_store_refuses_urls_of_other_databases() {
+    for url in [
+        "sqlite://retake.db",
+        "retake.db",
+        "mysql://localhost/retake",
+    ] {
+        let err = PgStore::connect(url).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{url}: {err:?}");
+    }
+}
+
+/// Errors raised with a given SQLSTATE: those about reaching the database, lock waits,
+/// serialization failures and deadlocks are `Unavailable` (retried), the rest `Invalid`.
+#[tokio::test]
+async fn postgres_error_codes_map_to_unavailable_or_invalid() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        let AnyStore::Postgres(store) = db.open().await else {
+            unreachable!("a Postgres TestDb opens a PgStore");
+        };
+        // Lock waits end (as Unavailable) instead of hanging.
+        let lock_timeout = AnyStore::Postgres(store.clone())
+            .text("SHOW lock_timeout")
+            .await;
+        assert_eq!(lock_timeout, "10s");
+        let cases = [
+            ("40001", true),
+            ("40P01", true),
+            ("55P03", true),
+            ("57014", true),
+            ("08006", true),
+            ("53300", true),
+            ("57P01", true),
+            ("23505", false),
+            ("22P02", false),
+            ("42601", false),
+        ];
+        for (code, unavailable) in cases {
+            let sql =
+                format!("DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$");
+            let err = sqlx::query(&sql).execute(store.pool()).await.unwrap_err();
+            let mapped = map_sqlx(err);
+            assert_eq!(
+                matches!(mapped, StoreError::Unavailable(_)),
+                unavailable,
+                "{code}: {mapped:?}"
+            );
+        }
+        store.close().await;
+    }))
+    .await;
+    db.finish(result).await;
+}
+
+#[test]
+fn the_test_database_url_keeps_the_server_and_the_parameters() {
+    let url = |u: &str| with_database(u, "retake_t_1");
+    assert_eq!(
+        url("postgres://postgres@127.0.0.1:5432/postgres").as_deref(),
+        Some("postgres://postgres@127.0.0.1:5432/retake_t_1")
+    );
+    assert_eq!(
+        url("postgresql://u:p@db/x?sslmode=disable").as_deref(),
+        Some("postgresql://u:p@db/retake_t_1?sslmode=disable")
+    );
+    assert_eq!(
+        url("postgres://localhost").as_deref(),
+        Some("postgres://localhost/retake_t_1")
+    );
+    assert_eq!(url("retake.db"), None);
+}
