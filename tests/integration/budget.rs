@@ -92,7 +92,7 @@ async fn a_project_without_a_budget_is_not_limited_but_its_gpu_time_is_tracked()
 async fn reservations_from_three_worker_processes_never_exceed_the_limit() {
     use crate::harness::{WorkerProcess, spawn_bare_app};
     let app = spawn_bare_app().await;
-    let _workers: Vec<_> = (0..3).map(|_| WorkerProcess::spawn(&app, 100, 0)).collect();
+    let _workers: Vec<_> = (0..3).map(|_| WorkerProcess::spawn(&app, 500, 0)).collect();
     let project = format!("{}-hammer", app.tag);
     app.store.set_limit(&project, Some(5000)).await.unwrap();
     // Each attempt reserves 1000 ms, so at most five attempts may hold a reservation at once.

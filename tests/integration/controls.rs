@@ -119,7 +119,7 @@ async fn aborting_during_generation_cancels_the_attempt_and_releases_its_reserva
 
 #[tokio::test]
 async fn escalating_stops_retrying_and_accepting_an_attempt_in_review_selects_it() {
-    let app = spawn_app_with(Simulator::new(1500)).await;
+    let app = spawn_app_with(Simulator::new(4000)).await;
     let policy = json!({"enabled": true, "review_window_secs": 3600});
     let segment = failing(&app, "esc", &policy);
     let handle = app.start(request(&segment, "p1", Some(policy))).await;
