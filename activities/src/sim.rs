@@ -146,7 +146,7 @@ impl QaScorer for Simulator {
         }
         Ok(Scored {
             scores: Self::scores(&req.segment_id, req.seed, &req.params),
-            failures: vec![],
+            ..Default::default()
         })
     }
 }
@@ -207,6 +207,7 @@ mod tests {
                 let qa = QaScores {
                     scores: Simulator::scores(&seg, s, &params(s)),
                     failures: vec![],
+                    ..Default::default()
                 };
                 gate(&policy, &qa).is_empty()
             });

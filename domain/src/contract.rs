@@ -4,6 +4,8 @@
 use crate::error::{Errors, ValidationError};
 use crate::ids::{ProjectId, SceneType, SegmentId};
 use crate::jitter::ParamChange;
+use crate::quality::CategoryScore;
+use crate::strategy::Strategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -64,6 +66,14 @@ pub struct FailedQa {
     pub scores: Scores,
     #[serde(default, deserialize_with = "null_as_default")]
     pub failures: Vec<String>,
+    /// Scores by category with feedback (text and LLM-judge scorers); each category also counts
+    /// as a metric of its own (see `quality::normalise`).
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub breakdown: Vec<CategoryScore>,
 }
 
 /// What a scorer says about one output: scores by metric, plus failure kinds it found on its own
@@ -174,6 +184,7 @@ fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa>
     };
     let before = errs.len();
     check_scores("failed_qa.scores", &qa.scores, errs);
+    check_breakdown("failed_qa.breakdown", &qa.breakdown, errs);
     (errs.len() == before).then_some(qa)
 }
 
@@ -187,6 +198,37 @@ pub(crate) fn check_scores(field: &str, scores: &Scores, errs: &mut Errors) {
             );
         }
     }
+}
+
+/// Categories must be named like metrics and score within 0..=1.
+pub(crate) fn check_breakdown(field: &str, breakdown: &[CategoryScore], errs: &mut Errors) {
+    for (i, c) in breakdown.iter().enumerate() {
+        let valid_name = !c.category.is_empty()
+            && c.category.len() <= 64
+            && c.category
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !valid_name {
+            errs.push(
+                format!("{field}[{i}].category"),
+                format!("must be letters, digits and _, got {:?}", c.category),
+            );
+        }
+        if !(c.score.is_finite() && (0.0..=1.0).contains(&c.score)) {
+            errs.push(
+                format!("{field}[{i}].score"),
+                format!("must be within 0..=1, got {}", c.score),
+            );
+        }
+    }
+}
+
+/// Check a scorer's answer: scores and breakdown within range, names valid.
+pub fn validate_scores(qa: &QaScores) -> Result<(), ValidationError> {
+    let mut errs = Errors::default();
+    check_scores("scores", &qa.scores, &mut errs);
+    check_breakdown("breakdown", &qa.breakdown, &mut errs);
+    errs.finish(())
 }
 
 /// How a retry workflow ended.
@@ -268,6 +310,23 @@ pub struct AttemptRecord {
     /// What failed, for status `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The ladder's strategy for this attempt (absent for runs started before the ladder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// The prompt sent to the generator (text strategies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Which draft the attempt revised: 0 for the failed generation the retry started from, else
+    /// an earlier attempt (text strategies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revises: Option<u32>,
+    /// The scorer's breakdown by category, with feedback.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub breakdown: Vec<CategoryScore>,
 }
 
 /// The workflow result.

@@ -9,13 +9,17 @@ pub mod contract;
 pub mod error;
 pub mod ids;
 pub mod jitter;
+pub mod ladder;
 pub mod plan;
 pub mod policy;
+pub mod prompt;
+pub mod quality;
 pub mod report;
 pub mod review;
 pub mod seed;
 pub mod select;
 pub mod status;
+pub mod strategy;
 
 pub use contract::{
     AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,

@@ -10,6 +10,7 @@ use crate::report;
 use crate::review::CreatorEvent;
 use crate::seed;
 use crate::select::{gate, select};
+use crate::strategy::Strategy;
 
 /// Why retrying is not even started, or `Ok(())` to start.
 pub fn should_retry(policy: &RetryPolicy, failed: &FailedQa) -> Result<(), String> {
@@ -38,6 +39,14 @@ pub struct AttemptPlan {
     pub params: Params,
     pub original_params: Params,
     pub jitter: Vec<ParamChange>,
+    /// The ladder's strategy (`None` on the pre-ladder path of runs started before it).
+    pub strategy: Option<Strategy>,
+    /// The prompt of a text strategy.
+    pub prompt: Option<String>,
+    /// The draft a text strategy revises: 0 = the failed generation, k = attempt k.
+    pub revises: Option<u32>,
+    /// Where that draft is.
+    pub revise_uri: Option<String>,
 }
 
 /// Seed and parameters of attempt `attempt` (1-based).
@@ -55,6 +64,10 @@ pub fn plan_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> A
         params,
         original_params: req.params.clone(),
         jitter,
+        strategy: None,
+        prompt: None,
+        revises: None,
+        revise_uri: None,
     }
 }
 
@@ -67,8 +80,12 @@ impl AttemptPlan {
         gpu_ms: u64,
         output_uri: Option<String>,
     ) -> AttemptRecord {
+        let mut qa = crate::quality::normalise(qa);
         let failures = gate(policy, &qa);
-        self.record(qa.scores, failures, gpu_ms, output_uri, None)
+        let breakdown = std::mem::take(&mut qa.breakdown);
+        let mut r = self.record(qa.scores, failures, gpu_ms, output_uri, None);
+        r.breakdown = breakdown;
+        r
     }
 
     /// The record of an attempt whose generation or scoring failed for good.
@@ -115,6 +132,10 @@ impl AttemptPlan {
             status,
             output_uri,
             error,
+            strategy: self.strategy,
+            prompt: self.prompt,
+            revises: self.revises,
+            breakdown: vec![],
         }
     }
 }
@@ -134,6 +155,9 @@ pub enum Stop {
     Aborted { by: String, reason: String },
     /// A creator escalated to human review before the attempts ran out.
     Escalated { by: String, reason: String },
+    /// The ladder reached `user_intervention` (or its attempts ran out) before attempt `attempt`:
+    /// escalated with `message` (the rendered user-intervention template).
+    UserIntervention { attempt: u32, message: String },
 }
 
 /// After the attempts so far: the next attempt number, or why to stop. `round_start` is the
@@ -209,6 +233,7 @@ pub fn conclude(
             Outcome::Escalated,
             format!("escalated by {by}: {reason}; flagged for human review"),
         ),
+        (Stop::UserIntervention { message, .. }, None) => (Outcome::Escalated, message.clone()),
         (Stop::NotRetryable { attempt, failures }, None) => (
             Outcome::Escalated,
             format!(
@@ -310,6 +335,7 @@ mod tests {
         let qa = QaScores {
             scores: Scores::from([("face".into(), face), ("motion".into(), motion)]),
             failures: vec![],
+            ..Default::default()
         };
         plan_attempt(&request(), policy, k).scored(policy, qa, 100, None)
     }
@@ -325,6 +351,7 @@ mod tests {
         let failed = FailedQa {
             scores: Scores::new(),
             failures: vec!["motion_score".into()],
+            ..Default::default()
         };
         let why = should_retry(&enabled(), &failed).unwrap_err();
         assert!(why.contains("motion_score"), "{why}");

@@ -4,6 +4,7 @@
 //! policy and no override is never retried.
 
 use crate::error::{Errors, ValidationError};
+use crate::strategy::{Language, Profile, Strategy};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -83,6 +84,17 @@ pub struct RetryPolicy {
     /// with outcome `escalated` (the review stays pending in the store). 0 ends at once, at most
     /// 30 days. Default: 86400 (one day).
     pub review_window_secs: u64,
+    /// Which defaults the other fields start from: `media` (default) or `text`.
+    pub profile: Profile,
+    /// Strategy of each attempt, by attempt number; the last rung repeats. `user_intervention`
+    /// stops and escalates. Default: the profile's ladder (media: reseed → reseed_jitter; text:
+    /// revise → revise_with_feedback → partial_rewrite → user_intervention).
+    pub ladder: Vec<Strategy>,
+    /// Language of prompts and of the user-intervention message. Default: `en` (media), `ko`
+    /// (text).
+    pub language: Language,
+    /// Prompt templates by strategy, replacing the built-in ones (see `prompt::PLACEHOLDERS`).
+    pub prompts: BTreeMap<Strategy, String>,
 }
 
 impl Default for RetryPolicy {
@@ -129,9 +141,55 @@ impl Default for RetryPolicy {
             est_gpu_ms_per_attempt: 60_000,
             seed_bits: 53,
             review_window_secs: 86_400,
+            profile: Profile::Media,
+            ladder: Profile::Media.ladder(),
+            language: Language::En,
+            prompts: BTreeMap::new(),
         }
     }
 }
+
+impl RetryPolicy {
+    /// The defaults of a profile (`media` is [`RetryPolicy::default`]).
+    pub fn for_profile(profile: Profile) -> Self {
+        match profile {
+            Profile::Media => Self::default(),
+            Profile::Text => Self {
+                retry_on: BTreeSet::from([BELOW_THRESHOLD.to_owned()]),
+                thresholds: BTreeMap::from([(
+                    crate::quality::OVERALL.to_owned(),
+                    Threshold {
+                        min: 0.75,
+                        failure: BELOW_THRESHOLD.to_owned(),
+                    },
+                )]),
+                vary: BTreeMap::new(),
+                est_gpu_ms_per_attempt: 30_000,
+                profile,
+                ladder: profile.ladder(),
+                language: profile.language(),
+                ..Self::default()
+            },
+        }
+    }
+
+    /// The pass threshold in words: `75` when the policy thresholds `overall`, else every
+    /// threshold (`face 60, motion 50`), on the 0-100 scale.
+    pub fn threshold_words(&self) -> String {
+        if let Some(t) = self.thresholds.get(crate::quality::OVERALL) {
+            return crate::quality::percent(t.min).to_string();
+        }
+        let parts: Vec<String> = self
+            .thresholds
+            .iter()
+            .map(|(m, t)| format!("{m} {}", crate::quality::percent(t.min)))
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// Failure kind of the text profile's `overall` threshold.
+pub const BELOW_THRESHOLD: &str = "below_threshold";
 
 /// The failure kind a shorthand threshold (`"face": 0.6`) reports.
 pub fn default_failure_kind(metric: &str) -> String {
@@ -156,6 +214,10 @@ struct RawPolicy {
     est_gpu_ms_per_attempt: Option<u64>,
     seed_bits: Option<u32>,
     review_window_secs: Option<u64>,
+    profile: Option<Profile>,
+    ladder: Option<Vec<Strategy>>,
+    language: Option<Language>,
+    prompts: Option<BTreeMap<Strategy, String>>,
 }
 
 impl RetryPolicy {
@@ -172,7 +234,7 @@ impl RetryPolicy {
             let field = if path == "." { String::new() } else { path };
             ValidationError::single(field, e.inner().to_string())
         })?;
-        let d = Self::default();
+        let d = Self::for_profile(raw.profile.unwrap_or_default());
         let policy = Self {
             enabled: raw.enabled.unwrap_or(d.enabled),
             max_attempts: raw.max_attempts.unwrap_or(d.max_attempts),
@@ -201,6 +263,10 @@ impl RetryPolicy {
                 .unwrap_or(d.est_gpu_ms_per_attempt),
             seed_bits: raw.seed_bits.unwrap_or(d.seed_bits),
             review_window_secs: raw.review_window_secs.unwrap_or(d.review_window_secs),
+            profile: d.profile,
+            ladder: raw.ladder.unwrap_or(d.ladder),
+            language: raw.language.unwrap_or(d.language),
+            prompts: raw.prompts.unwrap_or(d.prompts),
         };
         policy.validate()
     }
@@ -212,9 +278,14 @@ impl RetryPolicy {
         stored: Option<&Value>,
         override_: Option<&Value>,
     ) -> Result<Self, ValidationError> {
-        let mut merged = stored
-            .cloned()
-            .unwrap_or_else(|| serde_json::to_value(Self::default()).unwrap_or(Value::Null));
+        // Without a stored policy the base is the defaults of the profile the override names.
+        let profile = override_
+            .and_then(|o| o.get("profile"))
+            .and_then(|p| serde_json::from_value::<Profile>(p.clone()).ok())
+            .unwrap_or_default();
+        let mut merged = stored.cloned().unwrap_or_else(|| {
+            serde_json::to_value(Self::for_profile(profile)).unwrap_or(Value::Null)
+        });
         if let Some(patch) = override_ {
             if !patch.is_object() {
                 return Err(ValidationError::single("policy", "must be a JSON object"));
@@ -305,6 +376,17 @@ impl RetryPolicy {
                     format!("{field}.min"),
                     format!("min {lo} is above max {hi}"),
                 );
+            }
+        }
+        if self.ladder.is_empty() {
+            errs.push("ladder", "must name at least one strategy");
+        }
+        for (strategy, template) in &self.prompts {
+            let field = format!("prompts.{strategy}");
+            if !(strategy.revises() || *strategy == Strategy::UserIntervention) {
+                errs.push(&field, "this strategy sends no prompt");
+            } else if let Err(e) = crate::prompt::check(template) {
+                errs.push(&field, e);
             }
         }
         errs.finish(self)
@@ -477,5 +559,44 @@ mod tests {
         };
         let back = RetryPolicy::parse(&serde_json::to_value(&p).unwrap()).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn the_text_profile_thresholds_overall_at_75_with_the_korean_ladder() {
+        let p = RetryPolicy::parse(&json!({"profile": "text"})).unwrap();
+        assert_eq!(p.thresholds["overall"].min, 0.75);
+        assert!(p.retry_on.contains(BELOW_THRESHOLD));
+        assert!(p.vary.is_empty());
+        assert_eq!(p.language, Language::Ko);
+        assert_eq!(p.ladder, Profile::Text.ladder());
+        assert_eq!(p.threshold_words(), "75");
+        assert_eq!(
+            RetryPolicy::default().threshold_words(),
+            "face 60, motion 50"
+        );
+    }
+
+    #[test]
+    fn an_override_naming_the_text_profile_starts_from_its_defaults() {
+        let p =
+            RetryPolicy::resolve(None, Some(&json!({"profile": "text", "enabled": true}))).unwrap();
+        assert!(p.enabled && p.thresholds.contains_key("overall"));
+        assert!(!p.thresholds.contains_key("face"));
+    }
+
+    #[test]
+    fn a_bad_prompt_template_and_an_empty_ladder_are_named() {
+        let err = RetryPolicy::parse(&json!({
+            "ladder": [], "prompts": {"revise": "{chapterr}", "reseed": "x"}
+        }))
+        .unwrap_err();
+        let fields: Vec<_> = err.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["ladder", "prompts.reseed", "prompts.revise"]);
+    }
+
+    #[test]
+    fn an_unknown_strategy_is_rejected_naming_the_ladder() {
+        let err = RetryPolicy::parse(&json!({"ladder": ["reseed", "pray"]})).unwrap_err();
+        assert!(err.first_field().starts_with("ladder"), "{err}");
     }
 }

@@ -98,9 +98,18 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
         shown
     };
     let verdict = if a.passed { "passed" } else { "failed" };
+    // The strategy is shown when the ladder chose one other than plain reseeding.
+    let how = match a.strategy {
+        Some(s) if s.revises() => format!(" [{s}]"),
+        _ => String::new(),
+    };
     if shown.is_empty() {
-        format!("{verdict} attempt {}", a.attempt)
+        format!("{verdict} attempt {}{how}", a.attempt)
     } else {
-        format!("{verdict} attempt {} ({})", a.attempt, shown.join(", "))
+        format!(
+            "{verdict} attempt {}{how} ({})",
+            a.attempt,
+            shown.join(", ")
+        )
     }
 }

@@ -68,6 +68,7 @@ mod tests {
             &QaScores {
                 scores: scores.clone(),
                 failures: vec![],
+                ..Default::default()
             },
         );
         let passed = failures.is_empty();
@@ -89,6 +90,10 @@ mod tests {
             },
             output_uri: None,
             error: None,
+            strategy: None,
+            prompt: None,
+            revises: None,
+            breakdown: vec![],
         }
     }
 
@@ -98,6 +103,7 @@ mod tests {
         let qa = QaScores {
             scores: Scores::from([("face".into(), 0.42), ("motion".into(), 0.81)]),
             failures: vec![],
+            ..Default::default()
         };
         assert_eq!(gate(&p, &qa), ["face_melt"]);
     }
@@ -108,6 +114,7 @@ mod tests {
         let qa = QaScores {
             scores: Scores::from([("face".into(), 0.9)]),
             failures: vec!["nsfw".into()],
+            ..Default::default()
         };
         assert_eq!(gate(&p, &qa), ["motion_score", "nsfw"]);
     }

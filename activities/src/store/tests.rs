@@ -91,6 +91,10 @@ fn record(attempt: u32, face: f64) -> AttemptRecord {
         },
         output_uri: Some(format!("s3://out/{attempt}.mp4")),
         error: None,
+        strategy: None,
+        prompt: None,
+        revises: None,
+        breakdown: vec![],
     }
 }
 
@@ -182,7 +186,7 @@ async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once
         assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-            1
+            2
         );
         store.close().await;
     }

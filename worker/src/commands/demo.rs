@@ -55,6 +55,7 @@ fn failed_segment(tag: &str, i: u32, project: &str, scene: &str, policy: &RetryP
             &QaScores {
                 scores: scores.clone(),
                 failures: vec![],
+                ..Default::default()
             },
         );
         if !failures.is_empty() || seed > u64::from(i) * 1000 + 999 {

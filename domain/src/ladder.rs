@@ -1,0 +1,191 @@
+//! Planning with the strategy ladder: which strategy attempt `k` uses, what it generates with
+//! (seed, jitter, the draft it revises and its prompt) and the user-intervention message that ends
+//! a ladder. Runs started before the ladder existed keep using [`plan::plan_attempt`].
+
+use crate::contract::{AttemptRecord, AttemptStatus, RetryRequest};
+use crate::jitter;
+use crate::plan::{self, AttemptPlan, Stop};
+use crate::policy::RetryPolicy;
+use crate::prompt::{self, PromptContext};
+use crate::quality::{self, CategoryScore};
+use crate::seed;
+use crate::select;
+use crate::strategy::{self, Strategy};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A draft a text strategy can revise: the failed generation (attempt 0) or a scored attempt.
+#[derive(Debug, Clone, PartialEq)]
+struct Draft<'a> {
+    attempt: u32,
+    quality: f64,
+    overall: Option<f64>,
+    breakdown: &'a [CategoryScore],
+    uri: Option<String>,
+}
+
+/// The next attempt and its plan, or why to stop: [`plan::next`] plus the ladder. Running out of
+/// attempts, or reaching a `user_intervention` rung, stops with [`Stop::UserIntervention`]. A
+/// round a reviewer started with `retry_with` (`round_start` > 0) climbs the ladder from its first
+/// rung again; seeds still follow the attempt number, so they never repeat.
+pub fn next(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    round_start: u32,
+) -> Result<AttemptPlan, Stop> {
+    let k = match plan::next(policy, attempts, round_start) {
+        Ok(k) => k,
+        Err(Stop::AttemptsUsed) => {
+            let k = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+            return Err(intervention(req, policy, attempts, k.saturating_add(1)));
+        }
+        Err(stop) => return Err(stop),
+    };
+    match strategy::rung(&policy.ladder, k - round_start.min(k - 1)) {
+        Strategy::UserIntervention => Err(intervention(req, policy, attempts, k)),
+        s => Ok(plan_attempt(req, policy, attempts, k, s)),
+    }
+}
+
+/// Seed, parameters and (for text strategies) the draft and prompt of attempt `k`.
+pub fn plan_attempt(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    k: u32,
+    strategy: Strategy,
+) -> AttemptPlan {
+    let seed = seed::attempt_seed(
+        req.segment_id.as_str(),
+        req.params.seed(),
+        k,
+        policy.seed_bits,
+    );
+    let no_jitter = BTreeMap::new();
+    let vary = if strategy.jitters() {
+        &policy.vary
+    } else {
+        &no_jitter
+    };
+    let (params, jitter) = jitter::apply(&req.params, vary, seed);
+    let mut plan = AttemptPlan {
+        attempt: k,
+        seed,
+        params,
+        original_params: req.params.clone(),
+        jitter,
+        strategy: Some(strategy),
+        prompt: None,
+        revises: None,
+        revise_uri: None,
+    };
+    if strategy.revises() {
+        let base = best_draft(req, policy, attempts);
+        let ctx = context(req, policy, attempts, k, &base);
+        plan.prompt = template(policy, strategy).map(|t| prompt::render(&t, policy.language, &ctx));
+        plan.revises = Some(base.attempt);
+        plan.revise_uri = base.uri;
+    }
+    plan
+}
+
+/// The escalation that ends the ladder before attempt `k`, with the user-intervention message.
+pub fn intervention(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    k: u32,
+) -> Stop {
+    let base = best_draft(req, policy, attempts);
+    let ctx = context(req, policy, attempts, k, &base);
+    let message = template(policy, Strategy::UserIntervention)
+        .map(|t| prompt::render(&t, policy.language, &ctx))
+        .unwrap_or_default();
+    Stop::UserIntervention {
+        attempt: k,
+        message,
+    }
+}
+
+fn template(policy: &RetryPolicy, strategy: Strategy) -> Option<String> {
+    policy.prompts.get(&strategy).cloned().or_else(|| {
+        prompt::default_template(policy.language, policy.profile, strategy).map(str::to_owned)
+    })
+}
+
+fn context(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+    k: u32,
+    base: &Draft<'_>,
+) -> PromptContext {
+    let chapter = match req.params.0.get("chapter") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => req.segment_id.to_string(),
+    };
+    let best_score = attempts
+        .iter()
+        .filter(|a| scored(a))
+        .filter_map(|a| quality::overall(&a.scores))
+        .max_by(f64::total_cmp)
+        .or(base.overall);
+    PromptContext {
+        chapter,
+        segment: req.segment_id.to_string(),
+        threshold: policy.threshold_words(),
+        score: base.overall,
+        breakdown: base.breakdown.to_vec(),
+        attempt: k,
+        attempts: u32::try_from(attempts.len()).unwrap_or(u32::MAX),
+        best_score,
+    }
+}
+
+fn scored(a: &AttemptRecord) -> bool {
+    matches!(a.status, AttemptStatus::Passed | AttemptStatus::Failed)
+}
+
+/// The best draft so far by the policy's quality measure, the later one on a tie (the most
+/// refined); the failed generation the retry started from counts as attempt 0, its output taken
+/// from `params.output_uri` when the pipeline gave one.
+fn best_draft<'a>(
+    req: &'a RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &'a [AttemptRecord],
+) -> Draft<'a> {
+    let original_scores = quality::normalise(req.failed_qa.clone()).scores;
+    let original = Draft {
+        attempt: 0,
+        quality: select::quality(policy, &original_scores),
+        overall: quality::overall(&original_scores),
+        breakdown: &req.failed_qa.breakdown,
+        uri: req
+            .params
+            .0
+            .get("output_uri")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    };
+    attempts
+        .iter()
+        .filter(|a| scored(a))
+        .map(|a| Draft {
+            attempt: a.attempt,
+            quality: select::quality(policy, &a.scores),
+            overall: quality::overall(&a.scores),
+            breakdown: &a.breakdown,
+            uri: a.output_uri.clone(),
+        })
+        .fold(
+            original,
+            |best, d| {
+                if d.quality >= best.quality { d } else { best }
+            },
+        )
+}
+
+#[cfg(test)]
+mod tests;
