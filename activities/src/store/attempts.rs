@@ -12,9 +12,10 @@ use sqlx::sqlite::SqliteRow;
 
 pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
      scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
-     failures, passed, status, gpu_ms, output_uri, error, selected, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, FALSE, \
-     $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
+     failures, passed, status, gpu_ms, output_uri, error, strategy, prompt, revises, breakdown, \
+     selected, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19, \
+     $20, $21, $22, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
 pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
@@ -22,7 +23,9 @@ pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segme
      params = excluded.params, original_params = excluded.original_params, \
      jitter = excluded.jitter, scores = excluded.scores, failures = excluded.failures, \
      passed = excluded.passed, status = excluded.status, gpu_ms = excluded.gpu_ms, \
-     output_uri = excluded.output_uri, error = excluded.error, updated_at = excluded.updated_at";
+     output_uri = excluded.output_uri, error = excluded.error, strategy = excluded.strategy, \
+     prompt = excluded.prompt, revises = excluded.revises, breakdown = excluded.breakdown, \
+     updated_at = excluded.updated_at";
 
 pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
 
@@ -31,8 +34,8 @@ pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
 /// attempt number.
 pub(super) const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
      a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
-     a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.selected, a.created_at, \
-     a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
+     a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.strategy, a.prompt, \
+     a.revises, a.breakdown, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
@@ -102,6 +105,10 @@ macro_rules! attempt_store {
                 .bind(rec.output_uri.as_deref())
                 .bind(rec.error.as_deref())
                 .bind(now)
+                .bind(rec.strategy.map(|s| s.as_str()))
+                .bind(rec.prompt.as_deref())
+                .bind(rec.revises.map(i64::from))
+                .bind(to_json(&rec.breakdown)?)
                 .execute(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
@@ -132,6 +139,23 @@ macro_rules! attempt_store {
                 status,
                 output_uri: get(row, "output_uri")?,
                 error: get(row, "error")?,
+                strategy: get::<Option<String>>(row, "strategy")?
+                    .map(|s| {
+                        serde_json::from_value(Value::String(s.clone())).map_err(|_| {
+                            StoreError::Invalid(format!(
+                                "retry_attempts.strategy: unknown strategy {s:?}"
+                            ))
+                        })
+                    })
+                    .transpose()?,
+                prompt: get(row, "prompt")?,
+                revises: get::<Option<i64>>(row, "revises")?
+                    .map(|k| to_u32(k, "retry_attempts.revises"))
+                    .transpose()?,
+                breakdown: from_json(
+                    &get::<String>(row, "breakdown")?,
+                    "retry_attempts.breakdown",
+                )?,
             };
             Ok(StoredAttempt {
                 segment_id: get(row, "segment_id")?,

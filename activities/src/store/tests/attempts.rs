@@ -39,6 +39,13 @@ async fn an_attempt_round_trips_with_every_field(db: &TestDb) {
     rec.seed = (1 << 62) + 7;
     rec.jitter =
         serde_json::from_value(json!([{"param": "cfg", "original": 7.0, "value": 7.5}])).unwrap();
+    rec.strategy = Some(retake_domain::strategy::Strategy::PartialRewrite);
+    rec.prompt = Some("12화에서 점수가 가장 낮은 항목은 플롯 일관성(58점)입니다.".to_owned());
+    rec.revises = Some(1);
+    rec.breakdown = serde_json::from_value(json!([
+        {"category": "plot_consistency", "score": 0.58, "feedback": "복선이 회수되지 않았습니다"}
+    ]))
+    .unwrap();
     store
         .record_attempt(&record_attempt("r1", rec.clone()))
         .await
