@@ -2,6 +2,7 @@
 //! another language can implement the same activities.
 
 use retake_domain::contract::{AttemptRecord, Params, QaScores, RetryResult};
+use retake_domain::strategy::Strategy;
 use serde::{Deserialize, Serialize};
 
 /// Identifies one attempt of one workflow run. Every side effect of an attempt (reservation,
@@ -65,6 +66,15 @@ pub struct GenerateRequest {
     pub scene_type: String,
     pub seed: u64,
     pub params: Params,
+    /// The ladder's strategy (absent for runs started before the ladder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// The prompt of a text strategy (`revise`, `revise_with_feedback`, `partial_rewrite`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// The draft a text strategy revises (a reference, never the text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revise_uri: Option<String>,
 }
 
 /// Output of `generate`: a reference to the output (never the bytes) and the GPU time used.

@@ -15,9 +15,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use retake_activities::sim::Simulator;
 use retake_domain::contract::{AttemptRecord, FailedQa, Params, QaScores, RetryRequest};
-use retake_domain::plan;
 use retake_domain::policy::{RetryPolicy, Selection};
 use retake_domain::select::{gate, quality, select};
+use retake_domain::{ladder, plan};
 use serde::Serialize;
 use serde_json::json;
 use std::path::PathBuf;
@@ -51,6 +51,7 @@ fn qa(segment: &str, seed: u64, params: &Params) -> QaScores {
     QaScores {
         scores: Simulator::scores(segment, seed, params),
         failures: vec![],
+        ..Default::default()
     }
 }
 
@@ -98,8 +99,8 @@ fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
                 return vec![];
             }
             let mut done = Vec::new();
-            while let Ok(k) = plan::next(&policy, &done, 0) {
-                let a = plan::plan_attempt(&s.req, &policy, k);
+            // The workflow's planning for new runs: the media ladder (reseed, then with jitter).
+            while let Ok(a) = ladder::next(&s.req, &policy, &done, 0) {
                 let scored = qa(id, a.seed, &a.params);
                 done.push(a.scored(&policy, scored, 0, None));
             }

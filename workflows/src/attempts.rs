@@ -10,6 +10,7 @@ use retake_activities::io::{
 };
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
+use retake_domain::ladder;
 use retake_domain::plan::{self, AttemptPlan, Stop};
 use retake_domain::review::{self, CreatorEvent, Decision, Phase};
 use std::time::Duration;
@@ -25,7 +26,14 @@ pub(crate) struct Run {
     run_id: String,
     req: RetryRequest,
     policy: RetryPolicy,
+    /// Whether this run plans with the strategy ladder ([`LADDER_PATCH`]); runs started before
+    /// it keep reseeding with jitter on every attempt.
+    ladder: bool,
 }
+
+/// Patch id of the strategy ladder (`ctx.patched`): histories without its marker replay the
+/// pre-ladder planning.
+pub(crate) const LADDER_PATCH: &str = "strategy-ladder";
 
 impl Run {
     pub(crate) fn new(
@@ -39,6 +47,7 @@ impl Run {
             run_id: ctx.run_id().to_owned(),
             req,
             policy,
+            ladder: ctx.patched(LADDER_PATCH),
         }
     }
 
@@ -188,14 +197,14 @@ impl Run {
     /// next starts.
     async fn attempts(&self, round_start: u32) -> WorkflowResult<Stop> {
         loop {
-            let k = match plan::next(&self.policy, &self.attempts_so_far(), round_start) {
-                Ok(k) => k,
+            let attempt = match self.plan(round_start) {
+                Ok(attempt) => attempt,
                 Err(stop) => return Ok(stop),
             };
+            let k = attempt.attempt;
             if let Some(stop) = self.creator_stop() {
                 return Ok(stop);
             }
-            let attempt = plan::plan_attempt(&self.req, &self.policy, k);
             if let Some(stop) = self.reserve(&attempt).await? {
                 return Ok(stop);
             }
@@ -221,6 +230,18 @@ impl Run {
                 )
                 .await?;
             self.ctx.state_mut(|s| s.attempts.push(record));
+        }
+    }
+
+    /// The next attempt's plan, or why to stop (pure planning, so computing the plan before the
+    /// creator check issues the same commands as before the ladder).
+    fn plan(&self, round_start: u32) -> Result<AttemptPlan, Stop> {
+        let attempts = self.attempts_so_far();
+        if self.ladder {
+            ladder::next(&self.req, &self.policy, &attempts, round_start)
+        } else {
+            plan::next(&self.policy, &attempts, round_start)
+                .map(|k| plan::plan_attempt(&self.req, &self.policy, k))
         }
     }
 
@@ -277,8 +298,11 @@ impl Run {
     ) -> WorkflowResult<AttemptRecord> {
         let k = attempt.attempt;
         let aborted_by = || self.ctx.state(|s| s.abort.as_ref().map(|e| e.by.clone()));
+        let how = attempt
+            .strategy
+            .map_or_else(String::new, |s| format!(" · {s}"));
         self.ctx.set_current_details(format!(
-            "Segment {}: attempt {k}/{} generating (seed {})",
+            "Segment {}: attempt {k}/{}{how} generating (seed {})",
             self.req.segment_id, self.policy.max_attempts, attempt.seed
         ));
         let generated = self
@@ -291,9 +315,12 @@ impl Run {
                     scene_type: self.req.scene_type.to_string(),
                     seed: attempt.seed,
                     params: attempt.params.clone(),
+                    strategy: attempt.strategy,
+                    prompt: attempt.prompt.clone(),
+                    revise_uri: attempt.revise_uri.clone(),
                 },
                 options::generate(
-                    format!("attempt {k} · generate · seed {:#x}", attempt.seed),
+                    format!("attempt {k} · generate{how} · seed {:#x}", attempt.seed),
                     token,
                 ),
             )

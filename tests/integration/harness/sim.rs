@@ -1,11 +1,11 @@
 //! Choosing simulator segments with a wanted behaviour, and predicting their attempts with the
-//! same pure planning functions the workflow uses.
+//! same pure planning functions the workflow uses (the strategy ladder: new runs plan with it).
 
 use super::app::TEST_GPU_MS;
 use retake_activities::sim::Simulator;
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, QaScores, RetryRequest};
-use retake_domain::plan;
+use retake_domain::ladder;
 use serde_json::{Value, json};
 
 /// A workflow argument: a segment whose generation (seed 1234, cfg 7.5, denoise 0.6) failed on
@@ -33,8 +33,7 @@ pub fn predict(input: &Value) -> Vec<AttemptRecord> {
     let req = RetryRequest::parse(input).expect("valid request");
     let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
     let mut attempts = Vec::new();
-    while let Ok(k) = plan::next(&policy, &attempts, 0) {
-        let a = plan::plan_attempt(&req, &policy, k);
+    while let Ok(a) = ladder::next(&req, &policy, &attempts, 0) {
         let scores = Simulator::scores(req.segment_id.as_str(), a.seed, &a.params);
         let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);
         attempts.push(a.scored(
@@ -42,6 +41,7 @@ pub fn predict(input: &Value) -> Vec<AttemptRecord> {
             QaScores {
                 scores,
                 failures: vec![],
+                ..Default::default()
             },
             TEST_GPU_MS,
             Some(output),
