@@ -67,7 +67,7 @@ fn failed_segment(i: u32, gated: &RetryPolicy) -> Segment {
         if !failures.is_empty() {
             let profile = Simulator::profile(&id);
             let input = json!({"segment_id": id, "project_id": "econ", "scene_type": "econ",
-                "params": params, "failed_qa": FailedQa { scores: scored.scores, failures }});
+                "params": params, "failed_qa": FailedQa { scores: scored.scores, failures, ..Default::default() }});
             let req = RetryRequest::parse(&input)
                 .unwrap_or_else(|e| unreachable!("valid by construction: {e}"));
             return Segment {
@@ -117,7 +117,8 @@ fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
             .collect(),
         _ => (1..=m)
             .map(|k| {
-                let a = plan::plan_attempt(&s.req, &policy, k);
+                let rung = retake_domain::strategy::rung(&policy.ladder, k);
+                let a = ladder::plan_attempt(&s.req, &policy, &[], k, rung);
                 let scored = qa(id, a.seed, &a.params);
                 a.scored(&policy, scored, 0, None)
             })
