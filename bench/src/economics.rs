@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
 use retake_activities::sim::Simulator;
 use retake_domain::contract::{AttemptRecord, FailedQa, Params, QaScores, RetryRequest};
-use retake_domain::policy::{RetryPolicy, Selection};
+use retake_domain::policy::{CostRule, RetryPolicy, Selection};
 use retake_domain::select::{gate, quality, select};
 use retake_domain::{ladder, plan};
 use serde::Serialize;
@@ -79,6 +79,72 @@ fn failed_segment(i: u32, gated: &RetryPolicy) -> Segment {
     }
 }
 
+/// The attempts the workflow makes for one segment under `policy` (empty: not retried), planned
+/// as new runs are: the media ladder (reseed, then with jitter) and the policy's cost rule.
+fn planned(policy: &RetryPolicy, s: &Segment) -> Vec<AttemptRecord> {
+    if plan::should_retry(policy, &s.req.failed_qa).is_err() {
+        return vec![];
+    }
+    let id = s.req.segment_id.as_str();
+    let mut done = Vec::new();
+    while let Ok(a) = ladder::next(&s.req, policy, &done, 0) {
+        let scored = qa(id, a.seed, &a.params);
+        done.push(a.scored(policy, scored, 0, None));
+    }
+    done
+}
+
+/// The policy option `cost_rule` at one review cost: `first_pass` with up to [`MAX_M`] attempts,
+/// with and without the rule (fed the measured fix chances), and what each costs in all.
+#[derive(Debug, Serialize)]
+struct CostRuleRow {
+    review_cost_gpu_secs: f64,
+    with_rule: bool,
+    attempts: u64,
+    fixed: u32,
+    escalated: u32,
+    /// Attempts' GPU time plus a review per escalated segment, in GPU seconds.
+    total_cost_gpu_secs: f64,
+}
+
+fn cost_rule_rows(batch: &[Segment], marginal: &[f64], gpu_secs: f64) -> Vec<CostRuleRow> {
+    let mut rows = Vec::new();
+    for review in [150.0, 300.0, 600.0, 1200.0] {
+        for with_rule in [false, true] {
+            let policy = RetryPolicy {
+                enabled: true,
+                max_attempts: MAX_M,
+                est_gpu_ms_per_attempt: (gpu_secs * 1000.0).round() as u64,
+                cost_rule: with_rule.then(|| CostRule {
+                    review_cost_gpu_ms: (review * 1000.0_f64).round() as u64,
+                    fix_chance: marginal.to_vec(),
+                }),
+                ..RetryPolicy::default()
+            };
+            let (mut attempts, mut fixed, mut escalated) = (0u64, 0u32, 0u32);
+            for s in batch {
+                let made = planned(&policy, s);
+                attempts += made.len() as u64;
+                if made.iter().any(|a| a.passed) {
+                    fixed += 1;
+                } else if !made.is_empty() || policy.cost_rule.is_some() {
+                    // Not fixed after retrying (or stopped by the rule before attempt 1).
+                    escalated += u32::from(plan::should_retry(&policy, &s.req.failed_qa).is_ok());
+                }
+            }
+            rows.push(CostRuleRow {
+                review_cost_gpu_secs: review,
+                with_rule,
+                attempts,
+                fixed,
+                escalated,
+                total_cost_gpu_secs: attempts as f64 * gpu_secs + f64::from(escalated) * review,
+            });
+        }
+    }
+    rows
+}
+
 /// The attempts a policy makes for one segment (empty: not retried).
 fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
     let selection = if policy_name == "best_of_n" {
@@ -94,18 +160,7 @@ fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
     };
     let id = s.req.segment_id.as_str();
     match policy_name {
-        "first_pass" | "best_of_n" => {
-            if plan::should_retry(&policy, &s.req.failed_qa).is_err() {
-                return vec![];
-            }
-            let mut done = Vec::new();
-            // The workflow's planning for new runs: the media ladder (reseed, then with jitter).
-            while let Ok(a) = ladder::next(&s.req, &policy, &done, 0) {
-                let scored = qa(id, a.seed, &a.params);
-                done.push(a.scored(&policy, scored, 0, None));
-            }
-            done
-        }
+        "first_pass" | "best_of_n" => planned(&policy, s),
         "same_params" => (1..=m)
             .map(|k| {
                 let mut a = plan::plan_attempt(&s.req, &policy, k);
@@ -251,6 +306,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     let marginal = marginal_fix_probability(&batch);
+    let cost_rule = cost_rule_rows(&batch, &marginal, args.gpu_secs);
     let threshold = args.gpu_secs / args.review_cost_gpu_secs;
     let break_even = marginal.iter().take_while(|p| **p >= threshold).count();
     std::fs::create_dir_all(&args.out)
@@ -269,6 +325,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "max_failure_rate_per_attempt": 1.0 - threshold,
             "break_even_attempts": break_even,
         },
+        "cost_rule_policy": cost_rule,
     });
     std::fs::write(
         args.out.join("economics.json"),
@@ -276,12 +333,14 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     std::fs::write(
         args.out.join("economics.md"),
-        markdown(args, stochastic, &rows, &marginal, threshold, break_even),
+        markdown(args, stochastic, &rows, &marginal, threshold, break_even)
+            + &cost_rule_markdown(&cost_rule),
     )?;
     plot(&args.out.join("economics.svg"), &rows)?;
     print!(
-        "{}",
-        markdown(args, stochastic, &rows, &marginal, threshold, break_even)
+        "{}{}",
+        markdown(args, stochastic, &rows, &marginal, threshold, break_even),
+        cost_rule_markdown(&cost_rule)
     );
     Ok(())
 }
@@ -336,6 +395,29 @@ fn markdown(
          they differ in GPU spent (first_pass stops at the first pass and does not retry failure kinds outside `retry_on`). \
          `same_params` never fixes anything: the generator is deterministic for the same seed and parameters.\n",
     );
+    md
+}
+
+fn cost_rule_markdown(rows: &[CostRuleRow]) -> String {
+    let mut md = String::from(
+        "\n## The policy's cost rule\n\n`first_pass` with up to 6 attempts, without and with \
+         `cost_rule` (fed the fix chances above): a retry stops, and the segment goes to review, once \
+         another attempt is expected to save less than it costs. Total cost = attempts' GPU time + \
+         one review per escalated segment.\n\n\
+         | review cost (GPU s) | cost rule | attempts | fixed | escalated | total cost (GPU s) |\n\
+         | ---: | --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in rows {
+        md.push_str(&format!(
+            "| {:.0} | {} | {} | {} | {} | {:.0} |\n",
+            r.review_cost_gpu_secs,
+            if r.with_rule { "on" } else { "off" },
+            r.attempts,
+            r.fixed,
+            r.escalated,
+            r.total_cost_gpu_secs
+        ));
+    }
     md
 }
 

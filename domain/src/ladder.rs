@@ -26,6 +26,7 @@ struct Draft<'a> {
 
 /// The next attempt and its plan, or why to stop: [`plan::next`] plus the ladder. Running out of
 /// attempts, or reaching a `user_intervention` rung, stops with [`Stop::UserIntervention`]. A
+/// policy's cost rule stops before an attempt expected to save less GPU time than it costs. A
 /// round a reviewer started with `retry_with` (`round_start` > 0) climbs the ladder from its first
 /// rung again; seeds still follow the attempt number, so they never repeat.
 pub fn next(
@@ -42,6 +43,17 @@ pub fn next(
         }
         Err(stop) => return Err(stop),
     };
+    if let Some(rule) = &policy.cost_rule {
+        let saving_ms = rule.expected_saving_ms(k);
+        if saving_ms < policy.est_gpu_ms_per_attempt as f64 {
+            return Err(Stop::NotWorthIt {
+                attempt: k,
+                chance: rule.chance(k),
+                cost_ms: policy.est_gpu_ms_per_attempt,
+                saving_ms,
+            });
+        }
+    }
     match strategy::rung(&policy.ladder, k - round_start.min(k - 1)) {
         Strategy::UserIntervention => Err(intervention(req, policy, attempts, k)),
         s => Ok(plan_attempt(req, policy, attempts, k, s)),

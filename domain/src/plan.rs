@@ -155,6 +155,14 @@ pub enum Stop {
     Aborted { by: String, reason: String },
     /// A creator escalated to human review before the attempts ran out.
     Escalated { by: String, reason: String },
+    /// The cost-effectiveness rule: attempt `attempt` would cost more GPU time than it is expected
+    /// to save.
+    NotWorthIt {
+        attempt: u32,
+        chance: f64,
+        cost_ms: u64,
+        saving_ms: f64,
+    },
     /// The ladder reached `user_intervention` (or its attempts ran out) before attempt `attempt`:
     /// escalated with `message` (the rendered user-intervention template).
     UserIntervention { attempt: u32, message: String },
@@ -234,6 +242,22 @@ pub fn conclude(
             format!("escalated by {by}: {reason}; flagged for human review"),
         ),
         (Stop::UserIntervention { message, .. }, None) => (Outcome::Escalated, message.clone()),
+        (
+            Stop::NotWorthIt {
+                attempt,
+                chance,
+                cost_ms,
+                saving_ms,
+            },
+            None,
+        ) => (
+            Outcome::Escalated,
+            format!(
+                "stopped before attempt {attempt} by the cost rule: it would fix the segment with \
+                 chance {chance:.2}, saving {saving_ms:.0} GPU ms of review against {cost_ms} GPU ms \
+                 per attempt; flagged for human review"
+            ),
+        ),
         (Stop::NotRetryable { attempt, failures }, None) => (
             Outcome::Escalated,
             format!(

@@ -59,6 +59,36 @@ pub struct JitterSpec {
     pub max: Option<f64>,
 }
 
+/// The cost-effectiveness rule: stop retrying (and escalate) when another attempt is expected to
+/// save less than it costs. Attempt `k` is made only while
+/// `fix_chance[k-1] × review_cost_gpu_ms ≥ est_gpu_ms_per_attempt`, where `fix_chance[k-1]` is the
+/// measured chance that attempt `k` fixes a segment no earlier attempt fixed (`retake-bench
+/// economics` measures it; the last entry repeats) and the review cost is what a human review is
+/// worth in GPU milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostRule {
+    pub review_cost_gpu_ms: u64,
+    pub fix_chance: Vec<f64>,
+}
+
+impl CostRule {
+    /// The chance that attempt `k` (1-based) fixes the segment.
+    pub fn chance(&self, k: u32) -> f64 {
+        let i = usize::try_from(k.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.fix_chance
+            .get(i)
+            .or(self.fix_chance.last())
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Expected GPU milliseconds attempt `k` saves (its fix chance × the review cost).
+    pub fn expected_saving_ms(&self, k: u32) -> f64 {
+        self.chance(k) * self.review_cost_gpu_ms as f64
+    }
+}
+
 /// Retry policy of a scene type. Every field has a default, so `{}` is a valid (disabled) policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetryPolicy {
@@ -95,6 +125,9 @@ pub struct RetryPolicy {
     pub language: Language,
     /// Prompt templates by strategy, replacing the built-in ones (see `prompt::PLACEHOLDERS`).
     pub prompts: BTreeMap<Strategy, String>,
+    /// Stop early when another attempt costs more than it is expected to save. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_rule: Option<CostRule>,
 }
 
 impl Default for RetryPolicy {
@@ -145,6 +178,7 @@ impl Default for RetryPolicy {
             ladder: Profile::Media.ladder(),
             language: Language::En,
             prompts: BTreeMap::new(),
+            cost_rule: None,
         }
     }
 }
@@ -218,6 +252,7 @@ struct RawPolicy {
     ladder: Option<Vec<Strategy>>,
     language: Option<Language>,
     prompts: Option<BTreeMap<Strategy, String>>,
+    cost_rule: Option<CostRule>,
 }
 
 impl RetryPolicy {
@@ -267,6 +302,7 @@ impl RetryPolicy {
             ladder: raw.ladder.unwrap_or(d.ladder),
             language: raw.language.unwrap_or(d.language),
             prompts: raw.prompts.unwrap_or(d.prompts),
+            cost_rule: raw.cost_rule.or(d.cost_rule),
         };
         policy.validate()
     }
@@ -376,6 +412,19 @@ impl RetryPolicy {
                     format!("{field}.min"),
                     format!("min {lo} is above max {hi}"),
                 );
+            }
+        }
+        if let Some(rule) = &self.cost_rule {
+            if rule.fix_chance.is_empty() {
+                errs.push("cost_rule.fix_chance", "must give at least one chance");
+            }
+            for (i, c) in rule.fix_chance.iter().enumerate() {
+                if !(c.is_finite() && (0.0..=1.0).contains(c)) {
+                    errs.push(
+                        format!("cost_rule.fix_chance[{i}]"),
+                        format!("must be within 0..=1, got {c}"),
+                    );
+                }
             }
         }
         if self.ladder.is_empty() {
@@ -598,5 +647,24 @@ mod tests {
     fn an_unknown_strategy_is_rejected_naming_the_ladder() {
         let err = RetryPolicy::parse(&json!({"ladder": ["reseed", "pray"]})).unwrap_err();
         assert!(err.first_field().starts_with("ladder"), "{err}");
+    }
+
+    #[test]
+    fn a_cost_rule_repeats_its_last_chance_and_rejects_impossible_ones() {
+        let p = RetryPolicy::parse(&json!({
+            "cost_rule": {"review_cost_gpu_ms": 600000, "fix_chance": [0.39, 0.3, 0.07]}
+        }))
+        .unwrap();
+        let rule = p.cost_rule.unwrap();
+        assert_eq!(
+            (rule.chance(1), rule.chance(3), rule.chance(9)),
+            (0.39, 0.07, 0.07)
+        );
+        assert!((rule.expected_saving_ms(3) - 42_000.0).abs() < 1e-6);
+        let err = RetryPolicy::parse(&json!({
+            "cost_rule": {"review_cost_gpu_ms": 1, "fix_chance": [1.5]}
+        }))
+        .unwrap_err();
+        assert_eq!(err.first_field(), "cost_rule.fix_chance[0]");
     }
 }

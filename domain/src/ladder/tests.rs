@@ -203,3 +203,41 @@ fn the_readme_example_reseeds_attempt_one_and_jitters_attempt_two() {
     let values: Vec<f64> = p2.jitter.iter().map(|c| c.value).collect();
     assert_eq!(values, [7.0143, 0.6116]);
 }
+
+#[test]
+fn the_cost_rule_stops_before_an_attempt_that_costs_more_than_it_saves() {
+    let req = chapter_request();
+    let policy = RetryPolicy::parse(&json!({
+        "enabled": true, "profile": "text", "est_gpu_ms_per_attempt": 30000,
+        "cost_rule": {"review_cost_gpu_ms": 200000, "fix_chance": [0.4, 0.2, 0.1]}
+    }))
+    .unwrap();
+    let p1 = next(&req, &policy, &[], 0).unwrap();
+    let attempts = vec![scored_attempt(p1, &policy, &[("narrative_quality", 0.5)])];
+    let p2 = next(&req, &policy, &attempts, 0).unwrap();
+    let attempts = vec![
+        attempts[0].clone(),
+        scored_attempt(p2, &policy, &[("narrative_quality", 0.5)]),
+    ];
+    // Attempt 3 would save 0.1 × 200000 = 20000 GPU ms, less than the 30000 it costs.
+    let stop = next(&req, &policy, &attempts, 0).unwrap_err();
+    match &stop {
+        Stop::NotWorthIt {
+            attempt: 3,
+            cost_ms: 30000,
+            saving_ms,
+            ..
+        } => assert!((saving_ms - 20_000.0).abs() < 1e-6),
+        other => panic!("expected the cost rule to stop, got {other:?}"),
+    }
+    let result = crate::plan::conclude(&req, &policy, attempts, &stop);
+    assert_eq!(result.outcome, crate::contract::Outcome::Escalated);
+    assert!(
+        result.reason.starts_with(
+            "stopped before attempt 3 by the cost rule: it would fix the segment with chance 0.10, \
+             saving 20000 GPU ms of review against 30000 GPU ms per attempt"
+        ),
+        "{}",
+        result.reason
+    );
+}
