@@ -4,6 +4,7 @@
 //! Temporal failures in one place ([`failure`]): unavailable stores and transient backend errors
 //! are retried by Temporal, invalid data and rejected requests are not.
 
+pub mod backends;
 pub mod io;
 pub mod ports;
 pub mod sim;

@@ -15,6 +15,9 @@ mod cli;
 mod controls;
 /// SIGKILLed worker processes: nothing lost, nothing charged twice.
 mod crash;
+/// The strategy ladder: a chapter revised by an OpenAI-compatible model and scored by an LLM
+/// judge, up to user intervention.
+mod ladder;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.

@@ -2,6 +2,10 @@
 //! replay against the current code. Change the workflow behind `ctx.patched(..)` and keep these
 //! files; record new ones with
 //! `cargo test -p retake --test integration -- --ignored record_representative_histories`.
+//!
+//! `passed.json`, `escalated.json`, … were recorded before the `strategy-ladder` patch (every
+//! attempt reseeds with jitter) and must keep replaying; `ladder-*.json` were recorded with it
+//! (the recorder writes only those, so the older files are never overwritten).
 
 use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
 use retake::retries::{self, Creator};
@@ -53,6 +57,12 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "aborted.json",
         "budget_exhausted.json",
         "review_accepted.json",
+        "ladder-passed.json",
+        "ladder-escalated.json",
+        "ladder-aborted.json",
+        "ladder-budget_exhausted.json",
+        "ladder-review_accepted.json",
+        "ladder-chapter_user_intervention.json",
     ] {
         assert!(
             names.contains(&required),
@@ -123,7 +133,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
         .to_json()
         .await
         .unwrap();
-    std::fs::write(histories_dir().join(file), json).unwrap();
+    std::fs::write(histories_dir().join(format!("ladder-{file}")), json).unwrap();
 }
 
 #[tokio::test]
@@ -201,4 +211,13 @@ async fn record_representative_histories() {
     .unwrap();
     assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
     save(&slow, &seg, "aborted.json").await;
+
+    let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;
+    assert_eq!(result.outcome, Outcome::Escalated);
+    save(
+        &chapter,
+        &result.segment_id,
+        "chapter_user_intervention.json",
+    )
+    .await;
 }

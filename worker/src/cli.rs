@@ -86,6 +86,10 @@ pub struct WorkerArgs {
     /// Simulated QA scoring time per attempt in milliseconds.
     #[arg(long, env = "RETAKE_SIM_QA_MS", default_value_t = 0)]
     pub sim_qa_ms: u64,
+    /// Backends configuration (JSON): the generator and scorer of each scene type (HTTP,
+    /// OpenAI-compatible, ComfyUI, simulator). Without it every scene type uses the simulator.
+    #[arg(long, env = "RETAKE_BACKENDS")]
+    pub backends: Option<std::path::PathBuf>,
 }
 
 /// Options of a JSON-capable read command.

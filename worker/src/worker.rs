@@ -2,6 +2,7 @@
 //! until the shutdown future resolves.
 
 use retake_activities::RetryActivities;
+use retake_activities::backends::{BackendsConfig, ConfigError, Router};
 use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
 use retake_workflows::SegmentRetryWorkflow;
@@ -20,6 +21,27 @@ pub const STICKY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn simulator_activities(store: Arc<dyn Store>, sim: Simulator) -> RetryActivities {
     let sim = Arc::new(sim);
     RetryActivities::new(sim.clone(), sim, store.clone(), store.clone(), store)
+}
+
+/// The activities with the backends of `config`: scene types it does not route, and every scene
+/// type without a configuration, use `sim`. Adapters are built now, so a bad configuration (an
+/// unreadable ComfyUI graph, a missing API key variable) stops the worker before it polls.
+pub fn configured_activities(
+    store: Arc<dyn Store>,
+    sim: Simulator,
+    config: Option<&BackendsConfig>,
+) -> Result<RetryActivities, ConfigError> {
+    let Some(config) = config else {
+        return Ok(simulator_activities(store, sim));
+    };
+    let router = Arc::new(Router::from_config(config, sim)?);
+    Ok(RetryActivities::new(
+        router.clone(),
+        router,
+        store.clone(),
+        store.clone(),
+        store,
+    ))
 }
 
 /// Run a worker on `task_queue` until `shutdown` resolves, then finish in-flight work and return.

@@ -2,6 +2,7 @@
 
 use super::server::{DevServer, dev_server};
 use retake::{connect, retries, worker};
+use retake_activities::backends::BackendsConfig;
 use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
@@ -38,7 +39,7 @@ struct WorkerThread {
 }
 
 impl WorkerThread {
-    fn start(address: String, db_url: String, task_queue: String, sim: Simulator) -> Self {
+    fn start(address: String, db_url: String, task_queue: String, backend: Backend) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -47,7 +48,8 @@ impl WorkerThread {
             rt.block_on(async move {
                 let client = connect::temporal(Some(&address)).await?;
                 let store = connect::store(&db_url).await?;
-                let activities = worker::simulator_activities(store, sim);
+                let activities =
+                    worker::configured_activities(store, backend.sim, backend.config.as_ref())?;
                 worker::run(client, &task_queue, activities, async {
                     let _ = stopped.await;
                 })
@@ -89,6 +91,28 @@ pub async fn spawn_app_with(sim: Simulator) -> TestApp {
     spawn(Some(sim)).await
 }
 
+/// A test app whose worker routes scene types to the backends of `config` (the rest to the
+/// simulator).
+pub async fn spawn_app_with_backends(config: BackendsConfig) -> TestApp {
+    let backend = Backend {
+        sim: Simulator::new(TEST_GPU_MS),
+        config: Some(config),
+    };
+    spawn_on(dev_server(), Some(backend), None).await
+}
+
+/// What the in-process worker generates and scores with.
+struct Backend {
+    sim: Simulator,
+    config: Option<BackendsConfig>,
+}
+
+impl From<Simulator> for Backend {
+    fn from(sim: Simulator) -> Self {
+        Self { sim, config: None }
+    }
+}
+
 /// A test app without an in-process worker: the test runs worker processes itself.
 pub async fn spawn_bare_app() -> TestApp {
     spawn(None).await
@@ -101,14 +125,14 @@ pub async fn spawn_bare_app_on(server: &DevServer) -> TestApp {
 
 /// A test app whose store is the database at `db_url` (e.g. a fresh Postgres database).
 pub async fn spawn_app_with_store(db_url: String, sim: Simulator) -> TestApp {
-    spawn_on(dev_server(), Some(sim), Some(db_url)).await
+    spawn_on(dev_server(), Some(sim.into()), Some(db_url)).await
 }
 
 async fn spawn(sim: Option<Simulator>) -> TestApp {
-    spawn_on(dev_server(), sim, None).await
+    spawn_on(dev_server(), sim.map(Backend::from), None).await
 }
 
-async fn spawn_on(server: &DevServer, sim: Option<Simulator>, db_url: Option<String>) -> TestApp {
+async fn spawn_on(server: &DevServer, backend: Option<Backend>, db_url: Option<String>) -> TestApp {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tag = format!("t{}x{n}", std::process::id());
     let dir = tempfile::tempdir().expect("temp dir");
@@ -119,12 +143,12 @@ async fn spawn_on(server: &DevServer, sim: Option<Simulator>, db_url: Option<Str
     let client = connect::temporal(Some(&server.address))
         .await
         .expect("client");
-    let worker = sim.map(|sim| {
+    let worker = backend.map(|backend| {
         WorkerThread::start(
             server.address.clone(),
             db_url.clone(),
             task_queue.clone(),
-            sim,
+            backend,
         )
     });
     TestApp {

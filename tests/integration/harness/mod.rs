@@ -3,12 +3,15 @@
 
 mod app;
 mod crash;
+mod fake_llm;
 mod server;
 mod sim;
 
 pub use app::{
-    TestApp, spawn_app, spawn_app_with, spawn_app_with_store, spawn_bare_app, spawn_bare_app_on,
+    TestApp, spawn_app, spawn_app_with, spawn_app_with_backends, spawn_app_with_store,
+    spawn_bare_app, spawn_bare_app_on,
 };
 pub use crash::{WorkerProcess, wait_for_activity};
+pub use fake_llm::FakeLlm;
 pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, request};

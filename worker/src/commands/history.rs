@@ -63,6 +63,18 @@ pub(crate) async fn run(g: &Global, args: HistoryArgs) -> anyhow::Result<()> {
         if !r.failures.is_empty() {
             println!("{:<8} failures: {}", "", r.failures.join(", "));
         }
+        if let Some(strategy) = r.strategy {
+            let revises = r
+                .revises
+                .map_or_else(String::new, |k| format!(" · revised attempt {k}"));
+            println!("{:<8} strategy: {strategy}{revises}", "");
+        }
+        for c in &r.breakdown {
+            println!("{:<8} {} {:.2}: {}", "", c.category, c.score, c.feedback);
+        }
+        if let Some(prompt) = &r.prompt {
+            println!("{:<8} prompt: {}", "", prompt.replace('\n', " / "));
+        }
     }
     Ok(())
 }

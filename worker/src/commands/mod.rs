@@ -35,11 +35,17 @@ pub(crate) async fn shutdown_signal() {
 pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
     let client = connect::temporal(g.temporal_address.as_deref()).await?;
     let store = connect::store(&g.database_url).await?;
-    let activities = worker::simulator_activities(
+    let backends = args
+        .backends
+        .as_deref()
+        .map(retake_activities::backends::BackendsConfig::load)
+        .transpose()?;
+    let activities = worker::configured_activities(
         store.clone(),
         Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms),
-    );
-    tracing::info!(task_queue = %g.task_queue, "worker started");
+        backends.as_ref(),
+    )?;
+    tracing::info!(task_queue = %g.task_queue, backends = ?args.backends, "worker started");
     // Beside the worker: give back reservations of workflows that ended without settling them.
     let sweeping = async {
         let mut every = tokio::time::interval(sweep::INTERVAL);
