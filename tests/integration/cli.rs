@@ -193,6 +193,36 @@ async fn retake_refuses_bad_input_with_the_field_named_and_a_failing_exit_code()
 }
 
 #[tokio::test]
+async fn a_worker_with_a_bad_backends_file_refuses_to_start_naming_the_field() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backends.json");
+    std::fs::write(
+        &file,
+        r#"{"scene_types": {"chapter": {"generate": {"kind": "comfyui",
+            "base_url": "http://127.0.0.1:8188", "workflow": "/nonexistent/flow.json"},
+            "score": {"kind": "simulator"}}}}"#,
+    )
+    .unwrap();
+    let out = retake(&app, &["worker", "--backends", file.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("scene_types.chapter.generate.workflow"),
+        "{}",
+        stderr(&out)
+    );
+
+    std::fs::write(
+        &file,
+        r#"{"scene_types": {"chapter": {"generate": {"kind": "dalle"}}}}"#,
+    )
+    .unwrap();
+    let out = retake(&app, &["worker", "--backends", file.to_str().unwrap()]).await;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("dalle"), "{}", stderr(&out));
+}
+
+#[tokio::test]
 async fn retake_policy_and_budget_commands_store_what_they_show() {
     let app = spawn_app().await;
 

@@ -1,4 +1,4 @@
-use crate::harness::{FakeLlm, TestApp, spawn_app_with_backends};
+use crate::harness::{FakeJobs, FakeLlm, TestApp, spawn_app_with_backends};
 use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, Outcome, RetryResult};
 use retake_domain::strategy::Strategy;
@@ -207,4 +207,80 @@ async fn a_chapter_that_passes_on_the_second_rung_stops_there() {
         result.report
     );
     assert_eq!(llm.generation_requests().len(), 2);
+}
+
+/// A worker whose `action` scene type generates and scores through retake's HTTP contract.
+async fn http_app(jobs: &FakeJobs) -> TestApp {
+    let config = json!({"scene_types": {"action": {
+        "generate": {"kind": "http", "base_url": jobs.base_url, "poll_interval_ms": 200},
+        "score": {"kind": "http", "base_url": jobs.base_url}
+    }}});
+    spawn_app_with_backends(BackendsConfig::parse("test", &config.to_string()).unwrap()).await
+}
+
+fn action_request(app: &TestApp, name: &str) -> Value {
+    json!({
+        "segment_id": format!("{}-{name}", app.tag), "project_id": "p1", "scene_type": "action",
+        "params": {"seed": 99, "cfg_scale": 7.0},
+        "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+        "policy": {"enabled": true, "review_window_secs": 0}
+    })
+}
+
+#[tokio::test]
+async fn a_polled_http_job_is_generated_once_and_scored_with_its_breakdown() {
+    let jobs = FakeJobs::start(Some(3)).await;
+    let app = http_app(&jobs).await;
+
+    let result = app.retry(action_request(&app, "http-job")).await;
+
+    assert_eq!(result.outcome, Outcome::Passed, "{result:#?}");
+    let a = &result.attempts[0];
+    assert_eq!(a.output_uri.as_deref(), Some("s3://renders/job-0.mp4"));
+    assert_eq!(a.gpu_ms, 4321, "the GPU time the service billed");
+    assert_eq!((a.scores["face"], a.breakdown[0].score), (0.92, 0.88));
+    let calls = jobs.calls();
+    let posts = calls
+        .iter()
+        .filter(|c| c.starts_with("POST /generate"))
+        .count();
+    assert_eq!(posts, 1, "{calls:?}");
+    assert_eq!(calls.iter().filter(|c| *c == "GET /jobs/job-0").count(), 3);
+}
+
+#[tokio::test]
+async fn aborting_a_retry_cancels_the_backend_job() {
+    let jobs = FakeJobs::start(None).await;
+    let app = http_app(&jobs).await;
+    let segment = format!("{}-http-abort", app.tag);
+    let handle = app.start(action_request(&app, "http-abort")).await;
+    app.wait_for(&segment, "attempt 1 generating", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+
+    retake::retries::signal(
+        &app.client,
+        &retake_domain::SegmentId::parse(&segment).unwrap(),
+        retake::retries::Creator::Abort,
+        "wrong shot",
+        "mina",
+    )
+    .await
+    .unwrap();
+    let result = retake::retries::result(&handle).await.unwrap();
+
+    assert_eq!(result.outcome, Outcome::Aborted);
+    assert_eq!(result.attempts[0].status, AttemptStatus::Aborted);
+    assert!(
+        jobs.calls().contains(&"DELETE /jobs/job-0".to_owned()),
+        "{:?}",
+        jobs.calls()
+    );
+    let budget = app.store.budget("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (budget.reserved_ms, budget.spent_ms),
+        (0, 0),
+        "nothing held or charged"
+    );
 }

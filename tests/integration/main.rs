@@ -15,8 +15,8 @@ mod cli;
 mod controls;
 /// SIGKILLed worker processes: nothing lost, nothing charged twice.
 mod crash;
-/// The strategy ladder: a chapter revised by an OpenAI-compatible model and scored by an LLM
-/// judge, up to user intervention.
+/// Real backends end to end: a chapter revised by an OpenAI-compatible model and scored by an LLM
+/// judge up the text ladder to user intervention; an HTTP-contract job polled, and cancelled on abort.
 mod ladder;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
 mod replay;

@@ -3,6 +3,7 @@
 
 mod app;
 mod crash;
+mod fake_jobs;
 mod fake_llm;
 mod server;
 mod sim;
@@ -12,6 +13,7 @@ pub use app::{
     spawn_bare_app, spawn_bare_app_on,
 };
 pub use crash::{WorkerProcess, wait_for_activity};
+pub use fake_jobs::FakeJobs;
 pub use fake_llm::FakeLlm;
 pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, request};

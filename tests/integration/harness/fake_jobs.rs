@@ -1,0 +1,109 @@
+//! A generation service speaking retake's HTTP JSON contract on a free port: every `POST
+//! /generate` starts a job (the same job for a repeated idempotency key) that finishes after
+//! `polls_to_finish` polls, or never when `None`; `POST /score` passes everything. It records the
+//! calls it got.
+
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+#[derive(Default)]
+struct Jobs {
+    polls_to_finish: Option<u32>,
+    by_key: BTreeMap<String, String>,
+    polls: BTreeMap<String, u32>,
+    calls: Vec<String>,
+}
+
+/// The service; stops when dropped.
+pub struct FakeJobs {
+    pub base_url: String,
+    jobs: Arc<Mutex<Jobs>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl FakeJobs {
+    pub async fn start(polls_to_finish: Option<u32>) -> Self {
+        let jobs = Arc::new(Mutex::new(Jobs {
+            polls_to_finish,
+            ..Jobs::default()
+        }));
+        let app = Router::new()
+            .route("/generate", post(generate))
+            .route("/jobs/{id}", get(poll).delete(cancel))
+            .route("/score", post(score))
+            .with_state(jobs.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base_url: format!("http://{addr}"),
+            jobs,
+            server,
+        }
+    }
+
+    /// Calls so far, as `POST /generate <key>`, `GET /jobs/<id>`, `DELETE /jobs/<id>`, `POST /score`.
+    pub fn calls(&self) -> Vec<String> {
+        self.jobs.lock().expect("lock").calls.clone()
+    }
+}
+
+impl Drop for FakeJobs {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+async fn generate(State(jobs): State<Arc<Mutex<Jobs>>>, Json(req): Json<Value>) -> Json<Value> {
+    let mut j = jobs.lock().expect("lock");
+    let key = req["idempotency_key"].as_str().unwrap_or("").to_owned();
+    j.calls.push(format!("POST /generate {key}"));
+    let n = j.by_key.len();
+    let id = j
+        .by_key
+        .entry(key)
+        .or_insert_with(|| format!("job-{n}"))
+        .clone();
+    Json(json!({"status": "pending", "job_id": id}))
+}
+
+async fn poll(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> Json<Value> {
+    let mut j = jobs.lock().expect("lock");
+    j.calls.push(format!("GET /jobs/{id}"));
+    let polls = {
+        let p = j.polls.entry(id.clone()).or_default();
+        *p += 1;
+        *p
+    };
+    match j.polls_to_finish {
+        Some(n) if polls >= n => Json(json!({
+            "status": "done", "output_uri": format!("s3://renders/{id}.mp4"), "gpu_ms": 4321
+        })),
+        _ => Json(json!({"status": "running"})),
+    }
+}
+
+async fn cancel(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> Json<Value> {
+    jobs.lock()
+        .expect("lock")
+        .calls
+        .push(format!("DELETE /jobs/{id}"));
+    Json(json!({"status": "cancelled"}))
+}
+
+async fn score(State(jobs): State<Arc<Mutex<Jobs>>>, Json(_req): Json<Value>) -> Json<Value> {
+    jobs.lock()
+        .expect("lock")
+        .calls
+        .push("POST /score".to_owned());
+    Json(json!({"scores": {"face": 92, "motion": 81}, "scale": 100,
+                "breakdown": [{"category": "artifacting", "score": 88, "feedback": "clean"}]}))
+}
