@@ -140,6 +140,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_deploy_parses() {
+        let text = include_str!("../../../deploy/backends.example.json");
+        let c = BackendsConfig::parse("backends.example.json", text).unwrap();
+        assert_eq!(c.scene_types.len(), 2);
+    }
+
+    #[test]
     fn an_empty_configuration_routes_everything_to_the_simulator() {
         let c = BackendsConfig::parse("b.json", "{}").unwrap();
         assert!(c.scene_types.is_empty() && c.default.is_none());
