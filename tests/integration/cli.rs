@@ -145,14 +145,12 @@ async fn retake_retry_prints_the_report_and_history_lists_every_attempt() {
         assert_eq!(row["params"], serde_json::to_value(&p.params).unwrap());
         assert_eq!(row["gpu_ms"], json!(20));
     }
-    let text = retake(&app, &["history", &segment]).await;
-    assert_eq!(
-        stdout(&text)
-            .lines()
-            .filter(|l| l.contains("cfg_scale 7.5→"))
-            .count(),
-        3
-    );
+    let text = stdout(&retake(&app, &["history", &segment]).await);
+    let lines = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
+    // The media ladder: attempt 1 reseeds only, attempts 2 and 3 also jitter.
+    assert_eq!(lines("cfg_scale 7.5→"), 2, "{text}");
+    assert_eq!(lines("strategy: reseed_jitter"), 2, "{text}");
+    assert_eq!(lines("strategy: reseed"), 3, "{text}");
 }
 
 #[tokio::test]
