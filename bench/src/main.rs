@@ -1,6 +1,13 @@
-//! `retake-bench`: benchmarks that report, never assert. Today: `economics`.
+//! `retake-bench`: benchmarks that report, never assert: `economics` (pure planning over a
+//! simulated batch) and the live scenarios `overhead`, `throughput`, `open` and `recovery`, which
+//! start their own dev server and worker processes.
 
 mod economics;
+mod harness;
+mod open;
+mod overhead;
+mod recovery;
+mod throughput;
 
 use clap::{Parser, Subcommand};
 
@@ -18,10 +25,29 @@ struct Cli {
 enum Scenario {
     /// GPU economics of the retry policies over a large simulated batch.
     Economics(economics::Args),
+    /// Orchestration overhead against simulated GPU time.
+    Overhead(overhead::Args),
+    /// Retries per second and worker CPU/RSS, Rust worker against the Python SDK peer.
+    Throughput(throughput::Args),
+    /// Worker memory with many retries parked in their review wait, Rust against Python.
+    Open(open::Args),
+    /// Seconds to resume after SIGKILL of the worker running an attempt, and GPU time lost.
+    Recovery(recovery::Args),
 }
 
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
-        Scenario::Economics(args) => economics::run(&args),
+    let cli = Cli::parse();
+    if let Scenario::Economics(args) = &cli.scenario {
+        return economics::run(args);
     }
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        match &cli.scenario {
+            Scenario::Economics(_) => unreachable!("handled above"),
+            Scenario::Overhead(a) => overhead::run(a).await,
+            Scenario::Throughput(a) => throughput::run(a).await,
+            Scenario::Open(a) => open::run(a).await,
+            Scenario::Recovery(a) => recovery::run(a).await,
+        }
+    })
 }

@@ -1,0 +1,404 @@
+//! What the live scenarios need: a Temporal dev server on free ports, `retake worker` and Python
+//! peer processes whose CPU time and memory are read from `/proc`, the temporal CLI for counts
+//! and batch terminations, and small statistics.
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// The repository root (bench/..).
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Options every live scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Live {
+    /// The temporal CLI (default: `$RETAKE_TEMPORAL_BIN`, else `.tools/temporal/bin/temporal`,
+    /// which `scripts/dev-server` installs).
+    #[arg(long, env = "RETAKE_TEMPORAL_BIN")]
+    pub(crate) temporal: Option<PathBuf>,
+    /// The `retake` binary (default: beside this benchmark's executable; build both with
+    /// `cargo build --release -p retake -p retake-bench`).
+    #[arg(long)]
+    pub(crate) retake: Option<PathBuf>,
+    /// Where to write the results.
+    #[arg(long, default_value = "bench/results")]
+    pub(crate) out: PathBuf,
+}
+
+impl Live {
+    pub(crate) fn temporal_bin(&self) -> anyhow::Result<PathBuf> {
+        let p = self
+            .temporal
+            .clone()
+            .unwrap_or_else(|| root().join(".tools/temporal/bin/temporal"));
+        if !p.exists() {
+            bail!(
+                "the temporal CLI is not at {}: run `bash scripts/dev-server start` once (it installs it) or pass --temporal",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+
+    pub(crate) fn retake_bin(&self) -> anyhow::Result<PathBuf> {
+        let p = match &self.retake {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .context("executable directory")?
+                .join("retake"),
+        };
+        if !p.exists() {
+            bail!(
+                "the retake binary is not at {}: `cargo build --release -p retake -p retake-bench` or pass --retake",
+                p.display()
+            );
+        }
+        Ok(p)
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A dev server of our own (SQLite file in a temp dir), killed on drop.
+pub(crate) struct Server {
+    pub(crate) address: String,
+    pub(crate) temporal: PathBuf,
+    pub(crate) child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub(crate) async fn start(temporal: &Path) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let [port, http, metrics, ui] = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let mut cmd = Command::new(temporal);
+        cmd.args([
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--log-level",
+            "error",
+        ])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--http-port",
+            &http.to_string(),
+        ])
+        .args([
+            "--metrics-port",
+            &metrics.to_string(),
+            "--ui-port",
+            &ui.to_string(),
+        ])
+        .arg("--db-filename")
+        .arg(dir.path().join("temporal.db"));
+        for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
+            cmd.args(["--search-attribute", &format!("{sa}=Keyword")]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the temporal dev server")?;
+        let address = format!("127.0.0.1:{port}");
+        let server = Self {
+            address,
+            temporal: temporal.to_owned(),
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !server
+            .cli(&["operator", "cluster", "health"])
+            .await
+            .is_ok_and(|o| o.contains("SERVING"))
+        {
+            if Instant::now() > deadline {
+                bail!("the dev server did not become healthy in 90 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(server)
+    }
+
+    /// Run the temporal CLI against this server; its stdout.
+    pub(crate) async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.temporal)
+            .args(args)
+            .args(["--address", &self.address])
+            .output()
+            .await?;
+        if !out.status.success() {
+            bail!(
+                "temporal {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Workflows matching a visibility query.
+    pub(crate) async fn count(&self, query: &str) -> anyhow::Result<u64> {
+        let out = self
+            .cli(&["workflow", "count", "--query", query, "-o", "json"])
+            .await?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v["count"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or(v["count"].as_u64())
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+}
+
+/// A worker process whose resource use is measured.
+pub(crate) struct WorkerProc {
+    pub(crate) child: Child,
+    pub(crate) label: &'static str,
+}
+
+impl WorkerProc {
+    /// `retake worker` with a fresh SQLite store and the simulator at `gpu_ms` per attempt.
+    pub(crate) fn rust(
+        bin: &Path,
+        address: &str,
+        queue: &str,
+        db: &Path,
+        gpu_ms: u64,
+    ) -> anyhow::Result<Self> {
+        let child = Command::new(bin)
+            .args([
+                "worker",
+                "--temporal-address",
+                address,
+                "--task-queue",
+                queue,
+            ])
+            .env("RETAKE_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("RETAKE_SIM_GPU_MS", gpu_ms.to_string())
+            .env("RUST_LOG", "error")
+            .env_remove("TEMPORAL_ADDRESS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting retake worker")?;
+        Ok(Self {
+            child,
+            label: "rust",
+        })
+    }
+
+    /// The Python SDK peer (`bench/peer-python/worker.py`), once it says `ready`.
+    pub(crate) async fn python(address: &str, queue: &str, gpu_ms: u64) -> anyhow::Result<Self> {
+        let python = peer_python().await?;
+        let mut child = Command::new(python)
+            .arg(root().join("bench/peer-python/worker.py"))
+            .args([
+                "--address",
+                address,
+                "--task-queue",
+                queue,
+                "--gpu-ms",
+                &gpu_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the Python peer")?;
+        let stdout = child.stdout.take().context("peer stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if line.trim() == "ready" {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        })
+        .await;
+        if !matches!(ready, Ok(Ok(true))) {
+            bail!("the Python peer did not report ready within 60 s");
+        }
+        // Keep draining its stdout so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            label: "python",
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    pub(crate) fn usage(&self) -> Usage {
+        Usage::of(self.pid())
+    }
+}
+
+/// The peer's interpreter: `.tools/peer-venv`, created with `temporalio` when missing.
+async fn peer_python() -> anyhow::Result<PathBuf> {
+    let venv = root().join(".tools/peer-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!("creating {} for the Python peer", venv.display());
+        let ok = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .await?;
+        if !ok.success() {
+            bail!("python3 -m venv failed");
+        }
+    }
+    let check = Command::new(&python)
+        .args(["-c", "import temporalio"])
+        .status()
+        .await?;
+    if !check.success() {
+        let ok = Command::new(&python)
+            .args(["-m", "pip", "install", "-q", "-r"])
+            .arg(root().join("bench/peer-python/requirements.txt"))
+            .status()
+            .await?;
+        if !ok.success() {
+            bail!("installing the Python peer's requirements failed");
+        }
+    }
+    Ok(python)
+}
+
+/// CPU seconds and memory of a process, from `/proc`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Usage {
+    pub(crate) cpu_secs: f64,
+    pub(crate) rss_mib: f64,
+    pub(crate) peak_rss_mib: f64,
+}
+
+impl Usage {
+    pub(crate) fn of(pid: u32) -> Self {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name: utime is the 12th, stime the 13th.
+        let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let cpu_secs = (ticks(11) + ticks(12)) / clock_ticks();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            cpu_secs,
+            rss_mib: kib("VmRSS:") / 1024.0,
+            peak_rss_mib: kib("VmHWM:") / 1024.0,
+        }
+    }
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The `p`-th percentile (0..=100) of `values`, nearest rank.
+pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+/// A workflow argument for the benchmark: a failed segment and a policy override.
+pub(crate) fn request(segment: &str, policy: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "segment_id": segment, "project_id": "bench", "scene_type": "bench",
+        "params": {"seed": 1234, "cfg_scale": 7.5, "denoise_strength": 0.6},
+        "failed_qa": {"scores": {"face": 0.4}, "failures": ["face_melt"]},
+        "policy": policy
+    })
+}
+
+/// Write `<name>.json` and `<name>.md` under `out`.
+pub(crate) fn write(
+    out: &Path,
+    name: &str,
+    json: &serde_json::Value,
+    md: &str,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(
+        out.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    std::fs::write(out.join(format!("{name}.md")), md)?;
+    print!("{md}");
+    Ok(())
+}
+
+/// What machine this ran on, for the results.
+pub(crate) fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    serde_json::json!({"cpu": cpu, "cores": cores})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), 3.0);
+        assert_eq!(percentile(&v, 95.0), 5.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    #[test]
+    fn this_process_has_cpu_time_and_memory() {
+        let u = Usage::of(std::process::id());
+        assert!(u.rss_mib > 0.0 && u.peak_rss_mib >= u.rss_mib);
+    }
+}

@@ -1,0 +1,128 @@
+//! `overhead`: N retries of 3 attempts with simulated GPU time G per attempt (G = 0 and 2000 ms by
+//! default) on one `retake worker`: wall time against the GPU time, orchestration per attempt,
+//! and the share of wall time that is orchestration.
+
+use crate::harness::{Live, Server, WorkerProc, machine, percentile, request, write};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    live: Live,
+    /// Retries per GPU time.
+    #[arg(long, default_value_t = 20)]
+    workflows: usize,
+    /// Simulated GPU milliseconds per attempt to measure with.
+    #[arg(long, value_delimiter = ',', default_value = "0,2000")]
+    gpu_ms: Vec<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Row {
+    gpu_ms_per_attempt: u64,
+    workflows: usize,
+    attempts: usize,
+    /// Sum over retries of their wall time (start to result), seconds.
+    wall_secs: f64,
+    gpu_secs: f64,
+    overhead_per_attempt_ms_p50: f64,
+    overhead_per_attempt_ms_p95: f64,
+    orchestration_share: f64,
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+    let server = Server::start(&args.live.temporal_bin()?).await?;
+    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    for &g in &args.gpu_ms {
+        let queue = format!("bench-overhead-{g}");
+        let _worker = WorkerProc::rust(
+            &args.live.retake_bin()?,
+            &server.address,
+            &queue,
+            &dir.path().join(format!("{g}.db")),
+            g,
+        )?;
+        // Warm-up: the worker is polling and its caches are filled.
+        let warm = retake_client::start(
+            &client,
+            &queue,
+            request(&format!("{queue}-warm"), crate::throughput::policy()),
+        )
+        .await?;
+        retake_client::result(&warm).await?;
+        let bar = ProgressBar::new(args.workflows as u64).with_style(ProgressStyle::with_template(
+            "G={prefix} ms {bar:30} {pos}/{len}",
+        )?);
+        bar.set_prefix(g.to_string());
+        let mut tasks = tokio::task::JoinSet::new();
+        let nonce = std::process::id();
+        for i in 0..args.workflows {
+            let (client, queue, bar) = (client.clone(), queue.clone(), bar.clone());
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let seg = format!("{queue}-{nonce}-{i}");
+                let h = retake_client::start(
+                    &client,
+                    &queue,
+                    request(&seg, crate::throughput::policy()),
+                )
+                .await?;
+                let r = retake_client::result(&h).await?;
+                bar.inc(1);
+                anyhow::Ok((started.elapsed().as_secs_f64(), r))
+            });
+        }
+        let (mut wall, mut gpu, mut attempts, mut per_attempt) = (0.0, 0.0, 0, Vec::new());
+        while let Some(done) = tasks.join_next().await {
+            let (secs, r) = done??;
+            let gpu_secs = r.gpu_ms_total as f64 / 1000.0;
+            let n = r.attempts.len().max(1);
+            wall += secs;
+            gpu += gpu_secs;
+            attempts += r.attempts.len();
+            per_attempt.push((secs - gpu_secs) * 1000.0 / n as f64);
+        }
+        bar.finish_and_clear();
+        rows.push(Row {
+            gpu_ms_per_attempt: g,
+            workflows: args.workflows,
+            attempts,
+            wall_secs: wall,
+            gpu_secs: gpu,
+            overhead_per_attempt_ms_p50: percentile(&per_attempt, 50.0),
+            overhead_per_attempt_ms_p95: percentile(&per_attempt, 95.0),
+            orchestration_share: if wall > 0.0 {
+                (wall - gpu) / wall
+            } else {
+                f64::NAN
+            },
+        });
+    }
+    let doc = json!({"scenario": "overhead", "machine": machine(), "rows": rows,
+        "method": "per retry: wall time from start to result minus its GPU time, divided by its attempts; all retries of a row run concurrently on one worker"});
+    let mut md = String::from(
+        "# Orchestration overhead: retries of 3 attempts on one worker\n\n\
+         | GPU ms per attempt | retries | attempts | wall s (sum) | GPU s (sum) | overhead per attempt p50 / p95 ms | orchestration share of wall time |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} % |\n",
+            r.gpu_ms_per_attempt,
+            r.workflows,
+            r.attempts,
+            r.wall_secs,
+            r.gpu_secs,
+            r.overhead_per_attempt_ms_p50,
+            r.overhead_per_attempt_ms_p95,
+            100.0 * r.orchestration_share
+        ));
+    }
+    md.push_str("\nTarget: orchestration ≤ 2 % of wall time at 2 s GPU per attempt.\n");
+    write(&args.live.out, "overhead", &doc, &md)
+}

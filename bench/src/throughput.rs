@@ -1,0 +1,237 @@
+//! `throughput` and `open`: one worker process, Rust (`retake worker`) and then the Python SDK
+//! peer, against the same dev server in the same run.
+//!
+//! * throughput: keep `concurrency` zero-GPU retries of 3 attempts in flight for `secs` seconds
+//!   (after a warm-up), and read the worker's and the server's CPU time and the worker's peak RSS.
+//! * open: park `workflows` retries in their human-review wait (every attempt fails, review window
+//!   one hour) and read the worker's RSS with all of them open.
+
+use crate::harness::{Live, Server, Usage, WorkerProc, machine, percentile, request, write};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use temporalio_client::Client;
+
+/// Activities of one retry of 3 attempts: load_policy, 3 × (reserve, generate, score, record,
+/// settle), record_outcome.
+const ACTIVITIES_PER_WORKFLOW: u64 = 17;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    live: Live,
+    /// Measured seconds per worker.
+    #[arg(long, default_value_t = 60)]
+    secs: u64,
+    /// Retries kept in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Only the Rust worker.
+    #[arg(long)]
+    skip_python: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    worker: &'static str,
+    workflows: u64,
+    failed: u64,
+    secs: f64,
+    workflows_per_sec: f64,
+    activities_per_sec: f64,
+    worker_cpu_secs: f64,
+    worker_cpu_secs_per_1000_workflows: f64,
+    /// Share of one core the worker used.
+    worker_cpu_share: f64,
+    worker_peak_rss_mib: f64,
+    server_cpu_secs: f64,
+    server_cpu_share: f64,
+    latency_p50_ms: f64,
+    latency_p95_ms: f64,
+}
+
+pub(crate) fn policy() -> serde_json::Value {
+    json!({"enabled": true, "max_attempts": 3, "selection": "best_of_n",
+           "review_window_secs": 0, "est_gpu_ms_per_attempt": 0})
+}
+
+pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
+    let server = Server::start(&args.live.temporal_bin()?).await?;
+    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let dir = tempfile::tempdir()?;
+    let mut rows = Vec::new();
+    let rust = WorkerProc::rust(
+        &args.live.retake_bin()?,
+        &server.address,
+        "bench-tp-rust",
+        &dir.path().join("rust.db"),
+        0,
+    )?;
+    rows.push(measure(&server, &client, &rust, "bench-tp-rust", args).await?);
+    drop(rust);
+    if !args.skip_python {
+        let py = WorkerProc::python(&server.address, "bench-tp-python", 0).await?;
+        rows.push(measure(&server, &client, &py, "bench-tp-python", args).await?);
+    }
+    let ratio = |f: fn(&Row) -> f64| match rows.as_slice() {
+        [r, p] if f(p) > 0.0 => Some(f(r) / f(p)),
+        _ => None,
+    };
+    let cpu_ratio = ratio(|r| r.worker_cpu_secs_per_1000_workflows);
+    let rss_ratio = ratio(|r| r.worker_peak_rss_mib);
+    let doc = json!({"scenario": "throughput", "machine": machine(), "secs": args.secs,
+        "concurrency": args.concurrency, "activities_per_workflow": ACTIVITIES_PER_WORKFLOW,
+        "rows": rows, "rust_to_python": {"cpu_per_1000_workflows": cpu_ratio, "peak_rss": rss_ratio}});
+    let mut md = format!(
+        "# Throughput: zero-GPU retries of 3 attempts, {} in flight, {} s per worker\n\n\
+         | worker | workflows | failed | workflows/s | activities/s | worker CPU s / 1000 wf | worker CPU (share of a core) | worker peak RSS MiB | server CPU (share of a core) | latency p50 / p95 ms |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        args.concurrency, args.secs
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} % | {:.1} | {:.0} % | {:.0} / {:.0} |\n",
+            r.worker, r.workflows, r.failed, r.workflows_per_sec, r.activities_per_sec,
+            r.worker_cpu_secs_per_1000_workflows, 100.0 * r.worker_cpu_share, r.worker_peak_rss_mib,
+            100.0 * r.server_cpu_share, r.latency_p50_ms, r.latency_p95_ms
+        ));
+    }
+    if let (Some(c), Some(m)) = (cpu_ratio, rss_ratio) {
+        md.push_str(&format!(
+            "\nRust/Python: CPU per 1,000 workflows {c:.2} (target ≤ 0.20), peak RSS {m:.2} (target ≤ 0.33).\n"
+        ));
+    }
+    md.push_str(&bottleneck(&rows));
+    write(&args.live.out, "throughput", &doc, &md)
+}
+
+fn bottleneck(rows: &[Row]) -> String {
+    let mut s = String::from("\n");
+    for r in rows {
+        let who = if r.server_cpu_share > r.worker_cpu_share {
+            "the server"
+        } else {
+            "the worker"
+        };
+        s.push_str(&format!(
+            "With the {} worker, {who} used more CPU ({:.0} % of a core against {:.0} %).\n",
+            r.worker,
+            100.0 * r.server_cpu_share.max(r.worker_cpu_share),
+            100.0 * r.server_cpu_share.min(r.worker_cpu_share)
+        ));
+    }
+    s
+}
+
+async fn measure(
+    server: &Server,
+    client: &Client,
+    worker: &WorkerProc,
+    queue: &str,
+    args: &Args,
+) -> anyhow::Result<Row> {
+    let bar = ProgressBar::new(args.secs).with_style(ProgressStyle::with_template(
+        "{prefix:8} {bar:30} {pos}/{len} s {msg}",
+    )?);
+    bar.set_prefix(worker.label);
+    bar.set_message("warming up");
+    // Warm-up: the worker connects, registers and fills its caches before measuring.
+    drive(
+        client,
+        queue,
+        "warm",
+        args.concurrency,
+        Duration::from_secs(3),
+    )
+    .await?;
+    let (w0, s0, t0) = (worker.usage(), Usage::of(server.pid()), Instant::now());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                bar.inc(1);
+            }
+        })
+    };
+    bar.set_message("measuring");
+    let (latencies, failed) = drive(
+        client,
+        queue,
+        "run",
+        args.concurrency,
+        Duration::from_secs(args.secs),
+    )
+    .await?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (w1, s1) = (worker.usage(), Usage::of(server.pid()));
+    ticker.abort();
+    bar.finish_and_clear();
+    let n = latencies.len() as u64;
+    let cpu = w1.cpu_secs - w0.cpu_secs;
+    Ok(Row {
+        worker: worker.label,
+        workflows: n,
+        failed,
+        secs,
+        workflows_per_sec: n as f64 / secs,
+        activities_per_sec: (n * ACTIVITIES_PER_WORKFLOW) as f64 / secs,
+        worker_cpu_secs: cpu,
+        worker_cpu_secs_per_1000_workflows: if n > 0 {
+            cpu * 1000.0 / n as f64
+        } else {
+            f64::NAN
+        },
+        worker_cpu_share: cpu / secs,
+        worker_peak_rss_mib: w1.peak_rss_mib,
+        server_cpu_secs: s1.cpu_secs - s0.cpu_secs,
+        server_cpu_share: (s1.cpu_secs - s0.cpu_secs) / secs,
+        latency_p50_ms: percentile(&latencies, 50.0),
+        latency_p95_ms: percentile(&latencies, 95.0),
+    })
+}
+
+/// Keep `concurrency` retries in flight until `for_` has passed; latencies (ms) of the finished
+/// ones and how many failed.
+async fn drive(
+    client: &Client,
+    queue: &str,
+    tag: &str,
+    concurrency: usize,
+    for_: Duration,
+) -> anyhow::Result<(Vec<f64>, u64)> {
+    let deadline = Instant::now() + for_;
+    let nonce = std::process::id();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..concurrency {
+        let (client, queue, tag) = (client.clone(), queue.to_owned(), tag.to_owned());
+        tasks.spawn(async move {
+            let (mut lat, mut failed, mut i) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < deadline {
+                let seg = format!("{queue}-{tag}-{nonce}-{t}-{i}");
+                i += 1;
+                let started = Instant::now();
+                let ok = match retake_client::start(&client, &queue, request(&seg, policy())).await
+                {
+                    Ok(h) => retake_client::result(&h).await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    lat.push(started.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    failed += 1;
+                }
+            }
+            (lat, failed)
+        });
+    }
+    let (mut all, mut failed) = (Vec::new(), 0);
+    while let Some(done) = tasks.join_next().await {
+        let (lat, f) = done.context("a driver task panicked")?;
+        all.extend(lat);
+        failed += f;
+    }
+    Ok((all, failed))
+}
