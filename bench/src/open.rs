@@ -36,7 +36,7 @@ struct Row {
 /// Every attempt fails (a metric no scorer reports), then a one-hour review wait.
 fn parking_policy() -> serde_json::Value {
     json!({"enabled": true, "max_attempts": 3, "thresholds": {"bench_never": 0.5},
-           "retry_on": ["low_bench_never"], "review_window_secs": 3600, "est_gpu_ms_per_attempt": 0})
+           "retry_on": ["face_melt", "low_bench_never"], "review_window_secs": 3600, "est_gpu_ms_per_attempt": 0})
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {

@@ -53,7 +53,9 @@ struct Row {
 }
 
 pub(crate) fn policy() -> serde_json::Value {
+    // best_of_n with every failure kind retried: always exactly 3 attempts.
     json!({"enabled": true, "max_attempts": 3, "selection": "best_of_n",
+           "retry_on": ["face_melt", "motion_score"],
            "review_window_secs": 0, "est_gpu_ms_per_attempt": 0})
 }
 
