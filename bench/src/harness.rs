@@ -69,7 +69,19 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A dev server of our own (SQLite file in a temp dir), killed on drop.
+/// A temporary directory in memory (`/dev/shm`) when there is one: the Rust worker's SQLite store
+/// goes there, so the comparison with the Python peer (whose stores are in memory) measures the
+/// workers, not this machine's `fsync`.
+pub(crate) fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    Ok(if shm.is_dir() {
+        tempfile::tempdir_in(shm)?
+    } else {
+        tempfile::tempdir()?
+    })
+}
+
+/// A dev server of our own, killed on drop.
 pub(crate) struct Server {
     pub(crate) address: String,
     pub(crate) temporal: PathBuf,
@@ -78,8 +90,10 @@ pub(crate) struct Server {
 }
 
 impl Server {
+    /// An in-memory dev server: what is measured is orchestration, not the dev server's SQLite
+    /// file on this machine's disk (production servers run on Postgres or Cassandra).
     pub(crate) async fn start(temporal: &Path) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = scratch_dir()?;
         let [port, http, metrics, ui] = [free_port()?, free_port()?, free_port()?, free_port()?];
         let mut cmd = Command::new(temporal);
         cmd.args([
@@ -102,9 +116,7 @@ impl Server {
             &metrics.to_string(),
             "--ui-port",
             &ui.to_string(),
-        ])
-        .arg("--db-filename")
-        .arg(dir.path().join("temporal.db"));
+        ]);
         for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
             cmd.args(["--search-attribute", &format!("{sa}=Keyword")]);
         }

@@ -3,6 +3,7 @@
 //! and the share of wall time that is orchestration.
 
 use crate::harness::{Live, Server, WorkerProc, machine, percentile, request, write};
+use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::json;
@@ -18,11 +19,16 @@ pub(crate) struct Args {
     /// Simulated GPU milliseconds per attempt to measure with.
     #[arg(long, value_delimiter = ',', default_value = "0,2000")]
     gpu_ms: Vec<u64>,
+    /// Retries in flight at once: 1 measures orchestration latency alone, more measures it under
+    /// load.
+    #[arg(long, value_delimiter = ',', default_value = "1,20")]
+    concurrency: Vec<usize>,
 }
 
 #[derive(Debug, Serialize)]
 struct Row {
     gpu_ms_per_attempt: u64,
+    concurrency: usize,
     workflows: usize,
     attempts: usize,
     /// Sum over retries of their wall time (start to result), seconds.
@@ -36,15 +42,19 @@ struct Row {
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let server = Server::start(&args.live.temporal_bin()?).await?;
     let client = retake::connect::temporal(Some(&server.address)).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
-    for &g in &args.gpu_ms {
-        let queue = format!("bench-overhead-{g}");
+    for (&g, &c) in args
+        .gpu_ms
+        .iter()
+        .flat_map(|g| args.concurrency.iter().map(move |c| (g, c)))
+    {
+        let queue = format!("bench-overhead-{g}-{c}");
         let _worker = WorkerProc::rust(
             &args.live.retake_bin()?,
             &server.address,
             &queue,
-            &dir.path().join(format!("{g}.db")),
+            &dir.path().join(format!("{g}-{c}.db")),
             g,
         )?;
         // Warm-up: the worker is polling and its caches are filled.
@@ -59,27 +69,27 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             "G={prefix} ms {bar:30} {pos}/{len}",
         )?);
         bar.set_prefix(g.to_string());
-        let mut tasks = tokio::task::JoinSet::new();
         let nonce = std::process::id();
-        for i in 0..args.workflows {
+        let one = |i: usize| {
             let (client, queue, bar) = (client.clone(), queue.clone(), bar.clone());
-            tasks.spawn(async move {
+            async move {
                 let started = Instant::now();
                 let seg = format!("{queue}-{nonce}-{i}");
-                let h = retake_client::start(
-                    &client,
-                    &queue,
-                    request(&seg, crate::throughput::policy()),
-                )
-                .await?;
+                let policy = crate::throughput::policy();
+                let h = retake_client::start(&client, &queue, request(&seg, policy)).await?;
                 let r = retake_client::result(&h).await?;
                 bar.inc(1);
                 anyhow::Ok((started.elapsed().as_secs_f64(), r))
-            });
-        }
+            }
+        };
+        let done: Vec<_> = futures::stream::iter(0..args.workflows)
+            .map(one)
+            .buffer_unordered(c.max(1))
+            .collect()
+            .await;
         let (mut wall, mut gpu, mut attempts, mut per_attempt) = (0.0, 0.0, 0, Vec::new());
-        while let Some(done) = tasks.join_next().await {
-            let (secs, r) = done??;
+        for d in done {
+            let (secs, r) = d?;
             let gpu_secs = r.gpu_ms_total as f64 / 1000.0;
             let n = r.attempts.len().max(1);
             wall += secs;
@@ -90,6 +100,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         bar.finish_and_clear();
         rows.push(Row {
             gpu_ms_per_attempt: g,
+            concurrency: c,
             workflows: args.workflows,
             attempts,
             wall_secs: wall,
@@ -107,13 +118,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         "method": "per retry: wall time from start to result minus its GPU time, divided by its attempts; all retries of a row run concurrently on one worker"});
     let mut md = String::from(
         "# Orchestration overhead: retries of 3 attempts on one worker\n\n\
-         | GPU ms per attempt | retries | attempts | wall s (sum) | GPU s (sum) | overhead per attempt p50 / p95 ms | orchestration share of wall time |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | GPU ms per attempt | in flight | retries | attempts | wall s (sum) | GPU s (sum) | overhead per attempt p50 / p95 ms | orchestration share of wall time |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in &rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} % |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} % |\n",
             r.gpu_ms_per_attempt,
+            r.concurrency,
             r.workflows,
             r.attempts,
             r.wall_secs,

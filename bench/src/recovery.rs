@@ -36,7 +36,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let server = Server::start(&args.live.temporal_bin()?).await?;
     let client = retake::connect::temporal(Some(&server.address)).await?;
     let bin = args.live.retake_bin()?;
-    let dir = tempfile::tempdir()?;
+    let dir = crate::harness::scratch_dir()?;
     let mut runs = Vec::new();
     for i in 0..args.runs {
         let queue = format!("bench-recovery-{i}");

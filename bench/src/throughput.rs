@@ -62,7 +62,7 @@ pub(crate) fn policy() -> serde_json::Value {
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let server = Server::start(&args.live.temporal_bin()?).await?;
     let client = retake::connect::temporal(Some(&server.address)).await?;
-    let dir = tempfile::tempdir()?;
+    let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
     let rust = WorkerProc::rust(
         &args.live.retake_bin()?,
