@@ -67,7 +67,8 @@ pub(crate) fn decode<T: DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, 
     })
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// An HTTP client error with its whole chain of causes ("connection refused" and all).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     use std::error::Error;
     let mut msg = e.to_string();
     let mut src = e.source();

@@ -177,10 +177,10 @@ impl ComfyUi {
         let resp = req
             .send()
             .await
-            .map_err(|e| BackendError::Transient(format!("{what}: {}", chain(&e))))?;
+            .map_err(|e| BackendError::Transient(format!("{what}: {}", wire::describe(&e))))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(|e| {
-            BackendError::Transient(format!("{what}: reading the body: {}", chain(&e)))
+            BackendError::Transient(format!("{what}: reading the body: {}", wire::describe(&e)))
         })?;
         if !status.is_success() {
             let msg = format!("{what}: HTTP {status}: {}", history::refusal(&body));
@@ -337,17 +337,6 @@ struct PromptReply {
     prompt_id: String,
     #[serde(default)]
     node_errors: Option<Value>,
-}
-
-fn chain(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    msg
 }
 
 #[async_trait]
