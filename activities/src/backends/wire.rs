@@ -1,6 +1,8 @@
-//! HTTP plumbing shared by the adapters: one classification of failures (what Temporal retries
-//! and what it must not), JSON decoding that names the bad field, and heartbeats while waiting.
+//! HTTP plumbing shared by the adapters: checking a configured base URL and a secret named by an
+//! environment variable, one classification of failures (what Temporal retries and what it must
+//! not), JSON decoding that names the bad field, and heartbeats while waiting.
 
+use crate::backends::config::ConfigError;
 use crate::ports::{BackendError, Progress};
 use serde::de::DeserializeOwned;
 use std::future::Future;
@@ -9,6 +11,54 @@ use std::time::Duration;
 /// How often a backend waiting on a remote call heartbeats (the generate activity's heartbeat
 /// timeout is 3 s).
 pub(crate) const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+/// A configuration's `base_url`: an http or https URL that paths can be appended to.
+pub(crate) fn base_url(raw: &str) -> Result<url::Url, ConfigError> {
+    let raw = raw.trim();
+    let base = url::Url::parse(raw)
+        .map_err(|e| ConfigError::new("base_url", format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+        return Err(ConfigError::new(
+            "base_url",
+            format!("{raw:?} must be an http or https URL"),
+        ));
+    }
+    Ok(base)
+}
+
+/// `base` (checked by [`base_url`]) followed by `segments`, each percent-encoded as one path
+/// segment.
+pub(crate) fn join(base: &url::Url, segments: &[&str]) -> url::Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("checked by base_url: the base URL can be a base")
+        .pop_if_empty()
+        .extend(segments);
+    url
+}
+
+/// The secret in the environment variable `name`, if a configuration names one (its field is
+/// `field`): read once when the adapter is built, so an unset or empty variable stops the worker
+/// at start-up.
+pub(crate) fn secret_from_env(
+    field: &str,
+    name: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = name else {
+        return Ok(None);
+    };
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+        Ok(_) => Err(ConfigError::new(
+            field,
+            format!("the environment variable {name} is empty"),
+        )),
+        Err(e) => Err(ConfigError::new(
+            field,
+            format!("the environment variable {name} cannot be read: {e}"),
+        )),
+    }
+}
 
 /// A client with a connect timeout and an overall request timeout.
 pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {

@@ -104,15 +104,7 @@ pub struct ComfyUi {
 
 impl ComfyUi {
     pub fn new(config: ComfyUiConfig) -> Result<Self, ConfigError> {
-        let base_url = config.base_url.trim();
-        let base = url::Url::parse(base_url)
-            .map_err(|e| ConfigError::new("base_url", format!("{base_url:?} is not a URL: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(ConfigError::new(
-                "base_url",
-                format!("{base_url:?} must be an http or https URL"),
-            ));
-        }
+        let base = wire::base_url(&config.base_url)?;
         let workflow = Workflow::load(&config)?;
         tracing::debug!(samplers = ?workflow.samplers(), "ComfyUI workflow {}", config.workflow.display());
         let timeout = Duration::from_secs(config.request_timeout_secs.unwrap_or(60).max(1));
@@ -127,12 +119,7 @@ impl ComfyUi {
     }
 
     fn url(&self, segments: &[&str]) -> url::Url {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked at construction: the base URL can be a base")
-            .pop_if_empty()
-            .extend(segments);
-        url
+        wire::join(&self.base, segments)
     }
 
     async fn get(&self, url: url::Url) -> Result<Value, BackendError> {

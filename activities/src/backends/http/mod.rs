@@ -169,33 +169,8 @@ impl std::fmt::Debug for HttpBackend {
 
 impl HttpBackend {
     pub fn new(config: HttpConfig) -> Result<Self, ConfigError> {
-        let base_url = config.base_url.trim();
-        let base = url::Url::parse(base_url)
-            .map_err(|e| ConfigError::new("base_url", format!("{base_url:?} is not a URL: {e}")))?;
-        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
-            return Err(ConfigError::new(
-                "base_url",
-                format!("{base_url:?} must be an http or https URL"),
-            ));
-        }
-        let token = match &config.token_env {
-            None => None,
-            Some(name) => match std::env::var(name) {
-                Ok(t) if !t.trim().is_empty() => Some(t.trim().to_owned()),
-                Ok(_) => {
-                    return Err(ConfigError::new(
-                        "token_env",
-                        format!("the environment variable {name} is empty"),
-                    ));
-                }
-                Err(e) => {
-                    return Err(ConfigError::new(
-                        "token_env",
-                        format!("the environment variable {name} cannot be read: {e}"),
-                    ));
-                }
-            },
-        };
+        let base = wire::base_url(&config.base_url)?;
+        let token = wire::secret_from_env("token_env", config.token_env.as_deref())?;
         let timeout = Duration::from_secs(config.request_timeout_secs.unwrap_or(60).max(1));
         let client = wire::client(timeout).map_err(|e| ConfigError::new("", e))?;
         Ok(Self {
@@ -209,12 +184,7 @@ impl HttpBackend {
 
     /// `base_url` followed by `segments`, each percent-encoded as one path segment.
     fn url(&self, segments: &[&str]) -> url::Url {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .expect("checked at construction: the base URL can be a base")
-            .pop_if_empty()
-            .extend(segments);
-        url
+        wire::join(&self.base, segments)
     }
 
     fn authorised(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

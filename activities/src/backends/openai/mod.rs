@@ -87,38 +87,14 @@ impl Endpoint {
         api_key_env: Option<&str>,
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
-        let parsed = url::Url::parse(base_url)
-            .map_err(|e| ConfigError::new("base_url", format!("{base_url:?} is not a URL: {e}")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(ConfigError::new(
-                "base_url",
-                format!("{base_url:?} must be an http or https URL"),
-            ));
-        }
+        let base = wire::base_url(base_url)?;
         if model.trim().is_empty() {
             return Err(ConfigError::new("model", "must not be empty"));
         }
-        let api_key = match api_key_env {
-            None => None,
-            Some(name) => match std::env::var(name) {
-                Ok(key) if !key.trim().is_empty() => Some(key.trim().to_owned()),
-                Ok(_) => {
-                    return Err(ConfigError::new(
-                        "api_key_env",
-                        format!("the environment variable {name} is empty"),
-                    ));
-                }
-                Err(e) => {
-                    return Err(ConfigError::new(
-                        "api_key_env",
-                        format!("the environment variable {name} cannot be read: {e}"),
-                    ));
-                }
-            },
-        };
+        let api_key = wire::secret_from_env("api_key_env", api_key_env)?;
         let client = wire::client(timeout).map_err(|e| ConfigError::new("", e))?;
         Ok(Self {
-            url: format!("{}/chat/completions", base_url.trim_end_matches('/')),
+            url: format!("{}/chat/completions", base.as_str().trim_end_matches('/')),
             model: model.to_owned(),
             api_key,
             client,
