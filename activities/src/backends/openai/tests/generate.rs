@@ -187,7 +187,7 @@ async fn a_slow_completion_heartbeats_while_it_waits() {
 async fn a_cancelled_attempt_stops_waiting_and_writes_nothing() {
     let (url, _fake) = serve(Reply::content("never").slow(Duration::from_millis(2500))).await;
     let dir = tempfile::tempdir().unwrap();
-    let beats = Beats::cancelled();
+    let beats = Beats::cancelling_at(1);
     let err = generator(&url, &Artifacts::new(dir.path()))
         .await
         .generate(&request(brief()), &beats)

@@ -3,14 +3,12 @@
 mod generate;
 mod judge;
 
+use crate::backends::http::fake::Beats;
 use crate::io::AttemptKey;
-use crate::ports::{BackendError, Progress};
-use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -115,42 +113,6 @@ async fn serve(reply: Reply) -> (String, Arc<Fake>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}/v1"), fake)
-}
-
-/// Counts heartbeats; cancels at the first one when asked to.
-#[derive(Debug, Default)]
-struct Beats {
-    count: AtomicU32,
-    cancelled: bool,
-}
-
-impl Beats {
-    fn cancelled() -> Self {
-        Self {
-            cancelled: true,
-            ..Self::default()
-        }
-    }
-
-    fn count(&self) -> u32 {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Progress for Beats {
-    async fn checkpoint(&self, _done: u32, _total: u32) -> Result<(), BackendError> {
-        self.count.fetch_add(1, Ordering::SeqCst);
-        if self.cancelled {
-            Err(BackendError::Cancelled)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn resume_from(&self) -> u32 {
-        0
-    }
 }
 
 fn key() -> AttemptKey {
