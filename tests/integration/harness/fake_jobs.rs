@@ -3,6 +3,7 @@
 //! `polls_to_finish` polls, or never when `None`; `POST /score` passes everything. It records the
 //! calls it got.
 
+use super::fake_http::Served;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +23,7 @@ struct Jobs {
 pub struct FakeJobs {
     pub base_url: String,
     jobs: Arc<Mutex<Jobs>>,
-    server: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl FakeJobs {
@@ -36,29 +37,18 @@ impl FakeJobs {
             .route("/jobs/{id}", get(poll).delete(cancel))
             .route("/score", post(score))
             .with_state(jobs.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let served = Served::start(app).await;
+        let addr = served.addr;
         Self {
             base_url: format!("http://{addr}"),
             jobs,
-            server,
+            _served: served,
         }
     }
 
     /// Calls so far, as `POST /generate <key>`, `GET /jobs/<id>`, `DELETE /jobs/<id>`, `POST /score`.
     pub fn calls(&self) -> Vec<String> {
         self.jobs.lock().expect("lock").calls.clone()
-    }
-}
-
-impl Drop for FakeJobs {
-    fn drop(&mut self) {
-        self.server.abort();
     }
 }
 

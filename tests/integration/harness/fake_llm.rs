@@ -1,6 +1,7 @@
 //! A scripted OpenAI-compatible server on a free port: chat completions for the generator and,
 //! when a request asks for a JSON object, the judge's breakdown. It records every request.
 
+use super::fake_http::Served;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -22,7 +23,7 @@ struct Script {
 pub struct FakeLlm {
     pub base_url: String,
     script: Arc<Mutex<Script>>,
-    _server: tokio::task::JoinHandle<()>,
+    _served: Served,
 }
 
 impl FakeLlm {
@@ -35,17 +36,12 @@ impl FakeLlm {
         let app = Router::new()
             .route("/v1/chat/completions", post(complete))
             .with_state(script.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let served = Served::start(app).await;
+        let addr = served.addr;
         Self {
             base_url: format!("http://{addr}/v1"),
             script,
-            _server: server,
+            _served: served,
         }
     }
 
@@ -66,12 +62,6 @@ impl FakeLlm {
             .filter(|r| is_judge(r) == judge)
             .cloned()
             .collect()
-    }
-}
-
-impl Drop for FakeLlm {
-    fn drop(&mut self) {
-        self._server.abort();
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod app;
 mod crash;
+mod fake_http;
 mod fake_jobs;
 mod fake_llm;
 mod server;
