@@ -127,9 +127,9 @@ fn cost_rule_rows(batch: &[Segment], marginal: &[f64], gpu_secs: f64) -> Vec<Cos
                 attempts += made.len() as u64;
                 if made.iter().any(|a| a.passed) {
                     fixed += 1;
-                } else if !made.is_empty() || policy.cost_rule.is_some() {
-                    // Not fixed after retrying (or stopped by the rule before attempt 1).
-                    escalated += u32::from(plan::should_retry(&policy, &s.req.failed_qa).is_ok());
+                } else if plan::should_retry(&policy, &s.req.failed_qa).is_ok() {
+                    // Retried (or stopped by the rule before attempt 1) and not fixed.
+                    escalated += 1;
                 }
             }
             rows.push(CostRuleRow {
