@@ -1,4 +1,7 @@
-use crate::harness::{TestApp, dev_server, find_segment, request, spawn_app, spawn_app_with};
+use crate::harness::{
+    TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
+    spawn_app_with,
+};
 use retake::retries::{self, Creator};
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
@@ -14,14 +17,26 @@ fn seg(s: &str) -> SegmentId {
 /// Start a retry whose attempts all fail, with a one-hour review window, and wait until it
 /// awaits a decision.
 async fn in_review(app: &TestApp, name: &str) -> (String, retries::RetryHandle) {
-    let policy = json!({"enabled": true, "review_window_secs": 3600});
-    let segment = failing(app, name, &policy);
-    let handle = app.start(request(&segment, "p1", Some(policy))).await;
-    app.wait_for(&segment, "awaiting review", |s| {
+    let segment = failing(app, name, &review_policy());
+    let handle = start_in_review(app, &segment).await;
+    (segment, handle)
+}
+
+/// Every attempt escalates to a one-hour review window.
+fn review_policy() -> Value {
+    json!({"enabled": true, "review_window_secs": 3600})
+}
+
+/// Start the retry of `segment` under [`review_policy`] and wait until it awaits a decision.
+async fn start_in_review(app: &TestApp, segment: &str) -> retries::RetryHandle {
+    let handle = app
+        .start(request(segment, "p1", Some(review_policy())))
+        .await;
+    app.wait_for(segment, "awaiting review", |s| {
         s.phase == Phase::AwaitingReview
     })
     .await;
-    (segment, handle)
+    handle
 }
 
 /// A segment whose attempts all fail, under `policy`.
@@ -236,7 +251,23 @@ async fn rejecting_in_review_ends_escalated_with_the_review_closed() {
 #[tokio::test]
 async fn retry_with_new_parameters_records_new_attempts_with_those_parameters() {
     let app = spawn_app().await;
-    let (segment, handle) = in_review(&app, "rw").await;
+    // A segment whose second round fails too, so the run ends with exactly 5 attempts (a pass
+    // on attempt 4 would end it with 4).
+    let decision = json!({"decision": "retry_with", "params": {"cfg_scale": 9.0},
+                          "vary": {"cfg_scale": {"range": 1.5}}, "attempts": 2, "by": "jun"});
+    let (segment, predicted) = (0..10_000)
+        .find_map(|i| {
+            let segment = format!("{}-rw-{i}", app.tag);
+            let input = request(&segment, "p1", Some(review_policy()));
+            let first = predict(&input);
+            if first.len() != 3 || first.iter().any(|a| a.passed) {
+                return None;
+            }
+            let all = predict_retry_with(&input, first, &decision);
+            all.iter().all(|a| !a.passed).then_some((segment, all))
+        })
+        .expect("a segment failing both rounds");
+    let handle = start_in_review(&app, &segment).await;
 
     let out = Command::new(env!("CARGO_BIN_EXE_retake"))
         .args([
@@ -301,6 +332,7 @@ async fn retry_with_new_parameters_records_new_attempts_with_those_parameters() 
             "earlier attempts keep their record"
         );
     }
+    assert_eq!(result.attempts, predicted, "both rounds as planned");
     assert_eq!(result.decisions[0].action, "retry_with");
     assert_eq!(app.store.attempts(&segment).await.unwrap().len(), 5);
 }

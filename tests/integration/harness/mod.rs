@@ -17,4 +17,4 @@ pub use crash::{WorkerProcess, wait_for_activity};
 pub use fake_jobs::FakeJobs;
 pub use fake_llm::FakeLlm;
 pub use server::{OwnedServer, dev_server};
-pub use sim::{find_segment, predict, request};
+pub use sim::{find_segment, predict, predict_retry_with, request};

@@ -6,6 +6,7 @@ use retake_activities::sim::Simulator;
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, QaScores, RetryRequest};
 use retake_domain::ladder;
+use retake_domain::review::{self, Decision};
 use serde_json::{Value, json};
 
 /// A workflow argument: a segment whose generation (seed 1234, cfg 7.5, denoise 0.6) failed on
@@ -32,12 +33,49 @@ pub fn request(segment: &str, project: &str, policy: Option<Value>) -> Value {
 pub fn predict(input: &Value) -> Vec<AttemptRecord> {
     let req = RetryRequest::parse(input).expect("valid request");
     let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
-    let mut attempts = Vec::new();
-    while let Ok(a) = ladder::next(&req, &policy, &attempts, 0) {
+    run_round(&req, &policy, Vec::new(), 0)
+}
+
+/// All attempts after a reviewer answers `first` (every attempt `predict` gave for `input`) with
+/// the `retry_with` decision `decision` (the JSON of the `decide` update), planned as the
+/// workflow plans a review round.
+pub fn predict_retry_with(
+    input: &Value,
+    first: Vec<AttemptRecord>,
+    decision: &Value,
+) -> Vec<AttemptRecord> {
+    let mut req = RetryRequest::parse(input).expect("valid request");
+    let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
+    let Ok((
+        Decision::RetryWith {
+            params,
+            vary,
+            attempts,
+        },
+        _,
+    )) = Decision::parse(decision, &policy, &first)
+    else {
+        panic!("not a valid retry_with decision: {decision}");
+    };
+    let made = u32::try_from(first.len()).expect("few attempts");
+    let (new_params, policy) =
+        review::apply_retry_with(&req.params, &policy, made, &params, &vary, attempts);
+    req.params = new_params;
+    run_round(&req, &policy, first, made)
+}
+
+/// Plan and score attempts after `attempts` until the plan stops.
+fn run_round(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    mut attempts: Vec<AttemptRecord>,
+    round_start: u32,
+) -> Vec<AttemptRecord> {
+    while let Ok(a) = ladder::next(req, policy, &attempts, round_start) {
         let scores = Simulator::scores(req.segment_id.as_str(), a.seed, &a.params);
         let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);
         attempts.push(a.scored(
-            &policy,
+            policy,
             QaScores {
                 scores,
                 failures: vec![],
