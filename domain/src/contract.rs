@@ -23,6 +23,19 @@ where
 /// QA scores by metric, each within 0..=1.
 pub type Scores = BTreeMap<String, f64>;
 
+/// How deep a parameter value may nest. Generation parameters are flat in practice; the bound keeps
+/// hostile input from reaching stores, logs and backends that recurse over it.
+pub const MAX_PARAMS_DEPTH: usize = 32;
+
+/// Nesting depth of a JSON value: 1 for a scalar, one more per array or object level.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 1,
+    }
+}
+
 /// Generation parameters: a JSON object with at least an integer `seed`; other entries are kept
 /// as they are, numeric ones named in the policy's `vary` are jittered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +57,14 @@ impl Params {
                 ));
             }
             Some(_) => {}
+        }
+        for (name, v) in map {
+            if depth(v) > MAX_PARAMS_DEPTH {
+                return Err(ValidationError::single(
+                    format!("params.{name}"),
+                    format!("is nested deeper than {MAX_PARAMS_DEPTH} levels"),
+                ));
+            }
         }
         Ok(Self(map.clone()))
     }
@@ -231,6 +252,10 @@ pub fn validate_scores(qa: &QaScores) -> Result<(), ValidationError> {
     errs.finish(())
 }
 
+/// `error_type` of an attempt the budget stopped: it needed more GPU time than was reserved and
+/// the project's limit refused more, so it was cancelled (and billed what it used).
+pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
+
 /// How a retry workflow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -307,9 +332,18 @@ pub struct AttemptRecord {
     /// Where the backend put the output (a reference, never the bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_uri: Option<String>,
-    /// What failed, for status `error`.
+    /// What failed, for status `error`: the stage and the root message the backend (or
+    /// Temporal, for a timeout) gave, e.g. `generation failed: Prompt outputs failed validation…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of that failure: the activity's failure type (`BackendRejected`,
+    /// `BackendTransient`, `BudgetExhausted`, …), `Timeout` or `Cancelled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// Why the attempt did not do exactly what its strategy says, e.g. a partial rewrite that had
+    /// no category breakdown to target and used the revise prompt instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// The ladder's strategy for this attempt (absent for runs started before the ladder).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
@@ -380,6 +414,18 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(r.segment_id.as_str(), "5");
+    }
+
+    #[test]
+    fn params_nested_deeper_than_the_limit_are_rejected_naming_the_entry() {
+        let mut deep = json!(1);
+        for _ in 0..MAX_PARAMS_DEPTH {
+            deep = json!({"x": deep});
+        }
+        let err = Params::parse(&json!({"seed": 1, "lora": deep})).unwrap_err();
+        assert_eq!(err.first_field(), "params.lora");
+        let ok = Params::parse(&json!({"seed": 1, "lora": {"a": [1, {"b": 2}]}}));
+        assert!(ok.is_ok());
     }
 
     #[test]

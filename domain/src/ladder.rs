@@ -91,11 +91,28 @@ pub fn plan_attempt(
         prompt: None,
         revises: None,
         revise_uri: None,
+        note: None,
     };
     if strategy.revises() {
         let base = best_draft(req, policy, attempts);
         let ctx = context(req, policy, attempts, k, &base);
-        plan.prompt = template(policy, strategy).map(|t| prompt::render(&t, policy.language, &ctx));
+        let mut chosen = template(policy, strategy);
+        // A template built on the category breakdown would be rendered with holes (`?`, empty
+        // feedback) for a draft the scorer gave none: revise without it, and say so.
+        if base.breakdown.is_empty() && chosen.as_deref().is_some_and(prompt::uses_breakdown) {
+            chosen = template(policy, Strategy::Revise)
+                .filter(|t| !prompt::uses_breakdown(t))
+                .or_else(|| {
+                    prompt::default_template(policy.language, policy.profile, Strategy::Revise)
+                        .map(str::to_owned)
+                });
+            plan.note = Some(format!(
+                "{strategy} needs the scorer's category breakdown and draft {} has none: \
+                 used the revise prompt instead",
+                base.attempt
+            ));
+        }
+        plan.prompt = chosen.map(|t| prompt::render(&t, policy.language, &ctx));
         plan.revises = Some(base.attempt);
         plan.revise_uri = base.uri;
     }
@@ -138,12 +155,11 @@ fn context(
         Some(Value::Number(n)) => n.to_string(),
         _ => req.segment_id.to_string(),
     };
-    let best_score = attempts
-        .iter()
-        .filter(|a| scored(a))
-        .filter_map(|a| quality::overall(&a.scores))
-        .max_by(f64::total_cmp)
-        .or(base.overall);
+    let original = quality::normalise(req.failed_qa.clone()).scores;
+    let best_score = policy
+        .best_words(attempts.iter().filter(|a| scored(a)).map(|a| &a.scores))
+        .or_else(|| policy.best_words(std::iter::once(&original)))
+        .unwrap_or_else(|| "?".to_owned());
     PromptContext {
         chapter,
         segment: req.segment_id.to_string(),

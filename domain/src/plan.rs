@@ -28,6 +28,15 @@ pub fn should_retry(policy: &RetryPolicy, failed: &FailedQa) -> Result<(), Strin
             listed.join(", ")
         ));
     }
+    let blocking = policy.blocking(&failed.failures);
+    if !blocking.is_empty() {
+        return Err(format!(
+            "the failures include {}, which the policy does not retry on: if that failure is \
+             systematic no new seed fixes it, so retrying would spend GPU time for nothing \
+             (policy mixed_failures: stop; \"retry\" retries anyway)",
+            blocking.join(", ")
+        ));
+    }
     Ok(())
 }
 
@@ -47,6 +56,8 @@ pub struct AttemptPlan {
     pub revises: Option<u32>,
     /// Where that draft is.
     pub revise_uri: Option<String>,
+    /// Why the attempt deviates from its strategy (recorded with it).
+    pub note: Option<String>,
 }
 
 /// Seed and parameters of attempt `attempt` (1-based).
@@ -68,6 +79,7 @@ pub fn plan_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> A
         prompt: None,
         revises: None,
         revise_uri: None,
+        note: None,
     }
 }
 
@@ -88,17 +100,27 @@ impl AttemptPlan {
         r
     }
 
-    /// The record of an attempt whose generation or scoring failed for good.
-    pub fn errored(self, gpu_ms: u64, error: String) -> AttemptRecord {
-        self.record(Default::default(), vec![], gpu_ms, None, Some(error))
+    /// The record of an attempt whose generation or scoring failed for good: `error` is the
+    /// root message, `error_type` its kind; `output_uri` is kept when generation succeeded.
+    pub fn errored(
+        self,
+        gpu_ms: u64,
+        error_type: &str,
+        error: String,
+        output_uri: Option<String>,
+    ) -> AttemptRecord {
+        let mut r = self.record(Default::default(), vec![], gpu_ms, output_uri, Some(error));
+        r.error_type = Some(error_type.to_owned());
+        r
     }
 
-    /// The record of an attempt cancelled by a creator's abort.
-    pub fn aborted(self, by: &str) -> AttemptRecord {
+    /// The record of an attempt cancelled by a creator's abort, with the GPU time it used before
+    /// it stopped.
+    pub fn aborted(self, by: &str, gpu_ms: u64) -> AttemptRecord {
         let mut r = self.record(
             Default::default(),
             vec![],
-            0,
+            gpu_ms,
             None,
             Some(format!("aborted by {by}")),
         );
@@ -136,6 +158,8 @@ impl AttemptPlan {
             prompt: self.prompt,
             revises: self.revises,
             breakdown: vec![],
+            error_type: None,
+            note: self.note,
         }
     }
 }
@@ -151,6 +175,9 @@ pub enum Stop {
     NotRetryable { attempt: u32, failures: Vec<String> },
     /// The budget refused attempt `attempt`.
     BudgetRefused { attempt: u32, detail: String },
+    /// Attempt `attempt` needed more GPU time than reserved and the budget refused more: it was
+    /// cancelled mid-generation.
+    BudgetExceeded { attempt: u32, detail: String },
     /// A creator aborted (the in-flight attempt is cancelled).
     Aborted { by: String, reason: String },
     /// A creator escalated to human review before the attempts ran out.
@@ -180,10 +207,17 @@ pub fn next(
         if last.passed && policy.selection == Selection::FirstPass {
             return Err(Stop::Passed);
         }
-        if last.status == AttemptStatus::Failed && policy.retryable(&last.failures).is_empty() {
+        let blocking = policy.blocking(&last.failures);
+        if last.status == AttemptStatus::Failed && !blocking.is_empty() {
             return Err(Stop::NotRetryable {
                 attempt: last.attempt,
-                failures: last.failures.clone(),
+                failures: blocking.into_iter().map(str::to_owned).collect(),
+            });
+        }
+        if last.error_type.as_deref() == Some(crate::contract::BUDGET_EXHAUSTED) {
+            return Err(Stop::BudgetExceeded {
+                attempt: last.attempt,
+                detail: last.error.clone().unwrap_or_default(),
             });
         }
     }
@@ -236,6 +270,10 @@ pub fn conclude(
         (Stop::BudgetRefused { attempt, detail }, None) => (
             Outcome::BudgetExhausted,
             format!("the project budget refused attempt {attempt}: {detail}"),
+        ),
+        (Stop::BudgetExceeded { attempt, detail }, None) => (
+            Outcome::BudgetExhausted,
+            format!("the project budget stopped attempt {attempt} mid-generation: {detail}"),
         ),
         (Stop::Escalated { by, reason }, None) => (
             Outcome::Escalated,
@@ -492,12 +530,107 @@ mod tests {
     #[test]
     fn an_attempt_that_errored_counts_and_retrying_continues() {
         let p = enabled();
-        let a = vec![plan_attempt(&request(), &p, 1).errored(0, "GPU lost".into())];
+        let a = vec![plan_attempt(&request(), &p, 1).errored(
+            0,
+            "BackendTransient",
+            "GPU lost".into(),
+            None,
+        )];
         assert_eq!(a[0].status, AttemptStatus::Error);
         assert_eq!(next(&p, &a, 0), Ok(2));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert!(
-            r.report.contains("error on attempt 1 (GPU lost)"),
+            r.report
+                .contains("error on attempt 1 (BackendTransient: GPU lost)"),
+            "{}",
+            r.report
+        );
+    }
+
+    #[test]
+    fn a_long_error_is_quoted_whole_in_the_record_and_shortened_in_the_report() {
+        let p = enabled();
+        let long = format!("Prompt outputs failed validation; {}", "x".repeat(200));
+        let a =
+            vec![plan_attempt(&request(), &p, 1).errored(0, "BackendRejected", long.clone(), None)];
+        assert_eq!(a[0].error.as_deref(), Some(long.as_str()));
+        let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
+        assert!(
+            r.report.contains(
+                "error on attempt 1 (BackendRejected: Prompt outputs failed validation; xx"
+            ),
+            "{}",
+            r.report
+        );
+        assert!(r.report.contains("x…)"), "{}", r.report);
+    }
+
+    #[test]
+    fn a_failed_qa_with_a_kind_not_retried_on_is_not_retried_by_default() {
+        let p = enabled();
+        let failed = FailedQa {
+            failures: vec!["face_melt".into(), "motion_score".into()],
+            ..Default::default()
+        };
+        let reason = should_retry(&p, &failed).unwrap_err();
+        assert!(reason.contains("motion_score"), "{reason}");
+        assert!(reason.contains("mixed_failures"), "{reason}");
+
+        let p = RetryPolicy {
+            mixed_failures: crate::policy::MixedFailures::Retry,
+            ..p
+        };
+        assert_eq!(should_retry(&p, &failed), Ok(()));
+    }
+
+    #[test]
+    fn an_attempt_failing_a_kind_not_retried_on_stops_unless_the_policy_retries_mixed() {
+        let p = enabled();
+        let mut a = plan_attempt(&request(), &p, 1).scored(
+            &p,
+            QaScores {
+                scores: [("face".into(), 0.3), ("motion".into(), 0.2)].into(),
+                ..Default::default()
+            },
+            10,
+            None,
+        );
+        a.failures.sort();
+        assert_eq!(a.failures, ["face_melt", "motion_score"]);
+        let attempts = vec![a];
+        assert_eq!(
+            next(&p, &attempts, 0),
+            Err(Stop::NotRetryable {
+                attempt: 1,
+                failures: vec!["motion_score".into()]
+            })
+        );
+        let retry = RetryPolicy {
+            mixed_failures: crate::policy::MixedFailures::Retry,
+            ..p
+        };
+        assert_eq!(next(&retry, &attempts, 0), Ok(2));
+    }
+
+    #[test]
+    fn an_attempt_the_budget_stopped_ends_the_retry_as_budget_exhausted() {
+        let p = enabled();
+        let a = vec![plan_attempt(&request(), &p, 1).errored(
+            1500,
+            crate::contract::BUDGET_EXHAUSTED,
+            "needed more than the 1000 GPU ms reserved".into(),
+            None,
+        )];
+        let stop = next(&p, &a, 0).unwrap_err();
+        assert!(
+            matches!(stop, Stop::BudgetExceeded { attempt: 1, .. }),
+            "{stop:?}"
+        );
+        let r = conclude(&request(), &p, a, &stop);
+        assert_eq!(r.outcome, Outcome::BudgetExhausted);
+        assert_eq!(r.gpu_ms_total, 1500, "the partial GPU time is billed");
+        assert!(
+            r.report.ends_with("; budget exhausted during attempt 1"),
             "{}",
             r.report
         );

@@ -27,6 +27,21 @@ pub enum Selection {
     BestOfN,
 }
 
+/// What to do when a failed QA result (or an attempt) fails a kind the policy retries on *and* a
+/// kind it does not (e.g. `face_melt` and `motion_score` with `retry_on: ["face_melt"]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MixedFailures {
+    /// Do not retry: the other failure may be systematic, and then no seed or jitter fixes the
+    /// segment, so every retry would spend GPU time for nothing. The original failure is not
+    /// retried; an attempt that fails this way stops the retry and escalates it. The reason says
+    /// which failure kind stopped it. Default.
+    #[default]
+    Stop,
+    /// Retry anyway, as long as at least one failure is retried on (retake before 0.2).
+    Retry,
+}
+
 /// Pass threshold of one QA metric, and the failure kind reported when a score falls below it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +143,9 @@ pub struct RetryPolicy {
     /// Stop early when another attempt costs more than it is expected to save. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost_rule: Option<CostRule>,
+    /// Failures of several kinds, some not retried on: `stop` (default) or `retry`; see
+    /// [`MixedFailures`].
+    pub mixed_failures: MixedFailures,
 }
 
 impl Default for RetryPolicy {
@@ -179,6 +197,7 @@ impl Default for RetryPolicy {
             language: Language::En,
             prompts: BTreeMap::new(),
             cost_rule: None,
+            mixed_failures: MixedFailures::Stop,
         }
     }
 }
@@ -222,6 +241,39 @@ impl RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The best score reached on what this policy gates on, in the words of
+    /// [`threshold_words`](Self::threshold_words): `75` (the best `overall`) when it gates on
+    /// `overall`, else the best of each thresholded metric (`face 62, motion 80`), each taken
+    /// over every scored attempt; metrics no attempt scored are left out. `None` when nothing was
+    /// scored. Quoting the gated metrics (not a mean over every metric) keeps an escalation from
+    /// suggesting a segment came closer to passing than it did.
+    pub fn best_words<'a>(
+        &self,
+        scored: impl Iterator<Item = &'a crate::contract::Scores> + Clone,
+    ) -> Option<String> {
+        let pct = crate::quality::percent;
+        if self.thresholds.contains_key(crate::quality::OVERALL) {
+            return scored
+                .filter_map(crate::quality::overall)
+                .max_by(f64::total_cmp)
+                .map(|s| pct(s).to_string());
+        }
+        let parts: Vec<String> = self
+            .thresholds
+            .keys()
+            .filter_map(|m| {
+                let best = scored
+                    .clone()
+                    .filter_map(|s| s.get(m).copied())
+                    .max_by(f64::total_cmp)?;
+                Some(format!("{m} {}", pct(best)))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+}
+
 /// Failure kind of the text profile's `overall` threshold.
 pub const BELOW_THRESHOLD: &str = "below_threshold";
 
@@ -253,6 +305,7 @@ struct RawPolicy {
     language: Option<Language>,
     prompts: Option<BTreeMap<Strategy, String>>,
     cost_rule: Option<CostRule>,
+    mixed_failures: Option<MixedFailures>,
 }
 
 impl RetryPolicy {
@@ -303,6 +356,7 @@ impl RetryPolicy {
             language: raw.language.unwrap_or(d.language),
             prompts: raw.prompts.unwrap_or(d.prompts),
             cost_rule: raw.cost_rule.or(d.cost_rule),
+            mixed_failures: raw.mixed_failures.unwrap_or(d.mixed_failures),
         };
         policy.validate()
     }
@@ -439,6 +493,21 @@ impl RetryPolicy {
             }
         }
         errs.finish(self)
+    }
+
+    /// The failure kinds in `failures` that stop a retry: under [`MixedFailures::Stop`] every
+    /// kind not retried on; under `retry` all of them, but only when none is retried on.
+    pub fn blocking<'a>(&self, failures: &'a [String]) -> Vec<&'a str> {
+        let others: Vec<&str> = failures
+            .iter()
+            .filter(|f| !self.retry_on.contains(f.as_str()))
+            .map(String::as_str)
+            .collect();
+        match self.mixed_failures {
+            MixedFailures::Stop => others,
+            MixedFailures::Retry if others.len() == failures.len() => others,
+            MixedFailures::Retry => vec![],
+        }
     }
 
     /// The failure kinds in `failures` that this policy retries on, in order.

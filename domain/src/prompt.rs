@@ -21,6 +21,21 @@ pub const PLACEHOLDERS: [&str; 11] = [
     "best_score",
 ];
 
+/// The placeholders filled from the scorer's category breakdown: a template using one says
+/// nothing sensible about a draft that has none.
+pub const BREAKDOWN_PLACEHOLDERS: [&str; 4] =
+    ["feedback", "target", "target_score", "target_feedback"];
+
+/// Whether `template` uses the category breakdown (see [`BREAKDOWN_PLACEHOLDERS`]).
+pub fn uses_breakdown(template: &str) -> bool {
+    let mut used = false;
+    let _ = render_with(template, |name| {
+        used |= BREAKDOWN_PLACEHOLDERS.contains(&name);
+        Ok(String::new())
+    });
+    used
+}
+
 /// What a prompt is about. Scores are 0..=1 and shown on the 0-100 scale.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PromptContext {
@@ -37,8 +52,10 @@ pub struct PromptContext {
     pub attempt: u32,
     /// Attempts made before this one.
     pub attempts: u32,
-    /// Best overall score of any attempt so far.
-    pub best_score: Option<f64>,
+    /// The best score so far on what the policy gates on, in words: `75` when it gates on
+    /// `overall`, else the best reached per thresholded metric (`face 62, motion 80`), on the
+    /// 0-100 scale; `?` before any attempt was scored.
+    pub best_score: String,
 }
 
 /// The built-in template of `strategy` (`None` for the media strategies, which need no prompt).
@@ -70,7 +87,7 @@ pub fn default_template(
         }
         (Ko, UserIntervention, Profile::Media) => {
             "세그먼트 {segment}는 {attempts}번의 재시도 후에도 품질 기준({threshold})을 통과하지 \
-             못했습니다 (최고 점수 {best_score}점). 사람의 검토가 필요합니다."
+             못했습니다 (최고 {best_score}점). 사람의 검토가 필요합니다."
         }
         (En, Revise, _) => {
             "Revise chapter {chapter}. It scored {score}, below the pass threshold of {threshold}. \
@@ -91,7 +108,7 @@ pub fn default_template(
         }
         (En, UserIntervention, Profile::Media) => {
             "Segment {segment} did not pass QA ({threshold}) after {attempts} attempts \
-             (best score {best_score}). It needs a human review."
+             (best {best_score}). It needs a human review."
         }
     })
 }
@@ -137,7 +154,7 @@ fn value(name: &str, language: Language, ctx: &PromptContext) -> Option<String> 
         "target_feedback" => target.map_or_else(String::new, |c| c.feedback.clone()),
         "attempt" => ctx.attempt.to_string(),
         "attempts" => ctx.attempts.to_string(),
-        "best_score" => pct(ctx.best_score),
+        "best_score" => ctx.best_score.clone(),
         _ => return None,
     })
 }
@@ -244,7 +261,7 @@ mod tests {
             ],
             attempt: 2,
             attempts: 1,
-            best_score: Some(0.66),
+            best_score: "66".to_owned(),
         }
     }
 

@@ -64,6 +64,9 @@ pub fn summary(
         (_, Stop::BudgetRefused { attempt, .. }) => {
             line.push_str(&format!("; budget exhausted before attempt {attempt}"));
         }
+        (_, Stop::BudgetExceeded { attempt, .. }) => {
+            line.push_str(&format!("; budget exhausted during attempt {attempt}"));
+        }
         (Outcome::Aborted, Stop::Aborted { by, .. }) => {
             line.push_str(&format!("; aborted by {by}"))
         }
@@ -71,6 +74,9 @@ pub fn summary(
     }
     line
 }
+
+/// How much of an attempt's error the one-line report quotes (the record keeps all of it).
+const ERROR_CHARS: usize = 120;
 
 /// `failed attempt 1 (face 0.42)`: the metrics a retry is about (thresholded metrics whose failure
 /// kind is retried on) plus any metric the attempt failed.
@@ -80,8 +86,14 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
     }
     if a.status == AttemptStatus::Error {
         let err = a.error.as_deref().unwrap_or("unknown error");
-        let short: String = err.chars().take(60).collect();
-        return format!("error on attempt {} ({short})", a.attempt);
+        let mut short: String = err.chars().take(ERROR_CHARS).collect();
+        if err.chars().nth(ERROR_CHARS).is_some() {
+            short.push('…');
+        }
+        return match a.error_type.as_deref() {
+            Some(kind) => format!("error on attempt {} ({kind}: {short})", a.attempt),
+            None => format!("error on attempt {} ({short})", a.attempt),
+        };
     }
     let shown: Vec<String> = policy
         .thresholds

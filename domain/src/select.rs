@@ -94,6 +94,8 @@ mod tests {
             prompt: None,
             revises: None,
             breakdown: vec![],
+            error_type: None,
+            note: None,
         }
     }
 

@@ -241,3 +241,79 @@ fn the_cost_rule_stops_before_an_attempt_that_costs_more_than_it_saves() {
         result.reason
     );
 }
+
+#[test]
+fn a_partial_rewrite_without_a_breakdown_uses_the_revise_prompt_and_says_so() {
+    let mut req = chapter_request();
+    req.failed_qa.breakdown.clear();
+    req.failed_qa.scores = [("overall".to_owned(), 0.6)].into();
+    let policy = RetryPolicy::parse(&json!({
+        "enabled": true, "profile": "text", "ladder": ["partial_rewrite"]
+    }))
+    .unwrap();
+
+    let plan = next(&req, &policy, &[], 0).unwrap();
+
+    assert_eq!(plan.strategy, Some(Strategy::PartialRewrite));
+    let prompt = plan.prompt.unwrap();
+    assert!(!prompt.contains('?'), "no holes: {prompt}");
+    assert!(
+        prompt.starts_with("12화를 수정해 주세요. 현재 점수는 60점"),
+        "{prompt}"
+    );
+    let note = plan.note.unwrap();
+    assert!(
+        note.contains("partial_rewrite needs the scorer's category breakdown"),
+        "{note}"
+    );
+}
+
+#[test]
+fn a_partial_rewrite_with_a_breakdown_targets_the_lowest_category_without_a_note() {
+    let policy = RetryPolicy::parse(&json!({
+        "enabled": true, "profile": "text", "ladder": ["partial_rewrite"]
+    }))
+    .unwrap();
+
+    let plan = next(&chapter_request(), &policy, &[], 0).unwrap();
+
+    assert!(plan.prompt.unwrap().contains("(54점)"));
+    assert_eq!(plan.note, None);
+}
+
+#[test]
+fn the_media_escalation_quotes_the_best_gated_score_not_a_mean_of_every_metric() {
+    // Gated on face only; motion scores high and would lift a mean of every metric to 75.
+    let policy = RetryPolicy::parse(&json!({
+        "enabled": true, "thresholds": {"face": 0.7}, "max_attempts": 2
+    }))
+    .unwrap();
+    let req = RetryRequest::parse(&json!({
+        "segment_id": "5", "project_id": "p", "scene_type": "dialogue",
+        "params": {"seed": 1},
+        "failed_qa": {"scores": {"face": 0.4, "motion": 0.9}, "failures": ["face_melt"]}
+    }))
+    .unwrap();
+    let mut attempts = vec![];
+    for face in [0.62, 0.55] {
+        let plan = next(&req, &policy, &attempts, 0).unwrap();
+        attempts.push(plan.scored(
+            &policy,
+            QaScores {
+                scores: [("face".to_owned(), face), ("motion".to_owned(), 0.88)].into(),
+                ..Default::default()
+            },
+            0,
+            None,
+        ));
+    }
+
+    let Err(Stop::UserIntervention { message, .. }) = next(&req, &policy, &attempts, 0) else {
+        panic!("two failed attempts of two end the ladder");
+    };
+
+    assert!(
+        message.contains("did not pass QA (face 70) after 2 attempts (best face 62)"),
+        "{message}"
+    );
+}
