@@ -27,6 +27,24 @@ pub struct LoadPolicy {
     pub scene_type: String,
 }
 
+/// Output of `load_settings`: what a run plans with, read once at its start (and so in its history).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The scene type's stored policy as JSON (validated by the workflow), or `None`.
+    pub policy: Option<serde_json::Value>,
+    /// The widest seed the scene type's generator really uses, in bits: the workflow derives
+    /// seeds below `2^min(policy seed_bits, this)`, so the seed it records is the seed the backend
+    /// generated with (llama.cpp, for one, keeps only the low 32 bits).
+    pub seed_bits: u32,
+}
+
+/// GPU time a generation used before it stopped (cancelled, failed, or stopped by the budget),
+/// as the backend reported it; the `details` of the activity's failure or cancellation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Used {
+    pub gpu_ms: u64,
+}
+
 /// Input of `reserve_budget`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReserveBudget {
@@ -75,6 +93,18 @@ pub struct GenerateRequest {
     /// The draft a text strategy revises (a reference, never the text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revise_uri: Option<String>,
+    /// The project whose budget the attempt's reservation is held against, and how much it
+    /// holds: the activity raises the reservation as the GPU time grows past it, and stops the
+    /// attempt when the budget refuses (absent for runs started before the budget was a cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<HeldBudget>,
+}
+
+/// The reservation an attempt generates under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldBudget {
+    pub project_id: String,
+    pub reserved_ms: u64,
 }
 
 /// Output of `generate`: a reference to the output (never the bytes) and the GPU time used.

@@ -13,7 +13,7 @@ pub mod store;
 
 use crate::io::{
     AttemptKey, GenerateRequest, Generated, LoadPolicy, RecordAttempt, RecordOutcome, Reservation,
-    ReserveBudget, ScoreRequest, Scored, SettleBudget,
+    ReserveBudget, ScoreRequest, Scored, Settings, SettleBudget, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
@@ -36,8 +36,10 @@ pub mod failure_types {
     pub const BACKEND_TRANSIENT: &str = "BackendTransient";
     /// A backend rejected the request; not retried.
     pub const BACKEND_REJECTED: &str = "BackendRejected";
+    /// The budget refused the GPU time an attempt needed to finish; it was stopped. Not retried.
+    pub const BUDGET_EXHAUSTED: &str = retake_domain::contract::BUDGET_EXHAUSTED;
     /// Every non-retryable type.
-    pub const NON_RETRYABLE: [&str; 2] = [INVALID_DATA, BACKEND_REJECTED];
+    pub const NON_RETRYABLE: [&str; 3] = [INVALID_DATA, BACKEND_REJECTED, BUDGET_EXHAUSTED];
 }
 
 /// The activity implementations, with their dependencies.
@@ -91,6 +93,25 @@ fn failure(type_name: &str, non_retryable: bool, message: String) -> ActivityErr
     )
 }
 
+/// A failure carrying the GPU time the backend used ([`Used`]) so the workflow bills it.
+fn failure_after(
+    type_name: &str,
+    non_retryable: bool,
+    message: String,
+    gpu_ms: Option<u64>,
+) -> ActivityError {
+    let Some(gpu_ms) = gpu_ms else {
+        return failure(type_name, non_retryable, message);
+    };
+    ActivityError::application(
+        ApplicationFailure::builder(message)
+            .type_name(type_name.to_owned())
+            .non_retryable(non_retryable)
+            .details(Used { gpu_ms })
+            .build(),
+    )
+}
+
 fn store_failure(e: StoreError) -> ActivityError {
     match e {
         StoreError::Unavailable(_) => {
@@ -100,13 +121,26 @@ fn store_failure(e: StoreError) -> ActivityError {
     }
 }
 
+/// The failure's message is the adapter's own (its type says whether it was transient or a
+/// rejection), so the attempt's record quotes the backend, not a wrapper.
 fn backend_failure(e: BackendError) -> ActivityError {
-    match e {
-        BackendError::Cancelled => ActivityError::cancelled(),
-        BackendError::Transient(_) => {
-            failure(failure_types::BACKEND_TRANSIENT, false, e.to_string())
+    match e.split() {
+        (BackendError::Cancelled, None) => ActivityError::cancelled(),
+        (BackendError::Cancelled, Some(gpu_ms)) => {
+            ActivityError::cancelled_with_details(Used { gpu_ms })
         }
-        _ => failure(failure_types::BACKEND_REJECTED, true, e.to_string()),
+        (BackendError::Transient(m), used) => {
+            failure_after(failure_types::BACKEND_TRANSIENT, false, m, used)
+        }
+        (BackendError::Rejected(m), used) => {
+            failure_after(failure_types::BACKEND_REJECTED, true, m, used)
+        }
+        (other, used) => failure_after(
+            failure_types::BACKEND_REJECTED,
+            true,
+            other.to_string(),
+            used,
+        ),
     }
 }
 
@@ -146,6 +180,25 @@ impl RetryActivities {
             .policy(&input.scene_type)
             .await
             .map_err(store_failure)
+    }
+
+    /// What a run plans with: the stored policy and the widest seed the scene type's generator
+    /// really uses ([`Settings`]).
+    #[activity(name = "load_settings")]
+    pub async fn load_settings(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: LoadPolicy,
+    ) -> Result<Settings, ActivityError> {
+        let policy = self
+            .policies
+            .policy(&input.scene_type)
+            .await
+            .map_err(store_failure)?;
+        Ok(Settings {
+            policy,
+            seed_bits: self.generator.seed_bits(&input.scene_type),
+        })
     }
 
     /// Reserve the estimated GPU time of an attempt against the project budget.

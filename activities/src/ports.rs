@@ -23,6 +23,44 @@ pub enum BackendError {
     /// The attempt was cancelled while the backend worked.
     #[error("cancelled")]
     Cancelled,
+    /// `error`, after the backend had used `gpu_ms` of GPU time, as it reported: billed although
+    /// the attempt produced nothing (see [`BackendError::after`]).
+    #[error("{error}")]
+    Spent {
+        gpu_ms: u64,
+        error: Box<BackendError>,
+    },
+}
+
+impl BackendError {
+    /// This error, after the backend used `gpu_ms` (an interrupted ComfyUI prompt's execution
+    /// time, a cancelled job's reported `gpu_ms`).
+    pub fn after(self, gpu_ms: u64) -> Self {
+        match self {
+            BackendError::Spent { error, .. } => BackendError::Spent { gpu_ms, error },
+            error => BackendError::Spent {
+                gpu_ms,
+                error: Box::new(error),
+            },
+        }
+    }
+
+    /// The error without the GPU time, and that time (when the backend reported it).
+    pub fn split(self) -> (BackendError, Option<u64>) {
+        match self {
+            BackendError::Spent { gpu_ms, error } => (error.split().0, Some(gpu_ms)),
+            e => (e, None),
+        }
+    }
+
+    /// Whether the error is (or wraps) a cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        match self {
+            BackendError::Cancelled => true,
+            BackendError::Spent { error, .. } => error.is_cancelled(),
+            _ => false,
+        }
+    }
 }
 
 /// Errors of the store. Unavailability is retried; invalid data is not.
@@ -58,6 +96,13 @@ pub trait GenerationBackend: Send + Sync {
         req: &GenerateRequest,
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError>;
+
+    /// How many low bits of the seed the generator of `scene_type` really uses: seeds are derived
+    /// below `2^this` (and the policy's `seed_bits`), so the recorded seed reproduces the output.
+    /// Default: 64 (the whole seed).
+    fn seed_bits(&self, _scene_type: &str) -> u32 {
+        64
+    }
 }
 
 /// Scores one output.

@@ -126,10 +126,14 @@ impl GenerationBackend for Simulator {
         req: &GenerateRequest,
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
-        let step = Duration::from_millis(self.gpu_ms / u64::from(STEPS));
+        let step_ms = self.gpu_ms / u64::from(STEPS);
         for done in progress.resume_from().min(STEPS)..STEPS {
-            tokio::time::sleep(step).await;
-            progress.checkpoint(done + 1, STEPS).await?;
+            tokio::time::sleep(Duration::from_millis(step_ms)).await;
+            // Stopped (an abort, the budget): the simulated GPU ran every step so far.
+            progress
+                .checkpoint(done + 1, STEPS)
+                .await
+                .map_err(|e| e.after(u64::from(done + 1) * step_ms))?;
         }
         Ok(Generated {
             output_uri: format!("sim://{}/{}.mp4", req.segment_id, req.seed),

@@ -92,6 +92,10 @@ impl GenerationBackend for Router {
     ) -> Result<Generated, BackendError> {
         self.route(&req.scene_type).0.generate(req, progress).await
     }
+
+    fn seed_bits(&self, scene_type: &str) -> u32 {
+        self.route(scene_type).0.seed_bits(scene_type)
+    }
 }
 
 #[async_trait]

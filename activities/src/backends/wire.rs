@@ -152,3 +152,16 @@ pub(crate) async fn pause(progress: &dyn Progress, delay: Duration) -> Result<()
     })
     .await
 }
+
+/// A generator's `seed_bits` setting: how many low bits of the seed the server really uses,
+/// 16..=64, or `default` when not set.
+pub(crate) fn seed_bits(configured: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    match configured {
+        None => Ok(default),
+        Some(bits @ 16..=64) => Ok(bits),
+        Some(bits) => Err(ConfigError::new(
+            "seed_bits",
+            format!("must be between 16 and 64, got {bits}"),
+        )),
+    }
+}

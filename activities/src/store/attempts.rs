@@ -13,9 +13,9 @@ use sqlx::sqlite::SqliteRow;
 pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
      scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
      failures, passed, status, gpu_ms, output_uri, error, strategy, prompt, revises, breakdown, \
-     selected, created_at, updated_at) \
+     error_type, note, selected, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19, \
-     $20, $21, $22, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
+     $20, $21, $22, $23, $24, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
 pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
@@ -25,7 +25,7 @@ pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segme
      passed = excluded.passed, status = excluded.status, gpu_ms = excluded.gpu_ms, \
      output_uri = excluded.output_uri, error = excluded.error, strategy = excluded.strategy, \
      prompt = excluded.prompt, revises = excluded.revises, breakdown = excluded.breakdown, \
-     updated_at = excluded.updated_at";
+     error_type = excluded.error_type, note = excluded.note, updated_at = excluded.updated_at";
 
 pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
 
@@ -35,7 +35,7 @@ pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
 pub(super) const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
      a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
      a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.strategy, a.prompt, \
-     a.revises, a.breakdown, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
+     a.revises, a.breakdown, a.error_type, a.note, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
@@ -109,6 +109,8 @@ macro_rules! attempt_store {
                 .bind(rec.prompt.as_deref())
                 .bind(rec.revises.map(i64::from))
                 .bind(to_json(&rec.breakdown)?)
+                .bind(rec.error_type.as_deref())
+                .bind(rec.note.as_deref())
                 .execute(&mut *conn)
                 .await
                 .map_err(map_sqlx)?;
@@ -156,6 +158,8 @@ macro_rules! attempt_store {
                     &get::<String>(row, "breakdown")?,
                     "retry_attempts.breakdown",
                 )?,
+                error_type: get(row, "error_type")?,
+                note: get(row, "note")?,
             };
             Ok(StoredAttempt {
                 segment_id: get(row, "segment_id")?,

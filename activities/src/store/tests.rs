@@ -95,6 +95,8 @@ fn record(attempt: u32, face: f64) -> AttemptRecord {
         prompt: None,
         revises: None,
         breakdown: vec![],
+        error_type: None,
+        note: None,
     }
 }
 

@@ -15,9 +15,26 @@ pub(super) enum Entry {
         file: Option<FileRef>,
         elapsed: Option<Duration>,
     },
-    /// Interrupted (by someone else: ours are cancelled before this is read).
-    Interrupted,
-    Failed(String),
+    /// Interrupted: by someone else (ours are cancelled before this is read while polling), or
+    /// by our own cancellation (read afterwards to bill what ran). `elapsed` is the execution
+    /// time ComfyUI recorded before it stopped.
+    Interrupted { elapsed: Option<Duration> },
+    Failed {
+        message: String,
+        elapsed: Option<Duration>,
+    },
+}
+
+impl Entry {
+    /// The execution time ComfyUI recorded, for a finished entry.
+    pub(super) fn elapsed(&self) -> Option<Duration> {
+        match self {
+            Entry::Running => None,
+            Entry::Success { elapsed, .. }
+            | Entry::Interrupted { elapsed }
+            | Entry::Failed { elapsed, .. } => *elapsed,
+        }
+    }
 }
 
 /// One output file: the `/view` query.
@@ -47,12 +64,25 @@ pub(super) fn entry(value: &Value) -> Entry {
         })
         .unwrap_or_default();
     let message = |kind: &str| messages.iter().find(|(k, _)| *k == kind).map(|(_, d)| *d);
+    // Execution time: from `execution_start` to whichever message ended it.
+    let stamp = |kind: &str| message(kind)?.get("timestamp")?.as_u64();
+    let end = [
+        "execution_success",
+        "execution_interrupted",
+        "execution_error",
+    ]
+    .iter()
+    .find_map(|k| stamp(k));
+    let elapsed = match (stamp("execution_start"), end) {
+        (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
+        _ => None,
+    };
     match (status_str, completed) {
         (Some("error"), _) => {
             if message("execution_interrupted").is_some() {
-                return Entry::Interrupted;
+                return Entry::Interrupted { elapsed };
             }
-            Entry::Failed(match message("execution_error") {
+            let message = match message("execution_error") {
                 Some(e) => {
                     let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
                     let node = match e.get("node_id") {
@@ -68,20 +98,14 @@ pub(super) fn entry(value: &Value) -> Entry {
                     )
                 }
                 None => "ComfyUI reported an error without a message".to_owned(),
-            })
+            };
+            Entry::Failed { message, elapsed }
         }
         // Entries of old versions have no status: their presence means done.
-        (Some("success"), _) | (None, None) | (_, Some(true)) => {
-            let stamp = |kind: &str| message(kind)?.get("timestamp")?.as_u64();
-            let elapsed = match (stamp("execution_start"), stamp("execution_success")) {
-                (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
-                _ => None,
-            };
-            Entry::Success {
-                file: first_output(value.get("outputs")),
-                elapsed,
-            }
-        }
+        (Some("success"), _) | (None, None) | (_, Some(true)) => Entry::Success {
+            file: first_output(value.get("outputs")),
+            elapsed,
+        },
         _ => Entry::Running,
     }
 }
@@ -137,6 +161,23 @@ pub(super) fn queued(queue: &Value) -> Vec<(String, Option<String>, bool)> {
         }
     }
     found
+}
+
+/// The execution time of `client`'s earlier prompts that did not succeed (interrupted, failed) in
+/// a `GET /history` answer: GPU time the attempt used before this run, billed with it.
+pub(super) fn spent_before(history: &Value, client: &str) -> Duration {
+    history
+        .as_object()
+        .map(|entries| {
+            entries
+                .values()
+                .filter(|e| e.get("prompt").and_then(client_id) == Some(client))
+                .map(entry)
+                .filter(|e| matches!(e, Entry::Interrupted { .. } | Entry::Failed { .. }))
+                .filter_map(|e| e.elapsed())
+                .sum()
+        })
+        .unwrap_or_default()
 }
 
 /// The finished, successful prompt of `client` in a `GET /history` answer, if any.
@@ -203,14 +244,19 @@ fn detail(e: &Value) -> String {
 
 /// The failure of a finished entry as a backend error.
 pub(super) fn failure(what: &str, entry: Entry) -> BackendError {
-    match entry {
-        Entry::Interrupted => {
+    let used = entry.elapsed().map(super::millis);
+    let e = match entry {
+        Entry::Interrupted { .. } => {
             BackendError::Transient(format!("{what}: the prompt was interrupted on the server"))
         }
-        Entry::Failed(msg) => BackendError::Rejected(format!("{what}: {msg}")),
+        Entry::Failed { message, .. } => BackendError::Rejected(format!("{what}: {message}")),
         Entry::Success { .. } => BackendError::Rejected(format!(
             "{what}: the workflow produced no image, gif or video (does it end in a Save node?)"
         )),
         Entry::Running => BackendError::Transient(format!("{what}: still running")),
+    };
+    match used {
+        Some(gpu_ms) => e.after(gpu_ms),
+        None => e,
     }
 }

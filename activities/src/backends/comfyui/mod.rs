@@ -85,10 +85,17 @@ pub struct ComfyUiConfig {
     /// before queueing; 0 turns the search (of history and queue) off. Default 100.
     #[serde(default)]
     pub history_lookup: Option<usize>,
+    /// How many low bits of the seed the graph's seeded nodes use. Default 64: ComfyUI's seed
+    /// inputs (`KSampler`, `ImageAddNoise`, …) take 0..=2^64-1, so the policy's `seed_bits`
+    /// (at most 53) decides.
+    #[serde(default)]
+    pub seed_bits: Option<u32>,
 }
 
 /// How long each best-effort cancellation request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a cancelled prompt's history is read while waiting for its execution time.
+const CANCEL_POLL: Duration = Duration::from_millis(250);
 /// Every this many polls, check the prompt is still queued.
 const QUEUE_CHECK_EVERY: u32 = 10;
 
@@ -100,6 +107,7 @@ pub struct ComfyUi {
     poll_interval: Duration,
     poll_retries: u32,
     history_lookup: usize,
+    seed_bits: u32,
 }
 
 impl ComfyUi {
@@ -115,6 +123,7 @@ impl ComfyUi {
             poll_interval: Duration::from_millis(config.poll_interval_ms.unwrap_or(1000)),
             poll_retries: config.poll_retries.unwrap_or(5),
             history_lookup: config.history_lookup.unwrap_or(100),
+            seed_bits: wire::seed_bits(config.seed_bits, 64)?,
         })
     }
 
@@ -126,11 +135,13 @@ impl ComfyUi {
         wire::json(&format!("GET {url}"), self.client.get(url.clone())).await
     }
 
-    /// An earlier prompt of this attempt, queued or succeeded (see the module doc). A lookup the
-    /// server refuses (an old version) is skipped; a transient failure is the attempt's.
-    async fn find(&self, client_id: &str) -> Result<Option<Earlier>, BackendError> {
+    /// An earlier prompt of this attempt, queued or succeeded (see the module doc), and the
+    /// execution time of its earlier prompts that were interrupted or failed (billed with this
+    /// run). A lookup the server refuses (an old version) is skipped; a transient failure is the
+    /// attempt's.
+    async fn find(&self, client_id: &str) -> Result<(Option<Earlier>, u64), BackendError> {
         if self.history_lookup == 0 {
-            return Ok(None);
+            return Ok((None, 0));
         }
         let skipped = |e: BackendError| match e {
             BackendError::Rejected(msg) => {
@@ -140,17 +151,20 @@ impl ComfyUi {
             other => Err(other),
         };
         let queue = self.get(self.url(&["queue"])).await.or_else(skipped)?;
-        if let Some((id, ..)) = history::queued(&queue)
-            .into_iter()
-            .find(|(_, c, _)| c.as_deref() == Some(client_id))
-        {
-            return Ok(Some(Earlier::Queued(id)));
-        }
         let mut url = self.url(&["history"]);
         url.query_pairs_mut()
             .append_pair("max_items", &self.history_lookup.to_string());
         let recent = self.get(url).await.or_else(skipped)?;
-        Ok(history::succeeded(&recent, client_id).map(|(id, entry)| Earlier::Finished(id, entry)))
+        let spent = millis(history::spent_before(&recent, client_id));
+        if let Some((id, ..)) = history::queued(&queue)
+            .into_iter()
+            .find(|(_, c, _)| c.as_deref() == Some(client_id))
+        {
+            return Ok((Some(Earlier::Queued(id)), spent));
+        }
+        let done =
+            history::succeeded(&recent, client_id).map(|(id, entry)| Earlier::Finished(id, entry));
+        Ok((done, spent))
     }
 
     /// `POST /prompt`; the prompt id.
@@ -279,8 +293,13 @@ impl ComfyUi {
         )))
     }
 
-    /// Best effort: interrupt the prompt if it runs, drop it if it waits.
-    async fn cancel(&self, prompt_id: &str) {
+    /// Best effort: interrupt the prompt if it runs, drop it if it waits. Then the GPU time it
+    /// used: ComfyUI checks for an interrupt only between nodes, so a prompt in its last node
+    /// finishes anyway, and an interrupted one ran until the node in progress ended; both are in
+    /// `/history` with their execution timestamps, read for up to [`CANCEL_TIMEOUT`]. A prompt
+    /// that never ran used nothing; one that ran but left no timestamps is billed the wall time
+    /// the worker waited since `started`.
+    async fn cancel(&self, prompt_id: &str, started: Instant) -> u64 {
         let queue = self
             .client
             .get(self.url(&["queue"]))
@@ -309,6 +328,29 @@ impl ComfyUi {
                 tracing::warn!(prompt_id, "cancelling the prompt (ignored): {e}");
             }
         }
+        if !running {
+            return 0;
+        }
+        let waited = millis(started.elapsed());
+        let url = self.url(&["history", prompt_id]);
+        let deadline = Instant::now() + CANCEL_TIMEOUT;
+        while Instant::now() < deadline {
+            let req = self.client.get(url.clone()).timeout(CANCEL_TIMEOUT);
+            if let Ok(answer) = wire::json::<Value>("GET /history", req).await
+                && let Some(e) = answer.get(prompt_id)
+            {
+                let entry = history::entry(e);
+                if entry != Entry::Running {
+                    return entry.elapsed().map_or(waited, millis);
+                }
+            }
+            tokio::time::sleep(CANCEL_POLL).await;
+        }
+        tracing::warn!(
+            prompt_id,
+            "no execution time after cancelling; billing the wall time"
+        );
+        waited
     }
 }
 
@@ -328,6 +370,10 @@ struct PromptReply {
 
 #[async_trait]
 impl GenerationBackend for ComfyUi {
+    fn seed_bits(&self, _scene_type: &str) -> u32 {
+        self.seed_bits
+    }
+
     async fn generate(
         &self,
         req: &GenerateRequest,
@@ -335,7 +381,47 @@ impl GenerationBackend for ComfyUi {
     ) -> Result<Generated, BackendError> {
         let key = req.key.idempotency_key();
         let started = Instant::now();
-        let prompt_id = match wire::heartbeating(progress, self.find(&key)).await? {
+        let (earlier, spent) = wire::heartbeating(progress, self.find(&key)).await?;
+        with_spent(self.run(req, &key, earlier, started, progress).await, spent)
+    }
+}
+
+/// `result` plus the GPU time the attempt's earlier prompts used (interrupted by someone else and
+/// queued again, say): the attempt used it all, so all of it is billed.
+fn with_spent(
+    result: Result<Generated, BackendError>,
+    spent: u64,
+) -> Result<Generated, BackendError> {
+    if spent == 0 {
+        return result;
+    }
+    match result {
+        Ok(mut g) => {
+            g.gpu_ms = g.gpu_ms.saturating_add(spent);
+            Ok(g)
+        }
+        Err(e) => {
+            let (e, used) = e.split();
+            Err(e.after(used.unwrap_or(0).saturating_add(spent)))
+        }
+    }
+}
+
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl ComfyUi {
+    /// Queue the attempt's prompt (or pick up an earlier one) and wait for it.
+    async fn run(
+        &self,
+        req: &GenerateRequest,
+        key: &str,
+        earlier: Option<Earlier>,
+        started: Instant,
+        progress: &dyn Progress,
+    ) -> Result<Generated, BackendError> {
+        let prompt_id = match earlier {
             Some(Earlier::Queued(id)) => {
                 tracing::info!(%key, prompt_id = id, "found this attempt's earlier prompt; polling it");
                 id
@@ -350,15 +436,15 @@ impl GenerationBackend for ComfyUi {
             }
             None => {
                 let graph = self.workflow.prepare(req.seed, &req.params);
-                let id = wire::heartbeating(progress, self.queue(&key, graph)).await?;
+                let id = wire::heartbeating(progress, self.queue(key, graph)).await?;
                 tracing::info!(%key, prompt_id = id, "prompt queued; polling");
                 id
             }
         };
         match self.poll(&prompt_id, started, progress).await {
-            Err(BackendError::Cancelled) => {
-                self.cancel(&prompt_id).await;
-                Err(BackendError::Cancelled)
+            Err(e) if e.is_cancelled() => {
+                let used = self.cancel(&prompt_id, started).await;
+                Err(BackendError::Cancelled.after(used))
             }
             other => other,
         }

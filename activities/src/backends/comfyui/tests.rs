@@ -38,6 +38,7 @@ fn config(base_url: &str, graph: &str) -> (ComfyUiConfig, tempfile::TempDir) {
         request_timeout_secs: Some(5),
         poll_retries: None,
         history_lookup: None,
+        seed_bits: None,
     };
     (config, dir)
 }
@@ -176,12 +177,93 @@ async fn an_execution_error_is_rejected_with_the_exception_message() {
         ("GET /history/p-1", vec![finished(status, json!({}))]),
     ])
     .await;
-    let Err(BackendError::Rejected(msg)) = result else {
-        panic!("{result:?}")
+    let Err(e) = result else { panic!("{result:?}") };
+    let (BackendError::Rejected(msg), Some(1)) = e.split() else {
+        panic!("rejected, billed the 1 ms between execution_start and execution_error")
     };
     assert!(
         msg.contains("node 3 (KSampler) failed: torch.OutOfMemoryError: CUDA out of memory"),
         "{msg}"
+    );
+}
+
+/// A history entry for `p-1` that ended with `end` after `ms` of execution.
+fn stopped(status_str: &str, end: &str, ms: u64) -> Reply {
+    let status = json!({"status_str": status_str, "completed": status_str == "success", "messages": [
+        ["execution_start", {"prompt_id": "p-1", "timestamp": 1_000}],
+        [end, {"prompt_id": "p-1", "timestamp": 1_000 + ms}]]});
+    let outputs = json!({"9": {"images": [{"filename": "retake_00001_.png", "subfolder": "", "type": "output"}]}});
+    finished(status, outputs)
+}
+
+/// Run the attempt and cancel it while its prompt runs; ComfyUI's history answers `after`.
+async fn cancelled_while_running(after: Reply) -> (Result<Generated, BackendError>, Arc<Fake>) {
+    let running =
+        json!({"queue_running": [[7, "p-1", {}, {"client_id": KEY}, ["9"]]], "queue_pending": []});
+    let (url, fake) = serve(vec![
+        ("GET /queue", vec![empty_queue(), Reply::json(200, running)]),
+        ("GET /history", vec![Reply::json(200, json!({}))]),
+        ("POST /prompt", vec![queued()]),
+        // Running (`{}`) for as many polls as the attempt makes before it is cancelled (timing
+        // decides how many), then `after` for the reads that follow the interrupt.
+        (
+            "GET /history/p-1",
+            [vec![Reply::json(200, json!({})); 6], vec![after]].concat(),
+        ),
+        ("POST /interrupt", vec![Reply::text(200, "")]),
+        ("POST /queue", vec![Reply::text(200, "")]),
+    ])
+    .await;
+    let (config, _dir) = config(&url, &workflow().to_string());
+    // Heartbeats: lookup, post, pause, poll, then cancelled in the next pause.
+    let result = ComfyUi::new(config)
+        .unwrap()
+        .generate(&request(), &Beats::cancelling_at(5))
+        .await;
+    (result, fake)
+}
+
+#[tokio::test]
+async fn an_interrupted_prompt_is_billed_the_execution_time_comfyui_recorded() {
+    let (result, _) =
+        cancelled_while_running(stopped("error", "execution_interrupted", 3_000)).await;
+    let Err(e) = result else { panic!("{result:?}") };
+    assert!(e.is_cancelled());
+    assert_eq!(e.split().1, Some(3_000));
+}
+
+#[tokio::test]
+async fn a_prompt_that_finished_its_last_node_after_the_interrupt_is_billed_in_full() {
+    // ComfyUI checks for an interrupt only between nodes: during the last one it finishes.
+    let (result, _) =
+        cancelled_while_running(stopped("success", "execution_success", 17_000)).await;
+    let Err(e) = result else { panic!("{result:?}") };
+    assert!(e.is_cancelled());
+    assert_eq!(e.split().1, Some(17_000));
+}
+
+#[tokio::test]
+async fn a_prompt_interrupted_by_someone_else_and_queued_again_is_billed_for_both_runs() {
+    let earlier = stopped("error", "execution_interrupted", 5_000);
+    let (result, fake, _) = run(vec![
+        ("GET /queue", vec![empty_queue()]),
+        ("GET /history", vec![earlier]),
+        ("POST /prompt", vec![queued()]),
+        (
+            "GET /history/p-1",
+            vec![stopped("success", "execution_success", 2_000)],
+        ),
+    ])
+    .await;
+    assert_eq!(
+        fake.to("POST /prompt").len(),
+        1,
+        "the interrupted prompt is queued again"
+    );
+    assert_eq!(
+        result.unwrap().gpu_ms,
+        7_000,
+        "5 s interrupted + 2 s re-run"
     );
 }
 
@@ -218,7 +300,7 @@ async fn cancelling_interrupts_the_running_prompt_and_removes_it_from_the_queue(
         ]),
         ("GET /history", vec![Reply::json(200, json!({}))]),
         ("POST /prompt", vec![queued()]),
-        ("GET /history/p-1", vec![Reply::json(200, json!({}))]),
+        ("GET /history/p-1", vec![Reply::json(200, json!({})), stopped("error", "execution_interrupted", 40)]),
         ("POST /interrupt", vec![Reply::text(200, "")]),
         ("POST /queue", vec![Reply::text(200, "")]),
     ])
@@ -229,7 +311,7 @@ async fn cancelling_interrupts_the_running_prompt_and_removes_it_from_the_queue(
         .unwrap()
         .generate(&request(), &Beats::cancelling_at(5))
         .await;
-    assert!(matches!(result, Err(BackendError::Cancelled)), "{result:?}");
+    assert!(matches!(&result, Err(e) if e.is_cancelled()), "{result:?}");
     assert_eq!(
         fake.to("POST /interrupt")[0].body,
         json!({"prompt_id": "p-1"})

@@ -53,10 +53,15 @@ impl JobReply {
             JobStatus::Failed => {
                 let error = self.error.unwrap_or_else(|| "no error given".to_owned());
                 let msg = format!("{what}: the job failed: {error}");
-                Err(if self.retryable.unwrap_or(false) {
+                let e = if self.retryable.unwrap_or(false) {
                     BackendError::Transient(msg)
                 } else {
                     BackendError::Rejected(msg)
+                };
+                // A failed job still used the GPU time it reports: billed.
+                Err(match self.gpu_ms {
+                    Some(gpu_ms) => e.after(gpu_ms),
+                    None => e,
                 })
             }
         }

@@ -63,9 +63,12 @@
 //!
 //! ## Cancellation: `DELETE {base_url}/jobs/{job_id}`
 //!
-//! Sent once, best effort (5 s timeout, the answer is ignored) when the attempt is cancelled
-//! while its job runs. A cancellation during the first `POST` cannot name a job and sends
-//! nothing.
+//! Sent once, best effort (5 s timeout) when the attempt is cancelled while its job runs. The
+//! answer may report the GPU time the job used before it stopped, `{"gpu_ms": 3100}`; it is
+//! billed (an abort does not make used GPU time free). Without it the worker bills the wall time
+//! it waited. A cancellation during the first `POST` cannot name a job and sends nothing.
+//!
+//! A `failed` job may report `gpu_ms` too; it is billed the same way.
 //!
 //! ## Score: `POST {base_url}/score`
 //!
@@ -142,6 +145,10 @@ pub struct HttpConfig {
     /// Default 5.
     #[serde(default)]
     pub poll_retries: Option<u32>,
+    /// How many low bits of `seed` the service uses. Default 64 (the contract's `seed` is an
+    /// unsigned 64-bit integer); set it when the service truncates seeds.
+    #[serde(default)]
+    pub seed_bits: Option<u32>,
 }
 
 /// How long the best-effort `DELETE` of a cancelled job may take.
@@ -154,6 +161,7 @@ pub struct HttpBackend {
     client: reqwest::Client,
     poll_interval: Duration,
     poll_retries: u32,
+    seed_bits: u32,
 }
 
 impl std::fmt::Debug for HttpBackend {
@@ -179,6 +187,7 @@ impl HttpBackend {
             client,
             poll_interval: Duration::from_millis(config.poll_interval_ms.unwrap_or(1000)),
             poll_retries: config.poll_retries.unwrap_or(5),
+            seed_bits: wire::seed_bits(config.seed_bits, 64)?,
         })
     }
 
@@ -208,9 +217,11 @@ impl HttpBackend {
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
         match self.poll(job_id, started, progress).await {
-            Err(BackendError::Cancelled) => {
-                self.cancel(job_id).await;
-                Err(BackendError::Cancelled)
+            Err(e) if e.is_cancelled() => {
+                let used = self.cancel(job_id).await.unwrap_or_else(|| {
+                    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+                });
+                Err(BackendError::Cancelled.after(used))
             }
             other => other,
         }
@@ -244,14 +255,27 @@ impl HttpBackend {
         }
     }
 
-    async fn cancel(&self, job_id: &str) {
+    /// `DELETE` the job; the GPU time it used, when the answer says.
+    async fn cancel(&self, job_id: &str) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct Cancelled {
+            gpu_ms: Option<u64>,
+        }
         let url = self.url(&["jobs", job_id]);
         let req = self
             .authorised(self.client.delete(url.clone()))
             .timeout(CANCEL_TIMEOUT);
         match wire::bytes(&format!("DELETE {url}"), req).await {
-            Ok(_) => tracing::info!(job_id, "cancelled the job"),
-            Err(e) => tracing::warn!(job_id, "cancelling the job failed (ignored): {e}"),
+            Ok(body) => {
+                tracing::info!(job_id, "cancelled the job");
+                serde_json::from_slice::<Cancelled>(&body)
+                    .ok()
+                    .and_then(|c| c.gpu_ms)
+            }
+            Err(e) => {
+                tracing::warn!(job_id, "cancelling the job failed (ignored): {e}");
+                None
+            }
         }
     }
 }
@@ -270,6 +294,10 @@ struct GenerateBody<'a> {
 
 #[async_trait]
 impl GenerationBackend for HttpBackend {
+    fn seed_bits(&self, _scene_type: &str) -> u32 {
+        self.seed_bits
+    }
+
     async fn generate(
         &self,
         req: &GenerateRequest,

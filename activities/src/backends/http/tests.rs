@@ -25,6 +25,7 @@ pub(in crate::backends) fn request() -> GenerateRequest {
         strategy: Some(Strategy::ReseedJitter),
         prompt: None,
         revise_uri: None,
+        budget: None,
     }
 }
 
@@ -47,6 +48,7 @@ fn backend(base_url: &str) -> HttpBackend {
         request_timeout_secs: Some(5),
         poll_interval_ms: Some(10),
         poll_retries: None,
+        seed_bits: None,
     })
     .unwrap()
 }
@@ -211,8 +213,51 @@ async fn cancelling_while_polling_deletes_the_job() {
     let result = backend(&url)
         .generate(&request(), &Beats::cancelling_at(4))
         .await;
-    assert!(matches!(result, Err(BackendError::Cancelled)), "{result:?}");
+    assert!(matches!(&result, Err(e) if e.is_cancelled()), "{result:?}");
     assert_eq!(fake.to("DELETE /jobs/job%207").len(), 1);
+    let (_, billed) = result.unwrap_err().split();
+    assert!(
+        billed.is_some(),
+        "without gpu_ms in the answer, the wall time waited is billed"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_is_billed_the_gpu_time_its_delete_answer_reports() {
+    let (url, _) = serve(vec![
+        ("POST /generate", vec![pending()]),
+        (
+            "GET /jobs/job%207",
+            vec![Reply::json(200, json!({"status": "pending"}))],
+        ),
+        (
+            "DELETE /jobs/job%207",
+            vec![Reply::json(200, json!({"gpu_ms": 3100}))],
+        ),
+    ])
+    .await;
+    let result = backend(&url)
+        .generate(&request(), &Beats::cancelling_at(4))
+        .await;
+    let (e, billed) = result.unwrap_err().split();
+    assert!(matches!(e, BackendError::Cancelled), "{e:?}");
+    assert_eq!(billed, Some(3100));
+}
+
+#[tokio::test]
+async fn a_failed_job_reporting_gpu_time_is_billed_for_it() {
+    let failed = json!({"status": "failed", "error": "CUDA out of memory", "gpu_ms": 900});
+    let (result, _) = generate(vec![
+        ("POST /generate", vec![pending()]),
+        ("GET /jobs/job%207", vec![Reply::json(200, failed)]),
+    ])
+    .await;
+    let (e, billed) = result.unwrap_err().split();
+    assert!(
+        matches!(&e, BackendError::Rejected(m) if m.contains("CUDA out of memory")),
+        "{e:?}"
+    );
+    assert_eq!(billed, Some(900));
 }
 
 #[tokio::test]
@@ -223,6 +268,7 @@ async fn a_missing_token_variable_stops_construction_and_a_set_one_is_sent() {
         request_timeout_secs: None,
         poll_interval_ms: None,
         poll_retries: None,
+        seed_bits: None,
     };
     let err = HttpBackend::new(config.clone()).unwrap_err();
     assert_eq!(err.field, "token_env");

@@ -40,6 +40,7 @@ pub struct OpenAiGenerator {
     system_prompt: Option<String>,
     max_tokens: Option<u32>,
     artifacts: Artifacts,
+    seed_bits: u32,
 }
 
 impl OpenAiGenerator {
@@ -58,6 +59,7 @@ impl OpenAiGenerator {
             system_prompt: config.system_prompt.filter(|s| !s.trim().is_empty()),
             max_tokens: config.max_tokens,
             artifacts,
+            seed_bits: wire::seed_bits(config.seed_bits, 32)?,
         })
     }
 
@@ -105,6 +107,10 @@ impl OpenAiGenerator {
 
 #[async_trait]
 impl GenerationBackend for OpenAiGenerator {
+    fn seed_bits(&self, _scene_type: &str) -> u32 {
+        self.seed_bits
+    }
+
     /// `gpu_ms` is the measured wall time of the completion call in milliseconds (the server's
     /// time to answer, queueing included); token usage is only logged.
     async fn generate(

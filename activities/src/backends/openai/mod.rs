@@ -42,6 +42,12 @@ pub struct OpenAiConfig {
     /// Seconds one completion may take. Default 600.
     #[serde(default)]
     pub request_timeout_secs: Option<u64>,
+    /// How many low bits of `seed` the server uses. Default 32: llama.cpp (and so Ollama and
+    /// llama-cpp-python) keeps only the low 32 bits, so seeds s and s + 2^32 give the same text;
+    /// retake derives seeds below 2^32 for them so the recorded seed is the one used. vLLM takes a
+    /// 64-bit seed: 53 (the policy's maximum) is safe there.
+    #[serde(default)]
+    pub seed_bits: Option<u32>,
 }
 
 /// The LLM judge.

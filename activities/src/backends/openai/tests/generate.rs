@@ -16,6 +16,7 @@ fn config(base_url: &str) -> OpenAiConfig {
         system_prompt: None,
         max_tokens: Some(4096),
         request_timeout_secs: Some(30),
+        seed_bits: None,
     }
 }
 
@@ -29,6 +30,7 @@ fn request(params: Value) -> GenerateRequest {
         strategy: None,
         prompt: None,
         revise_uri: None,
+        budget: None,
     }
 }
 
