@@ -33,7 +33,11 @@ pub async fn start(client: &Client, task_queue: &str, input: Value) -> anyhow::R
         ))
         .build();
     client
-        .start_workflow(SegmentRetryWorkflow::run, input, options)
+        .start_workflow(
+            SegmentRetryWorkflow::run,
+            retake_workflows::argument(&input),
+            options,
+        )
         .await
         .with_context(|| format!("starting workflow {id}"))
 }

@@ -1,12 +1,13 @@
 //! The attempt loop and the human-review wait of one run.
 
+use crate::failure;
 use crate::options;
 use crate::search::RETRY_OUTCOME;
 use crate::segment_retry::{SegmentRetryWorkflow, record_outcome};
 use retake_activities::RetryActivities;
 use retake_activities::io::{
-    AttemptKey, GenerateRequest, RecordAttempt, Reservation, ReserveBudget, Review, ScoreRequest,
-    SettleBudget,
+    AttemptKey, GenerateRequest, Generated, HeldBudget, RecordAttempt, Reservation, ReserveBudget,
+    Review, ScoreRequest, Scored, SettleBudget,
 };
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
@@ -29,17 +30,27 @@ pub(crate) struct Run {
     /// Whether this run plans with the strategy ladder ([`LADDER_PATCH`]); runs started before
     /// it keep reseeding with jitter on every attempt.
     ladder: bool,
+    /// Whether this run records and bills what really happened ([`TRUTHFUL_PATCH`]): GPU time
+    /// of failed and aborted generations settled, the reservation a cap the activity raises.
+    truthful: bool,
 }
 
 /// Patch id of the strategy ladder (`ctx.patched`): histories without its marker replay the
 /// pre-ladder planning.
 pub(crate) const LADDER_PATCH: &str = "strategy-ladder";
 
+/// Patch id of truthful records and the budget cap (`ctx.patched`, taken at the start of a run):
+/// seeds below the generator's `seed_bits`, `mixed_failures`, billing what failed and aborted
+/// generations used, and generation under a reservation it raises. Histories without its marker
+/// replay the earlier behaviour.
+pub(crate) const TRUTHFUL_PATCH: &str = "truthful-records";
+
 impl Run {
     pub(crate) fn new(
         ctx: &WorkflowContext<SegmentRetryWorkflow>,
         req: RetryRequest,
         policy: RetryPolicy,
+        truthful: bool,
     ) -> Self {
         Self {
             ctx: ctx.clone(),
@@ -48,6 +59,7 @@ impl Run {
             req,
             policy,
             ladder: ctx.patched(LADDER_PATCH),
+            truthful,
         }
     }
 
@@ -205,16 +217,19 @@ impl Run {
             if let Some(stop) = self.creator_stop() {
                 return Ok(stop);
             }
-            if let Some(stop) = self.reserve(&attempt).await? {
-                return Ok(stop);
-            }
+            let reserved_ms = match self.reserve(&attempt).await? {
+                Ok(granted) => granted,
+                Err(stop) => return Ok(stop),
+            };
             if let Some(stop @ Stop::Aborted { .. }) = self.creator_stop() {
                 self.release(k).await?;
                 return Ok(stop);
             }
             let token = self.ctx.cancellation_token().child_token();
             self.ctx.state_mut(|s| s.running = Some((k, token.clone())));
-            let record = self.generate_and_score(attempt, &token).await?;
+            let record = self
+                .generate_and_score(attempt, reserved_ms, &token)
+                .await?;
             self.ctx.state_mut(|s| s.running = None);
             self.ctx
                 .execute_activity(
@@ -245,8 +260,9 @@ impl Run {
         }
     }
 
-    /// Reserve the attempt's estimated GPU time; `Some(stop)` when the budget refuses.
-    async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Option<Stop>> {
+    /// Reserve the attempt's estimated GPU time: what was granted, or why to stop when the budget
+    /// refuses.
+    async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Result<u64, Stop>> {
         let k = attempt.attempt;
         let answer = self
             .ctx
@@ -264,12 +280,12 @@ impl Run {
             )
             .await?;
         Ok(match answer {
-            Reservation::Granted { .. } => None,
+            Reservation::Granted { gpu_ms } => Ok(gpu_ms),
             Reservation::Refused {
                 limit_ms,
                 committed_ms,
                 requested_ms,
-            } => Some(Stop::BudgetRefused {
+            } => Err(Stop::BudgetRefused {
                 attempt: k,
                 detail: format!(
                     "{requested_ms} GPU ms requested, {committed_ms} of {limit_ms} already committed"
@@ -294,10 +310,54 @@ impl Run {
     async fn generate_and_score(
         &self,
         attempt: AttemptPlan,
+        reserved_ms: u64,
         token: &WorkflowCancellationToken,
     ) -> WorkflowResult<AttemptRecord> {
+        let generated = match self.generate(&attempt, reserved_ms, token).await {
+            Ok(generated) => generated,
+            Err(e) => return self.generation_failed(attempt, &e).await,
+        };
         let k = attempt.attempt;
-        let aborted_by = || self.ctx.state(|s| s.abort.as_ref().map(|e| e.by.clone()));
+        self.ctx.set_current_details(format!(
+            "Segment {}: attempt {k}/{} scoring",
+            self.req.segment_id, self.policy.max_attempts
+        ));
+        let scored = self.score(&attempt, &generated, token).await;
+        self.settle(k, generated.gpu_ms).await?;
+        Ok(match (scored, self.aborted_by()) {
+            (Ok(qa), _) => attempt.scored(
+                &self.policy,
+                qa,
+                generated.gpu_ms,
+                Some(generated.output_uri),
+            ),
+            (Err(ActivityExecutionError::Cancelled(_)), Some(by)) => {
+                attempt.aborted(&by, generated.gpu_ms)
+            }
+            (Err(e), _) => {
+                let cause = failure::of(&e);
+                // The output exists and was paid for: the record keeps where it is.
+                attempt.errored(
+                    generated.gpu_ms,
+                    &cause.kind,
+                    format!("QA scoring failed: {}", cause.message),
+                    Some(generated.output_uri),
+                )
+            }
+        })
+    }
+
+    fn aborted_by(&self) -> Option<String> {
+        self.ctx.state(|s| s.abort.as_ref().map(|e| e.by.clone()))
+    }
+
+    async fn generate(
+        &self,
+        attempt: &AttemptPlan,
+        reserved_ms: u64,
+        token: &WorkflowCancellationToken,
+    ) -> Result<Generated, ActivityExecutionError> {
+        let k = attempt.attempt;
         let how = attempt
             .strategy
             .map_or_else(String::new, |s| format!(" · {s}"));
@@ -305,8 +365,12 @@ impl Run {
             "Segment {}: attempt {k}/{}{how} generating (seed {})",
             self.req.segment_id, self.policy.max_attempts, attempt.seed
         ));
-        let generated = self
-            .ctx
+        // Runs before the budget was a cap generate without a reservation to raise.
+        let budget = self.truthful.then(|| HeldBudget {
+            project_id: self.req.project_id.to_string(),
+            reserved_ms,
+        });
+        self.ctx
             .execute_activity(
                 RetryActivities::generate,
                 GenerateRequest {
@@ -318,29 +382,58 @@ impl Run {
                     strategy: attempt.strategy,
                     prompt: attempt.prompt.clone(),
                     revise_uri: attempt.revise_uri.clone(),
+                    budget,
                 },
                 options::generate(
                     format!("attempt {k} · generate{how} · seed {:#x}", attempt.seed),
                     token,
                 ),
             )
-            .await;
-        let generated = match generated {
-            Ok(g) => g,
-            Err(e) => {
-                self.release(k).await?;
-                return Ok(match (aborted_by(), &e) {
-                    (Some(by), ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by),
-                    _ => attempt.errored(0, format!("generation failed: {e}")),
-                });
-            }
+            .await
+    }
+
+    /// The record of an attempt whose generation failed or was cancelled. Its reservation is
+    /// settled with the GPU time the backend reported it used (an interrupted ComfyUI prompt, a
+    /// cancelled job, an attempt the budget stopped), else released; runs started before this
+    /// billing existed always release.
+    async fn generation_failed(
+        &self,
+        attempt: AttemptPlan,
+        e: &ActivityExecutionError,
+    ) -> WorkflowResult<AttemptRecord> {
+        let k = attempt.attempt;
+        let used = if self.truthful {
+            failure::used_gpu_ms(e).unwrap_or(0)
+        } else {
+            0
         };
-        self.ctx.set_current_details(format!(
-            "Segment {}: attempt {k}/{} scoring",
-            self.req.segment_id, self.policy.max_attempts
-        ));
-        let scored = self
-            .ctx
+        if used > 0 {
+            self.settle(k, used).await?;
+        } else {
+            self.release(k).await?;
+        }
+        Ok(match (self.aborted_by(), e) {
+            (Some(by), ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by, used),
+            _ => {
+                let cause = failure::of(e);
+                attempt.errored(
+                    used,
+                    &cause.kind,
+                    format!("generation failed: {}", cause.message),
+                    None,
+                )
+            }
+        })
+    }
+
+    async fn score(
+        &self,
+        attempt: &AttemptPlan,
+        generated: &Generated,
+        token: &WorkflowCancellationToken,
+    ) -> Result<Scored, ActivityExecutionError> {
+        let k = attempt.attempt;
+        self.ctx
             .execute_activity(
                 RetryActivities::score_qa,
                 ScoreRequest {
@@ -356,31 +449,21 @@ impl Run {
                     token,
                 ),
             )
-            .await;
+            .await
+    }
+
+    async fn settle(&self, k: u32, gpu_ms: u64) -> WorkflowResult<()> {
         self.ctx
             .execute_activity(
                 RetryActivities::settle_budget,
                 SettleBudget {
                     key: self.key(k),
                     project_id: self.req.project_id.to_string(),
-                    gpu_ms: generated.gpu_ms,
+                    gpu_ms,
                 },
-                options::store(format!("attempt {k} · settle {} GPU ms", generated.gpu_ms)),
+                options::store(format!("attempt {k} · settle {gpu_ms} GPU ms")),
             )
             .await?;
-        Ok(match (scored, aborted_by()) {
-            (Ok(qa), _) => attempt.scored(
-                &self.policy,
-                qa,
-                generated.gpu_ms,
-                Some(generated.output_uri),
-            ),
-            (Err(ActivityExecutionError::Cancelled(_)), Some(by)) => {
-                let mut r = attempt.aborted(&by);
-                r.gpu_ms = generated.gpu_ms;
-                r
-            }
-            (Err(e), _) => attempt.errored(generated.gpu_ms, format!("QA scoring failed: {e}")),
-        })
+        Ok(())
     }
 }

@@ -1,17 +1,20 @@
 //! The workflow: its state, its signals, update and query, and `run`.
 
-use crate::attempts::Run;
+use crate::argument::json_argument;
+use crate::attempts::{Run, TRUTHFUL_PATCH};
 use crate::search::{PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
 use crate::{INVALID_REQUEST, options};
 use retake_activities::RetryActivities;
 use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
 use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
 use retake_domain::plan;
+use retake_domain::policy::MixedFailures;
 use retake_domain::report;
 use retake_domain::review::{CreatorEvent, Decision, Phase};
 use retake_domain::status::Status;
 use retake_domain::{RetryPolicy, ValidationError};
 use serde_json::{Value, json};
+use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
     ApplicationFailure, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
@@ -50,10 +53,15 @@ fn invalid(e: ValidationError) -> ApplicationFailure {
 
 #[workflow_methods]
 impl SegmentRetryWorkflow {
-    /// The argument is taken as plain JSON and validated here, so malformed input fails the
-    /// workflow with a message naming the field instead of failing workflow tasks forever.
+    /// The argument is taken as raw payloads and validated here (see [`crate::argument`]), so
+    /// malformed input fails the workflow with a message naming the field instead of failing
+    /// workflow tasks forever.
     #[run]
-    pub async fn run(ctx: &mut WorkflowContext<Self>, input: Value) -> WorkflowResult<RetryResult> {
+    pub async fn run(
+        ctx: &mut WorkflowContext<Self>,
+        input: RawValue,
+    ) -> WorkflowResult<RetryResult> {
+        let input = json_argument(&input).map_err(invalid)?;
         let req = RetryRequest::parse(&input).map_err(invalid)?;
         ctx.state_mut(|s| {
             s.segment_id = req.segment_id.to_string();
@@ -67,23 +75,48 @@ impl SegmentRetryWorkflow {
             RETRY_OUTCOME.value_set("running".to_owned()),
         ]);
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
-        let stored = ctx
-            .execute_activity(
-                RetryActivities::load_policy,
-                LoadPolicy {
-                    scene_type: req.scene_type.to_string(),
-                },
-                options::store(format!("load policy · {}", req.scene_type)),
-            )
-            .await?;
-        let policy = RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref()).map_err(invalid)?;
+        let truthful = ctx.patched(TRUTHFUL_PATCH);
+        let scene = LoadPolicy {
+            scene_type: req.scene_type.to_string(),
+        };
+        let (stored, seed_bits) = if truthful {
+            let settings = ctx
+                .execute_activity(
+                    RetryActivities::load_settings,
+                    scene,
+                    options::store(format!("load settings · {}", req.scene_type)),
+                )
+                .await?;
+            (settings.policy, Some(settings.seed_bits))
+        } else {
+            let policy = ctx
+                .execute_activity(
+                    RetryActivities::load_policy,
+                    scene,
+                    options::store(format!("load policy · {}", req.scene_type)),
+                )
+                .await?;
+            (policy, None)
+        };
+        let mut policy =
+            RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref()).map_err(invalid)?;
+        match seed_bits {
+            // Seeds the generator really uses, so the recorded seed reproduces the output.
+            Some(bits) => policy.seed_bits = policy.seed_bits.min(bits),
+            // Runs started before `mixed_failures` existed retried mixed failures.
+            None => policy.mixed_failures = MixedFailures::Retry,
+        }
         ctx.state_mut(|s| {
             s.policy = Some(policy.clone());
             s.phase = Phase::Retrying;
         });
         let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
             Err(reason) => (plan::not_retried(&req, reason), Review::None),
-            Ok(()) => Run::new(ctx, req, policy).retry_and_review().await?,
+            Ok(()) => {
+                Run::new(ctx, req, policy, truthful)
+                    .retry_and_review()
+                    .await?
+            }
         };
         result.decisions = ctx.state(|s| s.events.clone());
         ctx.state_mut(|s| {
