@@ -2,16 +2,32 @@ use crate::harness::{TestApp, request, spawn_app};
 use retake::retries;
 use retake_workflows::SegmentRetryWorkflow;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use temporalio_client::WorkflowStartOptions;
+use temporalio_common::data_converters::RawValue;
+use temporalio_common::protos::temporal::api::common::v1::Payload;
+
+fn payload(encoding: &str, data: impl Into<Vec<u8>>) -> Payload {
+    Payload {
+        metadata: HashMap::from([("encoding".to_owned(), encoding.as_bytes().to_vec())]),
+        data: data.into(),
+        ..Default::default()
+    }
+}
 
 /// Start the workflow with `input` as another client would (no local validation) and return the
 /// failure message, which must arrive (the workflow fails; it does not stick retrying tasks).
 async fn failure_of(app: &TestApp, id: &str, input: Value) -> String {
+    failure_of_payloads(app, id, retake_workflows::argument(&input).payloads).await
+}
+
+/// The same with the payloads exactly as given: none, several, other encodings.
+async fn failure_of_payloads(app: &TestApp, id: &str, payloads: Vec<Payload>) -> String {
     let handle = app
         .client
         .start_workflow(
             SegmentRetryWorkflow::run,
-            input,
+            RawValue::new(payloads),
             WorkflowStartOptions::new(app.task_queue.clone(), format!("segment-retry-{id}"))
                 .build(),
         )
@@ -86,4 +102,74 @@ async fn the_client_helper_rejects_bad_input_before_starting_anything() {
     };
 
     assert!(format!("{err:#}").contains("params.seed"), "{err:#}");
+}
+
+#[tokio::test]
+async fn no_argument_fails_the_workflow_instead_of_retrying_its_task() {
+    let app = spawn_app().await;
+    let id = format!("{}-noarg", app.tag);
+
+    let msg = failure_of_payloads(&app, &id, vec![]).await;
+
+    assert!(
+        msg.contains("exactly one argument") && msg.contains("got 0"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn two_arguments_fail_the_workflow_naming_the_count() {
+    let app = spawn_app().await;
+    let id = format!("{}-twoargs", app.tag);
+    let one = retake_workflows::argument(&request(&id, "p1", None)).payloads;
+    let two = [one.clone(), one].concat();
+
+    let msg = failure_of_payloads(&app, &id, two).await;
+
+    assert!(msg.contains("got 2"), "{msg}");
+}
+
+#[tokio::test]
+async fn a_binary_payload_fails_the_workflow_naming_its_encoding() {
+    let app = spawn_app().await;
+    let id = format!("{}-binary", app.tag);
+
+    let msg = failure_of_payloads(&app, &id, vec![payload("binary/plain", *b"\x00\xff")]).await;
+
+    assert!(msg.contains("binary/plain"), "{msg}");
+}
+
+#[tokio::test]
+async fn params_nested_300_deep_fail_the_workflow_instead_of_retrying_its_task() {
+    let app = spawn_app().await;
+    let id = format!("{}-deep", app.tag);
+    let input = request(&id, "p1", None).to_string();
+    let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    let input = input.replacen(r#""seed":"#, &format!(r#""deep":{deep},"seed":"#), 1);
+
+    let msg = failure_of_payloads(&app, &id, vec![payload("json/plain", input)]).await;
+
+    assert!(
+        msg.contains("not valid JSON") && msg.contains("recursion limit"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn params_nested_deeper_than_the_limit_but_parseable_are_rejected_naming_the_field() {
+    let app = spawn_app().await;
+    let id = format!("{}-deep40", app.tag);
+    let mut input = request(&id, "p1", None);
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    input["params"]["deep"] = deep;
+
+    let msg = failure_of(&app, &id, input).await;
+
+    assert!(
+        msg.contains("params.deep") && msg.contains("nested"),
+        "{msg}"
+    );
 }

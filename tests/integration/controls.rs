@@ -47,10 +47,13 @@ fn failing(app: &TestApp, name: &str, policy: &Value) -> String {
     .0
 }
 
+/// Simulated GPU time of an attempt in the abort test: long, so the abort certainly lands while
+/// attempt 1 generates.
+const SIM_GPU_MS: u64 = 20_000;
+
 #[tokio::test]
-async fn aborting_during_generation_cancels_the_attempt_and_releases_its_reservation() {
-    // Generation takes 20 s, so the abort certainly lands while attempt 1 generates.
-    let app = spawn_app_with(Simulator::new(20_000)).await;
+async fn aborting_during_generation_cancels_the_attempt_and_bills_what_it_used() {
+    let app = spawn_app_with(Simulator::new(SIM_GPU_MS)).await;
     let project = format!("{}-abort", app.tag);
     app.store
         .set_limit(&project, Some(1_000_000))
@@ -118,10 +121,15 @@ async fn aborting_during_generation_cancels_the_attempt_and_releases_its_reserva
         ("abort", "mina")
     );
     let b = app.store.budget(&project).await.unwrap().unwrap();
+    let used = result.attempts[0].gpu_ms;
+    assert!(
+        used > 0 && used < SIM_GPU_MS,
+        "the simulator reports the steps it ran before the abort: {used} ms"
+    );
     assert_eq!(
         (b.reserved_ms, b.spent_ms),
-        (0, 0),
-        "the reservation is released, nothing charged"
+        (0, used),
+        "nothing held; charged exactly the GPU time the aborted attempt used"
     );
     let rows = app.store.attempts(&segment).await.unwrap();
     assert_eq!(rows.len(), 1);

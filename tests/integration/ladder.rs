@@ -1,4 +1,4 @@
-use crate::harness::{FakeJobs, FakeLlm, TestApp, spawn_app_with_backends};
+use crate::harness::{CANCELLED_GPU_MS, FakeJobs, FakeLlm, TestApp, spawn_app_with_backends};
 use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, Outcome, RetryResult};
 use retake_domain::strategy::Strategy;
@@ -280,7 +280,8 @@ async fn aborting_a_retry_cancels_the_backend_job() {
     let budget = app.store.budget("p1").await.unwrap().unwrap();
     assert_eq!(
         (budget.reserved_ms, budget.spent_ms),
-        (0, 0),
-        "nothing held or charged"
+        (0, CANCELLED_GPU_MS),
+        "nothing held; charged the GPU time the service reported the cancelled job used"
     );
+    assert_eq!(result.attempts[0].gpu_ms, CANCELLED_GPU_MS);
 }

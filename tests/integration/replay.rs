@@ -4,8 +4,9 @@
 //! `cargo test -p retake --test integration -- --ignored record_representative_histories`.
 //!
 //! `passed.json`, `escalated.json`, … were recorded before the `strategy-ladder` patch (every
-//! attempt reseeds with jitter) and must keep replaying; `ladder-*.json` were recorded with it
-//! (the recorder writes only those, so the older files are never overwritten).
+//! attempt reseeds with jitter), `ladder-*.json` with it and before the `truthful-records` patch,
+//! `truthful-*.json` with both; all must keep replaying. The recorder writes only files with
+//! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
 use retake::retries::{self, Creator};
@@ -63,6 +64,12 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "ladder-budget_exhausted.json",
         "ladder-review_accepted.json",
         "ladder-chapter_user_intervention.json",
+        "truthful-passed.json",
+        "truthful-escalated.json",
+        "truthful-aborted.json",
+        "truthful-budget_exhausted.json",
+        "truthful-review_accepted.json",
+        "truthful-chapter_user_intervention.json",
     ] {
         assert!(
             names.contains(&required),
@@ -133,8 +140,11 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
         .to_json()
         .await
         .unwrap();
-    std::fs::write(histories_dir().join(format!("ladder-{file}")), json).unwrap();
+    std::fs::write(histories_dir().join(format!("{PREFIX}{file}")), json).unwrap();
 }
+
+/// Prefix of the histories the recorder writes: those of the newest workflow patch.
+const PREFIX: &str = "truthful-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]

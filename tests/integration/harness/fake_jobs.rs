@@ -86,8 +86,12 @@ async fn cancel(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) ->
         .expect("lock")
         .calls
         .push(format!("DELETE /jobs/{id}"));
-    Json(json!({"status": "cancelled"}))
+    // What a conforming service reports: the GPU time the job used before it stopped.
+    Json(json!({"status": "cancelled", "gpu_ms": CANCELLED_GPU_MS}))
 }
+
+/// GPU time the fake reports for a cancelled job.
+pub const CANCELLED_GPU_MS: u64 = 1234;
 
 async fn score(State(jobs): State<Arc<Mutex<Jobs>>>, Json(_req): Json<Value>) -> Json<Value> {
     jobs.lock()
