@@ -109,6 +109,19 @@ async fn a_chapter_walks_the_text_ladder_to_user_intervention_with_korean_prompt
         "12화는 3번의 자동 수정 시도 후에도 기준 점수 75점에 도달하지 못했습니다 \
          (최고 점수 69점). 작가의 직접 검토가 필요합니다."
     );
+    // The OpenAI-compatible generator uses 32 bits of the seed (llama.cpp truncates): seeds are
+    // derived below 2^32 by the documented formula, and the recorded seed is the one sent.
+    let sent: Vec<u64> = llm
+        .generation_requests()
+        .iter()
+        .map(|r| r["seed"].as_u64().unwrap())
+        .collect();
+    let recorded: Vec<u64> = result.attempts.iter().map(|a| a.seed).collect();
+    assert_eq!(sent, recorded);
+    assert_eq!(
+        recorded,
+        retake_domain::seed::attempt_seeds(&result.segment_id, 7, 3, 32)
+    );
     // Attempt 1 revised the failed draft; later ones the best draft so far (attempt 1, 69).
     let revises: Vec<_> = result.attempts.iter().map(|a| a.revises).collect();
     assert_eq!(revises, [Some(0), Some(1), Some(1)]);
@@ -210,7 +223,7 @@ async fn a_chapter_that_passes_on_the_second_rung_stops_there() {
 }
 
 /// A worker whose `action` scene type generates and scores through retake's HTTP contract.
-async fn http_app(jobs: &FakeJobs) -> TestApp {
+pub(crate) async fn http_app(jobs: &FakeJobs) -> TestApp {
     let config = json!({"scene_types": {"action": {
         "generate": {"kind": "http", "base_url": jobs.base_url, "poll_interval_ms": 200},
         "score": {"kind": "http", "base_url": jobs.base_url}
@@ -218,7 +231,7 @@ async fn http_app(jobs: &FakeJobs) -> TestApp {
     spawn_app_with_backends(BackendsConfig::parse("test", &config.to_string()).unwrap()).await
 }
 
-fn action_request(app: &TestApp, name: &str) -> Value {
+pub(crate) fn action_request(app: &TestApp, name: &str) -> Value {
     json!({
         "segment_id": format!("{}-{name}", app.tag), "project_id": "p1", "scene_type": "action",
         "params": {"seed": 99, "cfg_scale": 7.0},

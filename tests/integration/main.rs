@@ -18,6 +18,8 @@ mod crash;
 /// Real backends end to end: a chapter revised by an OpenAI-compatible model and scored by an LLM
 /// judge up the text ladder to user intervention; an HTTP-contract job polled, and cancelled on abort.
 mod ladder;
+/// Truthful records: the backend's own error, its failure type, the GPU it used, outputs kept.
+mod records;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.

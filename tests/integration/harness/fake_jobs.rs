@@ -11,9 +11,21 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+/// How the fake misbehaves, to test what retake records when a backend fails.
+#[derive(Debug, Clone, Default)]
+pub enum Failure {
+    #[default]
+    None,
+    /// Every job fails for good with this error, reporting [`FAILED_GPU_MS`] of GPU time.
+    Generation(String),
+    /// The scorer answers a face score of 1.7 (out of range).
+    ScoreOutOfRange,
+}
+
 #[derive(Default)]
 struct Jobs {
     polls_to_finish: Option<u32>,
+    failure: Failure,
     by_key: BTreeMap<String, String>,
     polls: BTreeMap<String, u32>,
     calls: Vec<String>,
@@ -28,8 +40,14 @@ pub struct FakeJobs {
 
 impl FakeJobs {
     pub async fn start(polls_to_finish: Option<u32>) -> Self {
+        Self::failing(polls_to_finish, Failure::None).await
+    }
+
+    /// A service that fails as `failure` says.
+    pub async fn failing(polls_to_finish: Option<u32>, failure: Failure) -> Self {
         let jobs = Arc::new(Mutex::new(Jobs {
             polls_to_finish,
+            failure,
             ..Jobs::default()
         }));
         let app = Router::new()
@@ -73,6 +91,9 @@ async fn poll(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> J
         *p += 1;
         *p
     };
+    if let Failure::Generation(error) = &j.failure {
+        return Json(json!({"status": "failed", "error": error, "gpu_ms": FAILED_GPU_MS}));
+    }
     match j.polls_to_finish {
         Some(n) if polls >= n => Json(json!({
             "status": "done", "output_uri": format!("s3://renders/{id}.mp4"), "gpu_ms": 4321
@@ -92,12 +113,15 @@ async fn cancel(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) ->
 
 /// GPU time the fake reports for a cancelled job.
 pub const CANCELLED_GPU_MS: u64 = 1234;
+/// GPU time the fake reports for a failed job.
+pub const FAILED_GPU_MS: u64 = 777;
 
 async fn score(State(jobs): State<Arc<Mutex<Jobs>>>, Json(_req): Json<Value>) -> Json<Value> {
-    jobs.lock()
-        .expect("lock")
-        .calls
-        .push("POST /score".to_owned());
+    let mut j = jobs.lock().expect("lock");
+    j.calls.push("POST /score".to_owned());
+    if matches!(j.failure, Failure::ScoreOutOfRange) {
+        return Json(json!({"scores": {"face": 1.7}}));
+    }
     Json(json!({"scores": {"face": 92, "motion": 81}, "scale": 100,
                 "breakdown": [{"category": "artifacting", "score": 88, "feedback": "clean"}]}))
 }

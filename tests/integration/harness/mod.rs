@@ -14,7 +14,7 @@ pub use app::{
     spawn_bare_app, spawn_bare_app_on,
 };
 pub use crash::{WorkerProcess, wait_for_activity};
-pub use fake_jobs::{CANCELLED_GPU_MS, FakeJobs};
+pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
 pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, predict_retry_with, request};
