@@ -151,6 +151,23 @@ pub trait BudgetLedger: Send + Sync {
         project_id: &str,
         gpu_ms: u64,
     ) -> Result<Reservation, StoreError>;
+    /// Raise the attempt's held reservation to `to_ms` in total while it generates, so the budget
+    /// caps what an attempt really takes rather than what it was estimated to take. A total, not
+    /// a delta: a repeated call changes nothing. Granted unless `limit < reserved + spent - held
+    /// + to_ms` (the rule of `reserve`, the attempt's own hold counted once), answering
+    /// `Granted { gpu_ms: to_ms }`; `to_ms` at or below the held amount is `Granted` with the
+    /// held amount and changes nothing. Refused: nothing changes; the answer has `reserve`'s
+    /// fields, with `committed_ms` what everything but this attempt holds or spent
+    /// (`reserved + spent - held`) and `requested_ms` = `to_ms`, so that, as for `reserve`,
+    /// `committed_ms + requested_ms > limit_ms`. No reservation held for `key` in `project_id`
+    /// (never made, refused, already settled or released) is [`StoreError::Invalid`]: the
+    /// caller lost track of its attempt. A later `reserve` for the key answers the raised amount.
+    async fn raise(
+        &self,
+        key: &AttemptKey,
+        project_id: &str,
+        to_ms: u64,
+    ) -> Result<Reservation, StoreError>;
     /// Turn the attempt's reservation into `gpu_ms` spent. A second call changes nothing.
     async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError>;
     /// Give back a reservation that will never be settled. A second call changes nothing.

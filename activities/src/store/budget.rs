@@ -36,6 +36,11 @@ pub(super) const ADD_WITHIN_LIMIT: &str = "UPDATE project_budgets \
 pub(super) const SELECT_COMMITTED: &str = "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms \
      FROM project_budgets WHERE project_id = $1";
 
+/// Set a held reservation to its raised amount (the project's totals took the difference).
+pub(super) const RAISE_RESERVATION: &str = "UPDATE budget_reservations \
+     SET reserved_ms = $1, updated_at = $2 \
+     WHERE workflow_id = $3 AND run_id = $4 AND attempt = $5 AND status = $6";
+
 /// Move a reservation that is still `reserved` to another status.
 pub(super) const CLOSE_RESERVATION: &str = "UPDATE budget_reservations \
      SET status = $1, spent_ms = $2, updated_at = $3 \
@@ -106,6 +111,72 @@ impl Stored {
             limit_ms: to_u64(limit, "budget_reservations.limit_ms")?,
             committed_ms: to_u64(committed, "budget_reservations.committed_ms")?,
             requested_ms,
+        })
+    }
+}
+
+/// What [`BudgetLedger::raise`] has to do, decided from the attempt's reservation as read under
+/// the lock that serialises the project's changes.
+pub(super) enum Raise {
+    /// Already holding at least the amount asked for: answer `Granted` with it.
+    Held(u64),
+    /// Add `by` to the project's reserved time if the limit allows, then hold `to`.
+    By { held: i64, by: i64 },
+}
+
+impl Raise {
+    pub(super) fn plan(
+        key: &AttemptKey,
+        project_id: &str,
+        stored: Option<&Stored>,
+        to: i64,
+    ) -> Result<Raise, StoreError> {
+        let not_held = |why: &str| {
+            StoreError::Invalid(format!(
+                "cannot raise the budget reservation of attempt {} in project {project_id:?}: {why}",
+                key.idempotency_key()
+            ))
+        };
+        let Some(stored) = stored else {
+            return Err(not_held("it has none"));
+        };
+        if stored.project_id != project_id {
+            return Err(not_held(&format!(
+                "its reservation is in project {:?}",
+                stored.project_id
+            )));
+        }
+        if stored.status != RESERVED {
+            return Err(not_held(&format!("its reservation is {}", stored.status)));
+        }
+        if to <= stored.reserved_ms {
+            let held = to_u64(stored.reserved_ms, "budget_reservations.reserved_ms")?;
+            return Ok(Raise::Held(held));
+        }
+        Ok(Raise::By {
+            held: stored.reserved_ms,
+            by: to - stored.reserved_ms,
+        })
+    }
+
+    /// The refusal of raising a hold of `held` to `to_ms`, from the project's `limit` and
+    /// `committed` (reserved + spent, the hold included) as the refused check saw them.
+    pub(super) fn refused(
+        project_id: &str,
+        limit: Option<i64>,
+        committed: i64,
+        held: i64,
+        to_ms: u64,
+    ) -> Result<Reservation, StoreError> {
+        let Some(limit) = limit else {
+            return Err(StoreError::Invalid(format!(
+                "project {project_id:?} has no limit, yet raising a reservation to {to_ms} ms failed"
+            )));
+        };
+        Ok(Reservation::Refused {
+            limit_ms: to_u64(limit, "project_budgets.limit_ms")?,
+            committed_ms: to_u64(committed - held, "committed gpu_ms")?,
+            requested_ms: to_ms,
         })
     }
 }
@@ -278,6 +349,63 @@ impl BudgetLedger for SqlStore {
             committed_ms,
         }
         .answer()
+    }
+
+    async fn raise(
+        &self,
+        key: &AttemptKey,
+        project_id: &str,
+        to_ms: u64,
+    ) -> Result<Reservation, StoreError> {
+        let to = to_i64(to_ms, "raised gpu_ms")?;
+        // Holds the write lock from here to commit, like `reserve`: no reserve, raise, settle or
+        // release can change the totals between the check and the update.
+        let mut tx = self.begin_write().await?;
+        let stored = Self::reservation(&mut tx, key).await?;
+        let (held, by) = match Raise::plan(key, project_id, stored.as_ref(), to)? {
+            Raise::Held(held) => {
+                tx.commit().await.map_err(map_sqlx)?;
+                return Ok(Reservation::Granted { gpu_ms: held });
+            }
+            Raise::By { held, by } => (held, by),
+        };
+        let now = now();
+        let granted = sqlx::query(ADD_WITHIN_LIMIT)
+            .bind(by)
+            .bind(now.as_str())
+            .bind(project_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected()
+            == 1;
+        if !granted {
+            let row = sqlx::query(SELECT_COMMITTED)
+                .bind(project_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            tx.rollback().await.map_err(map_sqlx)?;
+            return Raise::refused(
+                project_id,
+                get(&row, "limit_ms")?,
+                get(&row, "committed_ms")?,
+                held,
+                to_ms,
+            );
+        }
+        sqlx::query(RAISE_RESERVATION)
+            .bind(to)
+            .bind(now.as_str())
+            .bind(key.workflow_id.as_str())
+            .bind(key.run_id.as_str())
+            .bind(i64::from(key.attempt))
+            .bind(RESERVED)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(Reservation::Granted { gpu_ms: to_ms })
     }
 
     async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError> {

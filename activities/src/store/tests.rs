@@ -51,6 +51,7 @@ mod attempts;
 mod budget;
 mod harness;
 mod postgres;
+mod raise;
 
 fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("retake.db")

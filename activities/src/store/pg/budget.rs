@@ -6,8 +6,9 @@ use crate::io::{AttemptKey, Reservation};
 use crate::ports::{Budget, BudgetLedger, HeldReservation, StoreError};
 use crate::store::budget::{
     ADD_WITHIN_LIMIT, CLOSE_RESERVATION, ENSURE_PROJECT, INSERT_RESERVATION, MOVE_TO_SPENT,
-    REFUSED, RELEASE_RUN_RESERVATIONS, RELEASE_RUN_TOTALS, RELEASED, RESERVED, SELECT_BUDGET,
-    SELECT_COMMITTED, SELECT_HELD_BEFORE, SELECT_RESERVATION, SETTLED, Stored, UPSERT_LIMIT,
+    RAISE_RESERVATION, REFUSED, RELEASE_RUN_RESERVATIONS, RELEASE_RUN_TOTALS, RELEASED, RESERVED,
+    Raise, SELECT_BUDGET, SELECT_COMMITTED, SELECT_HELD_BEFORE, SELECT_RESERVATION, SETTLED,
+    Stored, UPSERT_LIMIT,
 };
 use crate::store::{map_sqlx, now, rfc3339, to_i64, to_u32, to_u64};
 use async_trait::async_trait;
@@ -236,6 +237,65 @@ impl BudgetLedger for PgStore {
             committed_ms,
         }
         .answer()
+    }
+
+    async fn raise(
+        &self,
+        key: &AttemptKey,
+        project_id: &str,
+        to_ms: u64,
+    ) -> Result<Reservation, StoreError> {
+        let to = to_i64(to_ms, "raised gpu_ms")?;
+        let mut tx = self.begin().await?;
+        // Held to commit, as in `reserve`: the reservation read below is the one the update
+        // changes, and no reserve, raise, settle or release of the project interleaves. A key
+        // in another project fails below, whatever this lock held.
+        lock_project(&mut tx, project_id).await?;
+        let stored = reservation(&mut tx, key).await?;
+        let (held, by) = match Raise::plan(key, project_id, stored.as_ref(), to)? {
+            Raise::Held(held) => {
+                tx.commit().await.map_err(map_sqlx)?;
+                return Ok(Reservation::Granted { gpu_ms: held });
+            }
+            Raise::By { held, by } => (held, by),
+        };
+        let now = now();
+        let granted = sqlx::query(ADD_WITHIN_LIMIT)
+            .bind(by)
+            .bind(now.as_str())
+            .bind(project_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected()
+            == 1;
+        if !granted {
+            let row = sqlx::query(SELECT_COMMITTED)
+                .bind(project_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_sqlx)?;
+            tx.rollback().await.map_err(map_sqlx)?;
+            return Raise::refused(
+                project_id,
+                get(&row, "limit_ms")?,
+                get(&row, "committed_ms")?,
+                held,
+                to_ms,
+            );
+        }
+        sqlx::query(RAISE_RESERVATION)
+            .bind(to)
+            .bind(now.as_str())
+            .bind(key.workflow_id.as_str())
+            .bind(key.run_id.as_str())
+            .bind(i64::from(key.attempt))
+            .bind(RESERVED)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        tx.commit().await.map_err(map_sqlx)?;
+        Ok(Reservation::Granted { gpu_ms: to_ms })
     }
 
     async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError> {
