@@ -23,10 +23,48 @@ pub struct Stats {
     pub reviews_pending: u64,
 }
 
-/// Read-only totals over the store.
+/// Read-only totals and statistics over the store.
 #[async_trait]
 pub trait Reporting: Send + Sync {
     async fn stats(&self) -> Result<Stats, StoreError>;
+    /// The `q`-quantile (nearest rank: the smallest value with at least `q` of the values at or
+    /// below it) of `gpu_ms` over the scene type's `last` most recently recorded attempts that
+    /// finished generating: `passed`, `failed`, or `error` with GPU time (an error before the
+    /// GPU ran, and an abort, say nothing about how long generating takes). `None` without such
+    /// attempts. For learning reservation estimates from what attempts really took. `q` outside
+    /// `0..=1` is [`StoreError::Invalid`].
+    async fn gpu_ms_quantile(
+        &self,
+        scene_type: &str,
+        q: f64,
+        last: u32,
+    ) -> Result<Option<u64>, StoreError>;
+}
+
+/// Refuse a quantile outside `0..=1` (NaN included) before asking the database anything.
+fn check_quantile(q: f64) -> Result<(), StoreError> {
+    if (0.0..=1.0).contains(&q) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "a quantile must be between 0 and 1, not {q}"
+        )))
+    }
+}
+
+/// The nearest-rank `q`-quantile (`q` in `0..=1`) of `values`, in any order: the value at rank
+/// `ceil(q * n)` (at least 1) of the sorted values. The product is nudged down by far less than
+/// one rank, so that e.g. 0.3 × 10, which is 3.0000000000000004 in floating point, is rank 3
+/// and not 4.
+pub(crate) fn nearest_rank(mut values: Vec<u64>, q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let n = values.len();
+    // q is in 0..=1 and n a row count: the rank is in 0..=n, so the casts lose nothing.
+    let rank = ((q * n as f64 - 1e-9).ceil() as usize).clamp(1, n);
+    Some(values[rank - 1])
 }
 
 fn count(v: i64) -> u64 {
@@ -40,6 +78,11 @@ const BY_STATUS: &str = "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(gpu_ms)
 const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome";
 const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
 const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
+/// Newest first by insertion (`id`), which, unlike `created_at`, does not depend on the clocks
+/// of the workers that recorded the attempts.
+const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type = $1 \
+     AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0)) \
+     ORDER BY id DESC LIMIT $2";
 
 macro_rules! stats_impl {
     ($store:ty) => {
@@ -81,6 +124,31 @@ macro_rules! stats_impl {
                     .map_err(map_sqlx)?;
                 stats.reviews_pending = count(pending);
                 Ok(stats)
+            }
+
+            async fn gpu_ms_quantile(
+                &self,
+                scene_type: &str,
+                q: f64,
+                last: u32,
+            ) -> Result<Option<u64>, StoreError> {
+                check_quantile(q)?;
+                let rows = sqlx::query(RECENT_GPU_MS)
+                    .bind(scene_type)
+                    .bind(i64::from(last))
+                    .fetch_all(self.pool())
+                    .await
+                    .map_err(map_sqlx)?;
+                let values = rows
+                    .iter()
+                    .map(|row| {
+                        let ms: i64 = row.try_get("gpu_ms").map_err(map_sqlx)?;
+                        u64::try_from(ms).map_err(|_| {
+                            StoreError::Invalid(format!("retry_attempts.gpu_ms is negative: {ms}"))
+                        })
+                    })
+                    .collect::<Result<Vec<u64>, StoreError>>()?;
+                Ok(nearest_rank(values, q))
             }
         }
     };

@@ -52,6 +52,7 @@ mod budget;
 mod harness;
 mod postgres;
 mod raise;
+mod stats;
 
 fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("retake.db")

@@ -1,0 +1,86 @@
+//! Reporting: statistics over recorded attempts.
+
+use super::*;
+use crate::stats::nearest_rank;
+
+/// Record attempt `n` of run `run` with the given status and GPU time for `scene_type`.
+async fn recorded(store: &AnyStore, run: &str, n: u32, scene_type: &str, status: &str, ms: u64) {
+    let mut rec = record(n, 0.5);
+    rec.gpu_ms = ms;
+    rec.status = serde_json::from_value(json!(status)).unwrap();
+    let mut attempt = record_attempt(run, rec);
+    attempt.scene_type = scene_type.to_owned();
+    store.record_attempt(&attempt).await.unwrap();
+}
+
+async fn the_gpu_time_quantile_counts_the_latest_attempts_that_generated(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(
+        store.gpu_ms_quantile("dialogue", 0.5, 10).await.unwrap(),
+        None
+    );
+    // Oldest first; the quantile counts every attempt that generated: passed, failed, and
+    // errors with GPU time. Aborts and errors before the GPU ran say nothing about it.
+    recorded(&store, "r1", 1, "dialogue", "passed", 9000).await;
+    recorded(&store, "r1", 2, "dialogue", "failed", 400).await;
+    recorded(&store, "r1", 3, "dialogue", "error", 0).await;
+    recorded(&store, "r1", 4, "dialogue", "aborted", 50_000).await;
+    recorded(&store, "r2", 1, "dialogue", "error", 300).await;
+    recorded(&store, "r2", 2, "dialogue", "failed", 100).await;
+    recorded(&store, "r2", 3, "dialogue", "passed", 200).await;
+    recorded(&store, "r3", 1, "action", "passed", 70_000).await;
+
+    // Counted, newest first: 200, 100, 300, 400, 9000.
+    let q = |q: f64, last: u32| {
+        let store = store.clone();
+        async move { store.gpu_ms_quantile("dialogue", q, last).await.unwrap() }
+    };
+    assert_eq!(q(0.0, 100).await, Some(100));
+    assert_eq!(q(0.2, 100).await, Some(100));
+    assert_eq!(q(0.21, 100).await, Some(200));
+    assert_eq!(q(0.5, 100).await, Some(300));
+    assert_eq!(q(0.8, 100).await, Some(400));
+    assert_eq!(q(0.9, 100).await, Some(9000));
+    assert_eq!(q(1.0, 100).await, Some(9000));
+    // Only the 4 most recent of the counted attempts (recorded after the 9000 ms one).
+    assert_eq!(q(1.0, 4).await, Some(400));
+    assert_eq!(q(0.5, 2).await, Some(100));
+    assert_eq!(q(0.5, 0).await, None);
+    assert_eq!(
+        store.gpu_ms_quantile("action", 0.5, 10).await.unwrap(),
+        Some(70_000)
+    );
+    assert_eq!(store.gpu_ms_quantile("crowd", 0.5, 10).await.unwrap(), None);
+    // Re-recording an attempt (a retried activity) keeps its place among the latest.
+    recorded(&store, "r1", 1, "dialogue", "passed", 8000).await;
+    assert_eq!(q(1.0, 5).await, Some(8000));
+    assert_eq!(q(1.0, 4).await, Some(400));
+}
+
+async fn a_quantile_outside_zero_to_one_is_invalid(db: &TestDb) {
+    let store = db.open().await;
+    recorded(&store, "r1", 1, "dialogue", "passed", 100).await;
+    for q in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let err = store.gpu_ms_quantile("dialogue", q, 10).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{q}: {err:?}");
+    }
+}
+
+store_tests! {
+    #[tokio::test] the_gpu_time_quantile_counts_the_latest_attempts_that_generated,
+    #[tokio::test] a_quantile_outside_zero_to_one_is_invalid,
+}
+
+#[test]
+fn nearest_rank_takes_the_smallest_value_covering_the_quantile() {
+    let values: Vec<u64> = (1..=10).map(|v| v * 10).collect();
+    // 0.3 × 10 is 3.0000000000000004 in floating point: still rank 3.
+    assert_eq!(nearest_rank(values.clone(), 0.3), Some(30));
+    assert_eq!(nearest_rank(values.clone(), 0.31), Some(40));
+    assert_eq!(nearest_rank(values.clone(), 0.7), Some(70));
+    assert_eq!(nearest_rank(values.clone(), 0.0), Some(10));
+    assert_eq!(nearest_rank(values, 1.0), Some(100));
+    assert_eq!(nearest_rank(vec![5, 1, 3], 0.5), Some(3));
+    assert_eq!(nearest_rank(vec![7], 0.99), Some(7));
+    assert_eq!(nearest_rank(Vec::new(), 0.5), None);
+}
