@@ -65,6 +65,29 @@ fn is_postgres_url(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
 }
 
+/// How a [`SqlStore`] waits for the database. Only tests that lock the database on purpose
+/// change them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    /// How long a statement waits for another connection's lock before failing with
+    /// `SQLITE_BUSY` (getting a connection from the pool may take three times as long).
+    /// Default: [`BUSY_TIMEOUT`].
+    pub(crate) busy: Duration,
+    /// Keep connections open between calls. Without, each call opens the file anew: an open
+    /// connection in WAL mode holds a shared lock that would keep another process from locking
+    /// the whole database. Default: true.
+    pub(crate) keep_connections: bool,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            busy: BUSY_TIMEOUT,
+            keep_connections: true,
+        }
+    }
+}
+
 /// The SQL store: policies, budgets and reservations, attempts and outcomes.
 #[derive(Debug, Clone)]
 pub struct SqlStore {
@@ -76,6 +99,11 @@ impl SqlStore {
     /// migrations. `url` is `sqlite://PATH`, `sqlite:PATH` (both may carry SQLite URI
     /// parameters after `?`) or a bare file path.
     pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        Self::connect_with(url, Waits::default()).await
+    }
+
+    /// [`connect`](Self::connect) with other [`Waits`].
+    pub(crate) async fn connect_with(url: &str, waits: Waits) -> Result<SqlStore, StoreError> {
         let options = if url.starts_with("sqlite:") {
             SqliteConnectOptions::from_str(url).map_err(map_sqlx)?
         } else if url.contains("://") {
@@ -88,13 +116,13 @@ impl SqlStore {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(waits.busy)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .acquire_timeout(BUSY_TIMEOUT * 3)
-            .connect_with(options)
-            .await
-            .map_err(map_sqlx)?;
+        let mut pool = SqlitePoolOptions::new().acquire_timeout(waits.busy * 3);
+        if !waits.keep_connections {
+            pool = pool.max_lifetime(Duration::ZERO);
+        }
+        let pool = pool.connect_with(options).await.map_err(map_sqlx)?;
         // Two processes opening a fresh file at once may both try to apply a migration; the loser
         // fails, and on the next try sees it applied.
         let mut tries = 0;
@@ -156,30 +184,19 @@ impl PolicyStore for SqlStore {
     }
 }
 
-/// Map a database error: the database being unreachable, busy or out of resources is
-/// `Unavailable` (retried); undecodable rows, constraint violations and bad SQL are `Invalid`.
+/// Map a database error by its cause. Everything about reaching the database, or the database
+/// being unable to serve right now, is `Unavailable`: the activity fails retryably and the
+/// workflow waits for the database, however long it is away. Only errors in the data itself
+/// (constraint violations, undecodable rows, values out of range) and in the statements are
+/// `Invalid`, which fails the activity for good. An error while the pool opens a connection
+/// arrives as the same `Database` error, with the SQLSTATE (or SQLite result code) the server
+/// or library refused the connection with, and is classified by that code like any other.
 pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
-    use sqlx::Error as E;
     let e = match e {
-        E::Migrate(m) => return map_migrate(*m),
+        sqlx::Error::Migrate(m) => return map_migrate(*m),
         e => e,
     };
-    let unavailable = match &e {
-        E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed => true,
-        E::WorkerCrashed | E::BeginFailed | E::AnyDriverError(_) => true,
-        E::Database(db) => match db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-            Some(pg) => sqlstate_unavailable(pg.code()),
-            None => db_unavailable(db.code().as_deref(), db.message()),
-        },
-        E::Configuration(_) | E::InvalidArgument(_) | E::RowNotFound | E::TypeNotFound { .. } => {
-            false
-        }
-        E::ColumnIndexOutOfBounds { .. } | E::ColumnNotFound(_) | E::ColumnDecode { .. } => false,
-        E::Encode(_) | E::Decode(_) | E::InvalidSavePointStatement => false,
-        // A variant added later: assume it is about reaching the database.
-        _ => true,
-    };
-    if unavailable {
+    if unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Invalid(e.to_string())
@@ -199,36 +216,85 @@ fn map_migrate(e: MigrateError) -> StoreError {
     }
 }
 
-/// Whether a SQLite error means "try again later". `code` is SQLite's extended result code (a
-/// number; a non-numeric code is taken for a SQLSTATE).
-fn db_unavailable(code: Option<&str>, message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    if message.contains("database is locked") || message.contains("busy") {
-        return true;
-    }
-    match code {
-        Some(code) => match code.parse::<i32>() {
-            // SQLITE_NOMEM, _READONLY, _INTERRUPT, _IOERR, _FULL, _CANTOPEN, _PROTOCOL,
-            // _BUSY, _LOCKED (primary code in the low byte).
-            Ok(n) => matches!(n & 0xff, 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15),
-            Err(_) => sqlstate_unavailable(code),
-        },
-        None => false,
+/// Whether `e` means "the database cannot serve now" rather than "this data is wrong".
+pub(crate) fn unavailable(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        // The connection broke or never came up, or the pool gave up waiting for one.
+        E::Io(_) | E::Tls(_) | E::Protocol(_) | E::PoolTimedOut | E::PoolClosed => true,
+        E::WorkerCrashed | E::BeginFailed | E::AnyDriverError(_) => true,
+        E::Database(db) => database_unavailable(db.as_ref()),
+        E::Configuration(_) | E::InvalidArgument(_) | E::RowNotFound | E::TypeNotFound { .. } => {
+            false
+        }
+        E::ColumnIndexOutOfBounds { .. } | E::ColumnNotFound(_) | E::ColumnDecode { .. } => false,
+        E::Encode(_) | E::Decode(_) | E::InvalidSavePointStatement => false,
+        // A variant added later: assume it is about reaching the database.
+        _ => true,
     }
 }
 
-/// Whether a Postgres SQLSTATE means "try again later": connection exceptions, serialization
-/// failure, deadlock, lock wait timeout (`lock_timeout`), statement timeout or cancel,
-/// insufficient resources, operator intervention (e.g. shutdown). Checked on the SQLSTATE
-/// itself, never parsed as a number: `40001` is not a SQLite result code.
-fn sqlstate_unavailable(code: &str) -> bool {
-    code.starts_with("08")
-        || code == "40001"
-        || code == "40P01"
-        || code == "55P03"
-        || code == "57014"
-        || code.starts_with("53")
-        || code.starts_with("57P")
+/// An error the database reported, by its driver's code.
+fn database_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        return sqlstate_unavailable(pg.code());
+    }
+    if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        return sqlx::error::DatabaseError::code(sqlite)
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(sqlite_unavailable);
+    }
+    // Another driver: by its SQLSTATE, if it reports one.
+    db.code().is_some_and(|code| sqlstate_unavailable(&code))
+}
+
+/// Whether a SQLite (extended) result code means "try again later": the database is busy or
+/// locked by another connection (`BUSY`, `LOCKED`), cannot be opened, read or written
+/// (`CANTOPEN`, `IOERR`, `FULL`, `READONLY`, `PERM`), or the library ran out of memory, was
+/// interrupted or lost a locking race (`NOMEM`, `INTERRUPT`, `PROTOCOL`). Extended codes carry
+/// their primary code in the low byte (e.g. `SQLITE_BUSY_SNAPSHOT` = 517 = 5 | 2 << 8).
+/// Constraint violations, SQL errors, type mismatches, corruption and the rest are data or
+/// program errors.
+pub(crate) fn sqlite_unavailable(code: i32) -> bool {
+    const PERM: i32 = 3;
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const NOMEM: i32 = 7;
+    const READONLY: i32 = 8;
+    const INTERRUPT: i32 = 9;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const PROTOCOL: i32 = 15;
+    matches!(
+        code & 0xff,
+        PERM | BUSY | LOCKED | NOMEM | READONLY | INTERRUPT | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}
+
+/// Whether a Postgres SQLSTATE means "try again later" (checked on the code itself, never parsed
+/// as a number: `40001` is not a SQLite result code). By class:
+/// * `08` connection exception; `57` operator intervention (shutdown, `57P01` a terminated
+///   backend, `57P03` cannot connect now, `57014` statement timeout or cancel); `53`
+///   insufficient resources (too many connections, disk full); `58` system error (I/O);
+/// * `55` object not in prerequisite state: `55000` a database that does not accept
+///   connections (`ALLOW_CONNECTIONS false`), `55006` object in use, `55P03` a lock wait that
+///   ran out (`lock_timeout`);
+/// * `28` invalid authorization (a rotated password or a dropped role), `3D000` a database that
+///   does not exist (not yet restored or created), `42501` insufficient privilege (revoked
+///   grants): the operator fixes them and the retries go on;
+/// * `40001` serialization failure, `40P01` deadlock, `40003` commit outcome unknown;
+/// * `25006` read-only transaction (a write that reached a standby during a failover), `25P03`
+///   idle-in-transaction timeout.
+///
+/// Everything else (e.g. `22` data exceptions, `23` constraint violations, `42` syntax errors
+/// and undefined objects) is a data or program error.
+pub(crate) fn sqlstate_unavailable(code: &str) -> bool {
+    const CLASSES: [&str; 6] = ["08", "28", "53", "55", "57", "58"];
+    const CODES: [&str; 7] = [
+        "3D000", "40001", "40P01", "40003", "42501", "25006", "25P03",
+    ];
+    CLASSES.iter().any(|class| code.starts_with(class)) || CODES.contains(&code)
 }
 
 /// Read a column, mapping a missing or undecodable column to `Invalid`.

@@ -8,7 +8,8 @@
 
 use super::super::{PgStore, SqlStore};
 use crate::ports::Store;
-use sqlx::{Connection, PgConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteLockingMode};
+use sqlx::{Connection, PgConnection, SqliteConnection};
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,6 +177,83 @@ impl TestDb {
         drop(self);
         if let Err(panic) = result {
             std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// The database refusing service until [`Outage::end`].
+pub(super) enum Outage {
+    /// A connection that holds SQLite's exclusive lock on the whole file (locking mode
+    /// EXCLUSIVE, an open `BEGIN EXCLUSIVE`): no other connection can read or write.
+    Sqlite(SqliteConnection),
+    /// The database refuses connections (`ALLOW_CONNECTIONS false`); its backends were
+    /// terminated.
+    Postgres { admin: PgConnection, name: String },
+}
+
+impl TestDb {
+    /// Take the database away from every store on it. On SQLite, only stores that do not keep
+    /// connections open can be locked out, and their open ones must close first: the lock waits
+    /// for them up to the locker's busy timeout.
+    pub(super) async fn outage(&self) -> Outage {
+        match self {
+            TestDb::Sqlite(dir) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(dir.path().join("retake.db"))
+                    .locking_mode(SqliteLockingMode::Exclusive)
+                    .busy_timeout(ADMIN_TIMEOUT);
+                let mut conn = SqliteConnection::connect_with(&options)
+                    .await
+                    .expect("open the SQLite file to lock it");
+                sqlx::query("BEGIN EXCLUSIVE")
+                    .execute(&mut conn)
+                    .await
+                    .expect("lock the SQLite file");
+                Outage::Sqlite(conn)
+            }
+            TestDb::Postgres {
+                admin_url, name, ..
+            } => {
+                let mut admin = admin(admin_url).await.expect("an admin connection");
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("refuse connections");
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = $1 AND pid <> pg_backend_pid()",
+                )
+                .bind(name)
+                .execute(&mut admin)
+                .await
+                .expect("terminate the database's backends");
+                Outage::Postgres {
+                    admin,
+                    name: name.clone(),
+                }
+            }
+        }
+    }
+}
+
+impl Outage {
+    /// Give the database back.
+    pub(super) async fn end(self) {
+        match self {
+            Outage::Sqlite(mut conn) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut conn)
+                    .await
+                    .expect("unlock the SQLite file");
+                conn.close().await.expect("close the locking connection");
+            }
+            Outage::Postgres { mut admin, name } => {
+                sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                    .execute(&mut admin)
+                    .await
+                    .expect("allow connections again");
+                let _ = admin.close().await;
+            }
         }
     }
 }

@@ -16,8 +16,9 @@ async fn pg_store_refuses_urls_of_other_databases() {
     }
 }
 
-/// Errors raised with a given SQLSTATE: those about reaching the database, lock waits,
-/// serialization failures and deadlocks are `Unavailable` (retried), the rest `Invalid`.
+/// Errors raised with a given SQLSTATE, as the server reports them: those about reaching the
+/// database, lock waits, serialization failures and deadlocks are `Unavailable` (retried), the
+/// rest `Invalid`. (The whole table is in `outage`.)
 #[tokio::test]
 async fn postgres_error_codes_map_to_unavailable_or_invalid() {
     let Some(db) = TestDb::postgres().await else {
@@ -40,6 +41,10 @@ async fn postgres_error_codes_map_to_unavailable_or_invalid() {
             ("08006", true),
             ("53300", true),
             ("57P01", true),
+            ("55000", true),
+            ("3D000", true),
+            ("28P01", true),
+            ("58030", true),
             ("23505", false),
             ("22P02", false),
             ("42601", false),
