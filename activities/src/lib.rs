@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod io;
+pub mod meter;
 pub mod ports;
 pub mod sim;
 pub mod stats;
@@ -22,6 +23,8 @@ use crate::ports::{
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 use temporalio_macros::activities;
 use temporalio_sdk::ApplicationFailure;
 use temporalio_sdk::activities::{ActivityContext, ActivityError};
@@ -148,12 +151,14 @@ fn backend_failure(e: BackendError) -> ActivityError {
 struct Heartbeat<'a> {
     ctx: &'a ActivityContext,
     resume_from: u32,
+    /// Set by the budget meter: the attempt must stop as if cancelled.
+    over_budget: &'a AtomicBool,
 }
 
 #[async_trait]
 impl Progress for Heartbeat<'_> {
     async fn checkpoint(&self, done: u32, _total: u32) -> Result<(), BackendError> {
-        if self.ctx.is_cancelled() {
+        if self.ctx.is_cancelled() || self.over_budget.load(Ordering::SeqCst) {
             return Err(BackendError::Cancelled);
         }
         self.ctx
@@ -227,14 +232,41 @@ impl RetryActivities {
             .ok()
             .flatten()
             .unwrap_or(0);
+        let over_budget = AtomicBool::new(false);
         let heartbeat = Heartbeat {
             ctx: &ctx,
             resume_from,
+            over_budget: &over_budget,
         };
-        self.generator
-            .generate(&input, &heartbeat)
-            .await
-            .map_err(backend_failure)
+        let started = Instant::now();
+        let work = self.generator.generate(&input, &heartbeat);
+        let Some(held) = &input.budget else {
+            return work.await.map_err(backend_failure);
+        };
+        let metered = meter::meter(&*self.ledger, &input.key, held, started, &over_budget);
+        tokio::pin!(work, metered);
+        let mut refusal = None;
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                why = &mut metered, if refusal.is_none() => refusal = Some(why),
+            }
+        };
+        match (result, refusal) {
+            // Stopped by the budget: billed what the backend says it used (else the time it ran).
+            (Err(e), Some(why)) if e.is_cancelled() && !ctx.is_cancelled() => {
+                let used = e.split().1.unwrap_or_else(|| {
+                    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+                });
+                Err(failure_after(
+                    failure_types::BUDGET_EXHAUSTED,
+                    true,
+                    format!("stopped after {used} GPU ms: {why}"),
+                    Some(used),
+                ))
+            }
+            (result, _) => result.map_err(backend_failure),
+        }
     }
 
     /// Score the attempt's output, heartbeating every second while the scorer works (scorers

@@ -127,3 +127,75 @@ async fn reservations_from_three_worker_processes_never_exceed_the_limit() {
         "the three workers never contended (peak {peak} ms reserved)"
     );
 }
+
+/// Most an attempt stopped by the budget may overrun what it could reserve: one simulator step
+/// (the backend's stop latency) and scheduling slack.
+const STOP_BOUND_MS: u64 = 100 + 100;
+
+#[tokio::test]
+async fn attempts_that_outrun_their_estimate_cannot_overspend_the_limit() {
+    use crate::harness::{WorkerProcess, spawn_bare_app};
+    use retake_domain::contract::BUDGET_EXHAUSTED;
+    let app = spawn_bare_app().await;
+    // Attempts really take 1000 ms of GPU against an estimate of 500: twice as long.
+    let _workers: Vec<_> = (0..3)
+        .map(|_| WorkerProcess::spawn(&app, 1000, 0))
+        .collect();
+    let project = format!("{}-outrun", app.tag);
+    let limit = 10_000;
+    app.store.set_limit(&project, Some(limit)).await.unwrap();
+    let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 500});
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let segment = format!("{}-outrun-{i}", app.tag);
+        handles.push(
+            app.start(request(&segment, &project, Some(policy.clone())))
+                .await,
+        );
+    }
+
+    let results: Vec<_> = futures::future::join_all(handles.iter().map(retake::retries::result))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(b.reserved_ms, 0, "nothing left reserved");
+    let charged: u64 = results.iter().map(|r| r.gpu_ms_total).sum();
+    assert_eq!(b.spent_ms, charged, "the ledger equals the results");
+    let stopped: Vec<_> = results
+        .iter()
+        .flat_map(|r| &r.attempts)
+        .filter(|a| a.error_type.as_deref() == Some(BUDGET_EXHAUSTED))
+        .collect();
+    assert!(!stopped.is_empty(), "the limit was reached mid-attempt");
+    assert!(
+        stopped.iter().all(|a| a.gpu_ms > 0 && a.gpu_ms < 1000),
+        "stopped attempts are billed the partial GPU time they used"
+    );
+    let bound = limit + stopped.len() as u64 * STOP_BOUND_MS;
+    eprintln!(
+        "outrun: spent {} ms of a {limit} ms limit; {} attempts stopped by the budget",
+        b.spent_ms,
+        stopped.len()
+    );
+    assert!(
+        b.spent_ms <= bound,
+        "spent {} ms against a limit of {limit} (+ {} stopped attempts × {STOP_BOUND_MS} ms)",
+        b.spent_ms,
+        stopped.len()
+    );
+    for r in results.iter().filter(|r| {
+        r.attempts
+            .iter()
+            .any(|a| a.error_type.as_deref() == Some(BUDGET_EXHAUSTED))
+    }) {
+        assert_eq!(r.outcome, Outcome::BudgetExhausted, "{}", r.report);
+        assert!(
+            r.report.contains("budget exhausted during attempt"),
+            "{}",
+            r.report
+        );
+    }
+}

@@ -70,6 +70,7 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "truthful-budget_exhausted.json",
         "truthful-review_accepted.json",
         "truthful-chapter_user_intervention.json",
+        "truthful-budget_stopped.json",
     ] {
         assert!(
             names.contains(&required),
@@ -221,6 +222,16 @@ async fn record_representative_histories() {
     .unwrap();
     assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
     save(&slow, &seg, "aborted.json").await;
+
+    // An attempt that outruns its estimate and is stopped by the budget mid-generation.
+    let outrun = spawn_app_with(Simulator::new(2_000)).await;
+    let project = format!("{}-outrun", outrun.tag);
+    outrun.store.set_limit(&project, Some(500)).await.unwrap();
+    let seg = format!("{}-stopped", outrun.tag);
+    let est = json!({"enabled": true, "est_gpu_ms_per_attempt": 300});
+    let result = outrun.retry(request(&seg, &project, Some(est))).await;
+    assert_eq!(result.outcome, Outcome::BudgetExhausted, "{}", result.report);
+    save(&outrun, &seg, "budget_stopped.json").await;
 
     let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;
     assert_eq!(result.outcome, Outcome::Escalated);
