@@ -6,6 +6,7 @@
 
 pub mod backends;
 pub mod io;
+mod log;
 pub mod meter;
 pub mod ports;
 pub mod sim;
@@ -232,6 +233,7 @@ impl RetryActivities {
             .ok()
             .flatten()
             .unwrap_or(0);
+        log::attempt_started(&input, resume_from);
         let over_budget = AtomicBool::new(false);
         let heartbeat = Heartbeat {
             ctx: &ctx,
@@ -305,7 +307,9 @@ impl RetryActivities {
         self.attempts
             .record_attempt(&input)
             .await
-            .map_err(store_failure)
+            .map_err(store_failure)?;
+        log::attempt_recorded(&input);
+        Ok(())
     }
 
     /// Turn the attempt's reservation into the GPU time actually used.
@@ -341,6 +345,8 @@ impl RetryActivities {
         self.attempts
             .record_outcome(&input)
             .await
-            .map_err(store_failure)
+            .map_err(store_failure)?;
+        log::outcome_recorded(&input);
+        Ok(())
     }
 }

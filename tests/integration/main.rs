@@ -18,6 +18,8 @@ mod crash;
 /// Real backends end to end: a chapter revised by an OpenAI-compatible model and scored by an LLM
 /// judge up the text ladder to user intervention; an HTTP-contract job polled, and cancelled on abort.
 mod ladder;
+/// Every attempt and outcome in the worker's log: plain text off a terminal, or JSON lines.
+mod logs;
 /// Truthful records: the backend's own error, its failure type, the GPU it used, outputs kept.
 mod records;
 /// Determinism guard: stored histories replay; a changed workflow is caught.

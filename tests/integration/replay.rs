@@ -230,7 +230,12 @@ async fn record_representative_histories() {
     let seg = format!("{}-stopped", outrun.tag);
     let est = json!({"enabled": true, "est_gpu_ms_per_attempt": 300});
     let result = outrun.retry(request(&seg, &project, Some(est))).await;
-    assert_eq!(result.outcome, Outcome::BudgetExhausted, "{}", result.report);
+    assert_eq!(
+        result.outcome,
+        Outcome::BudgetExhausted,
+        "{}",
+        result.report
+    );
     save(&outrun, &seg, "budget_stopped.json").await;
 
     let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;

@@ -15,7 +15,25 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     pub fn spawn(app: &TestApp, gpu_ms: u64, qa_ms: u64) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_retake"))
+        Self::spawn_with(app, gpu_ms, qa_ms, |c| {
+            c.env("RUST_LOG", "error").stderr(Stdio::inherit());
+        })
+    }
+
+    /// A worker logging as a user's would: the default filter, stderr to `log` (a file, so not a
+    /// terminal), `RETAKE_LOG_FORMAT` as given.
+    pub fn spawn_logging(app: &TestApp, gpu_ms: u64, log: &std::path::Path, format: &str) -> Self {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Self::spawn_with(app, gpu_ms, 0, |c| {
+            c.env_remove("RUST_LOG")
+                .env("RETAKE_LOG_FORMAT", format)
+                .stderr(file);
+        })
+    }
+
+    fn spawn_with(app: &TestApp, gpu_ms: u64, qa_ms: u64, set: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_retake"));
+        command
             .args([
                 "worker",
                 "--temporal-address",
@@ -26,13 +44,11 @@ impl WorkerProcess {
             .env("RETAKE_DATABASE_URL", &app.db_url)
             .env("RETAKE_SIM_GPU_MS", gpu_ms.to_string())
             .env("RETAKE_SIM_QA_MS", qa_ms.to_string())
-            .env("RUST_LOG", "error")
             .env_remove("TEMPORAL_ADDRESS")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start a retake worker process");
+            .kill_on_drop(true);
+        set(&mut command);
+        let child = command.spawn().expect("start a retake worker process");
         Self { child }
     }
 
