@@ -5,7 +5,7 @@ use std::process::Output;
 use tokio::process::Command;
 
 /// Run the `retake` binary against this test's server, queue and database.
-async fn retake(app: &TestApp, args: &[&str]) -> Output {
+pub(crate) async fn retake(app: &TestApp, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_retake"))
         .args(args)
         .args([
@@ -21,7 +21,7 @@ async fn retake(app: &TestApp, args: &[&str]) -> Output {
         .expect("run retake")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

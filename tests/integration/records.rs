@@ -1,6 +1,7 @@
 //! Truthful attempt records: what the backend said and used is what `retry_attempts`, the result
 //! and the report say.
 
+use crate::cli::{retake, stdout};
 use crate::harness::{FAILED_GPU_MS, Failure, FakeJobs, request, spawn_app};
 use crate::ladder::{action_request, http_app};
 use retake_domain::contract::{AttemptStatus, Outcome};
@@ -46,6 +47,13 @@ async fn a_failed_generation_records_the_backends_message_type_and_gpu_time() {
     let budget = app.store.budget("p1").await.unwrap().unwrap();
     assert_eq!(budget.spent_ms, result.gpu_ms_total);
     assert_eq!(budget.reserved_ms, 0);
+    let history = stdout(&retake(&app, &["history", &segment]).await);
+    assert!(
+        history.contains(&format!(
+            "BackendRejected: generation failed: the job failed: {message}"
+        )),
+        "{history}"
+    );
 }
 
 #[tokio::test]

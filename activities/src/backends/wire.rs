@@ -97,7 +97,7 @@ pub(crate) async fn bytes(
         return Ok(body.to_vec());
     }
     let snippet: String = String::from_utf8_lossy(&body).chars().take(300).collect();
-    let msg = format!("{what}: HTTP {status}: {snippet}");
+    let msg = format!("HTTP {status}: {snippet} ({what})");
     if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
         Err(BackendError::Transient(msg))
     } else {

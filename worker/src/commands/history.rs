@@ -63,6 +63,16 @@ pub(crate) async fn run(g: &Global, args: HistoryArgs) -> anyhow::Result<()> {
         if !r.failures.is_empty() {
             println!("{:<8} failures: {}", "", r.failures.join(", "));
         }
+        if let Some(error) = &r.error {
+            let kind = r.error_type.as_deref().unwrap_or("error");
+            println!("{:<8} {kind}: {error}", "");
+        }
+        if let Some(note) = &r.note {
+            println!("{:<8} note: {note}", "");
+        }
+        if let Some(uri) = &r.output_uri {
+            println!("{:<8} output: {uri}", "");
+        }
         if let Some(strategy) = r.strategy {
             let revises = r
                 .revises

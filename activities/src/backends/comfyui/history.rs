@@ -247,9 +247,9 @@ pub(super) fn failure(what: &str, entry: Entry) -> BackendError {
     let used = entry.elapsed().map(super::millis);
     let e = match entry {
         Entry::Interrupted { .. } => {
-            BackendError::Transient(format!("{what}: the prompt was interrupted on the server"))
+            BackendError::Transient(format!("the prompt was interrupted on the server ({what})"))
         }
-        Entry::Failed { message, .. } => BackendError::Rejected(format!("{what}: {message}")),
+        Entry::Failed { message, .. } => BackendError::Rejected(format!("{message} ({what})")),
         Entry::Success { .. } => BackendError::Rejected(format!(
             "{what}: the workflow produced no image, gif or video (does it end in a Save node?)"
         )),

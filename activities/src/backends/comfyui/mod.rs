@@ -184,7 +184,7 @@ impl ComfyUi {
             BackendError::Transient(format!("{what}: reading the body: {}", wire::describe(&e)))
         })?;
         if !status.is_success() {
-            let msg = format!("{what}: HTTP {status}: {}", history::refusal(&body));
+            let msg = format!("HTTP {status}: {} ({what})", history::refusal(&body));
             let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
             return Err(if transient {
                 BackendError::Transient(msg)
@@ -196,7 +196,7 @@ impl ComfyUi {
         let errors = history::node_errors(reply.node_errors.as_ref());
         if !errors.is_empty() {
             return Err(BackendError::Rejected(format!(
-                "{what}: {}",
+                "{} ({what})",
                 errors.join("; ")
             )));
         }

@@ -52,7 +52,7 @@ impl JobReply {
             }
             JobStatus::Failed => {
                 let error = self.error.unwrap_or_else(|| "no error given".to_owned());
-                let msg = format!("{what}: the job failed: {error}");
+                let msg = format!("the job failed: {error} ({what})");
                 let e = if self.retryable.unwrap_or(false) {
                     BackendError::Transient(msg)
                 } else {

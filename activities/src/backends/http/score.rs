@@ -77,7 +77,7 @@ fn normalise(what: &str, reply: ScoreReply) -> Result<Scored, BackendError> {
         } else {
             "0..=100 (scale 100)"
         };
-        BackendError::Rejected(format!("{what}: scores must be within {scale}: {e}"))
+        BackendError::Rejected(format!("scores must be within {scale}: {e} ({what})"))
     })?;
     Ok(qa)
 }
