@@ -300,7 +300,16 @@ async fn cancelling_interrupts_the_running_prompt_and_removes_it_from_the_queue(
         ]),
         ("GET /history", vec![Reply::json(200, json!({}))]),
         ("POST /prompt", vec![queued()]),
-        ("GET /history/p-1", vec![Reply::json(200, json!({})), stopped("error", "execution_interrupted", 40)]),
+        // Running for the polls before the cancellation (timing decides how many), then the
+        // interrupted entry the cancellation reads.
+        (
+            "GET /history/p-1",
+            [
+                vec![Reply::json(200, json!({})); 6],
+                vec![stopped("error", "execution_interrupted", 40)],
+            ]
+            .concat(),
+        ),
         ("POST /interrupt", vec![Reply::text(200, "")]),
         ("POST /queue", vec![Reply::text(200, "")]),
     ])
