@@ -163,7 +163,7 @@ fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
         "first_pass" | "best_of_n" => planned(&policy, s),
         "same_params" => (1..=m)
             .map(|k| {
-                let mut a = plan::plan_attempt(&s.req, &policy, k);
+                let mut a = plan::pre_ladder_attempt(&s.req, &policy, k);
                 a.seed = s.req.params.seed();
                 a.params = s.req.params.clone();
                 let scored = qa(id, a.seed, &a.params);

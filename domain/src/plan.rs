@@ -60,8 +60,9 @@ pub struct AttemptPlan {
     pub note: Option<String>,
 }
 
-/// Seed and parameters of attempt `attempt` (1-based).
-pub fn plan_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> AttemptPlan {
+/// Seed and parameters of attempt `attempt` (1-based) as runs started before the strategy ladder
+/// plan it: every attempt reseeds with jitter. New runs plan with [`crate::ladder::plan_attempt`].
+pub fn pre_ladder_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> AttemptPlan {
     let seed = seed::attempt_seed(
         req.segment_id.as_str(),
         req.params.seed(),
@@ -399,7 +400,7 @@ mod tests {
             failures: vec![],
             ..Default::default()
         };
-        plan_attempt(&request(), policy, k).scored(policy, qa, 100, None)
+        pre_ladder_attempt(&request(), policy, k).scored(policy, qa, 100, None)
     }
 
     #[test]
@@ -423,12 +424,12 @@ mod tests {
     #[test]
     fn each_attempt_uses_its_derived_seed_and_records_the_original_params() {
         let p = enabled();
-        let a1 = plan_attempt(&request(), &p, 1);
+        let a1 = pre_ladder_attempt(&request(), &p, 1);
         assert_eq!(a1.seed, 5_760_749_790_915_036);
         assert_eq!(a1.params.seed(), a1.seed);
         assert_eq!(a1.original_params.seed(), 1234);
         assert_eq!(a1.jitter.len(), 2);
-        assert_ne!(plan_attempt(&request(), &p, 2).seed, a1.seed);
+        assert_ne!(pre_ladder_attempt(&request(), &p, 2).seed, a1.seed);
     }
 
     #[test]
@@ -530,7 +531,7 @@ mod tests {
     #[test]
     fn an_attempt_that_errored_counts_and_retrying_continues() {
         let p = enabled();
-        let a = vec![plan_attempt(&request(), &p, 1).errored(
+        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
             0,
             "BackendTransient",
             "GPU lost".into(),
@@ -551,8 +552,12 @@ mod tests {
     fn a_long_error_is_quoted_whole_in_the_record_and_shortened_in_the_report() {
         let p = enabled();
         let long = format!("Prompt outputs failed validation; {}", "x".repeat(200));
-        let a =
-            vec![plan_attempt(&request(), &p, 1).errored(0, "BackendRejected", long.clone(), None)];
+        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
+            0,
+            "BackendRejected",
+            long.clone(),
+            None,
+        )];
         assert_eq!(a[0].error.as_deref(), Some(long.as_str()));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert!(
@@ -586,7 +591,7 @@ mod tests {
     #[test]
     fn an_attempt_failing_a_kind_not_retried_on_stops_unless_the_policy_retries_mixed() {
         let p = enabled();
-        let mut a = plan_attempt(&request(), &p, 1).scored(
+        let mut a = pre_ladder_attempt(&request(), &p, 1).scored(
             &p,
             QaScores {
                 scores: [("face".into(), 0.3), ("motion".into(), 0.2)].into(),
@@ -615,7 +620,7 @@ mod tests {
     #[test]
     fn an_attempt_the_budget_stopped_ends_the_retry_as_budget_exhausted() {
         let p = enabled();
-        let a = vec![plan_attempt(&request(), &p, 1).errored(
+        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
             1500,
             crate::contract::BUDGET_EXHAUSTED,
             "needed more than the 1000 GPU ms reserved".into(),

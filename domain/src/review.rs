@@ -68,18 +68,38 @@ impl CreatorEvent {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Retry more with new parameter values and/or wider jitter.
-    RetryWith {
-        /// Values merged over the current base parameters (e.g. a new `cfg_scale` or `seed`).
-        params: Map<String, Value>,
-        /// Jitter specs merged over the policy's `vary`.
-        vary: BTreeMap<String, JitterSpec>,
-        /// How many more attempts, 1..=10. Default: the policy's `max_attempts`.
-        attempts: u32,
-    },
+    RetryWith(RetryWith),
     /// Take a recorded attempt as final, whatever its scores.
     Accept { attempt: u32 },
     /// Give up on the segment.
     Reject,
+}
+
+/// A reviewer's `retry_with`: another round of attempts with adjusted parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryWith {
+    /// Values merged over the current base parameters (e.g. a new `cfg_scale` or `seed`).
+    pub params: Map<String, Value>,
+    /// Jitter specs merged over the policy's `vary`.
+    pub vary: BTreeMap<String, JitterSpec>,
+    /// How many more attempts, 1..=10. Default: the policy's `max_attempts`.
+    pub attempts: u32,
+}
+
+impl RetryWith {
+    /// The base parameters and policy of the new round, after `made` attempts: new values over
+    /// the current ones, wider jitter over `vary`, `max_attempts` extended by `attempts` beyond
+    /// the ones made.
+    pub fn apply(&self, params: &Params, policy: &RetryPolicy, made: u32) -> (Params, RetryPolicy) {
+        let mut p = params.clone();
+        for (k, v) in &self.params {
+            p.0.insert(k.clone(), v.clone());
+        }
+        let mut policy = policy.clone();
+        policy.vary.extend(self.vary.clone());
+        policy.max_attempts = made + self.attempts;
+        (p, policy)
+    }
 }
 
 /// The `decide` argument: `{"decision": "retry_with" | "accept" | "reject", "by": "...",
@@ -158,11 +178,11 @@ impl Decision {
                         "retry_with needs new params, a wider vary or more attempts",
                     );
                 }
-                Decision::RetryWith {
+                Decision::RetryWith(RetryWith {
                     params,
                     vary,
                     attempts: n,
-                }
+                })
             }
             "accept" => match raw.attempt {
                 Some(k)
@@ -210,26 +230,6 @@ impl Decision {
     }
 }
 
-/// Apply a `retry_with` to the base parameters and the policy: new values over the current ones,
-/// wider jitter over `vary`, `max_attempts` extended by `attempts` beyond the ones made.
-pub fn apply_retry_with(
-    params: &Params,
-    policy: &RetryPolicy,
-    made: u32,
-    new_params: &Map<String, Value>,
-    vary: &BTreeMap<String, JitterSpec>,
-    attempts: u32,
-) -> (Params, RetryPolicy) {
-    let mut p = params.clone();
-    for (k, v) in new_params {
-        p.0.insert(k.clone(), v.clone());
-    }
-    let mut policy = policy.clone();
-    policy.vary.extend(vary.clone());
-    policy.max_attempts = made + attempts;
-    (p, policy)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,11 +257,11 @@ mod tests {
         let (d, e) = Decision::parse(&v, &policy(), &[]).unwrap();
         assert_eq!(
             d,
-            Decision::RetryWith {
+            Decision::RetryWith(RetryWith {
                 params: json!({"cfg_scale": 9.0}).as_object().unwrap().clone(),
                 vary: BTreeMap::new(),
                 attempts: 2
-            }
+            })
         );
         assert_eq!(e.action, "retry_with");
         assert_eq!(
@@ -300,16 +300,19 @@ mod tests {
     #[test]
     fn retry_with_extends_the_attempts_beyond_those_made() {
         let params = Params::parse(&json!({"seed": 1, "cfg_scale": 7.0})).unwrap();
-        let new = json!({"cfg_scale": 9.0}).as_object().unwrap().clone();
-        let wider = BTreeMap::from([(
-            "cfg_scale".to_owned(),
-            JitterSpec {
-                range: 2.0,
-                min: None,
-                max: None,
-            },
-        )]);
-        let (p, pol) = apply_retry_with(&params, &policy(), 3, &new, &wider, 2);
+        let retry = RetryWith {
+            params: json!({"cfg_scale": 9.0}).as_object().unwrap().clone(),
+            vary: BTreeMap::from([(
+                "cfg_scale".to_owned(),
+                JitterSpec {
+                    range: 2.0,
+                    min: None,
+                    max: None,
+                },
+            )]),
+            attempts: 2,
+        };
+        let (p, pol) = retry.apply(&params, &policy(), 3);
         assert_eq!(p.number("cfg_scale"), Some(9.0));
         assert_eq!(pol.max_attempts, 5);
         assert_eq!(pol.vary["cfg_scale"].range, 2.0);

@@ -13,7 +13,7 @@ use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
 use retake_domain::ladder;
 use retake_domain::plan::{self, AttemptPlan, Stop};
-use retake_domain::review::{self, CreatorEvent, Decision, Phase};
+use retake_domain::review::{CreatorEvent, Decision, Phase, RetryWith};
 use std::time::Duration;
 use temporalio_sdk::{
     ActivityExecutionError, WorkflowCancellationToken, WorkflowContext, WorkflowResult,
@@ -33,6 +33,14 @@ pub(crate) struct Run {
     /// Whether this run records and bills what really happened ([`TRUTHFUL_PATCH`]): GPU time
     /// of failed and aborted generations settled, the reservation a cap the activity raises.
     truthful: bool,
+}
+
+/// How a human review ended.
+enum ReviewEnd {
+    /// The run is over: its result and review state.
+    Final(RetryResult, Review),
+    /// A reviewer asked for another round of attempts.
+    Retry(RetryWith),
 }
 
 /// Patch id of the strategy ladder (`ctx.patched`): histories without its marker replay the
@@ -96,17 +104,10 @@ impl Run {
                 return Ok((result, Review::Pending));
             }
             match self.await_review(result, window).await? {
-                Ok(done) => return Ok(done),
-                Err((params, vary, attempts)) => {
+                ReviewEnd::Final(result, review) => return Ok((result, review)),
+                ReviewEnd::Retry(retry) => {
                     let made = u32::try_from(self.attempts_so_far().len()).unwrap_or(u32::MAX);
-                    let (p, policy) = review::apply_retry_with(
-                        &self.req.params,
-                        &self.policy,
-                        made,
-                        &params,
-                        &vary,
-                        attempts,
-                    );
+                    let (p, policy) = retry.apply(&self.req.params, &self.policy, made);
                     self.req.params = p;
                     self.policy = policy.clone();
                     round_start = made;
@@ -124,22 +125,11 @@ impl Run {
     }
 
     /// Record the escalation and wait for a decision, an abort or the end of the window.
-    /// `Ok` is final; `Err` carries a `retry_with` to run.
-    #[allow(clippy::type_complexity)]
     async fn await_review(
         &self,
         result: RetryResult,
         window_secs: u64,
-    ) -> WorkflowResult<
-        Result<
-            (RetryResult, Review),
-            (
-                serde_json::Map<String, serde_json::Value>,
-                std::collections::BTreeMap<String, retake_domain::policy::JitterSpec>,
-                u32,
-            ),
-        >,
-    > {
+    ) -> WorkflowResult<ReviewEnd> {
         self.ctx.state_mut(|s| {
             s.phase = Phase::AwaitingReview;
             s.result = Some(result.clone());
@@ -156,35 +146,31 @@ impl Run {
             _ = self.ctx.wait_condition(|s: &SegmentRetryWorkflow| s.decision.is_some() || s.abort.is_some()) => true,
         };
         if !decided {
-            return Ok(Ok((
+            return Ok(ReviewEnd::Final(
                 plan::review_expired(result, window_secs),
                 Review::Pending,
-            )));
+            ));
         }
         if let Some(abort) = self.ctx.state(|s| s.abort.clone()) {
             let stop = Stop::Aborted {
                 by: abort.by,
                 reason: abort.reason,
             };
-            return Ok(Ok((self.conclude(&stop), Review::None)));
+            return Ok(ReviewEnd::Final(self.conclude(&stop), Review::None));
         }
         let Some((decision, event)) = self.ctx.state_mut(|s| s.decision.take()) else {
-            return Ok(Ok((result, Review::Pending)));
+            return Ok(ReviewEnd::Final(result, Review::Pending));
         };
         let mut result = result;
         result.decisions = self.ctx.state(|s| s.events.clone());
         Ok(match decision {
             Decision::Accept { attempt } => {
-                Ok((plan::accepted(result, attempt, &event), Review::Accepted))
+                ReviewEnd::Final(plan::accepted(result, attempt, &event), Review::Accepted)
             }
-            Decision::Reject => Ok((plan::rejected(result, &event), Review::Rejected)),
-            Decision::RetryWith {
-                params,
-                vary,
-                attempts,
-            } => {
+            Decision::Reject => ReviewEnd::Final(plan::rejected(result, &event), Review::Rejected),
+            Decision::RetryWith(retry) => {
                 record_outcome(&self.ctx, &result, Review::Retrying).await?;
-                Err((params, vary, attempts))
+                ReviewEnd::Retry(retry)
             }
         })
     }
@@ -256,7 +242,7 @@ impl Run {
             ladder::next(&self.req, &self.policy, &attempts, round_start)
         } else {
             plan::next(&self.policy, &attempts, round_start)
-                .map(|k| plan::plan_attempt(&self.req, &self.policy, k))
+                .map(|k| plan::pre_ladder_attempt(&self.req, &self.policy, k))
         }
     }
 

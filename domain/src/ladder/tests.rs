@@ -167,7 +167,7 @@ fn the_media_ladder_reseeds_without_jitter_first_then_with_it() {
     assert_eq!(p2.jitter.len(), 2);
     assert_eq!(
         p2.seed,
-        crate::plan::plan_attempt(&req, &policy, 2).seed,
+        crate::plan::pre_ladder_attempt(&req, &policy, 2).seed,
         "same seeds as before the ladder"
     );
 }

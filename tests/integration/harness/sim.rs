@@ -6,7 +6,7 @@ use retake_activities::sim::Simulator;
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, QaScores, RetryRequest};
 use retake_domain::ladder;
-use retake_domain::review::{self, Decision};
+use retake_domain::review::Decision;
 use serde_json::{Value, json};
 
 /// A workflow argument: a segment whose generation (seed 1234, cfg 7.5, denoise 0.6) failed on
@@ -46,20 +46,11 @@ pub fn predict_retry_with(
 ) -> Vec<AttemptRecord> {
     let mut req = RetryRequest::parse(input).expect("valid request");
     let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
-    let Ok((
-        Decision::RetryWith {
-            params,
-            vary,
-            attempts,
-        },
-        _,
-    )) = Decision::parse(decision, &policy, &first)
-    else {
+    let Ok((Decision::RetryWith(retry), _)) = Decision::parse(decision, &policy, &first) else {
         panic!("not a valid retry_with decision: {decision}");
     };
     let made = u32::try_from(first.len()).expect("few attempts");
-    let (new_params, policy) =
-        review::apply_retry_with(&req.params, &policy, made, &params, &vary, attempts);
+    let (new_params, policy) = retry.apply(&req.params, &policy, made);
     req.params = new_params;
     run_round(&req, &policy, first, made)
 }
