@@ -58,61 +58,14 @@ async fn retrying_a_segment_again_later_adds_a_second_run_without_touching_the_f
     assert_eq!(app.store.outcomes(&segment).await.unwrap().len(), 2);
 }
 
-/// A fresh Postgres database for one test (dropped by the returned guard), or `None` (skip) when
-/// no server answers outside CI.
-async fn fresh_postgres() -> Option<(String, PgDrop)> {
-    let admin = std::env::var("RETAKE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let pool = match sqlx::PgPool::connect(&admin).await {
-        Ok(p) => p,
-        Err(e) if std::env::var("CI").is_ok_and(|v| !v.is_empty()) => {
-            panic!("Postgres at {admin} is unreachable on CI (scripts/test starts it): {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: no Postgres at {admin}: {e}");
-            return None;
-        }
-    };
-    let name = format!("retake_it_{}_{}", std::process::id(), rand_suffix());
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&admin).unwrap();
-    url.set_path(&name);
-    Some((url.to_string(), PgDrop { admin: pool, name }))
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64 % 1_000_000_007)
-}
-
-struct PgDrop {
-    admin: sqlx::PgPool,
-    name: String,
-}
-
-impl PgDrop {
-    async fn drop_db(self) {
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&self.admin)
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn a_retry_runs_end_to_end_on_the_postgres_store() {
-    use crate::harness::spawn_app_with_store;
+    use crate::harness::{fresh_postgres, spawn_app_with_store};
     use retake_activities::sim::Simulator;
-    let Some((url, db)) = fresh_postgres().await else {
+    let Some(db) = fresh_postgres().await else {
         return;
     };
-    let app = spawn_app_with_store(url, Simulator::new(20)).await;
+    let app = spawn_app_with_store(db.url.clone(), Simulator::new(20)).await;
     let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 100});
     let (segment, predicted) = find_segment(&app.tag, "pg", &policy, |a| a.len() >= 2);
     app.store
@@ -134,6 +87,4 @@ async fn a_retry_runs_end_to_end_on_the_postgres_store() {
         app.store.outcomes(&segment).await.unwrap()[0].report,
         result.report
     );
-    drop(app);
-    db.drop_db().await;
 }

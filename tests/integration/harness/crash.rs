@@ -58,15 +58,22 @@ impl WorkerProcess {
     }
 }
 
+/// The activities of the segment's workflow in flight now (none if it cannot be described).
+pub async fn pending_activities(app: &TestApp, segment: &str) -> Vec<PendingActivityInfo> {
+    let Ok(segment) = SegmentId::parse(segment) else {
+        return Vec::new();
+    };
+    let handle = retake::retries::handle(&app.client, &segment);
+    match handle.describe(WorkflowDescribeOptions::default()).await {
+        Ok(d) => d.raw_description.pending_activities,
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The pending activity `name` of the segment's workflow, if any.
 async fn pending_activity(app: &TestApp, segment: &str, name: &str) -> Option<PendingActivityInfo> {
-    let handle = retake::retries::handle(&app.client, &SegmentId::parse(segment).ok()?);
-    let d = handle
-        .describe(WorkflowDescribeOptions::default())
+    pending_activities(app, segment)
         .await
-        .ok()?;
-    d.raw_description
-        .pending_activities
         .into_iter()
         .find(|a| a.activity_type.as_ref().is_some_and(|t| t.name == name))
 }

@@ -6,6 +6,7 @@ mod crash;
 mod fake_http;
 mod fake_jobs;
 mod fake_llm;
+mod postgres;
 mod server;
 mod sim;
 
@@ -13,8 +14,9 @@ pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_app_with_backends, spawn_app_with_store,
     spawn_bare_app, spawn_bare_app_on,
 };
-pub use crash::{WorkerProcess, wait_for_activity};
+pub use crash::{WorkerProcess, pending_activities, wait_for_activity};
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
+pub use postgres::fresh_postgres;
 pub use server::{OwnedServer, dev_server};
 pub use sim::{find_segment, predict, predict_retry_with, request};

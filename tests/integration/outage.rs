@@ -1,0 +1,192 @@
+//! The database goes away while retries run: Postgres refusing connections, SQLite locked by
+//! another connection. The store activities fail as `StoreUnavailable`, Temporal retries them,
+//! and once the database is back every retry finishes as if nothing happened: the predicted
+//! attempts, one row each, the budget charged once and nothing left reserved.
+
+use crate::harness::{
+    TestApp, find_segment, fresh_postgres, pending_activities, request, spawn_app_with,
+    spawn_app_with_store,
+};
+use retake::retries;
+use retake_activities::failure_types::STORE_UNAVAILABLE;
+use retake_activities::sim::Simulator;
+use retake_domain::contract::{AttemptRecord, RetryResult};
+use serde_json::{Value, json};
+use sqlx::Connection;
+use std::time::Duration;
+use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
+use temporalio_protos::protos::temporal::api::workflow::v1::PendingActivityInfo;
+
+/// Simulated GPU time per attempt: the outage begins while first attempts generate.
+const GPU_MS: u64 = 1500;
+
+/// Retries in flight during the outage.
+const RETRIES: usize = 4;
+
+/// The activities that talk to the store.
+const STORE_ACTIVITIES: [&str; 6] = [
+    "load_policy",
+    "reserve_budget",
+    "record_attempt",
+    "settle_budget",
+    "release_budget",
+    "record_outcome",
+];
+
+fn policy() -> Value {
+    json!({"enabled": true, "est_gpu_ms_per_attempt": 5000})
+}
+
+/// Retries of segments predicted to make at least two attempts, each started, with a budget.
+struct Started {
+    project: String,
+    runs: Vec<(String, Vec<AttemptRecord>, retries::RetryHandle)>,
+}
+
+async fn start_retries(app: &TestApp, name: &str) -> Started {
+    let project = format!("{}-{name}", app.tag);
+    app.store
+        .set_limit(&project, Some(100_000_000))
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for i in 0..RETRIES {
+        let (segment, predicted) =
+            find_segment(&app.tag, &format!("{name}{i}"), &policy(), |a| a.len() >= 2);
+        let handle = app.start(request(&segment, &project, Some(policy()))).await;
+        runs.push((segment, predicted, handle));
+    }
+    for (segment, _, _) in &runs {
+        app.wait_for(segment, "attempt 1 generating", |s| {
+            s.running_attempt == Some(1)
+        })
+        .await;
+    }
+    Started { project, runs }
+}
+
+/// A store activity that has failed at least once as `StoreUnavailable` and is being retried.
+fn paused_on_the_store(a: &PendingActivityInfo) -> bool {
+    let is_store = a
+        .activity_type
+        .as_ref()
+        .is_some_and(|t| STORE_ACTIVITIES.contains(&t.name.as_str()));
+    let unavailable = a.last_failure.as_ref().is_some_and(|f| {
+        matches!(&f.failure_info, Some(FailureInfo::ApplicationFailureInfo(i)) if i.r#type == STORE_UNAVAILABLE)
+    });
+    is_store && unavailable && a.attempt >= 2
+}
+
+/// Wait (polling `describe`) until every retry is paused on the store; returns what one of
+/// them last failed with.
+async fn wait_until_all_paused(app: &TestApp, started: &Started) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let mut message = String::new();
+    for (segment, _, _) in &started.runs {
+        loop {
+            let paused = pending_activities(app, segment)
+                .await
+                .into_iter()
+                .find(paused_on_the_store);
+            if let Some(a) = paused {
+                message = a.last_failure.map(|f| f.message).unwrap_or_default();
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "segment {segment} never retried a store activity that failed as {STORE_UNAVAILABLE}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    message
+}
+
+/// Every retry finishes with the predicted attempts, one row each; the project is charged once
+/// per attempt and holds nothing.
+async fn assert_finished_as_predicted(app: &TestApp, started: Started) {
+    let mut spent = 0;
+    for (segment, predicted, handle) in &started.runs {
+        let result: RetryResult =
+            tokio::time::timeout(Duration::from_secs(60), retries::result(handle))
+                .await
+                .unwrap_or_else(|_| panic!("segment {segment} did not finish within 60 s"))
+                .unwrap_or_else(|e| panic!("segment {segment} failed: {e:#}"));
+        let without_gpu = |attempts: &[AttemptRecord]| -> Vec<AttemptRecord> {
+            attempts
+                .iter()
+                .cloned()
+                .map(|mut a| {
+                    a.gpu_ms = 0;
+                    a
+                })
+                .collect()
+        };
+        assert_eq!(
+            without_gpu(&result.attempts),
+            without_gpu(predicted),
+            "segment {segment}: the attempts of an uninterrupted run"
+        );
+        let rows: Vec<AttemptRecord> = app
+            .store
+            .attempts(segment)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        assert_eq!(
+            rows, result.attempts,
+            "segment {segment}: one row per attempt"
+        );
+        for a in &result.attempts {
+            assert_eq!(a.gpu_ms, GPU_MS, "segment {segment} attempt {}", a.attempt);
+        }
+        spent += result.attempts.iter().map(|a| a.gpu_ms).sum::<u64>();
+    }
+    let b = app.store.budget(&started.project).await.unwrap().unwrap();
+    assert_eq!(
+        (b.reserved_ms, b.spent_ms),
+        (0, spent),
+        "charged once per attempt, nothing left reserved"
+    );
+}
+
+#[tokio::test]
+async fn retries_pause_while_postgres_refuses_connections_and_finish_once_it_is_back() {
+    let Some(db) = fresh_postgres().await else {
+        return;
+    };
+    let app = spawn_app_with_store(db.url.clone(), Simulator::new(GPU_MS)).await;
+    let started = start_retries(&app, "pgout").await;
+
+    db.refuse_connections().await;
+    let message = wait_until_all_paused(&app, &started).await;
+    assert!(
+        message.contains("not currently accepting connections"),
+        "{message}"
+    );
+    db.allow_connections().await;
+
+    assert_finished_as_predicted(&app, started).await;
+}
+
+#[tokio::test]
+async fn retries_pause_while_another_connection_locks_sqlite_and_finish_once_it_is_unlocked() {
+    let app = spawn_app_with(Simulator::new(GPU_MS)).await;
+    let started = start_retries(&app, "liteout").await;
+
+    // In WAL mode an exclusive transaction keeps every other writer out (readers go on): the
+    // worker's writes wait the busy timeout (10 s), fail with SQLITE_BUSY, and are retried.
+    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let message = wait_until_all_paused(&app, &started).await;
+    assert!(message.contains("database is locked"), "{message}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+
+    assert_finished_as_predicted(&app, started).await;
+}
