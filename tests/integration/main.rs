@@ -9,6 +9,9 @@ mod api;
 mod bad_input;
 /// GPU budget: reservation, settlement and refusal mid-retry.
 mod budget;
+/// Chaos: worker processes SIGKILLed at random (seeded) while 20 retries run, on SQLite and
+/// Postgres: every retry completes, recorded and charged exactly once.
+mod chaos;
 /// The contract as other clients see it: the plain `temporal` CLI and the `retake` binary.
 mod cli;
 /// Creator controls: abort, escalate, review decisions, the live query, search attributes.

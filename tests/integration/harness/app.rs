@@ -123,6 +123,11 @@ pub async fn spawn_bare_app_on(server: &DevServer) -> TestApp {
     spawn_on(server, None, None).await
 }
 
+/// A test app without an in-process worker whose store is the database at `db_url`.
+pub async fn spawn_bare_app_with_store(db_url: String) -> TestApp {
+    spawn_on(dev_server(), None, Some(db_url)).await
+}
+
 /// A test app whose store is the database at `db_url` (e.g. a fresh Postgres database).
 pub async fn spawn_app_with_store(db_url: String, sim: Simulator) -> TestApp {
     spawn_on(dev_server(), Some(sim.into()), Some(db_url)).await

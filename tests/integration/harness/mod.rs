@@ -12,7 +12,7 @@ mod sim;
 
 pub use app::{
     TestApp, spawn_app, spawn_app_with, spawn_app_with_backends, spawn_app_with_store,
-    spawn_bare_app, spawn_bare_app_on,
+    spawn_bare_app, spawn_bare_app_on, spawn_bare_app_with_store,
 };
 pub use crash::{WorkerProcess, pending_activities, wait_for_activity};
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
