@@ -23,12 +23,12 @@ mod crash;
 mod ladder;
 /// Every attempt and outcome in the worker's log: plain text off a terminal, or JSON lines.
 mod logs;
-/// Opt-in: real ComfyUI / OpenAI-compatible servers named by RETAKE_COMFYUI_URL and
-/// RETAKE_OPENAI_BASE_URL (skipped without them).
-mod real_backends;
 /// A database that refuses service (Postgres refusing connections, SQLite locked) pauses
 /// retries; they finish once it is back, nothing lost or charged twice.
 mod outage;
+/// Opt-in: real ComfyUI / OpenAI-compatible servers named by RETAKE_COMFYUI_URL and
+/// RETAKE_OPENAI_BASE_URL (skipped without them).
+mod real_backends;
 /// Truthful records: the backend's own error, its failure type, the GPU it used, outputs kept.
 mod records;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
