@@ -14,8 +14,9 @@
 //! the budget stops, the time its backend takes to stop once asked (the simulator: one of its ten
 //! steps; the HTTP contract: one poll interval plus the `DELETE`; ComfyUI: the node in progress,
 //! since it checks for an interrupt only between nodes), plus any difference between the GPU time
-//! a backend reports and the wall time metered. The meter asks one [`TICK`] before the
-//! reservation is used up, so its own polling adds nothing. While the store cannot be reached the
+//! a backend reports and the wall time metered, plus the store's answer time beyond [`LOOKAHEAD`]
+//! (more is asked for a second before it is needed). Once refused, the meter sleeps exactly until
+//! the reservation is used up, so its own polling adds nothing. While the store cannot be reached the
 //! limit cannot be checked and attempts run on (an outage must not waste paid-for GPU time).
 
 use crate::io::{AttemptKey, HeldBudget, Reservation};
@@ -25,8 +26,9 @@ use std::time::{Duration, Instant};
 
 /// How often the meter looks at the time used.
 pub const TICK: Duration = Duration::from_millis(100);
-/// How long before the reservation is used up it asks for more.
-pub const LOOKAHEAD: Duration = Duration::from_millis(300);
+/// How long before the reservation is used up it asks for more: longer than a busy store takes to
+/// answer, so the attempt does not run past its reservation while the question is pending.
+pub const LOOKAHEAD: Duration = Duration::from_secs(1);
 /// Smallest raise.
 pub const MIN_STEP_MS: u64 = 1_000;
 
@@ -70,17 +72,15 @@ pub(crate) async fn meter(
                     reserved = reserved.max(gpu_ms);
                     continue;
                 }
-                // Stop a tick early, so the tick is not part of the overrun.
-                if used.saturating_add(millis(TICK)) >= reserved {
-                    stop.store(true, Ordering::SeqCst);
-                    return format!(
-                        "the attempt needed more GPU time than the {reserved} ms it could reserve: \
-                         the project's limit is {limit_ms} ms and other attempts hold or spent \
-                         {committed_ms} ms"
-                    );
-                }
-                tokio::time::sleep(TICK.min(Duration::from_millis(reserved - used - millis(TICK))))
-                    .await;
+                // Run until the reservation is used up, to the millisecond, then stop.
+                let left = reserved.saturating_sub(millis(started.elapsed()));
+                tokio::time::sleep(Duration::from_millis(left)).await;
+                stop.store(true, Ordering::SeqCst);
+                return format!(
+                    "the attempt needed more GPU time than the {reserved} ms it could reserve: \
+                     the project's limit is {limit_ms} ms and other attempts hold or spent \
+                     {committed_ms} ms"
+                );
             }
             Err(StoreError::Invalid(e)) => {
                 // The reservation is gone (settled or released by someone else): nothing left
