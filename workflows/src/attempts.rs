@@ -130,10 +130,6 @@ impl Run {
         result: RetryResult,
         window_secs: u64,
     ) -> WorkflowResult<ReviewEnd> {
-        self.ctx.state_mut(|s| {
-            s.phase = Phase::AwaitingReview;
-            s.result = Some(result.clone());
-        });
         self.ctx
             .upsert_search_attributes([RETRY_OUTCOME.value_set("awaiting_review".to_owned())]);
         self.ctx.set_current_details(format!(
@@ -141,6 +137,12 @@ impl Run {
             result.report
         ));
         record_outcome(&self.ctx, &result, Review::Pending).await?;
+        // Only now, with the review pending in the store, does the query say so (and `decide`
+        // accept decisions): a client that sees the phase finds the review recorded.
+        self.ctx.state_mut(|s| {
+            s.phase = Phase::AwaitingReview;
+            s.result = Some(result.clone());
+        });
         let decided = temporalio_sdk::workflows::select! {
             _ = self.ctx.timer(Duration::from_secs(window_secs)) => false,
             _ = self.ctx.wait_condition(|s: &SegmentRetryWorkflow| s.decision.is_some() || s.abort.is_some()) => true,
