@@ -113,6 +113,18 @@ pub(crate) fn read_input(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 /// Run the parsed command.
+impl Command {
+    /// The log filter when `RUST_LOG` is not set: `retake demo` prints a report line per segment
+    /// on stdout, and its in-process worker's line per attempt would bury them (the attempts are
+    /// in `retake history`), so it logs warnings only; everything else logs retake's info lines.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "warn",
+            _ => crate::telemetry::DEFAULT_FILTER,
+        }
+    }
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {

@@ -4,8 +4,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    retake::telemetry::init();
     let cli = retake::cli::Cli::parse();
+    retake::telemetry::init(cli.command.default_log_filter());
     match retake::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -35,11 +35,11 @@ impl Format {
     }
 }
 
-/// Install the global subscriber once; later calls do nothing. A bad `RETAKE_LOG_FORMAT` is
-/// reported on stderr and text is used.
-pub fn init() {
+/// Install the global subscriber once; later calls do nothing. `default_filter` applies when
+/// `RUST_LOG` is not set. A bad `RETAKE_LOG_FORMAT` is reported on stderr and text is used.
+pub fn init(default_filter: &str) {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let format = Format::from_env().unwrap_or_else(|e| {
         eprintln!("warning: {e}; logging as text");
         Format::Text
