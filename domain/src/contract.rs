@@ -59,8 +59,39 @@ impl Params {
     }
 }
 
+/// Described by hand: the type is an open JSON object, and a generated client should still know
+/// about the one entry every request needs (`seed`) while passing the others through.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Params {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        let seed = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .description(Some(
+                "Seed of the generation; attempts derive their own seeds from it.",
+            ));
+        ObjectBuilder::new()
+            .description(Some(
+                "Generation parameters: an integer `seed`, plus any other entries, kept as they \
+                 are; numeric ones named in the policy's `vary` are jittered.",
+            ))
+            .property("seed", seed)
+            .required("seed")
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Params {}
+
 /// QA result of the generation that failed: scores by metric and the failure kinds found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedQa {
     #[serde(default, deserialize_with = "null_as_default")]
     pub scores: Scores,
@@ -82,6 +113,7 @@ pub type QaScores = FailedQa;
 
 /// The validated workflow argument.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryRequest {
     pub segment_id: SegmentId,
     pub project_id: ProjectId,
@@ -90,6 +122,7 @@ pub struct RetryRequest {
     pub failed_qa: FailedQa,
     /// Policy override, merged over the scene type's stored policy (see `RetryPolicy::resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::policy::PolicyInput>))]
     pub policy: Option<Value>,
 }
 
@@ -233,6 +266,7 @@ pub fn validate_scores(qa: &QaScores) -> Result<(), ValidationError> {
 
 /// How a retry workflow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// An attempt passed QA and was selected.
@@ -261,6 +295,7 @@ impl Outcome {
 
 /// Status of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptStatus {
     /// Generated and scored; passed every threshold.
@@ -286,6 +321,7 @@ impl AttemptStatus {
 
 /// One attempt, exactly as recorded in `retry_attempts` and returned in the result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     /// 1-based attempt number.
     pub attempt: u32,
@@ -331,6 +367,7 @@ pub struct AttemptRecord {
 
 /// The workflow result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryResult {
     pub segment_id: String,
     pub project_id: String,
