@@ -94,6 +94,7 @@ impl utoipa::ToSchema for Params {}
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedQa {
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
     pub scores: Scores,
     #[serde(default, deserialize_with = "null_as_default")]
     pub failures: Vec<String>,
@@ -334,6 +335,7 @@ pub struct AttemptRecord {
     #[serde(default, deserialize_with = "null_as_default")]
     pub jitter: Vec<ParamChange>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
     pub scores: Scores,
     pub passed: bool,
     #[serde(default, deserialize_with = "null_as_default")]
