@@ -18,7 +18,7 @@ pub enum Error {
     NotFound(String),
     /// The workflow refused: its update validator rejected a decision (invalid, or the retry is
     /// not awaiting review), or Temporal refused the call as not allowed now. The message says why.
-    #[error("{0}")]
+    #[error("rejected: {0}")]
     Rejected(String),
     /// The retry had finished before the call arrived, or finished while it was in flight (an
     /// update aborted by the closing workflow). Carries the workflow id.

@@ -653,6 +653,12 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_field_in_an_override_is_named_under_policy() {
+        let err = RetryPolicy::resolve(None, Some(&json!({"max_attemps": 2}))).unwrap_err();
+        assert_eq!(err.first_field(), "policy.max_attemps");
+    }
+
+    #[test]
     fn a_policy_survives_a_json_round_trip() {
         let p = RetryPolicy {
             enabled: true,

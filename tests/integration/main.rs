@@ -5,6 +5,8 @@ mod harness;
 
 /// The HTTP API: auth, validation, idempotent start, steering, history, metrics, OpenAPI.
 mod api;
+/// The HTTP API under hostile input, races and outages: the documented status and JSON error.
+mod api_hostile;
 /// Malformed arguments and invalid policies fail clearly instead of sticking.
 mod bad_input;
 /// GPU budget: reservation, settlement and refusal mid-retry.
@@ -18,6 +20,8 @@ mod crash;
 /// Real backends end to end: a chapter revised by an OpenAI-compatible model and scored by an LLM
 /// judge up the text ladder to user intervention; an HTTP-contract job polled, and cancelled on abort.
 mod ladder;
+/// The OpenAPI document: a real validator accepts it; a generated Python client drives the API.
+mod openapi;
 /// Determinism guard: stored histories replay; a changed workflow is caught.
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.
