@@ -76,6 +76,13 @@ impl Api {
     }
 }
 
+/// A valid workflow argument for `segment` (left out of the body) with a policy override.
+pub fn start_body(segment: &str, policy: Value) -> Value {
+    let mut body = request(segment, "p1", Some(policy));
+    body.as_object_mut().unwrap().remove("segment_id");
+    body
+}
+
 pub async fn api_for(app: &TestApp) -> Api {
     Api {
         base: serve(app).await,

@@ -5,8 +5,10 @@ mod harness;
 
 /// The HTTP API: auth, validation, idempotent start, steering, history, metrics, OpenAPI.
 mod api;
-/// The HTTP API under hostile input, races and outages: the documented status and JSON error.
+/// The HTTP API under hostile input: the documented status and JSON error body, in one table.
 mod api_hostile;
+/// The HTTP API's races and outages: concurrent starts, late decisions, a closed database.
+mod api_races;
 /// Malformed arguments and invalid policies fail clearly instead of sticking.
 mod bad_input;
 /// GPU budget: reservation, settlement and refusal mid-retry.
