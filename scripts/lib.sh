@@ -47,6 +47,27 @@ ensure_temporal() {
   "$TEMPORAL" --version >&2
 }
 
+# The OpenAPI tools of the API tests, from PyPI, in a project-local venv: a validator for the
+# served document and a client generator to drive the API with. Pinned, so a new release cannot
+# change what the tests check.
+OPENAPI_VENV="$TOOLS/openapi"
+OPENAPI_TOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1)
+ensure_openapi_tools() {
+  local stamp="$OPENAPI_VENV/.retake-installed"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "${OPENAPI_TOOLS[*]}" ] \
+    && [ -x "$OPENAPI_VENV/bin/openapi-spec-validator" ] && [ -x "$OPENAPI_VENV/bin/openapi-python-client" ]; then
+    return
+  fi
+  command -v python3 >/dev/null 2>&1 || die "python3 is needed for the OpenAPI tools (PyPI ${OPENAPI_TOOLS[*]})"
+  log "installing ${OPENAPI_TOOLS[*]} into $OPENAPI_VENV"
+  rm -rf "$OPENAPI_VENV"
+  python3 -m venv "$OPENAPI_VENV" >/dev/null 2>&1 \
+    || die "python3 -m venv failed: install python3-venv (Debian) to get the OpenAPI tools"
+  "$OPENAPI_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${OPENAPI_TOOLS[@]}" \
+    || die "pip could not install ${OPENAPI_TOOLS[*]}"
+  echo "${OPENAPI_TOOLS[*]}" >"$stamp"
+}
+
 # Is a Temporal frontend answering on this address?
 temporal_up() {
   "$TEMPORAL" operator cluster health --address "$1" >/dev/null 2>&1

@@ -120,6 +120,7 @@ pub trait PolicyStore: Send + Sync {
 
 /// A project's GPU budget.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Budget {
     pub project_id: String,
     /// `None`: no limit (GPU time is still tracked).
@@ -189,6 +190,7 @@ pub trait BudgetLedger: Send + Sync {
 
 /// One row of `retry_attempts`, with where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredAttempt {
     pub segment_id: String,
     pub project_id: String,
@@ -205,6 +207,7 @@ pub struct StoredAttempt {
 
 /// How a retry workflow run ended, as stored (`segment_retries`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredOutcome {
     pub segment_id: String,
     pub project_id: String,

@@ -5,6 +5,7 @@ use crate::AppState;
 use crate::error::AppError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use std::marker::PhantomData;
 use subtle::ConstantTimeEq;
 
 /// What a caller may do. Each role includes the ones below it.
@@ -39,6 +40,12 @@ pub enum TokensError {
     TooShort(usize),
     #[error("RETAKE_API_TOKENS names no token")]
     Empty,
+    /// One token under two entries: with different roles the caller's role would depend on the
+    /// order of the list, so the configuration is refused rather than guessed at.
+    #[error(
+        "RETAKE_API_TOKENS entries {0} and {1} give the same token; every token must appear once, under one role"
+    )]
+    Duplicate(usize, usize),
 }
 
 /// The configured tokens.
@@ -72,6 +79,12 @@ impl Tokens {
             if token.len() < 16 {
                 return Err(TokensError::TooShort(n));
             }
+            if let Some(first) = tokens
+                .iter()
+                .position(|(_, t): &(Role, Vec<u8>)| t.as_slice() == token.as_bytes())
+            {
+                return Err(TokensError::Duplicate(first + 1, n));
+            }
             tokens.push((role, token.as_bytes().to_vec()));
         }
         if tokens.is_empty() {
@@ -92,22 +105,43 @@ impl Tokens {
     }
 }
 
-/// An authenticated caller.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Caller(pub(crate) Role);
+/// The lowest role an endpoint needs, as a type, so the role is checked by the extractor: before
+/// the path or the body is looked at (a viewer's malformed write is a 403, not a 422).
+pub(crate) trait Need: Send + Sync {
+    const ROLE: Role;
+}
 
-impl Caller {
-    /// `403` unless the caller has `role` (or a higher one).
-    pub(crate) fn require(self, role: Role) -> Result<Self, AppError> {
-        if self.0 >= role {
-            Ok(self)
-        } else {
-            Err(AppError::Forbidden(role))
-        }
+/// Markers for [`Caller`].
+pub(crate) mod need {
+    use super::{Need, Role};
+
+    /// Reads.
+    pub(crate) struct Viewer;
+    /// Starting and steering retries.
+    pub(crate) struct Creator;
+    /// Policies and budgets.
+    pub(crate) struct Admin;
+
+    impl Need for Viewer {
+        const ROLE: Role = Role::Viewer;
+    }
+    impl Need for Creator {
+        const ROLE: Role = Role::Creator;
+    }
+    impl Need for Admin {
+        const ROLE: Role = Role::Admin;
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
+/// An authenticated caller whose role is at least `N::ROLE` (401 without a known token, 403
+/// with too low a role).
+pub(crate) struct Caller<N> {
+    /// The caller's own role (may be higher than needed); names them in `by` fields.
+    pub(crate) role: Role,
+    need: PhantomData<N>,
+}
+
+impl<N: Need> FromRequestParts<AppState> for Caller<N> {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
@@ -119,11 +153,17 @@ impl FromRequestParts<AppState> for Caller {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or(AppError::Unauthorized)?;
-        state
+        let role = state
             .tokens
             .role_of(token.trim().as_bytes())
-            .map(Caller)
-            .ok_or(AppError::Unauthorized)
+            .ok_or(AppError::Unauthorized)?;
+        if role < N::ROLE {
+            return Err(AppError::Forbidden(N::ROLE));
+        }
+        Ok(Caller {
+            role,
+            need: PhantomData,
+        })
     }
 }
 
@@ -160,7 +200,21 @@ mod tests {
 
     #[test]
     fn roles_include_the_ones_below() {
-        assert!(Caller(Role::Admin).require(Role::Creator).is_ok());
-        assert!(Caller(Role::Viewer).require(Role::Creator).is_err());
+        assert!(Role::Admin >= <need::Creator as Need>::ROLE);
+        assert!(Role::Viewer < <need::Creator as Need>::ROLE);
+    }
+
+    #[test]
+    fn one_token_for_two_roles_is_refused_naming_both_entries() {
+        let err = Tokens::parse(
+            "admin=aaaaaaaaaaaaaaaa,creator=cccccccccccccccc,viewer=aaaaaaaaaaaaaaaa",
+        )
+        .unwrap_err();
+        assert!(matches!(err, TokensError::Duplicate(1, 3)), "{err}");
+        assert!(!err.to_string().contains("aaaa"), "{err}");
+        assert!(matches!(
+            Tokens::parse("creator=cccccccccccccccc, creator=cccccccccccccccc"),
+            Err(TokensError::Duplicate(1, 2))
+        ));
     }
 }

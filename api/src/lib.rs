@@ -6,11 +6,12 @@
 
 mod auth;
 mod error;
+mod extract;
 mod openapi;
 mod routes;
 
 pub use auth::{Role, Tokens, TokensError};
-pub use error::AppError;
+pub use error::{AppError, Dependency, ErrorBody, RETRY_AFTER_SECS};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

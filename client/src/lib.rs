@@ -1,69 +1,132 @@
-//! Starting and steering retry workflows from Rust (the CLI, the HTTP API and the tests):
-//! start, wait, signal, decide, query.
+//! Starting and steering retry workflows from Rust (the CLI, the HTTP API, the sweeper and the
+//! tests): start, wait, signal, decide, query, describe. Every call returns a typed [`Error`] that
+//! keeps its kind, so a caller can tell an unknown or finished retry from Temporal being down.
 
-use anyhow::Context;
+mod error;
+
+pub use error::Error;
+
+use error::chain;
 use retake_domain::SegmentId;
 use retake_domain::contract::{RetryRequest, RetryResult};
 use retake_domain::review::Phase;
 use retake_domain::status::Status;
 use retake_workflows::{SegmentRetryRun, SegmentRetryWorkflow};
 use serde_json::{Value, json};
-use temporalio_client::errors::WorkflowUpdateError;
+use temporalio_client::errors::{
+    WorkflowGetResultError, WorkflowInteractionError, WorkflowQueryError, WorkflowStartError,
+    WorkflowUpdateError,
+};
 use temporalio_client::{
-    Client, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions, WorkflowHandle,
-    WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowQueryOptions, WorkflowSignalOptions,
-    WorkflowStartOptions,
+    Client, NamespacedClient, WorkflowExecuteUpdateOptions, WorkflowGetResultOptions,
+    WorkflowHandle, WorkflowIdConflictPolicy, WorkflowIdReusePolicy, WorkflowQueryOptions,
+    WorkflowSignalOptions, WorkflowStartOptions, tonic,
+};
+use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
+use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
+use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
+use temporalio_protos::protos::temporal::api::workflowservice::v1::{
+    DescribeWorkflowExecutionRequest, GetSystemInfoRequest,
 };
 
 /// Handle of a running retry.
 pub type RetryHandle = WorkflowHandle<Client, SegmentRetryRun>;
 
+/// Application failure type with which the server fails an accepted update whose workflow closed
+/// before the update completed.
+const UPDATE_OUTLIVED_WORKFLOW: &str = "AcceptedUpdateCompletedWorkflow";
+
+/// A started retry, or the one that was already running for the segment.
+pub struct Begun {
+    pub handle: RetryHandle,
+    pub run_id: String,
+    /// `true` when this call started the run, `false` when it was already running. Of any number
+    /// of concurrent calls for one segment exactly one gets `true`.
+    pub new_run: bool,
+}
+
+impl std::fmt::Debug for Begun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Begun")
+            .field("run_id", &self.run_id)
+            .field("new_run", &self.new_run)
+            .finish()
+    }
+}
+
 /// Validate `input` locally (a clear error before anything starts), then start the workflow with
 /// id `segment-retry-<segment_id>`. A segment already retrying gets its running workflow back
-/// instead of a second one; a finished segment may be retried again.
-pub async fn start(client: &Client, task_queue: &str, input: Value) -> anyhow::Result<RetryHandle> {
+/// instead of a second one, and [`Begun::new_run`] says which happened; a finished segment may be
+/// retried again.
+///
+/// The start asks Temporal to *fail* on a running workflow of the same id rather than to use it:
+/// the "already started" answer carries the running run id, and only then can the caller tell a
+/// new run from a joined one (the SDK's start call does not return the `started` flag).
+pub async fn begin(client: &Client, task_queue: &str, input: Value) -> Result<Begun, Error> {
     let req = RetryRequest::parse(&input)?;
     let id = retake_domain::workflow_id(&req.segment_id);
     let options = WorkflowStartOptions::new(task_queue, id.clone())
-        .id_conflict_policy(WorkflowIdConflictPolicy::UseExisting)
+        .id_conflict_policy(WorkflowIdConflictPolicy::Fail)
         .id_reuse_policy(WorkflowIdReusePolicy::AllowDuplicate)
         .static_summary(format!(
             "Retry segment {} ({}, project {})",
             req.segment_id, req.scene_type, req.project_id
         ))
         .build();
-    client
+    match client
         .start_workflow(
             SegmentRetryWorkflow::run,
             retake_workflows::argument(&input),
             options,
         )
         .await
-        .with_context(|| format!("starting workflow {id}"))
+    {
+        Ok(handle) => Ok(Begun {
+            run_id: handle.run_id().unwrap_or_default().to_owned(),
+            handle,
+            new_run: true,
+        }),
+        Err(WorkflowStartError::AlreadyStarted { run_id, .. }) => {
+            let run_id = match run_id.filter(|r| !r.is_empty()) {
+                Some(run_id) => run_id,
+                // Older servers leave the detail out: ask which run holds the id.
+                None => describe_run(client, &id, None)
+                    .await?
+                    .map(|r| r.run_id)
+                    .unwrap_or_default(),
+            };
+            Ok(Begun {
+                handle: client.get_workflow_handle::<SegmentRetryRun>(id),
+                run_id,
+                new_run: false,
+            })
+        }
+        Err(WorkflowStartError::Rpc(status)) => Err(Error::from_status(status, &id)),
+        Err(other) => Err(Error::Internal(chain(&other))),
+    }
+}
+
+/// [`begin`], keeping only the handle.
+pub async fn start(client: &Client, task_queue: &str, input: Value) -> Result<RetryHandle, Error> {
+    begin(client, task_queue, input).await.map(|b| b.handle)
 }
 
 /// Wait for a started retry's result.
-pub async fn result(handle: &RetryHandle) -> anyhow::Result<RetryResult> {
+pub async fn result(handle: &RetryHandle) -> Result<RetryResult, Error> {
+    let id = &handle.info().workflow_id;
     handle
         .get_result(WorkflowGetResultOptions::default())
         .await
-        .map_err(|e| anyhow::anyhow!("{}", describe_failure(&e)))
-        .with_context(|| format!("workflow {}", handle.info().workflow_id))
-}
-
-fn describe_failure(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+        .map_err(|e| match e {
+            e if e.is_workflow_outcome() => Error::Failed(format!("workflow {id}: {}", chain(&e))),
+            WorkflowGetResultError::NotFound(_) => Error::NotFound(id.clone()),
+            WorkflowGetResultError::Rpc(status) => Error::from_status(status, id),
+            other => Error::Internal(chain(&other)),
+        })
 }
 
 /// Start and wait.
-pub async fn run(client: &Client, task_queue: &str, input: Value) -> anyhow::Result<RetryResult> {
+pub async fn run(client: &Client, task_queue: &str, input: Value) -> Result<RetryResult, Error> {
     let handle = start(client, task_queue, input).await?;
     result(&handle).await
 }
@@ -73,6 +136,76 @@ pub fn handle(client: &Client, segment: &SegmentId) -> RetryHandle {
     client.get_workflow_handle::<SegmentRetryRun>(retake_domain::workflow_id(segment))
 }
 
+/// A workflow run as Temporal describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunState {
+    pub run_id: String,
+    /// Still running (not completed, failed, terminated, cancelled, timed out or continued).
+    pub running: bool,
+}
+
+/// Describe a run of `workflow_id` (`run_id` `None`: the latest); `None` when Temporal knows no
+/// such workflow or run.
+pub async fn describe_run(
+    client: &Client,
+    workflow_id: &str,
+    run_id: Option<&str>,
+) -> Result<Option<RunState>, Error> {
+    let mut svc = client.connection().workflow_service();
+    let answer = svc
+        .describe_workflow_execution(tonic::Request::new(DescribeWorkflowExecutionRequest {
+            namespace: client.namespace(),
+            execution: Some(WorkflowExecution {
+                workflow_id: workflow_id.to_owned(),
+                run_id: run_id.unwrap_or_default().to_owned(),
+            }),
+        }))
+        .await;
+    match answer {
+        Ok(r) => Ok(r.into_inner().workflow_execution_info.map(|i| RunState {
+            run_id: i.execution.map(|e| e.run_id).unwrap_or_default(),
+            running: i.status == WorkflowExecutionStatus::Running as i32,
+        })),
+        Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+        Err(status) => Err(Error::from_status(status, workflow_id)),
+    }
+}
+
+/// Whether Temporal answers at all (its cheapest call): for health checks.
+pub async fn ping(client: &Client) -> Result<(), Error> {
+    let mut svc = client.connection().workflow_service();
+    svc.get_system_info(tonic::Request::new(GetSystemInfoRequest {}))
+        .await
+        .map(|_| ())
+        // Whatever the code, a frontend that cannot answer this is not serving.
+        .map_err(Error::Unavailable)
+}
+
+/// The segment's latest retry run, or `None` if it never had one.
+pub async fn latest_run(client: &Client, segment: &SegmentId) -> Result<Option<RunState>, Error> {
+    describe_run(client, &retake_domain::workflow_id(segment), None).await
+}
+
+/// Temporal answers `NotFound` both for a workflow that never existed and for one that already
+/// completed (a signal or an update to a closed workflow, an update aborted by the closing
+/// workflow). Ask which: a known, closed workflow is [`Error::AlreadyFinished`].
+async fn refine_not_found(client: &Client, e: Error) -> Error {
+    let Error::NotFound(id) = e else { return e };
+    match describe_run(client, &id, None).await {
+        Ok(Some(_)) => Error::AlreadyFinished(id),
+        Ok(None) => Error::NotFound(id),
+        Err(other) => other,
+    }
+}
+
+fn interaction_error(e: WorkflowInteractionError, workflow_id: &str) -> Error {
+    match e {
+        WorkflowInteractionError::NotFound(_) => Error::NotFound(workflow_id.to_owned()),
+        WorkflowInteractionError::Rpc(status) => Error::from_status(status, workflow_id),
+        other => Error::Internal(chain(&other)),
+    }
+}
+
 /// Send the `abort` or `escalate` signal with `{"reason", "by"}`.
 pub async fn signal(
     client: &Client,
@@ -80,7 +213,7 @@ pub async fn signal(
     action: Creator,
     reason: &str,
     by: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let payload = json!({"reason": reason, "by": by});
     let h = handle(client, segment);
     let sent = match action {
@@ -101,13 +234,10 @@ pub async fn signal(
             .await
         }
     };
-    sent.map_err(|e| anyhow::anyhow!("{}", describe_failure(&e)))
-        .with_context(|| {
-            format!(
-                "signalling {} to the retry of segment {segment}",
-                action.name()
-            )
-        })
+    match sent {
+        Ok(()) => Ok(()),
+        Err(e) => Err(refine_not_found(client, interaction_error(e, &h.info().workflow_id)).await),
+    }
 }
 
 /// A creator's signal.
@@ -117,65 +247,56 @@ pub enum Creator {
     Escalate,
 }
 
-impl Creator {
-    fn name(self) -> &'static str {
-        match self {
-            Creator::Abort => "abort",
-            Creator::Escalate => "escalate",
-        }
-    }
-}
-
-/// Why a decision did not take effect.
-#[derive(Debug)]
-pub enum DecideError {
-    /// The workflow rejected it (invalid, or not awaiting review); the message says why.
-    Rejected(String),
-    /// Temporal could not be asked (unreachable, no such workflow, ...).
-    Failed(anyhow::Error),
-}
-
-impl std::fmt::Display for DecideError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DecideError::Rejected(m) => write!(f, "decision rejected: {m}"),
-            DecideError::Failed(e) => write!(f, "{e:#}"),
-        }
-    }
-}
-
-impl std::error::Error for DecideError {}
-
-/// Deliver a review decision through the `decide` update.
-pub async fn decide(
-    client: &Client,
-    segment: &SegmentId,
-    decision: Value,
-) -> Result<Value, DecideError> {
-    handle(client, segment)
+/// Deliver a review decision through the `decide` update. A decision the workflow refuses is
+/// [`Error::Rejected`] with its reason; one that arrives after the review ended (the workflow
+/// closed before or while the update was delivered) is [`Error::AlreadyFinished`].
+pub async fn decide(client: &Client, segment: &SegmentId, decision: Value) -> Result<Value, Error> {
+    let h = handle(client, segment);
+    let id = h.info().workflow_id.clone();
+    let answer = h
         .execute_update(
             SegmentRetryWorkflow::decide,
             decision,
             WorkflowExecuteUpdateOptions::default(),
         )
-        .await
-        .map_err(|e| match e {
-            WorkflowUpdateError::Failed(f) => DecideError::Rejected(f.message),
-            other => DecideError::Failed(anyhow::anyhow!("{}", describe_failure(&other))),
-        })
+        .await;
+    let e = match answer {
+        Ok(answer) => return Ok(answer),
+        Err(WorkflowUpdateError::Failed(f)) => {
+            let outlived = matches!(
+                &f.failure_info,
+                Some(FailureInfo::ApplicationFailureInfo(info)) if info.r#type == UPDATE_OUTLIVED_WORKFLOW
+            );
+            return Err(if outlived {
+                Error::AlreadyFinished(id)
+            } else {
+                Error::Rejected(f.message)
+            });
+        }
+        Err(WorkflowUpdateError::NotFound(_)) => Error::NotFound(id),
+        Err(WorkflowUpdateError::Rpc(status)) => Error::from_status(status, &id),
+        Err(other) => Error::Internal(chain(&other)),
+    };
+    Err(refine_not_found(client, e).await)
 }
 
 /// The live status (query `report`).
-pub async fn status(client: &Client, segment: &SegmentId) -> anyhow::Result<Status> {
-    handle(client, segment)
-        .query(
-            SegmentRetryWorkflow::report,
-            (),
-            WorkflowQueryOptions::default(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", describe_failure(&e)))
-        .with_context(|| format!("querying the retry of segment {segment}"))
+pub async fn status(client: &Client, segment: &SegmentId) -> Result<Status, Error> {
+    let h = handle(client, segment);
+    h.query(
+        SegmentRetryWorkflow::report,
+        (),
+        WorkflowQueryOptions::default(),
+    )
+    .await
+    .map_err(|e| {
+        let id = &h.info().workflow_id;
+        match e {
+            WorkflowQueryError::NotFound(_) => Error::NotFound(id.clone()),
+            WorkflowQueryError::Rpc(status) => Error::from_status(status, id),
+            other => Error::Internal(chain(&other)),
+        }
+    })
 }
 
 /// Where a started retry settled: finished, or escalated and waiting for a creator's decision.
@@ -187,7 +308,7 @@ pub enum Settled {
 
 /// Wait until the retry finishes or starts waiting for review (checked once a second through the
 /// `report` query), whichever comes first: a review window may last a day.
-pub async fn settled(handle: &RetryHandle) -> anyhow::Result<Settled> {
+pub async fn settled(handle: &RetryHandle) -> Result<Settled, Error> {
     let finished = result(handle);
     tokio::pin!(finished);
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

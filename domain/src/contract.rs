@@ -80,10 +80,42 @@ impl Params {
     }
 }
 
+/// Described by hand: the type is an open JSON object, and a generated client should still know
+/// about the one entry every request needs (`seed`) while passing the others through.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Params {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        let seed = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(0))
+            .description(Some(
+                "Seed of the generation; attempts derive their own seeds from it.",
+            ));
+        ObjectBuilder::new()
+            .description(Some(
+                "Generation parameters: an integer `seed`, plus any other entries, kept as they \
+                 are; numeric ones named in the policy's `vary` are jittered.",
+            ))
+            .property("seed", seed)
+            .required("seed")
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Params {}
+
 /// QA result of the generation that failed: scores by metric and the failure kinds found.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedQa {
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
     pub scores: Scores,
     #[serde(default, deserialize_with = "null_as_default")]
     pub failures: Vec<String>,
@@ -103,6 +135,7 @@ pub type QaScores = FailedQa;
 
 /// The validated workflow argument.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryRequest {
     pub segment_id: SegmentId,
     pub project_id: ProjectId,
@@ -111,6 +144,7 @@ pub struct RetryRequest {
     pub failed_qa: FailedQa,
     /// Policy override, merged over the scene type's stored policy (see `RetryPolicy::resolve`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<crate::policy::PolicyInput>))]
     pub policy: Option<Value>,
 }
 
@@ -258,6 +292,7 @@ pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
 
 /// How a retry workflow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// An attempt passed QA and was selected.
@@ -286,6 +321,7 @@ impl Outcome {
 
 /// Status of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptStatus {
     /// Generated and scored; passed every threshold.
@@ -311,6 +347,7 @@ impl AttemptStatus {
 
 /// One attempt, exactly as recorded in `retry_attempts` and returned in the result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRecord {
     /// 1-based attempt number.
     pub attempt: u32,
@@ -323,6 +360,7 @@ pub struct AttemptRecord {
     #[serde(default, deserialize_with = "null_as_default")]
     pub jitter: Vec<ParamChange>,
     #[serde(default, deserialize_with = "null_as_default")]
+    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
     pub scores: Scores,
     pub passed: bool,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -365,6 +403,7 @@ pub struct AttemptRecord {
 
 /// The workflow result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryResult {
     pub segment_id: String,
     pub project_id: String,

@@ -4,6 +4,7 @@ use std::fmt;
 
 /// One invalid field: a dotted path (`policy.vary.cfg_scale.range`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     /// Dotted path of the field, e.g. `params.seed`.
     pub field: String,

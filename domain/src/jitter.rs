@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 
 /// One jittered parameter: its value in the failed generation and in this attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParamChange {
     pub param: String,
     pub original: f64,

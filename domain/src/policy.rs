@@ -15,9 +15,16 @@ pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 pub const SEED_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=53;
 /// Longest allowed [`RetryPolicy::review_window_secs`]: 30 days.
 pub const MAX_REVIEW_WINDOW_SECS: u64 = 30 * 86_400;
+/// Largest allowed [`RetryPolicy::est_gpu_ms_per_attempt`]: 30 days of GPU time
+/// (2 592 000 000 ms). The store keeps GPU milliseconds as signed 64-bit integers and a
+/// reservation adds the estimate to everything already reserved and spent, so the bound must
+/// leave head-room: at 30 days an attempt, over 3.5 billion attempts fit below 2^63. No single
+/// generation is expected to come near it; anything above is a typo or a unit mix-up.
+pub const MAX_EST_GPU_MS_PER_ATTEMPT: u64 = 30 * 86_400 * 1_000;
 
 /// How the final attempt is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Selection {
     /// Stop at the first passing attempt and select it. Default.
@@ -30,6 +37,7 @@ pub enum Selection {
 /// What to do when a failed QA result (or an attempt) fails a kind the policy retries on *and* a
 /// kind it does not (e.g. `face_melt` and `motion_score` with `retry_on: ["face_melt"]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum MixedFailures {
     /// Do not retry: the other failure may be systematic, and then no seed or jitter fixes the
@@ -44,6 +52,7 @@ pub enum MixedFailures {
 
 /// Pass threshold of one QA metric, and the failure kind reported when a score falls below it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Threshold {
     /// Minimum score (0..=1) to pass.
@@ -53,7 +62,8 @@ pub struct Threshold {
 }
 
 /// Either `0.6` (failure kind from [`default_failure_kind`]) or `{"min": 0.6, "failure": "..."}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(untagged)]
 enum ThresholdSpec {
     Min(f64),
@@ -62,6 +72,7 @@ enum ThresholdSpec {
 
 /// Jitter of one numeric generation parameter: uniform in `±range`, then clamped to `[min, max]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JitterSpec {
     /// Half-width of the uniform jitter interval (≥ 0).
@@ -81,6 +92,7 @@ pub struct JitterSpec {
 /// economics` measures it; the last entry repeats) and the review cost is what a human review is
 /// worth in GPU milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CostRule {
     pub review_cost_gpu_ms: u64,
@@ -106,6 +118,7 @@ impl CostRule {
 
 /// Retry policy of a scene type. Every field has a default, so `{}` is a valid (disabled) policy.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryPolicy {
     /// Whether failed segments of this scene type are retried at all. Default: `false` (opt-in).
     pub enabled: bool,
@@ -121,7 +134,9 @@ pub struct RetryPolicy {
     pub vary: BTreeMap<String, JitterSpec>,
     /// How the final attempt is chosen. Default: `first_pass`.
     pub selection: Selection,
-    /// GPU milliseconds reserved against the project budget before each attempt. Default: 60000.
+    /// GPU milliseconds reserved against the project budget before each attempt, at most
+    /// [`MAX_EST_GPU_MS_PER_ATTEMPT`] (30 days, 2592000000): the store adds reservations up in
+    /// signed 64-bit integers. Default: 60000 (media), 30000 (text).
     pub est_gpu_ms_per_attempt: u64,
     /// Derived seeds are below `2^seed_bits`, 16..=53. Default: 53.
     pub seed_bits: u32,
@@ -287,10 +302,13 @@ pub fn default_failure_kind(metric: &str) -> String {
     }
 }
 
-/// The wire form: every field optional, unknown fields rejected (a typo must not pass silently).
+/// The wire form of a policy (a stored policy, or a request's override): every field of
+/// [`RetryPolicy`] optional, unknown fields rejected (a typo must not pass silently). A threshold
+/// may be a bare minimum (`"face": 0.6`). Public so the HTTP API can describe what it accepts.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
-struct RawPolicy {
+pub struct PolicyInput {
     enabled: Option<bool>,
     max_attempts: Option<u32>,
     retry_on: Option<BTreeSet<String>>,
@@ -317,7 +335,7 @@ impl RetryPolicy {
                 "a policy must be a JSON object",
             ));
         }
-        let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|e| {
+        let raw: PolicyInput = serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
             ValidationError::single(field, e.inner().to_string())
@@ -398,6 +416,16 @@ impl RetryPolicy {
             errs.push(
                 "seed_bits",
                 format!("must be between 16 and 53, got {}", self.seed_bits),
+            );
+        }
+        if self.est_gpu_ms_per_attempt > MAX_EST_GPU_MS_PER_ATTEMPT {
+            errs.push(
+                "est_gpu_ms_per_attempt",
+                format!(
+                    "must be at most {MAX_EST_GPU_MS_PER_ATTEMPT} (30 days of GPU time; the budget \
+                     adds reservations up in signed 64-bit integers), got {}",
+                    self.est_gpu_ms_per_attempt
+                ),
             );
         }
         if self.review_window_secs > MAX_REVIEW_WINDOW_SECS {
@@ -588,6 +616,32 @@ mod tests {
     }
 
     #[test]
+    fn an_estimated_cost_beyond_thirty_days_is_rejected_naming_the_field() {
+        for huge in [json!(9_223_372_036_854_775_808_u64), json!(u64::MAX)] {
+            let err = RetryPolicy::parse(&json!({"est_gpu_ms_per_attempt": huge})).unwrap_err();
+            assert_eq!(err.first_field(), "est_gpu_ms_per_attempt", "{err}");
+        }
+        let err =
+            RetryPolicy::parse(&json!({"est_gpu_ms_per_attempt": MAX_EST_GPU_MS_PER_ATTEMPT + 1}))
+                .unwrap_err();
+        assert!(err.to_string().contains("30 days"), "{err}");
+        assert!(
+            RetryPolicy::parse(&json!({"est_gpu_ms_per_attempt": MAX_EST_GPU_MS_PER_ATTEMPT}))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn an_override_with_a_huge_estimated_cost_is_rejected_under_policy() {
+        let err = RetryPolicy::resolve(
+            None,
+            Some(&json!({"enabled": true, "est_gpu_ms_per_attempt": u64::MAX})),
+        )
+        .unwrap_err();
+        assert_eq!(err.first_field(), "policy.est_gpu_ms_per_attempt");
+    }
+
+    #[test]
     fn an_unknown_field_is_rejected_instead_of_ignored() {
         let err = RetryPolicy::parse(&json!({"max_attempt": 4})).unwrap_err();
         assert!(err.to_string().contains("max_attempt"), "{err}");
@@ -666,6 +720,12 @@ mod tests {
     fn an_invalid_override_is_reported_under_policy() {
         let err = RetryPolicy::resolve(None, Some(&json!({"max_attempts": 99}))).unwrap_err();
         assert_eq!(err.first_field(), "policy.max_attempts");
+    }
+
+    #[test]
+    fn an_unknown_field_in_an_override_is_named_under_policy() {
+        let err = RetryPolicy::resolve(None, Some(&json!({"max_attemps": 2}))).unwrap_err();
+        assert_eq!(err.first_field(), "policy.max_attemps");
     }
 
     #[test]

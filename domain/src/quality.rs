@@ -13,6 +13,7 @@ pub const OVERALL: &str = "overall";
 /// One category of a scorer's breakdown, e.g. `character_consistency` 0.58 "the mentor's voice
 /// changes between scenes".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CategoryScore {
     pub category: String,
     /// 0..=1.

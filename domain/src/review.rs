@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 /// Where a retry stands (shown by the `report` query and `retake status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Validating the request and loading the policy.
@@ -24,6 +25,7 @@ pub enum Phase {
 
 /// What a creator did, as recorded in the result and the store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatorEvent {
     /// `abort`, `escalate`, `retry_with`, `accept` or `reject`.
     pub action: String,
@@ -32,6 +34,7 @@ pub struct CreatorEvent {
     pub reason: String,
     /// The decision's details (new params, attempt accepted, ...).
     #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub detail: Value,
 }
 

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The result shape so far, plus the phase. While the workflow runs, `outcome` is `null`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub phase: Phase,
     pub segment_id: String,

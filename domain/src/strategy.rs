@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// What one attempt does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// A new derived seed, the other parameters as they were.
@@ -64,6 +65,7 @@ impl std::fmt::Display for Strategy {
 
 /// Which defaults a policy starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Profile {
     /// Video and images: face/motion thresholds, seed and CFG/denoise jitter,
@@ -77,6 +79,7 @@ pub enum Profile {
 
 /// Language of prompts and of the user-intervention message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Language {
     #[default]

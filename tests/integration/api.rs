@@ -1,21 +1,27 @@
 //! The HTTP API through a real socket on port 0: auth, validation, idempotent start, steering and
-//! history after a real workflow ran.
+//! history after a real workflow ran. The helpers here serve the other API test modules too.
 
 use crate::harness::{TestApp, find_segment, request, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
+use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-const ADMIN: &str = "admin-token-0123456789";
-const CREATOR: &str = "creator-token-0123456789";
-const VIEWER: &str = "viewer-token-0123456789";
+pub const ADMIN: &str = "admin-token-0123456789";
+pub const CREATOR: &str = "creator-token-0123456789";
+pub const VIEWER: &str = "viewer-token-0123456789";
 
 /// The API served for `app` on a free port; returns its base URL.
 async fn serve(app: &TestApp) -> String {
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    serve_with(app, store).await
+}
+
+/// The API served for `app` with `store` (e.g. one the test closes) on a free port.
+pub async fn serve_with(app: &TestApp, store: Arc<dyn Store>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let store = retake::connect::store(&app.db_url).await.unwrap();
     let tokens =
         retake_api::Tokens::parse(&format!("admin={ADMIN},creator={CREATOR},viewer={VIEWER}"))
             .unwrap();
@@ -29,13 +35,13 @@ async fn serve(app: &TestApp) -> String {
     base
 }
 
-struct Api {
-    base: String,
-    http: reqwest::Client,
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
 }
 
 impl Api {
-    async fn call(
+    pub async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -57,20 +63,27 @@ impl Api {
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
     }
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(reqwest::Method::GET, path, token, None).await
     }
-    async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(reqwest::Method::PUT, path, Some(token), Some(body))
             .await
     }
-    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
         self.call(reqwest::Method::POST, path, Some(token), Some(body))
             .await
     }
 }
 
-async fn api_for(app: &TestApp) -> Api {
+/// A valid workflow argument for `segment` (left out of the body) with a policy override.
+pub fn start_body(segment: &str, policy: Value) -> Value {
+    let mut body = request(segment, "p1", Some(policy));
+    body.as_object_mut().unwrap().remove("segment_id");
+    body
+}
+
+pub async fn api_for(app: &TestApp) -> Api {
     Api {
         base: serve(app).await,
         http: reqwest::Client::new(),
@@ -198,6 +211,7 @@ async fn policies_and_budgets_are_validated_stored_and_shown() {
         .http
         .put(format!("{}/projects/p7/budget", api.base))
         .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
         .body("{not json")
         .send()
         .await
@@ -363,15 +377,20 @@ async fn creators_steer_a_running_retry_through_the_api() {
     .unwrap();
     assert_eq!(result.outcome, retake_domain::Outcome::Aborted);
     assert_eq!(result.reason, "aborted by api:creator: wrong prompt");
-    assert_eq!(
-        api.post(
+    let (status, err) = api
+        .post(
             &format!("/segments/{segment}/retries/escalate"),
             CREATOR,
-            json!({})
+            json!({}),
         )
-        .await
-        .0,
-        StatusCode::NOT_FOUND
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "a finished retry: {err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("has already finished"),
+        "{err}"
     );
     assert_eq!(
         api.post("/segments/nobody/retries/abort", CREATOR, json!({}))
@@ -448,6 +467,11 @@ async fn temporal_being_down_is_a_503_with_a_retry_hint() {
     assert_eq!(resp.headers()["retry-after"], "5");
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "Temporal is unavailable; retry later");
+    assert_eq!(
+        body["unavailable"],
+        json!(["temporal"]),
+        "the database is up"
+    );
     let mut start = request(&format!("{}-down", app.tag), "p1", None);
     start.as_object_mut().unwrap().remove("segment_id");
     let (status, _) = api

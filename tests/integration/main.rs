@@ -5,6 +5,10 @@ mod harness;
 
 /// The HTTP API: auth, validation, idempotent start, steering, history, metrics, OpenAPI.
 mod api;
+/// The HTTP API under hostile input: the documented status and JSON error body, in one table.
+mod api_hostile;
+/// The HTTP API's races and outages: concurrent starts, late decisions, a closed database.
+mod api_races;
 /// Malformed arguments and invalid policies fail clearly instead of sticking.
 mod bad_input;
 /// GPU budget: reservation, settlement and refusal mid-retry.
@@ -23,6 +27,8 @@ mod crash;
 mod ladder;
 /// Every attempt and outcome in the worker's log: plain text off a terminal, or JSON lines.
 mod logs;
+/// The OpenAPI document: a real validator accepts it; a generated Python client drives the API.
+mod openapi;
 /// A database that refuses service (Postgres refusing connections, SQLite locked) pauses
 /// retries; they finish once it is back, nothing lost or charged twice.
 mod outage;

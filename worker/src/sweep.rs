@@ -4,10 +4,7 @@
 use anyhow::Context;
 use retake_activities::ports::BudgetLedger;
 use std::time::{Duration, SystemTime};
-use temporalio_client::{Client, NamespacedClient, tonic};
-use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
-use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
-use temporalio_protos::protos::temporal::api::workflowservice::v1::DescribeWorkflowExecutionRequest;
+use temporalio_client::Client;
 
 /// How old a held reservation must be before the sweeper asks Temporal about its workflow.
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(600);
@@ -25,27 +22,10 @@ pub struct Swept {
 
 /// Is this workflow run still running? A run the server does not know any more is not.
 async fn running(client: &Client, workflow_id: &str, run_id: &str) -> anyhow::Result<bool> {
-    let mut svc = client.connection().workflow_service();
-    let answer = svc
-        .describe_workflow_execution(tonic::Request::new(DescribeWorkflowExecutionRequest {
-            namespace: client.namespace(),
-            execution: Some(WorkflowExecution {
-                workflow_id: workflow_id.to_owned(),
-                run_id: run_id.to_owned(),
-            }),
-        }))
-        .await;
-    match answer {
-        Ok(r) => Ok(r
-            .into_inner()
-            .workflow_execution_info
-            .is_some_and(|i| i.status == WorkflowExecutionStatus::Running as i32)),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
-        Err(s) => Err(anyhow::anyhow!(
-            "describing {workflow_id}/{run_id}: {}",
-            s.message()
-        )),
-    }
+    let run = retake_client::describe_run(client, workflow_id, Some(run_id))
+        .await
+        .with_context(|| format!("describing {workflow_id}/{run_id}"))?;
+    Ok(run.is_some_and(|r| r.running))
 }
 
 /// Release every reservation held for at least `min_age` whose workflow run is no longer

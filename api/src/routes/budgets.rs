@@ -1,28 +1,29 @@
 //! `GET|PUT /projects/{id}/budget`.
 
-use super::JsonBody;
 use crate::AppState;
-use crate::auth::{Caller, Role};
-use crate::error::AppError;
+use crate::auth::{Caller, need};
+use crate::error::{AppError, ErrorBody};
+use crate::extract::{Id, JsonBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use retake_activities::ports::Budget;
-use retake_domain::{ProjectId, ValidationError};
-use serde_json::Value;
+use retake_domain::ProjectId;
+use retake_domain::budget::BudgetLimit;
 
 /// A project's GPU budget: limit (null = none), reserved and spent milliseconds.
-#[utoipa::path(get, path = "/projects/{id}/budget", tag = "budgets",
+#[utoipa::path(get, path = "/projects/{id}/budget", operation_id = "get_budget", tag = "budgets",
     params(("id" = String, Path, description = "Project")),
-    responses((status = 200, description = "The budget", body = Object),
-              (status = 404, description = "Nothing is known about the project")),
+    responses((status = 200, description = "The budget", body = Budget),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 404, description = "Nothing is known about the project", body = ErrorBody),
+              (status = 422, description = "Invalid project id", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn show(
-    caller: Caller,
+    _: Caller<need::Viewer>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(project): Id<ProjectId>,
 ) -> Result<Json<Budget>, AppError> {
-    caller.require(Role::Viewer)?;
-    let project = ProjectId::parse(&id)?;
     let budget = s.store.budget(project.as_str()).await?;
     budget.map(Json).ok_or_else(|| {
         AppError::NotFound(format!(
@@ -32,35 +33,25 @@ pub(crate) async fn show(
 }
 
 /// Set (`{"limit_ms": 3600000}`) or remove (`{"limit_ms": null}`) a project's limit.
-#[utoipa::path(put, path = "/projects/{id}/budget", tag = "budgets",
+#[utoipa::path(put, path = "/projects/{id}/budget", operation_id = "set_budget", tag = "budgets",
     params(("id" = String, Path, description = "Project")),
-    request_body(content = Object, description = r#"{"limit_ms": <GPU milliseconds or null>}"#),
-    responses((status = 200, description = "The budget", body = Object),
-              (status = 422, description = "Invalid limit")),
+    request_body(content = BudgetLimit),
+    responses((status = 200, description = "The budget", body = Budget),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the admin role", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Body not JSON", body = ErrorBody),
+              (status = 422, description = "Invalid limit (e.g. not below 2^63)", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn set(
-    caller: Caller,
+    _: Caller<need::Admin>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(project): Id<ProjectId>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Budget>, AppError> {
-    caller.require(Role::Admin)?;
-    let project = ProjectId::parse(&id)?;
-    let limit = match body.get("limit_ms") {
-        None => {
-            return Err(ValidationError::single(
-                "limit_ms",
-                "is required (a number of GPU milliseconds, or null for no limit)",
-            )
-            .into());
-        }
-        Some(Value::Null) => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| {
-            ValidationError::single(
-                "limit_ms",
-                format!("must be a non-negative integer or null, got {v}"),
-            )
-        })?),
-    };
-    Ok(Json(s.store.set_limit(project.as_str(), limit).await?))
+    let limit = BudgetLimit::parse(&body)?;
+    Ok(Json(
+        s.store.set_limit(project.as_str(), limit.limit_ms).await?,
+    ))
 }

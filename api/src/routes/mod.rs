@@ -8,11 +8,8 @@ pub(crate) mod segments;
 use crate::AppState;
 use crate::error::AppError;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::http::{Method, Uri};
 use axum::routing::{get, post};
-use retake_domain::ValidationError;
-use serde_json::Value;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -33,30 +30,15 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/segments/{id}/retries/abort", post(segments::abort))
         .route("/segments/{id}/retries/escalate", post(segments::escalate))
         .route("/segments/{id}/retries/decision", post(segments::decide))
+        .fallback(no_such_endpoint)
+        .method_not_allowed_fallback(wrong_method)
 }
 
-/// A JSON request body, any shape; malformed JSON is a 422 naming the body.
-pub(crate) struct JsonBody(pub(crate) Value);
+/// Unknown paths answer the documented error body too, not an empty 404.
+async fn no_such_endpoint(uri: Uri) -> AppError {
+    AppError::NotFound(format!("no endpoint {}", uri.path()))
+}
 
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = AppError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge
-            } else {
-                AppError::Invalid(ValidationError::single("body", e.body_text()))
-            }
-        })?;
-        if bytes.is_empty() {
-            return Ok(JsonBody(Value::Object(Default::default())));
-        }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            AppError::Invalid(ValidationError::single(
-                "body",
-                format!("not valid JSON: {e}"),
-            ))
-        })
-    }
+async fn wrong_method(method: Method) -> AppError {
+    AppError::MethodNotAllowed(method.to_string())
 }

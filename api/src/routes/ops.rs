@@ -1,31 +1,71 @@
 //! Health, metrics and the OpenAPI document (no token needed).
 
 use crate::AppState;
-use crate::error::AppError;
+use crate::error::{AppError, Dependency, ErrorBody};
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use serde_json::{Value, json};
+use serde::Serialize;
 use std::fmt::Write;
-use temporalio_client::tonic;
-use temporalio_protos::protos::temporal::api::workflowservice::v1::GetSystemInfoRequest;
+use std::time::Duration;
 
-/// 200 when the database and Temporal answer, else 503.
-#[utoipa::path(get, path = "/healthz", tag = "ops",
-    responses((status = 200, description = "Healthy", body = Object), (status = 503, description = "A dependency is down")))]
-pub(crate) async fn healthz(State(s): State<AppState>) -> Result<Json<Value>, AppError> {
-    s.store.budget("healthz-probe").await?;
-    let mut svc = s.temporal.connection().workflow_service();
-    svc.get_system_info(tonic::Request::new(GetSystemInfoRequest {}))
-        .await
-        .map_err(|_| AppError::Unavailable("Temporal"))?;
-    Ok(Json(json!({"status": "ok"})))
+/// How long a health check waits for each dependency: a probe that hangs is as good as down,
+/// and an orchestrator's probe has its own, short timeout.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Every dependency answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok` (a dependency down is a 503 with the error body instead).
+    status: &'static str,
+}
+
+/// 200 when the database and Temporal both answer; else 503 naming every dependency that is down
+/// (`unavailable`), with `Retry-After`.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "ops",
+    responses((status = 200, description = "Healthy", body = Health),
+              (status = 503, description = "A dependency is down; `unavailable` names it", body = ErrorBody)))]
+pub(crate) async fn healthz(State(s): State<AppState>) -> Result<Json<Health>, AppError> {
+    let database = async {
+        match tokio::time::timeout(PROBE_TIMEOUT, s.store.budget("healthz-probe")).await {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "health check: the database does not answer");
+                false
+            }
+            Err(_) => false,
+        }
+    };
+    let temporal = async {
+        match tokio::time::timeout(PROBE_TIMEOUT, retake_client::ping(&s.temporal)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "health check: Temporal does not answer");
+                false
+            }
+            Err(_) => false,
+        }
+    };
+    let (database, temporal) = tokio::join!(database, temporal);
+    let down: Vec<Dependency> = [
+        (database, Dependency::Database),
+        (temporal, Dependency::Temporal),
+    ]
+    .into_iter()
+    .filter_map(|(up, d)| (!up).then_some(d))
+    .collect();
+    if down.is_empty() {
+        Ok(Json(Health { status: "ok" }))
+    } else {
+        Err(AppError::Unavailable(down))
+    }
 }
 
 /// Prometheus metrics, computed from the store at scrape time.
-#[utoipa::path(get, path = "/metrics", tag = "ops",
-    responses((status = 200, description = "Prometheus text format", body = String)))]
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)))]
 pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, AppError> {
     let st = s.store.stats().await?;
     let mut out = String::new();

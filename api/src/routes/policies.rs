@@ -1,55 +1,56 @@
 //! `GET|PUT /scene-types/{id}/retry-policy`.
 
-use super::JsonBody;
 use crate::AppState;
-use crate::auth::{Caller, Role};
-use crate::error::AppError;
+use crate::auth::{Caller, need};
+use crate::error::{AppError, ErrorBody};
+use crate::extract::{Id, JsonBody};
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use retake_domain::policy::PolicyInput;
 use retake_domain::{RetryPolicy, SceneType};
-use serde_json::Value;
 
 /// The stored policy of a scene type.
-#[utoipa::path(get, path = "/scene-types/{id}/retry-policy", tag = "policies",
+#[utoipa::path(get, path = "/scene-types/{id}/retry-policy", operation_id = "get_retry_policy", tag = "policies",
     params(("id" = String, Path, description = "Scene type")),
-    responses((status = 200, description = "The stored policy, every field filled in", body = Object),
-              (status = 404, description = "No policy stored: the default (disabled) one applies")),
+    responses((status = 200, description = "The stored policy, every field filled in", body = RetryPolicy),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 404, description = "No policy stored: the default (disabled) one applies", body = ErrorBody),
+              (status = 422, description = "Invalid scene type", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn show(
-    caller: Caller,
+    _: Caller<need::Viewer>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
-    caller.require(Role::Viewer)?;
-    let scene = SceneType::parse(&id)?;
+    Id(scene): Id<SceneType>,
+) -> Result<Json<RetryPolicy>, AppError> {
     let stored = s.store.policy(scene.as_str()).await?.ok_or_else(|| {
         AppError::NotFound(format!(
             "scene type {scene} has no stored policy (the default, disabled policy applies)"
         ))
     })?;
-    let policy = RetryPolicy::resolve(Some(&stored), None)?;
-    Ok(Json(
-        serde_json::to_value(policy).map_err(|e| AppError::Internal(e.to_string()))?,
-    ))
+    Ok(Json(RetryPolicy::resolve(Some(&stored), None)?))
 }
 
-/// Store a scene type's policy (missing fields get their defaults).
-#[utoipa::path(put, path = "/scene-types/{id}/retry-policy", tag = "policies",
+/// Store a scene type's policy (missing fields get their profile's defaults).
+#[utoipa::path(put, path = "/scene-types/{id}/retry-policy", operation_id = "set_retry_policy", tag = "policies",
     params(("id" = String, Path, description = "Scene type")),
-    request_body(content = Object, description = "A retry policy (see the README)"),
-    responses((status = 200, description = "The stored policy", body = Object),
-              (status = 422, description = "Invalid policy, with the offending fields")),
+    request_body(content = PolicyInput, description = "A retry policy; missing fields get their defaults"),
+    responses((status = 200, description = "The stored policy", body = RetryPolicy),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the admin role", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Body not JSON", body = ErrorBody),
+              (status = 422, description = "Invalid policy, with the offending fields", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn set(
-    caller: Caller,
+    _: Caller<need::Admin>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(scene): Id<SceneType>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, AppError> {
-    caller.require(Role::Admin)?;
-    let scene = SceneType::parse(&id)?;
+) -> Result<Json<RetryPolicy>, AppError> {
     let policy = RetryPolicy::parse(&body)?;
     let value = serde_json::to_value(&policy).map_err(|e| AppError::Internal(e.to_string()))?;
     s.store.set_policy(scene.as_str(), &value).await?;
-    Ok(Json(value))
+    Ok(Json(policy))
 }

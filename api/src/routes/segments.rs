@@ -1,258 +1,361 @@
 //! Retries of a segment: start, steer, watch, and the recorded history.
 
-use super::JsonBody;
 use crate::AppState;
-use crate::auth::{Caller, Role};
-use crate::error::AppError;
+use crate::auth::{Caller, Role, need};
+use crate::error::{AppError, ErrorBody};
+use crate::extract::{Id, JsonBody, QueryPairs, from_json};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use retake_client::{Creator, DecideError};
-use retake_domain::{RetryRequest, SegmentId, ValidationError};
-use serde::Deserialize;
-use serde_json::{Value, json};
-use temporalio_client::{NamespacedClient, tonic};
-use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
-use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
-use temporalio_protos::protos::temporal::api::workflowservice::v1::DescribeWorkflowExecutionRequest;
+use retake_activities::ports::{StoredAttempt, StoredOutcome};
+use retake_client::{Creator, RunState};
+use retake_domain::policy::JitterSpec;
+use retake_domain::status::Status;
+use retake_domain::{RetryPolicy, RetryRequest, SegmentId, ValidationError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
-fn temporal_down(e: impl std::fmt::Display) -> AppError {
-    tracing::warn!(error = %e, "Temporal call failed");
-    AppError::Unavailable("Temporal")
+/// Whether a start call started the retry or found it running.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum StartStatus {
+    /// This call started a new run (202).
+    Started,
+    /// The segment was already retrying; this is that run (200).
+    Running,
 }
 
-/// The segment's latest retry run: `(run id, still running)`, or `None` if it never had one.
-async fn latest_run(s: &AppState, segment: &SegmentId) -> Result<Option<(String, bool)>, AppError> {
-    let mut svc = s.temporal.connection().workflow_service();
-    let answer = svc
-        .describe_workflow_execution(tonic::Request::new(DescribeWorkflowExecutionRequest {
-            namespace: s.temporal.namespace(),
-            execution: Some(WorkflowExecution {
-                workflow_id: retake_domain::workflow_id(segment),
-                run_id: String::new(),
-            }),
-        }))
-        .await;
-    match answer {
-        Ok(r) => Ok(r.into_inner().workflow_execution_info.map(|i| {
-            let run = i.execution.map(|e| e.run_id).unwrap_or_default();
-            (run, i.status == WorkflowExecutionStatus::Running as i32)
-        })),
-        Err(st) if st.code() == tonic::Code::NotFound => Ok(None),
-        Err(st) => Err(temporal_down(st.message())),
-    }
+/// The answer to starting a retry.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct RetryStarted {
+    status: StartStatus,
+    /// `segment-retry-<segment_id>`.
+    workflow_id: String,
+    run_id: String,
 }
 
-async fn running_run(s: &AppState, segment: &SegmentId) -> Result<String, AppError> {
-    match latest_run(s, segment).await? {
-        Some((run, true)) => Ok(run),
-        _ => Err(AppError::NotFound(format!(
-            "segment {segment} has no running retry"
+/// The segment's latest run, which must still be running to be steered: 404 if it never had
+/// one, 409 if it has finished (`what` says what the caller wanted, for the message).
+async fn running_run(s: &AppState, segment: &SegmentId, what: &str) -> Result<String, AppError> {
+    match retake_client::latest_run(&s.temporal, segment).await? {
+        Some(RunState {
+            run_id,
+            running: true,
+        }) => Ok(run_id),
+        Some(_) => Err(AppError::Finished(format!(
+            "the retry of segment {segment} has already finished: {what}"
+        ))),
+        None => Err(AppError::NotFound(format!(
+            "segment {segment} has no retry"
         ))),
     }
 }
 
-/// Start a retry of a failed segment. The body is the workflow argument (see the README); its
-/// `segment_id` may be left out. Idempotent: while the segment is retrying, the running retry is
-/// returned (200) instead of a second one started (202).
-#[utoipa::path(post, path = "/segments/{id}/retries", tag = "retries",
+/// Start a retry of a failed segment. The body is the workflow argument; its `segment_id` may be
+/// left out, and if given must name the segment of the path. The policy override is merged over
+/// the scene type's stored policy and checked before anything starts. Idempotent: while the
+/// segment is retrying, the running retry is returned (200) instead of a second one started (202);
+/// of concurrent starts exactly one gets 202.
+#[utoipa::path(post, path = "/segments/{id}/retries", operation_id = "start_retry", tag = "retries",
     params(("id" = String, Path, description = "Segment")),
-    request_body(content = Object, description = "The workflow argument: project_id, scene_type, params, failed_qa, optional policy"),
-    responses((status = 202, description = "Started", body = Object),
-              (status = 200, description = "Already retrying: the running retry", body = Object),
-              (status = 422, description = "Invalid request, with the offending fields"),
-              (status = 503, description = "Temporal unavailable")),
+    request_body(content = RetryRequest, description = "The workflow argument (segment_id optional)"),
+    responses((status = 202, description = "Started", body = RetryStarted),
+              (status = 200, description = "Already retrying: the running retry", body = RetryStarted),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the creator role", body = ErrorBody),
+              (status = 413, description = "Body too large", body = ErrorBody),
+              (status = 415, description = "Body not JSON", body = ErrorBody),
+              (status = 422, description = "Invalid request or policy, with the offending fields", body = ErrorBody),
+              (status = 503, description = "Temporal or the database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn start(
-    caller: Caller,
+    _: Caller<need::Creator>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(segment): Id<SegmentId>,
     JsonBody(mut body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    caller.require(Role::Creator)?;
-    let segment = SegmentId::parse(&id)?;
+) -> Result<(StatusCode, Json<RetryStarted>), AppError> {
     let Value::Object(obj) = &mut body else {
         return Err(ValidationError::single("body", "must be a JSON object").into());
     };
-    match obj.get("segment_id") {
-        Some(given) if given.as_str() != Some(segment.as_str()) => {
-            return Err(ValidationError::single(
-                "segment_id",
-                "differs from the segment in the path",
-            )
-            .into());
-        }
-        _ => {
-            obj.insert("segment_id".into(), json!(segment.as_str()));
-        }
+    obj.entry("segment_id")
+        .or_insert_with(|| json!(segment.as_str()));
+    let req = RetryRequest::parse(&body)?;
+    // Compared as parsed: `"segment_id": 77` names segment `77`, as the workflow reads it.
+    if req.segment_id != segment {
+        return Err(ValidationError::single(
+            "segment_id",
+            format!(
+                "{} differs from the segment in the path ({segment})",
+                req.segment_id
+            ),
+        )
+        .into());
     }
-    RetryRequest::parse(&body)?;
-    let workflow_id = retake_domain::workflow_id(&segment);
-    if let Some((run_id, true)) = latest_run(&s, &segment).await? {
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"status": "running", "workflow_id": workflow_id, "run_id": run_id})),
-        ));
+    if let Value::Object(obj) = &mut body {
+        obj.insert("segment_id".into(), json!(segment.as_str()));
     }
-    let handle = retake_client::start(&s.temporal, &s.task_queue, body)
-        .await
-        .map_err(temporal_down)?;
-    let run_id = handle.run_id().map(str::to_owned).unwrap_or_default();
+    // The same merge the workflow makes after loading the policy, so an invalid override is a
+    // 422 now rather than a workflow that fails later.
+    let stored = s.store.policy(req.scene_type.as_str()).await?;
+    RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref())?;
+    let begun = retake_client::begin(&s.temporal, &s.task_queue, body).await?;
+    let (code, status) = if begun.new_run {
+        (StatusCode::ACCEPTED, StartStatus::Started)
+    } else {
+        (StatusCode::OK, StartStatus::Running)
+    };
     Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"status": "started", "workflow_id": workflow_id, "run_id": run_id})),
+        code,
+        Json(RetryStarted {
+            status,
+            workflow_id: retake_domain::workflow_id(&segment),
+            run_id: begun.run_id,
+        }),
     ))
 }
 
 /// The live status of the segment's retry (query `report`): attempts so far, phase, report.
-#[utoipa::path(get, path = "/segments/{id}/retries/status", tag = "retries",
+#[utoipa::path(get, path = "/segments/{id}/retries/status", operation_id = "retry_status", tag = "retries",
     params(("id" = String, Path, description = "Segment")),
-    responses((status = 200, description = "Status", body = Object), (status = 404, description = "No retry")),
+    responses((status = 200, description = "Status", body = Status),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 404, description = "No retry", body = ErrorBody),
+              (status = 503, description = "Temporal is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn status(
-    caller: Caller,
+    _: Caller<need::Viewer>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, AppError> {
-    caller.require(Role::Viewer)?;
-    let segment = SegmentId::parse(&id)?;
-    if latest_run(&s, &segment).await?.is_none() {
-        return Err(AppError::NotFound(format!(
+    Id(segment): Id<SegmentId>,
+) -> Result<Json<Status>, AppError> {
+    match retake_client::status(&s.temporal, &segment).await {
+        Ok(status) => Ok(Json(status)),
+        Err(retake_client::Error::NotFound(_)) => Err(AppError::NotFound(format!(
             "segment {segment} has no retry"
-        )));
+        ))),
+        Err(e) => Err(e.into()),
     }
-    let status = retake_client::status(&s.temporal, &segment)
-        .await
-        .map_err(temporal_down)?;
-    Ok(Json(
-        serde_json::to_value(status).map_err(|e| AppError::Internal(e.to_string()))?,
-    ))
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct SignalBody {
+/// The body of `abort` and `escalate`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SignalRequest {
+    /// Why, in words (recorded with the event).
     #[serde(default)]
     reason: String,
+    /// Who; default `api:<role>`.
     #[serde(default)]
     by: Option<String>,
 }
 
+/// The answer to `abort` and `escalate`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct SignalSent {
+    /// Always `sent`: the workflow acts on it at its next step.
+    status: &'static str,
+    run_id: String,
+    by: String,
+}
+
+fn by_or_role(by: Option<String>, role: Role) -> String {
+    by.filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| format!("api:{}", role.as_str()))
+}
+
 async fn signal(
-    caller: Caller,
+    role: Role,
     s: AppState,
-    id: String,
+    segment: SegmentId,
     body: Value,
     action: Creator,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    caller.require(Role::Creator)?;
-    let segment = SegmentId::parse(&id)?;
-    let body: SignalBody = serde_json::from_value(body).map_err(|e| {
-        ValidationError::single(
-            "body",
-            format!("expected {{\"reason\": \"...\", \"by\": \"...\"}}: {e}"),
-        )
-    })?;
-    let by = body
-        .by
-        .filter(|b| !b.trim().is_empty())
-        .unwrap_or_else(|| format!("api:{}", caller.0.as_str()));
-    let run_id = running_run(&s, &segment).await?;
-    retake_client::signal(&s.temporal, &segment, action, &body.reason, &by)
-        .await
-        .map_err(temporal_down)?;
+) -> Result<(StatusCode, Json<SignalSent>), AppError> {
+    let body: SignalRequest = from_json(body)?;
+    let by = by_or_role(body.by, role);
+    let what = match action {
+        Creator::Abort => "there is nothing to abort",
+        Creator::Escalate => "there is nothing to escalate",
+    };
+    let run_id = running_run(&s, &segment, what).await?;
+    match retake_client::signal(&s.temporal, &segment, action, &body.reason, &by).await {
+        Ok(()) => {}
+        Err(retake_client::Error::AlreadyFinished(_)) => {
+            return Err(AppError::Finished(format!(
+                "the retry of segment {segment} has already finished: {what}"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"status": "sent", "run_id": run_id, "by": by})),
+        Json(SignalSent {
+            status: "sent",
+            run_id,
+            by,
+        }),
     ))
 }
 
 /// Abort the running retry: the attempt in flight is cancelled and its reservation released.
-#[utoipa::path(post, path = "/segments/{id}/retries/abort", tag = "retries",
+#[utoipa::path(post, path = "/segments/{id}/retries/abort", operation_id = "abort_retry", tag = "retries",
     params(("id" = String, Path, description = "Segment")),
-    request_body(content = Object, description = r#"{"reason": "...", "by": "..."}"#),
-    responses((status = 202, description = "Signal sent", body = Object), (status = 404, description = "No running retry")),
+    request_body(content = SignalRequest),
+    responses((status = 202, description = "Signal sent", body = SignalSent),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the creator role", body = ErrorBody),
+              (status = 404, description = "The segment never had a retry", body = ErrorBody),
+              (status = 409, description = "The retry has already finished", body = ErrorBody),
+              (status = 422, description = "Invalid body", body = ErrorBody),
+              (status = 503, description = "Temporal is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn abort(
-    caller: Caller,
+    caller: Caller<need::Creator>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    signal(caller, s, id, body, Creator::Abort).await
+) -> Result<(StatusCode, Json<SignalSent>), AppError> {
+    signal(caller.role, s, segment, body, Creator::Abort).await
 }
 
 /// Stop retrying and go to human review.
-#[utoipa::path(post, path = "/segments/{id}/retries/escalate", tag = "retries",
+#[utoipa::path(post, path = "/segments/{id}/retries/escalate", operation_id = "escalate_retry", tag = "retries",
     params(("id" = String, Path, description = "Segment")),
-    request_body(content = Object, description = r#"{"reason": "...", "by": "..."}"#),
-    responses((status = 202, description = "Signal sent", body = Object), (status = 404, description = "No running retry")),
+    request_body(content = SignalRequest),
+    responses((status = 202, description = "Signal sent", body = SignalSent),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the creator role", body = ErrorBody),
+              (status = 404, description = "The segment never had a retry", body = ErrorBody),
+              (status = 409, description = "The retry has already finished", body = ErrorBody),
+              (status = 422, description = "Invalid body", body = ErrorBody),
+              (status = 503, description = "Temporal is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn escalate(
-    caller: Caller,
+    caller: Caller<need::Creator>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    signal(caller, s, id, body, Creator::Escalate).await
+) -> Result<(StatusCode, Json<SignalSent>), AppError> {
+    signal(caller.role, s, segment, body, Creator::Escalate).await
+}
+
+/// A review decision.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DecisionKind {
+    /// Retry more, with new `params`, a wider `vary` and/or more `attempts`.
+    RetryWith,
+    /// Take recorded `attempt` as final, whatever its scores.
+    Accept,
+    /// Give up on the segment.
+    Reject,
+}
+
+/// The body of a review decision (the workflow's `decide` update argument, `by` optional).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DecisionRequest {
+    decision: DecisionKind,
+    /// Who decides; default `api:<role>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
+    /// Why, in words.
+    #[serde(default)]
+    reason: String,
+    /// `retry_with`: values merged over the current parameters (e.g. a new `cfg_scale`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    params: Option<Map<String, Value>>,
+    /// `retry_with`: jitter specs merged over the policy's `vary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vary: Option<BTreeMap<String, JitterSpec>>,
+    /// `retry_with`: how many more attempts, 1..=10 (default: the policy's `max_attempts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempts: Option<u32>,
+    /// `accept`: the attempt to accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+}
+
+/// The workflow took the decision.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub(crate) struct DecisionAccepted {
+    /// The decision taken (`retry_with`, `accept`, `reject`).
+    accepted: String,
+    by: String,
 }
 
 /// A review decision (`retry_with`, `accept`, `reject`) for a segment awaiting review.
-#[utoipa::path(post, path = "/segments/{id}/retries/decision", tag = "retries",
+#[utoipa::path(post, path = "/segments/{id}/retries/decision", operation_id = "decide_review", tag = "retries",
     params(("id" = String, Path, description = "Segment")),
-    request_body(content = Object, description = r#"{"decision": "accept", "attempt": 2, "by": "..."}"#),
-    responses((status = 200, description = "Decision accepted", body = Object),
-              (status = 404, description = "No running retry"),
-              (status = 422, description = "Decision rejected, with the reason")),
+    request_body(content = DecisionRequest),
+    responses((status = 200, description = "Decision accepted", body = DecisionAccepted),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 403, description = "Needs the creator role", body = ErrorBody),
+              (status = 404, description = "The segment never had a retry", body = ErrorBody),
+              (status = 409, description = "The retry has finished: its review is over", body = ErrorBody),
+              (status = 422, description = "Invalid or rejected decision, with the reason", body = ErrorBody),
+              (status = 503, description = "Temporal is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn decide(
-    caller: Caller,
+    caller: Caller<need::Creator>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    JsonBody(mut body): JsonBody,
-) -> Result<Json<Value>, AppError> {
-    caller.require(Role::Creator)?;
-    let segment = SegmentId::parse(&id)?;
-    if let Value::Object(obj) = &mut body
-        && !obj.contains_key("by")
-    {
-        obj.insert("by".into(), json!(format!("api:{}", caller.0.as_str())));
-    }
-    running_run(&s, &segment).await?;
-    match retake_client::decide(&s.temporal, &segment, body).await {
-        Ok(answer) => Ok(Json(answer)),
-        Err(DecideError::Rejected(m)) => Err(AppError::Rejected(format!("decision rejected: {m}"))),
-        Err(DecideError::Failed(e)) => Err(temporal_down(e)),
+    Id(segment): Id<SegmentId>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<DecisionAccepted>, AppError> {
+    let mut decision: DecisionRequest = from_json(body)?;
+    decision.by = Some(by_or_role(decision.by, caller.role));
+    let over = "its review is over";
+    running_run(&s, &segment, over).await?;
+    let argument =
+        serde_json::to_value(&decision).map_err(|e| AppError::Internal(e.to_string()))?;
+    match retake_client::decide(&s.temporal, &segment, argument).await {
+        Ok(answer) => Ok(Json(
+            serde_json::from_value(answer).map_err(|e| AppError::Internal(e.to_string()))?,
+        )),
+        Err(retake_client::Error::Rejected(m)) => {
+            Err(AppError::Rejected(format!("decision rejected: {m}")))
+        }
+        Err(retake_client::Error::AlreadyFinished(_)) => Err(AppError::Finished(format!(
+            "the retry of segment {segment} has already finished: {over}"
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
-#[derive(Debug, Deserialize)]
-pub(crate) struct Page {
-    page: Option<usize>,
-    per_page: Option<usize>,
+/// One page of a segment's recorded history.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct HistoryPage {
+    segment_id: String,
+    /// Every run's outcome and decisions, oldest first (not paginated).
+    runs: Vec<StoredOutcome>,
+    /// This page of attempts, oldest run first, then by attempt number.
+    attempts: Vec<StoredAttempt>,
+    page: u32,
+    per_page: u32,
+    total_attempts: usize,
 }
 
 /// Every recorded attempt of a segment (seed, original and jittered params, scores, failures,
 /// status, GPU ms, selected) and every run's outcome and decisions, attempts paginated.
-#[utoipa::path(get, path = "/segments/{id}/retry-history", tag = "retries",
+#[utoipa::path(get, path = "/segments/{id}/retry-history", operation_id = "retry_history", tag = "retries",
     params(("id" = String, Path, description = "Segment"),
-           ("page" = Option<usize>, Query, description = "1-based page of attempts (default 1)"),
-           ("per_page" = Option<usize>, Query, description = "Attempts per page, 1-500 (default 100)")),
-    responses((status = 200, description = "History", body = Object), (status = 404, description = "Nothing recorded")),
+           ("page" = Option<u32>, Query, minimum = 1, description = "1-based page of attempts (default 1)"),
+           ("per_page" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Attempts per page, 1-500 (default 100)")),
+    responses((status = 200, description = "History", body = HistoryPage),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 404, description = "Nothing recorded", body = ErrorBody),
+              (status = 422, description = "Invalid segment id, page or per_page", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn history(
-    caller: Caller,
+    _: Caller<need::Viewer>,
     State(s): State<AppState>,
-    Path(id): Path<String>,
-    Query(p): Query<Page>,
-) -> Result<Json<Value>, AppError> {
-    caller.require(Role::Viewer)?;
-    let segment = SegmentId::parse(&id)?;
-    let page = p.page.unwrap_or(1);
-    let per_page = p.per_page.unwrap_or(100);
-    if page == 0 {
-        return Err(ValidationError::single("page", "pages start at 1").into());
-    }
-    if !(1..=500).contains(&per_page) {
+    Id(segment): Id<SegmentId>,
+    query: QueryPairs,
+) -> Result<Json<HistoryPage>, AppError> {
+    let page = query.positive("page")?.unwrap_or(1);
+    let per_page = query.positive("per_page")?.unwrap_or(100);
+    if per_page > 500 {
         return Err(ValidationError::single("per_page", "must be between 1 and 500").into());
     }
     let runs = s.store.outcomes(segment.as_str()).await?;
@@ -262,18 +365,19 @@ pub(crate) async fn history(
             "segment {segment} has no recorded retries"
         )));
     }
-    let total = attempts.len();
-    let slice: Vec<_> = attempts
+    let total_attempts = attempts.len();
+    let skip = usize::try_from(u64::from(page - 1) * u64::from(per_page)).unwrap_or(usize::MAX);
+    let attempts = attempts
         .into_iter()
-        .skip((page - 1) * per_page)
-        .take(per_page)
+        .skip(skip)
+        .take(per_page as usize)
         .collect();
-    Ok(Json(json!({
-        "segment_id": segment.as_str(),
-        "runs": runs,
-        "attempts": slice,
-        "page": page,
-        "per_page": per_page,
-        "total_attempts": total,
-    })))
+    Ok(Json(HistoryPage {
+        segment_id: segment.to_string(),
+        runs,
+        attempts,
+        page,
+        per_page,
+        total_attempts,
+    }))
 }
