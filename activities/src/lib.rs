@@ -24,7 +24,7 @@ use crate::ports::{
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 use temporalio_macros::activities;
 use temporalio_sdk::ApplicationFailure;
@@ -154,14 +154,38 @@ struct Heartbeat<'a> {
     resume_from: u32,
     /// Set by the budget meter: the attempt must stop as if cancelled.
     over_budget: &'a AtomicBool,
+    /// The last step checkpointed.
+    done: AtomicU32,
+}
+
+/// How often a stopping generation heartbeats (well within the 3 s heartbeat timeout).
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Heartbeat<'_> {
+    /// Whether the attempt is being stopped (cancelled, or over budget).
+    fn stopping(&self) -> bool {
+        self.ctx.is_cancelled() || self.over_budget.load(Ordering::SeqCst)
+    }
+
+    /// Heartbeat the last step again while the backend stops.
+    async fn keep_alive(&self) {
+        if let Err(e) = self
+            .ctx
+            .record_heartbeat(self.done.load(Ordering::SeqCst))
+            .await
+        {
+            tracing::warn!("heartbeat while stopping failed: {e}");
+        }
+    }
 }
 
 #[async_trait]
 impl Progress for Heartbeat<'_> {
     async fn checkpoint(&self, done: u32, _total: u32) -> Result<(), BackendError> {
-        if self.ctx.is_cancelled() || self.over_budget.load(Ordering::SeqCst) {
+        if self.stopping() {
             return Err(BackendError::Cancelled);
         }
+        self.done.store(done, Ordering::SeqCst);
         self.ctx
             .record_heartbeat(done)
             .await
@@ -239,19 +263,35 @@ impl RetryActivities {
             ctx: &ctx,
             resume_from,
             over_budget: &over_budget,
+            done: AtomicU32::new(resume_from),
         };
         let started = Instant::now();
         let work = self.generator.generate(&input, &heartbeat);
-        let Some(held) = &input.budget else {
-            return work.await.map_err(backend_failure);
+        let metered = async {
+            match &input.budget {
+                Some(held) => {
+                    meter::meter(&*self.ledger, &input.key, held, started, &over_budget).await
+                }
+                None => std::future::pending().await,
+            }
         };
-        let metered = meter::meter(&*self.ledger, &input.key, held, started, &over_budget);
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         tokio::pin!(work, metered);
         let mut refusal = None;
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
                 why = &mut metered, if refusal.is_none() => refusal = Some(why),
+                // Once stopping, the backend no longer checkpoints, but it may take longer than
+                // the heartbeat timeout to stop (ComfyUI finishes the node in progress, then the
+                // adapter reads its execution time): keep heartbeating, or the server would time
+                // the attempt out and the GPU time it reports would be lost.
+                // (A branch guard would be read only when the select starts, before the stop.)
+                _ = keep_alive.tick() => {
+                    if heartbeat.stopping() {
+                        heartbeat.keep_alive().await;
+                    }
+                }
             }
         };
         match (result, refusal) {

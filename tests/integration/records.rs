@@ -2,7 +2,7 @@
 //! and the report say.
 
 use crate::cli::{retake, stdout};
-use crate::harness::{FAILED_GPU_MS, Failure, FakeJobs, request, spawn_app};
+use crate::harness::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs, request, spawn_app};
 use crate::ladder::{action_request, http_app};
 use retake_domain::contract::{AttemptStatus, Outcome};
 use serde_json::json;
@@ -109,4 +109,89 @@ async fn a_failure_of_a_kind_not_retried_on_beside_one_that_is_is_not_retried() 
         Outcome::NotRetried,
         "the policy may choose to retry"
     );
+}
+
+#[tokio::test]
+async fn an_abort_whose_backend_takes_longer_than_the_heartbeat_timeout_to_stop_is_billed() {
+    // The job stops 4.5 s after its DELETE (the heartbeat timeout is 3 s), as ComfyUI does when
+    // the abort lands in a long node: the attempt must stay alive until the backend says what it
+    // used, not time out and lose it.
+    let slow = Failure::SlowCancel(std::time::Duration::from_millis(4_500));
+    let jobs = FakeJobs::failing(None, slow).await;
+    let app = http_app(&jobs).await;
+    let segment = format!("{}-slowstop", app.tag);
+    let handle = app.start(action_request(&app, "slowstop")).await;
+    app.wait_for(&segment, "attempt 1 generating", |s| {
+        s.running_attempt == Some(1)
+    })
+    .await;
+
+    retake::retries::signal(
+        &app.client,
+        &retake_domain::SegmentId::parse(&segment).unwrap(),
+        retake::retries::Creator::Abort,
+        "wrong shot",
+        "mina",
+    )
+    .await
+    .unwrap();
+    let result = retake::retries::result(&handle).await.unwrap();
+
+    assert_eq!(result.outcome, Outcome::Aborted, "{}", result.report);
+    let a = &result.attempts[0];
+    assert_eq!(
+        a.status,
+        AttemptStatus::Aborted,
+        "{:?} {:?}",
+        a.error_type,
+        a.error
+    );
+    assert_eq!(
+        a.gpu_ms, CANCELLED_GPU_MS,
+        "what the backend reported it used"
+    );
+    let budget = app.store.budget("p1").await.unwrap().unwrap();
+    assert_eq!((budget.reserved_ms, budget.spent_ms), (0, CANCELLED_GPU_MS));
+    let outcomes = app.store.outcomes(&segment).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].outcome, "aborted");
+}
+
+#[tokio::test]
+async fn an_abort_during_the_last_attempt_ends_aborted_without_a_false_escalation() {
+    let app = crate::harness::spawn_app_with(retake_activities::sim::Simulator::new(20_000)).await;
+    for (name, window) in [("lastabort0", 0), ("lastabort1", 3600)] {
+        let segment = format!("{}-{name}", app.tag);
+        let policy = json!({"enabled": true, "max_attempts": 1, "review_window_secs": window});
+        let handle = app.start(request(&segment, "p1", Some(policy))).await;
+        app.wait_for(&segment, "attempt 1 generating", |s| {
+            s.running_attempt == Some(1)
+        })
+        .await;
+
+        retake::retries::signal(
+            &app.client,
+            &retake_domain::SegmentId::parse(&segment).unwrap(),
+            retake::retries::Creator::Abort,
+            "wrong prompt",
+            "mina",
+        )
+        .await
+        .unwrap();
+        let result = retake::retries::result(&handle).await.unwrap();
+
+        assert_eq!(
+            result.outcome,
+            Outcome::Aborted,
+            "window {window}: {}",
+            result.report
+        );
+        let outcomes = app.store.outcomes(&segment).await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!(
+            (outcomes[0].outcome.as_str(), outcomes[0].review.as_str()),
+            ("aborted", "none"),
+            "window {window}: never recorded as escalated"
+        );
+    }
 }

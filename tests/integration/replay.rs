@@ -71,6 +71,7 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "truthful-review_accepted.json",
         "truthful-chapter_user_intervention.json",
         "truthful-budget_stopped.json",
+        "truthful-aborted_last.json",
     ] {
         assert!(
             names.contains(&required),
@@ -222,6 +223,24 @@ async fn record_representative_histories() {
     .unwrap();
     assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
     save(&slow, &seg, "aborted.json").await;
+
+    // Aborted during its last attempt, with a review window: aborted, no review.
+    let seg = format!("{}-aborted-last", slow.tag);
+    let last = json!({"enabled": true, "max_attempts": 1, "review_window_secs": 3600});
+    let h = slow.start(request(&seg, "p1", Some(last))).await;
+    slow.wait_for(&seg, "attempt 1 running", |s| s.running_attempt == Some(1))
+        .await;
+    retries::signal(
+        &slow.client,
+        &SegmentId::parse(&seg).unwrap(),
+        Creator::Abort,
+        "recording",
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
+    save(&slow, &seg, "aborted_last.json").await;
 
     // An attempt that outruns its estimate and is stopped by the budget mid-generation.
     let outrun = spawn_app_with(Simulator::new(2_000)).await;

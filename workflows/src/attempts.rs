@@ -197,6 +197,14 @@ impl Run {
     /// next starts.
     async fn attempts(&self, round_start: u32) -> WorkflowResult<Stop> {
         loop {
+            // A creator's stop wins over the plan's: an abort during the last attempt is an abort,
+            // not an escalation because the attempts ran out. Runs before `truthful-records`
+            // asked the plan first.
+            if self.truthful
+                && let Some(stop) = self.creator_stop()
+            {
+                return Ok(stop);
+            }
             let attempt = match self.plan(round_start) {
                 Ok(attempt) => attempt,
                 Err(stop) => return Ok(stop),

@@ -20,6 +20,9 @@ pub enum Failure {
     Generation(String),
     /// The scorer answers a face score of 1.7 (out of range).
     ScoreOutOfRange,
+    /// A `DELETE` answers only after this long, as a backend finishing the step in progress
+    /// before it stops (longer than the 3 s heartbeat timeout).
+    SlowCancel(std::time::Duration),
 }
 
 #[derive(Default)]
@@ -103,10 +106,17 @@ async fn poll(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> J
 }
 
 async fn cancel(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> Json<Value> {
-    jobs.lock()
-        .expect("lock")
-        .calls
-        .push(format!("DELETE /jobs/{id}"));
+    let delay = {
+        let mut j = jobs.lock().expect("lock");
+        j.calls.push(format!("DELETE /jobs/{id}"));
+        match j.failure {
+            Failure::SlowCancel(d) => Some(d),
+            _ => None,
+        }
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     // What a conforming service reports: the GPU time the job used before it stopped.
     Json(json!({"status": "cancelled", "gpu_ms": CANCELLED_GPU_MS}))
 }

@@ -94,6 +94,10 @@ pub struct ComfyUiConfig {
 
 /// How long each best-effort cancellation request may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a cancelled prompt is waited for to learn its execution time: the node in progress
+/// runs to its end (the activity keeps heartbeating meanwhile). Past this, the wall time is
+/// billed and the prompt may still be running.
+const CANCEL_WAIT: Duration = Duration::from_secs(120);
 /// How often a cancelled prompt's history is read while waiting for its execution time.
 const CANCEL_POLL: Duration = Duration::from_millis(250);
 /// Every this many polls, check the prompt is still queued.
@@ -296,7 +300,7 @@ impl ComfyUi {
     /// Best effort: interrupt the prompt if it runs, drop it if it waits. Then the GPU time it
     /// used: ComfyUI checks for an interrupt only between nodes, so a prompt in its last node
     /// finishes anyway, and an interrupted one ran until the node in progress ended; both are in
-    /// `/history` with their execution timestamps, read for up to [`CANCEL_TIMEOUT`]. A prompt
+    /// `/history` with their execution timestamps, read for up to [`CANCEL_WAIT`]. A prompt
     /// that never ran used nothing; one that ran but left no timestamps is billed the wall time
     /// the worker waited since `started`.
     async fn cancel(&self, prompt_id: &str, started: Instant) -> u64 {
@@ -333,7 +337,7 @@ impl ComfyUi {
         }
         let waited = millis(started.elapsed());
         let url = self.url(&["history", prompt_id]);
-        let deadline = Instant::now() + CANCEL_TIMEOUT;
+        let deadline = Instant::now() + CANCEL_WAIT;
         while Instant::now() < deadline {
             let req = self.client.get(url.clone()).timeout(CANCEL_TIMEOUT);
             if let Ok(answer) = wire::json::<Value>("GET /history", req).await
