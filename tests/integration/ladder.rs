@@ -267,21 +267,8 @@ async fn aborting_a_retry_cancels_the_backend_job() {
     let app = http_app(&jobs).await;
     let segment = format!("{}-http-abort", app.tag);
     let handle = app.start(action_request(&app, "http-abort")).await;
-    app.wait_for(&segment, "attempt 1 generating", |s| {
-        s.running_attempt == Some(1)
-    })
-    .await;
 
-    retake::retries::signal(
-        &app.client,
-        &retake_domain::SegmentId::parse(&segment).unwrap(),
-        retake::retries::Creator::Abort,
-        "wrong shot",
-        "mina",
-    )
-    .await
-    .unwrap();
-    let result = retake::retries::result(&handle).await.unwrap();
+    let result = app.abort_first_attempt(&segment, &handle).await;
 
     assert_eq!(result.outcome, Outcome::Aborted);
     assert_eq!(result.attempts[0].status, AttemptStatus::Aborted);

@@ -121,21 +121,7 @@ async fn an_abort_whose_backend_takes_longer_than_the_heartbeat_timeout_to_stop_
     let app = http_app(&jobs).await;
     let segment = format!("{}-slowstop", app.tag);
     let handle = app.start(action_request(&app, "slowstop")).await;
-    app.wait_for(&segment, "attempt 1 generating", |s| {
-        s.running_attempt == Some(1)
-    })
-    .await;
-
-    retake::retries::signal(
-        &app.client,
-        &retake_domain::SegmentId::parse(&segment).unwrap(),
-        retake::retries::Creator::Abort,
-        "wrong shot",
-        "mina",
-    )
-    .await
-    .unwrap();
-    let result = retake::retries::result(&handle).await.unwrap();
+    let result = app.abort_first_attempt(&segment, &handle).await;
 
     assert_eq!(result.outcome, Outcome::Aborted, "{}", result.report);
     let a = &result.attempts[0];
@@ -164,21 +150,7 @@ async fn an_abort_during_the_last_attempt_ends_aborted_without_a_false_escalatio
         let segment = format!("{}-{name}", app.tag);
         let policy = json!({"enabled": true, "max_attempts": 1, "review_window_secs": window});
         let handle = app.start(request(&segment, "p1", Some(policy))).await;
-        app.wait_for(&segment, "attempt 1 generating", |s| {
-            s.running_attempt == Some(1)
-        })
-        .await;
-
-        retake::retries::signal(
-            &app.client,
-            &retake_domain::SegmentId::parse(&segment).unwrap(),
-            retake::retries::Creator::Abort,
-            "wrong prompt",
-            "mina",
-        )
-        .await
-        .unwrap();
-        let result = retake::retries::result(&handle).await.unwrap();
+        let result = app.abort_first_attempt(&segment, &handle).await;
 
         assert_eq!(
             result.outcome,

@@ -9,7 +9,7 @@
 //! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
-use retake::retries::{self, Creator};
+use retake::retries;
 use retake_activities::RetryActivities;
 use retake_activities::io::LoadPolicy;
 use retake_activities::sim::Simulator;
@@ -210,36 +210,16 @@ async fn record_representative_histories() {
     let slow = spawn_app_with(Simulator::new(20_000)).await;
     let seg = format!("{}-aborted", slow.tag);
     let h = slow.start(request(&seg, "p1", Some(policy))).await;
-    slow.wait_for(&seg, "attempt 1 running", |s| s.running_attempt == Some(1))
-        .await;
-    retries::signal(
-        &slow.client,
-        &SegmentId::parse(&seg).unwrap(),
-        Creator::Abort,
-        "recording",
-        "test",
-    )
-    .await
-    .unwrap();
-    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
+    let aborted = slow.abort_first_attempt(&seg, &h).await;
+    assert_eq!(aborted.outcome, Outcome::Aborted);
     save(&slow, &seg, "aborted.json").await;
 
     // Aborted during its last attempt, with a review window: aborted, no review.
     let seg = format!("{}-aborted-last", slow.tag);
     let last = json!({"enabled": true, "max_attempts": 1, "review_window_secs": 3600});
     let h = slow.start(request(&seg, "p1", Some(last))).await;
-    slow.wait_for(&seg, "attempt 1 running", |s| s.running_attempt == Some(1))
-        .await;
-    retries::signal(
-        &slow.client,
-        &SegmentId::parse(&seg).unwrap(),
-        Creator::Abort,
-        "recording",
-        "test",
-    )
-    .await
-    .unwrap();
-    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
+    let aborted = slow.abort_first_attempt(&seg, &h).await;
+    assert_eq!(aborted.outcome, Outcome::Aborted);
     save(&slow, &seg, "aborted_last.json").await;
 
     // An attempt that outruns its estimate and is stopped by the budget mid-generation.

@@ -192,6 +192,31 @@ impl TestApp {
         panic!("segment {segment} never reached: {what}; last status: {last:#?}");
     }
 
+    /// Once attempt 1 of `segment` generates, abort it (by `mina`), and wait for the result.
+    pub async fn abort_first_attempt(
+        &self,
+        segment: &str,
+        handle: &retries::RetryHandle,
+    ) -> RetryResult {
+        self.wait_for(segment, "attempt 1 generating", |s| {
+            s.running_attempt == Some(1)
+        })
+        .await;
+        let id = SegmentId::parse(segment).expect("segment id");
+        retries::signal(
+            &self.client,
+            &id,
+            retries::Creator::Abort,
+            "wrong shot",
+            "mina",
+        )
+        .await
+        .expect("send abort");
+        retries::result(handle)
+            .await
+            .expect("the aborted retry's result")
+    }
+
     /// Start a retry (without waiting).
     pub async fn start(&self, input: Value) -> retries::RetryHandle {
         retries::start(&self.client, &self.task_queue, input)
