@@ -65,8 +65,17 @@ impl Live {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `N` distinct free local ports: every listener is held until all are picked, so the same port
+/// cannot be handed out twice.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
 }
 
 /// A temporary directory in memory (`/dev/shm`) when there is one: the Rust worker's SQLite store
@@ -94,7 +103,7 @@ impl Server {
     /// file on this machine's disk (production servers run on Postgres or Cassandra).
     pub(crate) async fn start(temporal: &Path) -> anyhow::Result<Self> {
         let dir = scratch_dir()?;
-        let [port, http, metrics, ui] = [free_port()?, free_port()?, free_port()?, free_port()?];
+        let [port, http, metrics, ui] = free_ports::<4>()?;
         let mut cmd = Command::new(temporal);
         cmd.args([
             "server",
@@ -117,7 +126,7 @@ impl Server {
             "--ui-port",
             &ui.to_string(),
         ]);
-        for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
+        for sa in retake::SEARCH_ATTRIBUTES {
             cmd.args(["--search-attribute", &format!("{sa}=Keyword")]);
         }
         let child = cmd

@@ -103,7 +103,7 @@ impl DevServer {
         if let Some(db) = db {
             args.extend(["--db-filename".into(), db.display().to_string()]);
         }
-        for sa in ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"] {
+        for sa in retake::SEARCH_ATTRIBUTES {
             args.extend(["--search-attribute".into(), format!("{sa}=Keyword")]);
         }
         // The server's own log goes to a file: it reports every cancelled poll of a stopping
