@@ -1,45 +1,12 @@
-//! Totals for the `/metrics` endpoint, computed from the store at scrape time so every worker and
-//! API replica reports the same numbers.
+//! Totals for the `/metrics` endpoint. [`Stats`] and [`Reporting`] live with the other ports
+//! (and are re-exported here for the callers that name them by this path).
+
+pub use crate::ports::{Reporting, Stats};
 
 use crate::ports::StoreError;
 use crate::store::{PgStore, SqlStore, map_sqlx};
 use async_trait::async_trait;
-use serde::Serialize;
 use sqlx::Row;
-use std::collections::BTreeMap;
-
-/// Totals over every recorded retry.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Stats {
-    /// Recorded attempts by status (`passed`, `failed`, `error`, `aborted`).
-    pub attempts_by_status: BTreeMap<String, u64>,
-    /// Retry runs by outcome (`passed` = segments fixed, `escalated`, ...).
-    pub runs_by_outcome: BTreeMap<String, u64>,
-    /// GPU milliseconds of every recorded attempt.
-    pub gpu_ms: u64,
-    /// Reservations the budget refused.
-    pub budget_refusals: u64,
-    /// Escalations awaiting a human decision.
-    pub reviews_pending: u64,
-}
-
-/// Read-only totals and statistics over the store.
-#[async_trait]
-pub trait Reporting: Send + Sync {
-    async fn stats(&self) -> Result<Stats, StoreError>;
-    /// The `q`-quantile (nearest rank: the smallest value with at least `q` of the values at or
-    /// below it) of `gpu_ms` over the scene type's `last` most recently recorded attempts that
-    /// finished generating: `passed`, `failed`, or `error` with GPU time (an error before the
-    /// GPU ran, and an abort, say nothing about how long generating takes). `None` without such
-    /// attempts. For learning reservation estimates from what attempts really took. `q` outside
-    /// `0..=1` is [`StoreError::Invalid`].
-    async fn gpu_ms_quantile(
-        &self,
-        scene_type: &str,
-        q: f64,
-        last: u32,
-    ) -> Result<Option<u64>, StoreError>;
-}
 
 /// Refuse a quantile outside `0..=1` (NaN included) before asking the database anything.
 fn check_quantile(q: f64) -> Result<(), StoreError> {
