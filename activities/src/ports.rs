@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use retake_domain::contract::AttemptRecord;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 /// Errors of generation and QA backends. The variant decides whether Temporal retries.
 #[derive(Debug, thiserror::Error)]
@@ -239,20 +240,48 @@ pub trait AttemptStore: Send + Sync {
     async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError>;
 }
 
+/// Totals over every recorded retry, for the `/metrics` endpoint: computed from the store at
+/// scrape time so every worker and API replica reports the same numbers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Recorded attempts by status (`passed`, `failed`, `error`, `aborted`).
+    pub attempts_by_status: BTreeMap<String, u64>,
+    /// Retry runs by outcome (`passed` = segments fixed, `escalated`, ...).
+    pub runs_by_outcome: BTreeMap<String, u64>,
+    /// GPU milliseconds of every recorded attempt.
+    pub gpu_ms: u64,
+    /// Reservations the budget refused.
+    pub budget_refusals: u64,
+    /// Escalations awaiting a human decision.
+    pub reviews_pending: u64,
+}
+
+/// Read-only totals and statistics over the store.
+#[async_trait]
+pub trait Reporting: Send + Sync {
+    async fn stats(&self) -> Result<Stats, StoreError>;
+    /// The `q`-quantile (nearest rank: the smallest value with at least `q` of the values at or
+    /// below it) of `gpu_ms` over the scene type's `last` most recently recorded attempts that
+    /// finished generating: `passed`, `failed`, or `error` with GPU time (an error before the
+    /// GPU ran, and an abort, say nothing about how long generating takes). `None` without such
+    /// attempts. For learning reservation estimates from what attempts really took. `q` outside
+    /// `0..=1` is [`StoreError::Invalid`].
+    async fn gpu_ms_quantile(
+        &self,
+        scene_type: &str,
+        q: f64,
+        last: u32,
+    ) -> Result<Option<u64>, StoreError>;
+}
+
 /// Every store capability in one object: what [`connect_any`](crate::store::connect_any)
-/// returns, implemented by every type that implements the three store ports.
+/// returns, implemented by every type that implements the four store ports.
 pub trait Store:
-    PolicyStore + BudgetLedger + AttemptStore + crate::stats::Reporting + Send + Sync + std::fmt::Debug
+    PolicyStore + BudgetLedger + AttemptStore + Reporting + Send + Sync + std::fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: PolicyStore
-        + BudgetLedger
-        + AttemptStore
-        + crate::stats::Reporting
-        + Send
-        + Sync
-        + std::fmt::Debug
+    T: PolicyStore + BudgetLedger + AttemptStore + Reporting + Send + Sync + std::fmt::Debug
 {
 }

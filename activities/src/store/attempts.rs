@@ -1,16 +1,19 @@
-//! [`AttemptStore`] on SQL: `retry_attempts` (one row per attempt key) and `segment_retries`
-//! (one row per workflow run). The statements are shared with [`PgStore`](super::PgStore).
+//! [`AttemptStore`] on SQL, written once for both backends: `retry_attempts` holds one row per
+//! attempt, `segment_retries` one per run's outcome. One transaction per write. In
+//! `record_outcome` the run's projects are locked first (by `release_abandoned`); on Postgres the
+//! `segment_retries` upsert then serializes two calls for the same run, so the outcome and the
+//! selected mark always come from the same call.
 
-use super::{SqlStore, from_json, get, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
+use super::budget::release_abandoned;
+use super::sql::{Db, stmt};
+use super::{Backend, SqlxStore, from_json, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
 use crate::io::{RecordAttempt, RecordOutcome};
 use crate::ports::{AttemptStore, StoreError, StoredAttempt, StoredOutcome};
 use async_trait::async_trait;
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Params};
 use serde_json::Value;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
 
-pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
+const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
      scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
      failures, passed, status, gpu_ms, output_uri, error, strategy, prompt, revises, breakdown, \
      error_type, note, selected, created_at, updated_at) \
@@ -18,7 +21,7 @@ pub(super) const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id,
      $20, $21, $22, $23, $24, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
-pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
+const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
      project_id = excluded.project_id, scene_type = excluded.scene_type, seed = excluded.seed, \
      params = excluded.params, original_params = excluded.original_params, \
      jitter = excluded.jitter, scores = excluded.scores, failures = excluded.failures, \
@@ -27,19 +30,19 @@ pub(super) const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segme
      prompt = excluded.prompt, revises = excluded.revises, breakdown = excluded.breakdown, \
      error_type = excluded.error_type, note = excluded.note, updated_at = excluded.updated_at";
 
-pub(super) const KEEP_EXISTING: &str = "DO NOTHING";
+const KEEP_EXISTING: &str = "DO NOTHING";
 
 /// A segment's attempts: runs ordered by their first inserted attempt row (the smallest `id`),
 /// which follows the order the runs happened in even when timestamps tie; within a run, by
 /// attempt number.
-pub(super) const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
+const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
      a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
      a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.strategy, a.prompt, \
      a.revises, a.breakdown, a.error_type, a.note, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
-pub(super) const UPSERT_OUTCOME: &str = "INSERT INTO segment_retries (workflow_id, run_id, \
+const UPSERT_OUTCOME: &str = "INSERT INTO segment_retries (workflow_id, run_id, \
      segment_id, project_id, scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, \
      review, decisions, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $12, $12) \
@@ -52,251 +55,235 @@ pub(super) const UPSERT_OUTCOME: &str = "INSERT INTO segment_retries (workflow_i
 
 /// Exactly the selected attempt (none if there is none) is marked; only rows whose flag changes
 /// are touched.
-pub(super) const MARK_SELECTED: &str = "UPDATE retry_attempts \
+const MARK_SELECTED: &str = "UPDATE retry_attempts \
      SET selected = CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END, updated_at = $2 \
      WHERE workflow_id = $3 AND run_id = $4 \
      AND selected <> CASE WHEN attempt = $1 THEN TRUE ELSE FALSE END";
 
 /// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
-pub(super) const SELECT_OUTCOMES: &str = "SELECT workflow_id, run_id, segment_id, project_id, \
+const SELECT_OUTCOMES: &str = "SELECT workflow_id, run_id, segment_id, project_id, \
      scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, review, decisions, \
      updated_at FROM segment_retries WHERE segment_id = $1 \
      ORDER BY created_at, workflow_id, run_id";
 
 /// Where an attempt belongs.
-pub(super) struct Owner<'a> {
-    pub(super) segment_id: &'a str,
-    pub(super) project_id: &'a str,
-    pub(super) scene_type: &'a str,
-    pub(super) workflow_id: &'a str,
-    pub(super) run_id: &'a str,
+struct Owner<'a> {
+    segment_id: &'a str,
+    project_id: &'a str,
+    scene_type: &'a str,
+    workflow_id: &'a str,
+    run_id: &'a str,
 }
-/// The [`AttemptStore`] implementation, written once for both backends: `$store` with its
-/// connection and row types and the method that opens a write transaction. Names in the body
-/// resolve where the macro is invoked (each backend module imports the same helpers).
-macro_rules! attempt_store {
-    ($store:ty, $conn:ty, $row:ty, $begin:ident) => {
-        /// Insert `rec`; on a conflicting key, `on_conflict` decides ([`REPLACE_DATA`] or
-        /// [`KEEP_EXISTING`]).
-        async fn insert_attempt(
-            conn: &mut $conn,
-            owner: &Owner<'_>,
-            rec: &AttemptRecord,
-            on_conflict: &str,
-            now: &str,
-        ) -> Result<(), StoreError> {
-            let sql = format!("{INSERT_ATTEMPT}{on_conflict}");
-            sqlx::query(&sql)
-                .bind(owner.segment_id)
-                .bind(owner.project_id)
-                .bind(owner.scene_type)
-                .bind(owner.workflow_id)
-                .bind(owner.run_id)
-                .bind(i64::from(rec.attempt))
-                .bind(to_i64(rec.seed, "seed")?)
-                .bind(to_json(&rec.params)?)
-                .bind(to_json(&rec.original_params)?)
-                .bind(to_json(&rec.jitter)?)
-                .bind(to_json(&rec.scores)?)
-                .bind(to_json(&rec.failures)?)
-                .bind(rec.passed)
-                .bind(rec.status.as_str())
-                .bind(to_i64(rec.gpu_ms, "gpu_ms")?)
-                .bind(rec.output_uri.as_deref())
-                .bind(rec.error.as_deref())
-                .bind(now)
-                .bind(rec.strategy.map(|s| s.as_str()))
-                .bind(rec.prompt.as_deref())
-                .bind(rec.revises.map(i64::from))
-                .bind(to_json(&rec.breakdown)?)
-                .bind(rec.error_type.as_deref())
-                .bind(rec.note.as_deref())
-                .execute(&mut *conn)
-                .await
-                .map_err(map_sqlx)?;
-            Ok(())
-        }
 
-        fn attempt_from_row(row: &$row) -> Result<StoredAttempt, StoreError> {
-            let status: String = get(row, "status")?;
-            let status: AttemptStatus =
-                serde_json::from_value(Value::String(status.clone())).map_err(|_| {
-                    StoreError::Invalid(format!("retry_attempts.status: unknown status {status:?}"))
-                })?;
-            let params: Params = from_json(&get::<String>(row, "params")?, "retry_attempts.params")?;
-            let original_params: Params = from_json(
-                &get::<String>(row, "original_params")?,
-                "retry_attempts.original_params",
-            )?;
-            let record = AttemptRecord {
-                attempt: to_u32(get(row, "attempt")?, "retry_attempts.attempt")?,
-                seed: to_u64(get(row, "seed")?, "retry_attempts.seed")?,
-                params,
-                original_params,
-                jitter: from_json(&get::<String>(row, "jitter")?, "retry_attempts.jitter")?,
-                scores: from_json(&get::<String>(row, "scores")?, "retry_attempts.scores")?,
-                passed: get(row, "passed")?,
-                failures: from_json(&get::<String>(row, "failures")?, "retry_attempts.failures")?,
-                gpu_ms: to_u64(get(row, "gpu_ms")?, "retry_attempts.gpu_ms")?,
-                status,
-                output_uri: get(row, "output_uri")?,
-                error: get(row, "error")?,
-                strategy: get::<Option<String>>(row, "strategy")?
-                    .map(|s| {
-                        serde_json::from_value(Value::String(s.clone())).map_err(|_| {
-                            StoreError::Invalid(format!(
-                                "retry_attempts.strategy: unknown strategy {s:?}"
-                            ))
-                        })
-                    })
-                    .transpose()?,
-                prompt: get(row, "prompt")?,
-                revises: get::<Option<i64>>(row, "revises")?
-                    .map(|k| to_u32(k, "retry_attempts.revises"))
-                    .transpose()?,
-                breakdown: from_json(
-                    &get::<String>(row, "breakdown")?,
-                    "retry_attempts.breakdown",
-                )?,
-                error_type: get(row, "error_type")?,
-                note: get(row, "note")?,
-            };
-            Ok(StoredAttempt {
-                segment_id: get(row, "segment_id")?,
-                project_id: get(row, "project_id")?,
-                scene_type: get(row, "scene_type")?,
-                workflow_id: get(row, "workflow_id")?,
-                run_id: get(row, "run_id")?,
-                selected: get(row, "selected")?,
-                record,
-                created_at: get(row, "created_at")?,
-                updated_at: get(row, "updated_at")?,
+/// Insert `rec`; on a conflicting key, `on_conflict` decides ([`REPLACE_DATA`] or
+/// [`KEEP_EXISTING`]).
+async fn insert_attempt<DB: Db>(
+    conn: &mut DB::Connection,
+    owner: &Owner<'_>,
+    rec: &AttemptRecord,
+    on_conflict: &str,
+    now: &str,
+) -> Result<(), StoreError> {
+    let insert = stmt(format!("{INSERT_ATTEMPT}{on_conflict}"))
+        .bind(owner.segment_id)
+        .bind(owner.project_id)
+        .bind(owner.scene_type)
+        .bind(owner.workflow_id)
+        .bind(owner.run_id)
+        .bind(i64::from(rec.attempt))
+        .bind(to_i64(rec.seed, "seed")?)
+        .bind(to_json(&rec.params)?)
+        .bind(to_json(&rec.original_params)?)
+        .bind(to_json(&rec.jitter)?)
+        .bind(to_json(&rec.scores)?)
+        .bind(to_json(&rec.failures)?)
+        .bind(rec.passed)
+        .bind(rec.status.as_str())
+        .bind(to_i64(rec.gpu_ms, "gpu_ms")?)
+        .bind(rec.output_uri.as_deref())
+        .bind(rec.error.as_deref())
+        .bind(now)
+        .bind(rec.strategy.map(|s| s.as_str()))
+        .bind(rec.prompt.as_deref())
+        .bind(rec.revises.map(i64::from))
+        .bind(to_json(&rec.breakdown)?)
+        .bind(rec.error_type.as_deref())
+        .bind(rec.note.as_deref());
+    DB::execute(conn, insert).await?;
+    Ok(())
+}
+
+fn attempt_from_row<DB: Db>(row: &DB::Row) -> Result<StoredAttempt, StoreError> {
+    let status: String = DB::get(row, "status")?;
+    let status: AttemptStatus =
+        serde_json::from_value(Value::String(status.clone())).map_err(|_| {
+            StoreError::Invalid(format!("retry_attempts.status: unknown status {status:?}"))
+        })?;
+    let params: Params = from_json(&DB::get::<String>(row, "params")?, "retry_attempts.params")?;
+    let original_params: Params = from_json(
+        &DB::get::<String>(row, "original_params")?,
+        "retry_attempts.original_params",
+    )?;
+    let record = AttemptRecord {
+        attempt: to_u32(DB::get(row, "attempt")?, "retry_attempts.attempt")?,
+        seed: to_u64(DB::get(row, "seed")?, "retry_attempts.seed")?,
+        params,
+        original_params,
+        jitter: from_json(&DB::get::<String>(row, "jitter")?, "retry_attempts.jitter")?,
+        scores: from_json(&DB::get::<String>(row, "scores")?, "retry_attempts.scores")?,
+        passed: DB::get(row, "passed")?,
+        failures: from_json(
+            &DB::get::<String>(row, "failures")?,
+            "retry_attempts.failures",
+        )?,
+        gpu_ms: to_u64(DB::get(row, "gpu_ms")?, "retry_attempts.gpu_ms")?,
+        status,
+        output_uri: DB::get(row, "output_uri")?,
+        error: DB::get(row, "error")?,
+        strategy: DB::get::<Option<String>>(row, "strategy")?
+            .map(|s| {
+                serde_json::from_value(Value::String(s.clone())).map_err(|_| {
+                    StoreError::Invalid(format!("retry_attempts.strategy: unknown strategy {s:?}"))
+                })
             })
-        }
-
-        fn outcome_from_row(row: &$row) -> Result<StoredOutcome, StoreError> {
-            let selected: Option<i64> = get(row, "selected_attempt")?;
-            Ok(StoredOutcome {
-                segment_id: get(row, "segment_id")?,
-                project_id: get(row, "project_id")?,
-                scene_type: get(row, "scene_type")?,
-                workflow_id: get(row, "workflow_id")?,
-                run_id: get(row, "run_id")?,
-                outcome: get(row, "outcome")?,
-                reason: get(row, "reason")?,
-                selected_attempt: selected
-                    .map(|a| to_u32(a, "segment_retries.selected_attempt"))
-                    .transpose()?,
-                gpu_ms_total: to_u64(get(row, "gpu_ms_total")?, "segment_retries.gpu_ms_total")?,
-                report: get(row, "report")?,
-                review: get(row, "review")?,
-                decisions: from_json(
-                    &get::<String>(row, "decisions")?,
-                    "segment_retries.decisions",
-                )?,
-                updated_at: get(row, "updated_at")?,
-            })
-        }
-
-        #[async_trait]
-        impl AttemptStore for $store {
-            async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError> {
-                if rec.key.attempt != rec.record.attempt {
-                    return Err(StoreError::Invalid(format!(
-                        "attempt key {} does not match the record's attempt {}",
-                        rec.key.idempotency_key(),
-                        rec.record.attempt
-                    )));
-                }
-                let owner = Owner {
-                    segment_id: &rec.segment_id,
-                    project_id: &rec.project_id,
-                    scene_type: &rec.scene_type,
-                    workflow_id: &rec.key.workflow_id,
-                    run_id: &rec.key.run_id,
-                };
-                let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-                insert_attempt(&mut conn, &owner, &rec.record, REPLACE_DATA, &now()).await
-            }
-
-            async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError> {
-                let result = &out.result;
-                let now = now();
-                let selected = result.selected_attempt.map(i64::from);
-                let review = out.review.as_str();
-                let decisions = to_json(&result.decisions)?;
-                let owner = Owner {
-                    segment_id: &result.segment_id,
-                    project_id: &result.project_id,
-                    scene_type: &result.scene_type,
-                    workflow_id: &out.workflow_id,
-                    run_id: &out.run_id,
-                };
-                let mut tx = self.$begin().await?;
-                let released =
-                    super::budget::release_abandoned(&mut tx, &out.workflow_id, &out.run_id, &now).await?;
-                if released > 0 {
-                    tracing::warn!(workflow_id = %out.workflow_id, run_id = %out.run_id, released, "released abandoned reservations");
-                }
-                // Attempts whose record_attempt was lost; recorded ones are kept as they are.
-                for rec in &result.attempts {
-                    insert_attempt(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
-                }
-                sqlx::query(UPSERT_OUTCOME)
-                    .bind(out.workflow_id.as_str())
-                    .bind(out.run_id.as_str())
-                    .bind(result.segment_id.as_str())
-                    .bind(result.project_id.as_str())
-                    .bind(result.scene_type.as_str())
-                    .bind(result.outcome.as_str())
-                    .bind(result.reason.as_str())
-                    .bind(selected)
-                    .bind(to_i64(result.gpu_ms_total, "gpu_ms_total")?)
-                    .bind(result.report.as_str())
-                    .bind(review)
-                    .bind(now.as_str())
-                    .bind(decisions)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_sqlx)?;
-                sqlx::query(MARK_SELECTED)
-                    .bind(selected)
-                    .bind(now.as_str())
-                    .bind(out.workflow_id.as_str())
-                    .bind(out.run_id.as_str())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_sqlx)?;
-                tx.commit().await.map_err(map_sqlx)
-            }
-
-            /// Runs ordered by their first inserted attempt row (the smallest `id`), which follows the
-            /// order the runs happened in even when timestamps tie; within a run, by attempt number.
-            async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError> {
-                sqlx::query(SELECT_ATTEMPTS)
-                    .bind(segment_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(map_sqlx)?
-                    .iter()
-                    .map(attempt_from_row)
-                    .collect()
-            }
-
-            /// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
-            async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError> {
-                sqlx::query(SELECT_OUTCOMES)
-                    .bind(segment_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(map_sqlx)?
-                    .iter()
-                    .map(outcome_from_row)
-                    .collect()
-            }
-        }
+            .transpose()?,
+        prompt: DB::get(row, "prompt")?,
+        revises: DB::get::<Option<i64>>(row, "revises")?
+            .map(|k| to_u32(k, "retry_attempts.revises"))
+            .transpose()?,
+        breakdown: from_json(
+            &DB::get::<String>(row, "breakdown")?,
+            "retry_attempts.breakdown",
+        )?,
+        error_type: DB::get(row, "error_type")?,
+        note: DB::get(row, "note")?,
     };
+    Ok(StoredAttempt {
+        segment_id: DB::get(row, "segment_id")?,
+        project_id: DB::get(row, "project_id")?,
+        scene_type: DB::get(row, "scene_type")?,
+        workflow_id: DB::get(row, "workflow_id")?,
+        run_id: DB::get(row, "run_id")?,
+        selected: DB::get(row, "selected")?,
+        record,
+        created_at: DB::get(row, "created_at")?,
+        updated_at: DB::get(row, "updated_at")?,
+    })
 }
-pub(super) use attempt_store;
 
-attempt_store!(SqlStore, SqliteConnection, SqliteRow, begin_write);
+fn outcome_from_row<DB: Db>(row: &DB::Row) -> Result<StoredOutcome, StoreError> {
+    let selected: Option<i64> = DB::get(row, "selected_attempt")?;
+    Ok(StoredOutcome {
+        segment_id: DB::get(row, "segment_id")?,
+        project_id: DB::get(row, "project_id")?,
+        scene_type: DB::get(row, "scene_type")?,
+        workflow_id: DB::get(row, "workflow_id")?,
+        run_id: DB::get(row, "run_id")?,
+        outcome: DB::get(row, "outcome")?,
+        reason: DB::get(row, "reason")?,
+        selected_attempt: selected
+            .map(|a| to_u32(a, "segment_retries.selected_attempt"))
+            .transpose()?,
+        gpu_ms_total: to_u64(
+            DB::get(row, "gpu_ms_total")?,
+            "segment_retries.gpu_ms_total",
+        )?,
+        report: DB::get(row, "report")?,
+        review: DB::get(row, "review")?,
+        decisions: from_json(
+            &DB::get::<String>(row, "decisions")?,
+            "segment_retries.decisions",
+        )?,
+        updated_at: DB::get(row, "updated_at")?,
+    })
+}
+
+#[async_trait]
+impl<DB: Backend> AttemptStore for SqlxStore<DB> {
+    async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError> {
+        if rec.key.attempt != rec.record.attempt {
+            return Err(StoreError::Invalid(format!(
+                "attempt key {} does not match the record's attempt {}",
+                rec.key.idempotency_key(),
+                rec.record.attempt
+            )));
+        }
+        let owner = Owner {
+            segment_id: &rec.segment_id,
+            project_id: &rec.project_id,
+            scene_type: &rec.scene_type,
+            workflow_id: &rec.key.workflow_id,
+            run_id: &rec.key.run_id,
+        };
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        insert_attempt::<DB>(&mut conn, &owner, &rec.record, REPLACE_DATA, &now()).await
+    }
+
+    async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError> {
+        let result = &out.result;
+        let now = now();
+        let selected = result.selected_attempt.map(i64::from);
+        let review = out.review.as_str();
+        let decisions = to_json(&result.decisions)?;
+        let owner = Owner {
+            segment_id: &result.segment_id,
+            project_id: &result.project_id,
+            scene_type: &result.scene_type,
+            workflow_id: &out.workflow_id,
+            run_id: &out.run_id,
+        };
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let released =
+            release_abandoned::<DB>(&mut tx, &out.workflow_id, &out.run_id, &now).await?;
+        if released > 0 {
+            tracing::warn!(workflow_id = %out.workflow_id, run_id = %out.run_id, released, "released abandoned reservations");
+        }
+        // Attempts whose record_attempt was lost; recorded ones are kept as they are.
+        for rec in &result.attempts {
+            insert_attempt::<DB>(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
+        }
+        let upsert = stmt(UPSERT_OUTCOME)
+            .bind(out.workflow_id.as_str())
+            .bind(out.run_id.as_str())
+            .bind(result.segment_id.as_str())
+            .bind(result.project_id.as_str())
+            .bind(result.scene_type.as_str())
+            .bind(result.outcome.as_str())
+            .bind(result.reason.as_str())
+            .bind(selected)
+            .bind(to_i64(result.gpu_ms_total, "gpu_ms_total")?)
+            .bind(result.report.as_str())
+            .bind(review)
+            .bind(now.as_str())
+            .bind(decisions);
+        DB::execute(&mut tx, upsert).await?;
+        let mark = stmt(MARK_SELECTED)
+            .bind(selected)
+            .bind(now.as_str())
+            .bind(out.workflow_id.as_str())
+            .bind(out.run_id.as_str());
+        DB::execute(&mut tx, mark).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    /// Runs ordered by their first inserted attempt row (the smallest `id`), which follows the
+    /// order the runs happened in even when timestamps tie; within a run, by attempt number.
+    async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        DB::fetch_all(&mut conn, stmt(SELECT_ATTEMPTS).bind(segment_id))
+            .await?
+            .iter()
+            .map(attempt_from_row::<DB>)
+            .collect()
+    }
+
+    /// Ordered by `created_at` (millisecond resolution), ties by workflow id and run id.
+    async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        DB::fetch_all(&mut conn, stmt(SELECT_OUTCOMES).bind(segment_id))
+            .await?
+            .iter()
+            .map(outcome_from_row::<DB>)
+            .collect()
+    }
+}

@@ -1,101 +1,103 @@
-//! [`BudgetLedger`] on SQL: `project_budgets` holds each project's totals, `budget_reservations`
-//! one row per attempt key, which makes every operation idempotent. The statements are shared
-//! with [`PgStore`](super::PgStore).
+//! [`BudgetLedger`] on SQL, written once for both backends: `project_budgets` holds each
+//! project's totals, `budget_reservations` one row per attempt key, which makes every operation
+//! idempotent. Each write runs in a [`Backend::begin_write`] transaction and locks the project
+//! with [`Backend::lock_project`] before it reads what it changes (see the module documentation
+//! of `store`).
 
-use super::{SqlStore, get, map_sqlx, now, rfc3339, to_i64, to_u32, to_u64};
+use super::sql::{Db, stmt};
+use super::{Backend, SqlxStore, map_sqlx, now, rfc3339, to_i64, to_u32, to_u64};
 use crate::io::{AttemptKey, Reservation};
 use crate::ports::{Budget, BudgetLedger, HeldReservation, StoreError};
 use async_trait::async_trait;
-use sqlx::SqliteConnection;
-use sqlx::sqlite::SqliteRow;
+use sqlx::Pool;
 use std::time::SystemTime;
 
 pub(super) const RESERVED: &str = "reserved";
-pub(super) const SETTLED: &str = "settled";
-pub(super) const RELEASED: &str = "released";
-pub(super) const REFUSED: &str = "refused";
+const SETTLED: &str = "settled";
+const RELEASED: &str = "released";
+const REFUSED: &str = "refused";
 
-pub(super) const SELECT_RESERVATION: &str = "SELECT project_id, reserved_ms, status, limit_ms, \
+const SELECT_RESERVATION: &str = "SELECT project_id, reserved_ms, status, limit_ms, \
      committed_ms FROM budget_reservations WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3";
 
-pub(super) const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, \
+const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, \
      run_id, attempt, project_id, reserved_ms, spent_ms, status, limit_ms, committed_ms, \
      created_at, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $9)";
 
 /// Create the project's row (no limit) unless it exists.
-pub(super) const ENSURE_PROJECT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
+const ENSURE_PROJECT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
      reserved_ms, spent_ms, updated_at) VALUES ($1, NULL, 0, 0, $2) \
      ON CONFLICT (project_id) DO NOTHING";
 
 /// Check and add in one statement: it changes one row exactly when the reservation is granted.
-pub(super) const ADD_WITHIN_LIMIT: &str = "UPDATE project_budgets \
+const ADD_WITHIN_LIMIT: &str = "UPDATE project_budgets \
      SET reserved_ms = reserved_ms + $1, updated_at = $2 \
      WHERE project_id = $3 AND (limit_ms IS NULL OR reserved_ms + spent_ms + $1 <= limit_ms)";
 
 /// What a refusal saw.
-pub(super) const SELECT_COMMITTED: &str = "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms \
+const SELECT_COMMITTED: &str = "SELECT limit_ms, reserved_ms + spent_ms AS committed_ms \
      FROM project_budgets WHERE project_id = $1";
 
 /// Set a held reservation to its raised amount (the project's totals took the difference).
-pub(super) const RAISE_RESERVATION: &str = "UPDATE budget_reservations \
+const RAISE_RESERVATION: &str = "UPDATE budget_reservations \
      SET reserved_ms = $1, updated_at = $2 \
      WHERE workflow_id = $3 AND run_id = $4 AND attempt = $5 AND status = $6";
 
 /// Move a reservation that is still `reserved` to another status.
-pub(super) const CLOSE_RESERVATION: &str = "UPDATE budget_reservations \
+const CLOSE_RESERVATION: &str = "UPDATE budget_reservations \
      SET status = $1, spent_ms = $2, updated_at = $3 \
      WHERE workflow_id = $4 AND run_id = $5 AND attempt = $6 AND status = $7";
 
 /// Take a closed reservation off the project's reserved time, adding what it spent.
-pub(super) const MOVE_TO_SPENT: &str = "UPDATE project_budgets \
+const MOVE_TO_SPENT: &str = "UPDATE project_budgets \
      SET reserved_ms = reserved_ms - $1, spent_ms = spent_ms + $2, updated_at = $3 \
      WHERE project_id = $4";
 
 /// [`release_abandoned`], first the projects' totals, then the reservations.
-pub(super) const RELEASE_RUN_TOTALS: &str = "UPDATE project_budgets SET reserved_ms = \
+const RELEASE_RUN_TOTALS: &str = "UPDATE project_budgets SET reserved_ms = \
      reserved_ms - COALESCE((SELECT SUM(r.reserved_ms) FROM budget_reservations r \
      WHERE r.project_id = project_budgets.project_id AND r.workflow_id = $1 AND r.run_id = $2 \
      AND r.status = $3), 0), updated_at = $4 \
      WHERE project_id IN (SELECT project_id FROM budget_reservations \
      WHERE workflow_id = $1 AND run_id = $2 AND status = $3)";
 
-pub(super) const RELEASE_RUN_RESERVATIONS: &str = "UPDATE budget_reservations \
+const RELEASE_RUN_RESERVATIONS: &str = "UPDATE budget_reservations \
      SET status = $1, updated_at = $2 WHERE workflow_id = $3 AND run_id = $4 AND status = $5";
 
-pub(super) const SELECT_HELD_BEFORE: &str = "SELECT workflow_id, run_id, attempt, project_id, \
+const SELECT_HELD_BEFORE: &str = "SELECT workflow_id, run_id, attempt, project_id, \
      reserved_ms, created_at FROM budget_reservations WHERE status = $1 AND created_at < $2 \
      ORDER BY created_at, workflow_id, run_id, attempt";
 
-pub(super) const SELECT_BUDGET: &str = "SELECT project_id, limit_ms, reserved_ms, spent_ms \
+const SELECT_BUDGET: &str = "SELECT project_id, limit_ms, reserved_ms, spent_ms \
      FROM project_budgets WHERE project_id = $1";
 
-pub(super) const UPSERT_LIMIT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
+const UPSERT_LIMIT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
      reserved_ms, spent_ms, updated_at) VALUES ($1, $2, 0, 0, $3) ON CONFLICT (project_id) \
      DO UPDATE SET limit_ms = excluded.limit_ms, updated_at = excluded.updated_at \
      RETURNING project_id, limit_ms, reserved_ms, spent_ms";
 
 /// A reservation row, as far as the ledger needs it.
-pub(super) struct Stored {
-    pub(super) project_id: String,
-    pub(super) reserved_ms: i64,
-    pub(super) status: String,
-    pub(super) limit_ms: Option<i64>,
-    pub(super) committed_ms: Option<i64>,
+struct Stored {
+    project_id: String,
+    reserved_ms: i64,
+    status: String,
+    limit_ms: Option<i64>,
+    committed_ms: Option<i64>,
 }
 
 impl Stored {
-    fn from_row(row: &SqliteRow) -> Result<Self, StoreError> {
+    fn from_row<DB: Db>(row: &DB::Row) -> Result<Self, StoreError> {
         Ok(Stored {
-            project_id: get(row, "project_id")?,
-            reserved_ms: get(row, "reserved_ms")?,
-            status: get(row, "status")?,
-            limit_ms: get(row, "limit_ms")?,
-            committed_ms: get(row, "committed_ms")?,
+            project_id: DB::get(row, "project_id")?,
+            reserved_ms: DB::get(row, "reserved_ms")?,
+            status: DB::get(row, "status")?,
+            limit_ms: DB::get(row, "limit_ms")?,
+            committed_ms: DB::get(row, "committed_ms")?,
         })
     }
 
     /// The answer `reserve` gave when it created this row.
-    pub(super) fn answer(&self) -> Result<Reservation, StoreError> {
+    fn answer(&self) -> Result<Reservation, StoreError> {
         let requested_ms = to_u64(self.reserved_ms, "budget_reservations.reserved_ms")?;
         if self.status != REFUSED {
             return Ok(Reservation::Granted {
@@ -117,7 +119,7 @@ impl Stored {
 
 /// What [`BudgetLedger::raise`] has to do, decided from the attempt's reservation as read under
 /// the lock that serialises the project's changes.
-pub(super) enum Raise {
+enum Raise {
     /// Already holding at least the amount asked for: answer `Granted` with it.
     Held(u64),
     /// Add `by` to the project's reserved time if the limit allows, then hold `to`.
@@ -125,7 +127,7 @@ pub(super) enum Raise {
 }
 
 impl Raise {
-    pub(super) fn plan(
+    fn plan(
         key: &AttemptKey,
         project_id: &str,
         stored: Option<&Stored>,
@@ -161,7 +163,7 @@ impl Raise {
 
     /// The refusal of raising a hold of `held` to `to_ms`, from the project's `limit` and
     /// `committed` (reserved + spent, the hold included) as the refused check saw them.
-    pub(super) fn refused(
+    fn refused(
         project_id: &str,
         limit: Option<i64>,
         committed: i64,
@@ -181,105 +183,126 @@ impl Raise {
     }
 }
 
-fn budget_from_row(row: &SqliteRow) -> Result<Budget, StoreError> {
-    let limit_ms: Option<i64> = get(row, "limit_ms")?;
+fn budget_from_row<DB: Db>(row: &DB::Row) -> Result<Budget, StoreError> {
+    let limit_ms: Option<i64> = DB::get(row, "limit_ms")?;
     Ok(Budget {
-        project_id: get(row, "project_id")?,
+        project_id: DB::get(row, "project_id")?,
         limit_ms: limit_ms
             .map(|l| to_u64(l, "project_budgets.limit_ms"))
             .transpose()?,
-        reserved_ms: to_u64(get(row, "reserved_ms")?, "project_budgets.reserved_ms")?,
-        spent_ms: to_u64(get(row, "spent_ms")?, "project_budgets.spent_ms")?,
+        reserved_ms: to_u64(DB::get(row, "reserved_ms")?, "project_budgets.reserved_ms")?,
+        spent_ms: to_u64(DB::get(row, "spent_ms")?, "project_budgets.spent_ms")?,
     })
 }
 
-impl SqlStore {
-    /// The reservation of `key` inside `tx`, if any.
-    async fn reservation(
-        tx: &mut sqlx::SqliteConnection,
-        key: &AttemptKey,
-    ) -> Result<Option<Stored>, StoreError> {
-        sqlx::query(SELECT_RESERVATION)
-            .bind(key.workflow_id.as_str())
-            .bind(key.run_id.as_str())
-            .bind(i64::from(key.attempt))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-            .map(|row| Stored::from_row(&row))
-            .transpose()
-    }
+/// The reservation of `key` as the transaction sees it now.
+async fn reservation<DB: Db>(
+    conn: &mut DB::Connection,
+    key: &AttemptKey,
+) -> Result<Option<Stored>, StoreError> {
+    let select = stmt(SELECT_RESERVATION)
+        .bind(key.workflow_id.as_str())
+        .bind(key.run_id.as_str())
+        .bind(i64::from(key.attempt));
+    DB::fetch_optional(conn, select)
+        .await?
+        .map(|row| Stored::from_row::<DB>(&row))
+        .transpose()
+}
 
-    /// Move a `reserved` reservation to `status`, taking its time off the project's reserved
-    /// time and adding `spent_ms` (if any) to its spent time. Anything else is left alone.
-    async fn close_reservation(
-        &self,
-        key: &AttemptKey,
-        status: &str,
-        spent_ms: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let Some(stored) = Self::reservation(&mut tx, key).await? else {
-            return tx.commit().await.map_err(map_sqlx);
-        };
-        if stored.status != RESERVED {
-            return tx.commit().await.map_err(map_sqlx);
-        }
-        let now = now();
-        sqlx::query(CLOSE_RESERVATION)
-            .bind(status)
-            .bind(spent_ms)
-            .bind(now.as_str())
-            .bind(key.workflow_id.as_str())
-            .bind(key.run_id.as_str())
-            .bind(i64::from(key.attempt))
-            .bind(RESERVED)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        sqlx::query(MOVE_TO_SPENT)
-            .bind(stored.reserved_ms)
-            .bind(spent_ms.unwrap_or(0))
-            .bind(now.as_str())
-            .bind(stored.project_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        tx.commit().await.map_err(map_sqlx)
-    }
+/// What the project's row said when a check-and-add was refused: its limit and committed time.
+async fn committed<DB: Db>(
+    conn: &mut DB::Connection,
+    project_id: &str,
+) -> Result<(Option<i64>, i64), StoreError> {
+    let row = DB::fetch_one(conn, stmt(SELECT_COMMITTED).bind(project_id)).await?;
+    Ok((DB::get(&row, "limit_ms")?, DB::get(&row, "committed_ms")?))
+}
+
+/// Add `ms` to the project's reserved time if its limit allows; whether it did.
+async fn add_within_limit<DB: Db>(
+    conn: &mut DB::Connection,
+    project_id: &str,
+    ms: i64,
+    now: &str,
+) -> Result<bool, StoreError> {
+    let add = stmt(ADD_WITHIN_LIMIT).bind(ms).bind(now).bind(project_id);
+    Ok(DB::execute(conn, add).await? == 1)
 }
 
 /// Release every reservation of a run that is still held: once a run records its outcome no
 /// attempt of it is in flight, so such a reservation was abandoned (a safety net; the workflow
-/// settles or releases each attempt itself). Part of the caller's write transaction.
-pub(super) async fn release_abandoned(
-    conn: &mut SqliteConnection,
+/// settles or releases each attempt itself). Part of the caller's write transaction; locks the
+/// run's projects first, so the totals' subquery reads reservations that nobody else is
+/// changing.
+pub(super) async fn release_abandoned<DB: Backend>(
+    conn: &mut DB::Connection,
     workflow_id: &str,
     run_id: &str,
     now: &str,
 ) -> Result<u64, StoreError> {
-    sqlx::query(RELEASE_RUN_TOTALS)
+    DB::lock_run_projects(conn, workflow_id, run_id).await?;
+    let totals = stmt(RELEASE_RUN_TOTALS)
         .bind(workflow_id)
         .bind(run_id)
         .bind(RESERVED)
-        .bind(now)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-    let released = sqlx::query(RELEASE_RUN_RESERVATIONS)
+        .bind(now);
+    DB::execute(conn, totals).await?;
+    let reservations = stmt(RELEASE_RUN_RESERVATIONS)
         .bind(RELEASED)
         .bind(now)
         .bind(workflow_id)
         .bind(run_id)
-        .bind(RESERVED)
-        .execute(&mut *conn)
-        .await
-        .map_err(map_sqlx)?;
-    Ok(released.rows_affected())
+        .bind(RESERVED);
+    DB::execute(conn, reservations).await
+}
+
+/// Move a `reserved` reservation to `status`, taking its time off the project's reserved
+/// time and adding `spent_ms` (if any) to its spent time. Anything else is left alone.
+async fn close_reservation<DB: Backend>(
+    pool: &Pool<DB>,
+    key: &AttemptKey,
+    status: &str,
+    spent_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let mut tx = DB::begin_write(pool).await?;
+    let Some(stored) = reservation::<DB>(&mut tx, key).await? else {
+        return tx.commit().await.map_err(map_sqlx);
+    };
+    if stored.status != RESERVED {
+        return tx.commit().await.map_err(map_sqlx);
+    }
+    DB::lock_project(&mut tx, &stored.project_id).await?;
+    // Read again under the lock: a settle, release or recorded outcome of the same attempt
+    // may have closed it while this one waited.
+    let Some(stored) = reservation::<DB>(&mut tx, key).await? else {
+        return tx.commit().await.map_err(map_sqlx);
+    };
+    if stored.status != RESERVED {
+        return tx.commit().await.map_err(map_sqlx);
+    }
+    let now = now();
+    let close = stmt(CLOSE_RESERVATION)
+        .bind(status)
+        .bind(spent_ms)
+        .bind(now.as_str())
+        .bind(key.workflow_id.as_str())
+        .bind(key.run_id.as_str())
+        .bind(i64::from(key.attempt))
+        .bind(RESERVED);
+    if DB::execute(&mut tx, close).await? == 1 {
+        let spend = stmt(MOVE_TO_SPENT)
+            .bind(stored.reserved_ms)
+            .bind(spent_ms.unwrap_or(0))
+            .bind(now.as_str())
+            .bind(stored.project_id.as_str());
+        DB::execute(&mut tx, spend).await?;
+    }
+    tx.commit().await.map_err(map_sqlx)
 }
 
 #[async_trait]
-impl BudgetLedger for SqlStore {
+impl<DB: Backend> BudgetLedger for SqlxStore<DB> {
     async fn reserve(
         &self,
         key: &AttemptKey,
@@ -288,38 +311,26 @@ impl BudgetLedger for SqlStore {
     ) -> Result<Reservation, StoreError> {
         let requested = to_i64(gpu_ms, "requested gpu_ms")?;
         let now = now();
-        // Holds the write lock from here to commit: no other reserve can interleave.
-        let mut tx = self.begin_write().await?;
-        if let Some(stored) = Self::reservation(&mut tx, key).await? {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        if let Some(stored) = reservation::<DB>(&mut tx, key).await? {
             tx.commit().await.map_err(map_sqlx)?;
             return stored.answer();
         }
-        sqlx::query(ENSURE_PROJECT)
-            .bind(project_id)
-            .bind(now.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
-        // Check and add in one statement, so it stays atomic without the write lock too.
-        let granted = sqlx::query(ADD_WITHIN_LIMIT)
-            .bind(requested)
-            .bind(now.as_str())
-            .bind(project_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-            .rows_affected()
-            == 1;
+        let ensure = stmt(ENSURE_PROJECT).bind(project_id).bind(now.as_str());
+        DB::execute(&mut tx, ensure).await?;
+        // Held to commit: no other reserve, settle or release of this project can interleave.
+        DB::lock_project(&mut tx, project_id).await?;
+        // A call for the same key that held the lock before this one has answered it.
+        if let Some(stored) = reservation::<DB>(&mut tx, key).await? {
+            tx.commit().await.map_err(map_sqlx)?;
+            return stored.answer();
+        }
+        // Check and add in one statement, so it stays atomic even without the lock.
+        let granted = add_within_limit::<DB>(&mut tx, project_id, requested, &now).await?;
         let (status, limit_ms, committed_ms) = if granted {
             (RESERVED, None, None)
         } else {
-            let row = sqlx::query(SELECT_COMMITTED)
-                .bind(project_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
-            let limit: Option<i64> = get(&row, "limit_ms")?;
-            let committed: i64 = get(&row, "committed_ms")?;
+            let (limit, committed) = committed::<DB>(&mut tx, project_id).await?;
             if limit.is_none() {
                 return Err(StoreError::Invalid(format!(
                     "project {project_id:?} has no limit, yet reserving {gpu_ms} ms failed"
@@ -327,7 +338,10 @@ impl BudgetLedger for SqlStore {
             }
             (REFUSED, limit, Some(committed))
         };
-        sqlx::query(INSERT_RESERVATION)
+        // On Postgres a call for the same key under another project id holds another lock: if
+        // it inserted first, its answer stands and this transaction rolls back. (SQLite's write
+        // lock lets no such call in between.)
+        let insert = stmt(format!("{INSERT_RESERVATION} ON CONFLICT DO NOTHING"))
             .bind(key.workflow_id.as_str())
             .bind(key.run_id.as_str())
             .bind(i64::from(key.attempt))
@@ -336,10 +350,18 @@ impl BudgetLedger for SqlStore {
             .bind(status)
             .bind(limit_ms)
             .bind(committed_ms)
-            .bind(now.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+            .bind(now.as_str());
+        if DB::execute(&mut tx, insert).await? == 0 {
+            tx.rollback().await.map_err(map_sqlx)?;
+            let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+            return match reservation::<DB>(&mut conn, key).await? {
+                Some(stored) => stored.answer(),
+                None => Err(StoreError::Unavailable(format!(
+                    "the reservation of {} vanished",
+                    key.idempotency_key()
+                ))),
+            };
+        }
         tx.commit().await.map_err(map_sqlx)?;
         Stored {
             project_id: project_id.to_owned(),
@@ -358,10 +380,12 @@ impl BudgetLedger for SqlStore {
         to_ms: u64,
     ) -> Result<Reservation, StoreError> {
         let to = to_i64(to_ms, "raised gpu_ms")?;
-        // Holds the write lock from here to commit, like `reserve`: no reserve, raise, settle or
-        // release can change the totals between the check and the update.
-        let mut tx = self.begin_write().await?;
-        let stored = Self::reservation(&mut tx, key).await?;
+        let mut tx = DB::begin_write(&self.pool).await?;
+        // Held to commit, as in `reserve`: the reservation read below is the one the update
+        // changes, and no reserve, raise, settle or release of the project interleaves. A key
+        // in another project fails below, whatever this lock held.
+        DB::lock_project(&mut tx, project_id).await?;
+        let stored = reservation::<DB>(&mut tx, key).await?;
         let (held, by) = match Raise::plan(key, project_id, stored.as_ref(), to)? {
             Raise::Held(held) => {
                 tx.commit().await.map_err(map_sqlx)?;
@@ -370,86 +394,63 @@ impl BudgetLedger for SqlStore {
             Raise::By { held, by } => (held, by),
         };
         let now = now();
-        let granted = sqlx::query(ADD_WITHIN_LIMIT)
-            .bind(by)
-            .bind(now.as_str())
-            .bind(project_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?
-            .rows_affected()
-            == 1;
-        if !granted {
-            let row = sqlx::query(SELECT_COMMITTED)
-                .bind(project_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_sqlx)?;
+        if !add_within_limit::<DB>(&mut tx, project_id, by, &now).await? {
+            let (limit, committed) = committed::<DB>(&mut tx, project_id).await?;
             tx.rollback().await.map_err(map_sqlx)?;
-            return Raise::refused(
-                project_id,
-                get(&row, "limit_ms")?,
-                get(&row, "committed_ms")?,
-                held,
-                to_ms,
-            );
+            return Raise::refused(project_id, limit, committed, held, to_ms);
         }
-        sqlx::query(RAISE_RESERVATION)
+        let raise = stmt(RAISE_RESERVATION)
             .bind(to)
             .bind(now.as_str())
             .bind(key.workflow_id.as_str())
             .bind(key.run_id.as_str())
             .bind(i64::from(key.attempt))
-            .bind(RESERVED)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_sqlx)?;
+            .bind(RESERVED);
+        DB::execute(&mut tx, raise).await?;
         tx.commit().await.map_err(map_sqlx)?;
         Ok(Reservation::Granted { gpu_ms: to_ms })
     }
 
     async fn settle(&self, key: &AttemptKey, gpu_ms: u64) -> Result<(), StoreError> {
         let spent = to_i64(gpu_ms, "settled gpu_ms")?;
-        self.close_reservation(key, SETTLED, Some(spent)).await
+        close_reservation(&self.pool, key, SETTLED, Some(spent)).await
     }
 
     async fn release(&self, key: &AttemptKey) -> Result<(), StoreError> {
-        self.close_reservation(key, RELEASED, None).await
+        close_reservation(&self.pool, key, RELEASED, None).await
     }
 
     async fn held_before(&self, before: SystemTime) -> Result<Vec<HeldReservation>, StoreError> {
-        sqlx::query(SELECT_HELD_BEFORE)
+        let held = stmt(SELECT_HELD_BEFORE)
             .bind(RESERVED)
-            .bind(rfc3339(before))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_sqlx)?
+            .bind(rfc3339(before));
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        DB::fetch_all(&mut conn, held)
+            .await?
             .iter()
             .map(|row| {
                 Ok(HeldReservation {
                     key: AttemptKey {
-                        workflow_id: get(row, "workflow_id")?,
-                        run_id: get(row, "run_id")?,
-                        attempt: to_u32(get(row, "attempt")?, "budget_reservations.attempt")?,
+                        workflow_id: DB::get(row, "workflow_id")?,
+                        run_id: DB::get(row, "run_id")?,
+                        attempt: to_u32(DB::get(row, "attempt")?, "budget_reservations.attempt")?,
                     },
-                    project_id: get(row, "project_id")?,
+                    project_id: DB::get(row, "project_id")?,
                     reserved_ms: to_u64(
-                        get(row, "reserved_ms")?,
+                        DB::get(row, "reserved_ms")?,
                         "budget_reservations.reserved_ms",
                     )?,
-                    created_at: get(row, "created_at")?,
+                    created_at: DB::get(row, "created_at")?,
                 })
             })
             .collect()
     }
 
     async fn budget(&self, project_id: &str) -> Result<Option<Budget>, StoreError> {
-        sqlx::query(SELECT_BUDGET)
-            .bind(project_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?
-            .map(|row| budget_from_row(&row))
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        DB::fetch_optional(&mut conn, stmt(SELECT_BUDGET).bind(project_id))
+            .await?
+            .map(|row| budget_from_row::<DB>(&row))
             .transpose()
     }
 
@@ -459,13 +460,9 @@ impl BudgetLedger for SqlStore {
         limit_ms: Option<u64>,
     ) -> Result<Budget, StoreError> {
         let limit = limit_ms.map(|l| to_i64(l, "limit_ms")).transpose()?;
-        let row = sqlx::query(UPSERT_LIMIT)
-            .bind(project_id)
-            .bind(limit)
-            .bind(now())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        budget_from_row(&row)
+        let upsert = stmt(UPSERT_LIMIT).bind(project_id).bind(limit).bind(now());
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let row = DB::fetch_one(&mut conn, upsert).await?;
+        budget_from_row::<DB>(&row)
     }
 }

@@ -1,48 +1,112 @@
-//! SQL store adapters: [`SqlStore`] implements [`PolicyStore`], [`BudgetLedger`](crate::ports::BudgetLedger)
-//! and [`AttemptStore`](crate::ports::AttemptStore) on SQLite, [`PgStore`] the same on PostgreSQL.
-//! [`connect_any`] picks one by the URL.
+//! SQL store adapters: [`SqlxStore`] implements [`PolicyStore`](crate::ports::PolicyStore),
+//! [`BudgetLedger`](crate::ports::BudgetLedger), [`AttemptStore`](crate::ports::AttemptStore)
+//! and [`Reporting`](crate::ports::Reporting) on SQLite ([`SqlStore`]) and PostgreSQL
+//! ([`PgStore`]). [`connect_any`] picks one by the URL.
 //!
-//! The SQL is kept portable (numbered `$n` parameters, `INSERT ... ON CONFLICT`, `RETURNING`,
-//! `CASE`) and [`PgStore`] reuses it; SQLite-specific parts are the connect options, the
-//! `BEGIN IMMEDIATE` of write transactions ([`SqlStore::begin_write`]) and the migration
-//! (`migrations/sqlite/`; Postgres has its own in `migrations/postgres/`).
+//! Each port is written once (`attempts`, `budget`, `policies`, `stats`), generic over the
+//! database: the SQL is portable (numbered `$n` parameters, `INSERT ... ON CONFLICT`,
+//! `RETURNING`, `CASE`) and runs through [`sql::Db`]. What really differs between the databases
+//! is the small [`Backend`] trait, implemented in `sqlite` and `postgres`: how a write
+//! transaction begins and which rows it must lock, besides each one's connect options and
+//! migrations (`migrations/sqlite/`, `migrations/postgres/`).
 //!
-//! Write transactions that read before they write (reserve, settle, release, record outcome)
-//! start with `BEGIN IMMEDIATE`: the connection takes SQLite's write lock up front, waiting up to
-//! the busy timeout for other writers, in this process or another. Writers are thus serialized,
-//! which is what makes a reservation's check-and-add atomic, and a transaction never fails
-//! half-way with `SQLITE_BUSY` because another writer committed after it read (which a deferred
-//! transaction in WAL mode would do without waiting).
+//! Atomicity: every write transaction that reads before it writes starts with
+//! [`Backend::begin_write`] and locks what it reads from with [`Backend::lock_project`] and
+//! [`Backend::lock_run_projects`]. On SQLite the write transaction holds the database's write
+//! lock, so every writer runs alone and the row locks are nothing; on Postgres the transaction
+//! locks the project rows (see `postgres`). Either way, every change to a project's totals or
+//! reservations happens with nobody else changing them, and what was read before the lock is
+//! read again under it.
 
 mod attempts;
 mod budget;
-mod pg;
+mod policies;
+mod postgres;
+mod sql;
+mod sqlite;
+pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 
-pub use pg::PgStore;
+#[cfg(test)]
+pub(crate) use postgres::sqlstate_unavailable;
+#[cfg(test)]
+pub(crate) use sqlite::Waits;
+#[cfg(test)]
+pub(crate) use sqlite::sqlite_unavailable;
 
-use crate::ports::{PolicyStore, Store, StoreError};
-use async_trait::async_trait;
-use serde_json::Value;
-use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
-use sqlx::{Row, Sqlite, Transaction};
-use std::str::FromStr;
+use crate::ports::{Store, StoreError};
+use sqlx::migrate::MigrateError;
+use sqlx::{Database, Pool, Postgres, Sqlite, Transaction};
+use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The embedded SQLite migrations (`activities/migrations/sqlite`).
-static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+/// The SQL store on SQLite: policies, budgets and reservations, attempts and outcomes.
+pub type SqlStore = SqlxStore<Sqlite>;
 
-const SELECT_POLICY: &str = "SELECT policy FROM retry_policies WHERE scene_type = $1";
+/// The SQL store on PostgreSQL: policies, budgets and reservations, attempts and outcomes.
+pub type PgStore = SqlxStore<Postgres>;
 
-const UPSERT_POLICY: &str = "INSERT INTO retry_policies (scene_type, policy, updated_at) \
-     VALUES ($1, $2, $3) ON CONFLICT (scene_type) DO UPDATE SET policy = excluded.policy, \
-     updated_at = excluded.updated_at";
+/// The SQL store on the database `DB` ([`SqlStore`] or [`PgStore`]; open one with their
+/// `connect`). It implements every store port; its `Debug` names it by those aliases.
+pub struct SqlxStore<DB: Database> {
+    pool: Pool<DB>,
+}
 
-/// How long a statement waits for another connection's write lock before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+impl<DB: Database> Clone for SqlxStore<DB> {
+    fn clone(&self) -> Self {
+        SqlxStore {
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl<DB: Backend> fmt::Debug for SqlxStore<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct(DB::STORE).field("pool", &self.pool).finish()
+    }
+}
+
+impl<DB: Database> SqlxStore<DB> {
+    /// The connection pool (for ad-hoc queries, e.g. in tests and tools).
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+
+    /// Close every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// What differs between the databases once connected: the hooks the port modules call around
+/// their shared statements.
+trait Backend: sql::Db {
+    /// The store's name in `Debug` output, the alias callers know it by.
+    const STORE: &'static str;
+
+    /// Begin a transaction for a write that reads before it writes. Dropping it without commit
+    /// rolls back.
+    fn begin_write(
+        pool: &Pool<Self>,
+    ) -> impl Future<Output = Result<Transaction<'static, Self>, StoreError>> + Send;
+
+    /// Lock the project's row, if it exists, until the transaction ends; a reservation, raise,
+    /// settle or release of the project waits for it.
+    fn lock_project(
+        conn: &mut Self::Connection,
+        project_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Lock the rows of every project in which the run still holds reservations.
+    fn lock_run_projects(
+        conn: &mut Self::Connection,
+        workflow_id: &str,
+        run_id: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
 /// Open the store at `url`: [`PgStore`] for `postgres://` and `postgresql://` URLs, [`SqlStore`]
 /// for anything else (`sqlite://PATH`, `sqlite:PATH` or a bare file path; other schemes are
@@ -65,122 +129,25 @@ fn is_postgres_url(url: &str) -> bool {
     scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
 }
 
-/// How a [`SqlStore`] waits for the database. Only tests that lock the database on purpose
-/// change them.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Waits {
-    /// How long a statement waits for another connection's lock before failing with
-    /// `SQLITE_BUSY` (getting a connection from the pool may take three times as long).
-    /// Default: [`BUSY_TIMEOUT`].
-    pub(crate) busy: Duration,
-    /// Keep connections open between calls. Without, each call opens the file anew: an open
-    /// connection in WAL mode holds a shared lock that would keep another process from locking
-    /// the whole database. Default: true.
-    pub(crate) keep_connections: bool,
-}
-
-impl Default for Waits {
-    fn default() -> Self {
-        Waits {
-            busy: BUSY_TIMEOUT,
-            keep_connections: true,
-        }
-    }
-}
-
-/// The SQL store: policies, budgets and reservations, attempts and outcomes.
-#[derive(Debug, Clone)]
-pub struct SqlStore {
-    pool: SqlitePool,
-}
-
-impl SqlStore {
-    /// Open (creating the file if missing) the SQLite database at `url` and run the pending
-    /// migrations. `url` is `sqlite://PATH`, `sqlite:PATH` (both may carry SQLite URI
-    /// parameters after `?`) or a bare file path.
-    pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
-        Self::connect_with(url, Waits::default()).await
-    }
-
-    /// [`connect`](Self::connect) with other [`Waits`].
-    pub(crate) async fn connect_with(url: &str, waits: Waits) -> Result<SqlStore, StoreError> {
-        let options = if url.starts_with("sqlite:") {
-            SqliteConnectOptions::from_str(url).map_err(map_sqlx)?
-        } else if url.contains("://") {
-            return Err(StoreError::Invalid(format!(
-                "unsupported store URL {url:?}: only sqlite:// (or a file path) is supported"
-            )));
-        } else {
-            SqliteConnectOptions::new().filename(url)
-        };
-        let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(waits.busy)
-            .foreign_keys(true);
-        let mut pool = SqlitePoolOptions::new().acquire_timeout(waits.busy * 3);
-        if !waits.keep_connections {
-            pool = pool.max_lifetime(Duration::ZERO);
-        }
-        let pool = pool.connect_with(options).await.map_err(map_sqlx)?;
-        // Two processes opening a fresh file at once may both try to apply a migration; the loser
-        // fails, and on the next try sees it applied.
-        let mut tries = 0;
-        loop {
-            match MIGRATOR.run(&pool).await {
-                Ok(()) => break,
-                Err(e) if tries < 3 => {
-                    tracing::debug!(error = %e, "running migrations failed, trying again");
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(50 * tries)).await;
-                }
-                Err(e) => return Err(map_migrate(e)),
+/// Run the pending migrations with `run`, trying again up to three times: two processes
+/// opening a fresh database at once may collide applying them, and the loser, on its next try,
+/// sees them applied.
+async fn migrate<F, Fut>(mut run: F) -> Result<(), MigrateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), MigrateError>>,
+{
+    let mut tries = 0;
+    loop {
+        match run().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 3 => {
+                tracing::debug!(error = %e, "running migrations failed, trying again");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
             }
+            Err(e) => return Err(e),
         }
-        Ok(SqlStore { pool })
-    }
-
-    /// The connection pool (for ad-hoc queries, e.g. in tests and tools).
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    /// Close every connection, waiting for those in use to be returned.
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Begin a write transaction that holds the database's write lock from its first statement
-    /// (see the module documentation). Dropping it without commit rolls back.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_sqlx)
-    }
-}
-
-#[async_trait]
-impl PolicyStore for SqlStore {
-    async fn policy(&self, scene_type: &str) -> Result<Option<Value>, StoreError> {
-        let row = sqlx::query(SELECT_POLICY)
-            .bind(scene_type)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        row.map(|row| from_json(&get::<String>(&row, "policy")?, "retry_policies.policy"))
-            .transpose()
-    }
-
-    async fn set_policy(&self, scene_type: &str, policy: &Value) -> Result<(), StoreError> {
-        sqlx::query(UPSERT_POLICY)
-            .bind(scene_type)
-            .bind(to_json(policy)?)
-            .bind(now())
-            .execute(&self.pool)
-            .await
-            .map_err(map_sqlx)?;
-        Ok(())
     }
 }
 
@@ -237,72 +204,16 @@ pub(crate) fn unavailable(e: &sqlx::Error) -> bool {
 /// An error the database reported, by its driver's code.
 fn database_unavailable(db: &dyn sqlx::error::DatabaseError) -> bool {
     if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        return sqlstate_unavailable(pg.code());
+        return postgres::sqlstate_unavailable(pg.code());
     }
     if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
         return sqlx::error::DatabaseError::code(sqlite)
             .and_then(|code| code.parse::<i32>().ok())
-            .is_some_and(sqlite_unavailable);
+            .is_some_and(sqlite::sqlite_unavailable);
     }
     // Another driver: by its SQLSTATE, if it reports one.
-    db.code().is_some_and(|code| sqlstate_unavailable(&code))
-}
-
-/// Whether a SQLite (extended) result code means "try again later": the database is busy or
-/// locked by another connection (`BUSY`, `LOCKED`), cannot be opened, read or written
-/// (`CANTOPEN`, `IOERR`, `FULL`, `READONLY`, `PERM`), or the library ran out of memory, was
-/// interrupted or lost a locking race (`NOMEM`, `INTERRUPT`, `PROTOCOL`). Extended codes carry
-/// their primary code in the low byte (e.g. `SQLITE_BUSY_SNAPSHOT` = 517 = 5 | 2 << 8).
-/// Constraint violations, SQL errors, type mismatches, corruption and the rest are data or
-/// program errors.
-pub(crate) fn sqlite_unavailable(code: i32) -> bool {
-    const PERM: i32 = 3;
-    const BUSY: i32 = 5;
-    const LOCKED: i32 = 6;
-    const NOMEM: i32 = 7;
-    const READONLY: i32 = 8;
-    const INTERRUPT: i32 = 9;
-    const IOERR: i32 = 10;
-    const FULL: i32 = 13;
-    const CANTOPEN: i32 = 14;
-    const PROTOCOL: i32 = 15;
-    matches!(
-        code & 0xff,
-        PERM | BUSY | LOCKED | NOMEM | READONLY | INTERRUPT | IOERR | FULL | CANTOPEN | PROTOCOL
-    )
-}
-
-/// Whether a Postgres SQLSTATE means "try again later" (checked on the code itself, never parsed
-/// as a number: `40001` is not a SQLite result code). By class:
-/// * `08` connection exception; `57` operator intervention (shutdown, `57P01` a terminated
-///   backend, `57P03` cannot connect now, `57014` statement timeout or cancel); `53`
-///   insufficient resources (too many connections, disk full); `58` system error (I/O);
-/// * `55` object not in prerequisite state: `55000` a database that does not accept
-///   connections (`ALLOW_CONNECTIONS false`), `55006` object in use, `55P03` a lock wait that
-///   ran out (`lock_timeout`);
-/// * `28` invalid authorization (a rotated password or a dropped role), `3D000` a database that
-///   does not exist (not yet restored or created), `42501` insufficient privilege (revoked
-///   grants): the operator fixes them and the retries go on;
-/// * `40001` serialization failure, `40P01` deadlock, `40003` commit outcome unknown;
-/// * `25006` read-only transaction (a write that reached a standby during a failover), `25P03`
-///   idle-in-transaction timeout.
-///
-/// Everything else (e.g. `22` data exceptions, `23` constraint violations, `42` syntax errors
-/// and undefined objects) is a data or program error.
-pub(crate) fn sqlstate_unavailable(code: &str) -> bool {
-    const CLASSES: [&str; 6] = ["08", "28", "53", "55", "57", "58"];
-    const CODES: [&str; 7] = [
-        "3D000", "40001", "40P01", "40003", "42501", "25006", "25P03",
-    ];
-    CLASSES.iter().any(|class| code.starts_with(class)) || CODES.contains(&code)
-}
-
-/// Read a column, mapping a missing or undecodable column to `Invalid`.
-pub(crate) fn get<'r, T>(row: &'r sqlx::sqlite::SqliteRow, column: &str) -> Result<T, StoreError>
-where
-    T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
-{
-    row.try_get(column).map_err(map_sqlx)
+    db.code()
+        .is_some_and(|code| postgres::sqlstate_unavailable(&code))
 }
 
 pub(crate) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {

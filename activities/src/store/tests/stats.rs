@@ -1,7 +1,7 @@
 //! Reporting: statistics over recorded attempts.
 
 use super::*;
-use crate::stats::nearest_rank;
+use crate::store::stats::nearest_rank;
 
 /// Record attempt `n` of run `run` with the given status and GPU time for `scene_type`.
 async fn recorded(store: &AnyStore, run: &str, n: u32, scene_type: &str, status: &str, ms: u64) {

@@ -1,0 +1,127 @@
+//! PostgreSQL: [`PgStore`]'s connect options and migrations (`migrations/postgres/`), and the
+//! row locks that stand in for SQLite's database-wide write lock.
+//!
+//! Atomicity: SQLite serializes every writer with `BEGIN IMMEDIATE`; Postgres has no such lock,
+//! so each write transaction that reads before it writes locks what it reads from. A reservation
+//! ensures its project's row exists (`INSERT ... ON CONFLICT DO NOTHING`), locks it with
+//! `SELECT ... FOR UPDATE`, reads the attempt's reservation again under the lock, and then does
+//! what `SqlStore` does. Every change to a project's totals or reservations (reserve, settle,
+//! release, the release of abandoned reservations when a run records its outcome) happens under
+//! that row lock, so they run one at a time per project, two calls for the same attempt key
+//! included; projects do not wait for each other. Transactions run at READ COMMITTED: a
+//! statement after the lock sees everything committed before the lock was granted. Lock waits
+//! end after [`LOCK_TIMEOUT`] (`lock_timeout`), which, like deadlocks and serialization
+//! failures, is [`StoreError::Unavailable`] and so retried.
+
+use super::sql::{Db, stmt};
+use super::{Backend, PgStore, SqlxStore, is_postgres_url, map_migrate, map_sqlx, migrate};
+use crate::ports::StoreError;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::{Pool, Postgres, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The embedded Postgres migrations (`activities/migrations/postgres`).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a statement waits for a row lock (e.g. a project's, held by another reservation)
+/// before failing with `Unavailable`.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long getting a connection from the pool may take, the first connect included (which
+/// waits that long for a server that refuses connections, e.g. while it starts).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Lock, in a fixed order, every project a run holds reservations in.
+const LOCK_RUN_PROJECTS: &str = "SELECT project_id FROM project_budgets \
+     WHERE project_id IN (SELECT project_id FROM budget_reservations \
+     WHERE workflow_id = $1 AND run_id = $2 AND status = $3) \
+     ORDER BY project_id FOR UPDATE";
+
+impl SqlxStore<Postgres> {
+    /// Connect to the PostgreSQL database at `url` (`postgres://` or `postgresql://`, with the
+    /// usual libpq-style parameters) and run the pending migrations. The database must exist.
+    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        if !is_postgres_url(url) {
+            return Err(StoreError::Invalid(format!(
+                "unsupported store URL {url:?}: PgStore needs a postgres:// or postgresql:// URL"
+            )));
+        }
+        let lock_timeout = format!("{}ms", LOCK_TIMEOUT.as_millis());
+        let options = PgConnectOptions::from_str(url)
+            .map_err(map_sqlx)?
+            .options([("lock_timeout", lock_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(map_sqlx)?;
+        // sqlx holds an advisory lock while it applies migrations, but two processes creating
+        // its bookkeeping table at once may still collide.
+        if let Err(e) = migrate(|| MIGRATOR.run(&pool)).await {
+            pool.close().await;
+            return Err(map_migrate(e));
+        }
+        Ok(SqlxStore { pool })
+    }
+}
+
+impl Backend for Postgres {
+    const STORE: &'static str = "PgStore";
+
+    /// Begin a READ COMMITTED transaction. Dropping it without commit rolls back.
+    async fn begin_write(
+        pool: &Pool<Postgres>,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        pool.begin().await.map_err(map_sqlx)
+    }
+
+    /// Lock the project's row, if it exists, until the transaction ends (see the module
+    /// documentation).
+    async fn lock_project(conn: &mut PgConnection, project_id: &str) -> Result<(), StoreError> {
+        let lock = "SELECT project_id FROM project_budgets WHERE project_id = $1 FOR UPDATE";
+        Postgres::fetch_optional(conn, stmt(lock).bind(project_id)).await?;
+        Ok(())
+    }
+
+    /// Lock, in a fixed order, every project the run holds reservations in, so the release of
+    /// its abandoned reservations reads totals nobody else is changing.
+    async fn lock_run_projects(
+        conn: &mut PgConnection,
+        workflow_id: &str,
+        run_id: &str,
+    ) -> Result<(), StoreError> {
+        let held = stmt(LOCK_RUN_PROJECTS)
+            .bind(workflow_id)
+            .bind(run_id)
+            .bind(super::budget::RESERVED);
+        Postgres::fetch_all(conn, held).await?;
+        Ok(())
+    }
+}
+
+/// Whether a Postgres SQLSTATE means "try again later" (checked on the code itself, never parsed
+/// as a number: `40001` is not a SQLite result code). By class:
+/// * `08` connection exception; `57` operator intervention (shutdown, `57P01` a terminated
+///   backend, `57P03` cannot connect now, `57014` statement timeout or cancel); `53`
+///   insufficient resources (too many connections, disk full); `58` system error (I/O);
+/// * `55` object not in prerequisite state: `55000` a database that does not accept
+///   connections (`ALLOW_CONNECTIONS false`), `55006` object in use, `55P03` a lock wait that
+///   ran out (`lock_timeout`);
+/// * `28` invalid authorization (a rotated password or a dropped role), `3D000` a database that
+///   does not exist (not yet restored or created), `42501` insufficient privilege (revoked
+///   grants): the operator fixes them and the retries go on;
+/// * `40001` serialization failure, `40P01` deadlock, `40003` commit outcome unknown;
+/// * `25006` read-only transaction (a write that reached a standby during a failover), `25P03`
+///   idle-in-transaction timeout.
+///
+/// Everything else (e.g. `22` data exceptions, `23` constraint violations, `42` syntax errors
+/// and undefined objects) is a data or program error.
+pub(crate) fn sqlstate_unavailable(code: &str) -> bool {
+    const CLASSES: [&str; 6] = ["08", "28", "53", "55", "57", "58"];
+    const CODES: [&str; 7] = [
+        "3D000", "40001", "40P01", "40003", "42501", "25006", "25P03",
+    ];
+    CLASSES.iter().any(|class| code.starts_with(class)) || CODES.contains(&code)
+}

@@ -1,0 +1,130 @@
+//! SQLite: [`SqlStore`]'s connect options and migrations, and the one hook that differs from
+//! Postgres, [`Backend::begin_write`].
+//!
+//! Write transactions that read before they write (reserve, raise, settle, release, record
+//! outcome) start with `BEGIN IMMEDIATE`: the connection takes SQLite's write lock up front,
+//! waiting up to the busy timeout for other writers, in this process or another. Writers are thus
+//! serialized, which is what makes a reservation's check-and-add atomic, and a transaction never
+//! fails half-way with `SQLITE_BUSY` because another writer committed after it read (which a
+//! deferred transaction in WAL mode would do without waiting). The write lock covers every row,
+//! so the row locks Postgres needs ([`Backend::lock_project`]) are nothing to do here.
+
+use super::{Backend, SqlStore, SqlxStore, map_migrate, map_sqlx, migrate};
+use crate::ports::StoreError;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Pool, Sqlite, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// The embedded SQLite migrations (`activities/migrations/sqlite`).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for another connection's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a [`SqlStore`] waits for the database. Only tests that lock the database on purpose
+/// change them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Waits {
+    /// How long a statement waits for another connection's lock before failing with
+    /// `SQLITE_BUSY` (getting a connection from the pool may take three times as long).
+    /// Default: [`BUSY_TIMEOUT`].
+    pub(crate) busy: Duration,
+    /// Keep connections open between calls. Without, each call opens the file anew: an open
+    /// connection in WAL mode holds a shared lock that would keep another process from locking
+    /// the whole database. Default: true.
+    pub(crate) keep_connections: bool,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            busy: BUSY_TIMEOUT,
+            keep_connections: true,
+        }
+    }
+}
+
+impl SqlxStore<Sqlite> {
+    /// Open (creating the file if missing) the SQLite database at `url` and run the pending
+    /// migrations. `url` is `sqlite://PATH`, `sqlite:PATH` (both may carry SQLite URI
+    /// parameters after `?`) or a bare file path.
+    pub async fn connect(url: &str) -> Result<SqlStore, StoreError> {
+        Self::connect_with(url, Waits::default()).await
+    }
+
+    /// [`connect`](Self::connect) with other [`Waits`].
+    pub(crate) async fn connect_with(url: &str, waits: Waits) -> Result<SqlStore, StoreError> {
+        let options = if url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(url).map_err(map_sqlx)?
+        } else if url.contains("://") {
+            return Err(StoreError::Invalid(format!(
+                "unsupported store URL {url:?}: only sqlite:// (or a file path) is supported"
+            )));
+        } else {
+            SqliteConnectOptions::new().filename(url)
+        };
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(waits.busy)
+            .foreign_keys(true);
+        let mut pool = SqlitePoolOptions::new().acquire_timeout(waits.busy * 3);
+        if !waits.keep_connections {
+            pool = pool.max_lifetime(Duration::ZERO);
+        }
+        let pool = pool.connect_with(options).await.map_err(map_sqlx)?;
+        // Two processes opening a fresh file at once may both try to apply a migration.
+        migrate(|| MIGRATOR.run(&pool)).await.map_err(map_migrate)?;
+        Ok(SqlxStore { pool })
+    }
+}
+
+impl Backend for Sqlite {
+    const STORE: &'static str = "SqlStore";
+
+    /// Begin a write transaction that holds the database's write lock from its first statement
+    /// (see the module documentation). Dropping it without commit rolls back.
+    async fn begin_write(pool: &Pool<Sqlite>) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)
+    }
+
+    /// Nothing: the write transaction holds every row.
+    async fn lock_project(_: &mut SqliteConnection, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Nothing: the write transaction holds every row.
+    async fn lock_run_projects(
+        _: &mut SqliteConnection,
+        _: &str,
+        _: &str,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// Whether a SQLite (extended) result code means "try again later": the database is busy or
+/// locked by another connection (`BUSY`, `LOCKED`), cannot be opened, read or written
+/// (`CANTOPEN`, `IOERR`, `FULL`, `READONLY`, `PERM`), or the library ran out of memory, was
+/// interrupted or lost a locking race (`NOMEM`, `INTERRUPT`, `PROTOCOL`). Extended codes carry
+/// their primary code in the low byte (e.g. `SQLITE_BUSY_SNAPSHOT` = 517 = 5 | 2 << 8).
+/// Constraint violations, SQL errors, type mismatches, corruption and the rest are data or
+/// program errors.
+pub(crate) fn sqlite_unavailable(code: i32) -> bool {
+    const PERM: i32 = 3;
+    const BUSY: i32 = 5;
+    const LOCKED: i32 = 6;
+    const NOMEM: i32 = 7;
+    const READONLY: i32 = 8;
+    const INTERRUPT: i32 = 9;
+    const IOERR: i32 = 10;
+    const FULL: i32 = 13;
+    const CANTOPEN: i32 = 14;
+    const PROTOCOL: i32 = 15;
+    matches!(
+        code & 0xff,
+        PERM | BUSY | LOCKED | NOMEM | READONLY | INTERRUPT | IOERR | FULL | CANTOPEN | PROTOCOL
+    )
+}

@@ -1,0 +1,96 @@
+//! [`Reporting`] on SQL, the same statements on both backends, computed at scrape time.
+
+use super::sql::stmt;
+use super::{Backend, SqlxStore, map_sqlx};
+use crate::ports::{Reporting, Stats, StoreError};
+use async_trait::async_trait;
+
+// The same statements on both backends: COUNT is BIGINT on Postgres and SUM(BIGINT) is NUMERIC
+// there, hence the CAST.
+const BY_STATUS: &str = "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) AS ms \
+     FROM retry_attempts GROUP BY status";
+const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome";
+const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
+const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
+/// Newest first by insertion (`id`), which, unlike `created_at`, does not depend on the clocks
+/// of the workers that recorded the attempts.
+const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type = $1 \
+     AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0)) \
+     ORDER BY id DESC LIMIT $2";
+
+/// Refuse a quantile outside `0..=1` (NaN included) before asking the database anything.
+fn check_quantile(q: f64) -> Result<(), StoreError> {
+    if (0.0..=1.0).contains(&q) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "a quantile must be between 0 and 1, not {q}"
+        )))
+    }
+}
+
+/// The nearest-rank `q`-quantile (`q` in `0..=1`) of `values`, in any order: the value at rank
+/// `ceil(q * n)` (at least 1) of the sorted values. The product is nudged down by far less than
+/// one rank, so that e.g. 0.3 × 10, which is 3.0000000000000004 in floating point, is rank 3
+/// and not 4.
+pub(crate) fn nearest_rank(mut values: Vec<u64>, q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let n = values.len();
+    // q is in 0..=1 and n a row count: the rank is in 0..=n, so the casts lose nothing.
+    let rank = ((q * n as f64 - 1e-9).ceil() as usize).clamp(1, n);
+    Some(values[rank - 1])
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+#[async_trait]
+impl<DB: Backend> Reporting for SqlxStore<DB> {
+    async fn stats(&self) -> Result<Stats, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut stats = Stats::default();
+        for row in DB::fetch_all(&mut conn, stmt(BY_STATUS)).await? {
+            let status: String = DB::get(&row, "status")?;
+            let n: i64 = DB::get(&row, "n")?;
+            let ms: i64 = DB::get(&row, "ms")?;
+            stats.attempts_by_status.insert(status, count(n));
+            stats.gpu_ms += count(ms);
+        }
+        for row in DB::fetch_all(&mut conn, stmt(BY_OUTCOME)).await? {
+            let outcome: String = DB::get(&row, "outcome")?;
+            let n: i64 = DB::get(&row, "n")?;
+            stats.runs_by_outcome.insert(outcome, count(n));
+        }
+        let refused = DB::fetch_one(&mut conn, stmt(REFUSALS)).await?;
+        stats.budget_refusals = count(DB::get(&refused, "n")?);
+        let pending = DB::fetch_one(&mut conn, stmt(PENDING)).await?;
+        stats.reviews_pending = count(DB::get(&pending, "n")?);
+        Ok(stats)
+    }
+
+    async fn gpu_ms_quantile(
+        &self,
+        scene_type: &str,
+        q: f64,
+        last: u32,
+    ) -> Result<Option<u64>, StoreError> {
+        check_quantile(q)?;
+        let recent = stmt(RECENT_GPU_MS).bind(scene_type).bind(i64::from(last));
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let values = DB::fetch_all(&mut conn, recent)
+            .await?
+            .iter()
+            .map(|row| {
+                let ms: i64 = DB::get(row, "gpu_ms")?;
+                u64::try_from(ms).map_err(|_| {
+                    StoreError::Invalid(format!("retry_attempts.gpu_ms is negative: {ms}"))
+                })
+            })
+            .collect::<Result<Vec<u64>, StoreError>>()?;
+        Ok(nearest_rank(values, q))
+    }
+}
