@@ -50,7 +50,12 @@ pub struct Used {
 pub struct ReserveBudget {
     pub key: AttemptKey,
     pub project_id: String,
+    /// The policy's estimate: the least reserved.
     pub gpu_ms: u64,
+    /// The scene type whose recorded attempts the reservation learns from (absent for runs
+    /// started before reservations learned: they reserve the estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scene_type: Option<String>,
 }
 
 /// Output of `reserve_budget`. A refusal is a normal result, not an error: retrying it cannot help.

@@ -19,7 +19,7 @@ use crate::io::{
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
-    StoreError,
+    Reporting, StoreError,
 };
 use async_trait::async_trait;
 use serde_json::Value;
@@ -53,7 +53,14 @@ pub struct RetryActivities {
     policies: Arc<dyn PolicyStore>,
     ledger: Arc<dyn BudgetLedger>,
     attempts: Arc<dyn AttemptStore>,
+    reporting: Arc<dyn Reporting>,
 }
+
+/// Reservations learn from what attempts really took: at least this quantile of the GPU time of
+/// the scene type's [`LEARN_WINDOW`] latest attempts that generated (see `reserve_budget`).
+pub const LEARN_QUANTILE: f64 = 0.9;
+/// How many of a scene type's latest attempts a reservation learns from.
+pub const LEARN_WINDOW: u32 = 50;
 
 impl RetryActivities {
     pub fn new(
@@ -62,6 +69,7 @@ impl RetryActivities {
         policies: Arc<dyn PolicyStore>,
         ledger: Arc<dyn BudgetLedger>,
         attempts: Arc<dyn AttemptStore>,
+        reporting: Arc<dyn Reporting>,
     ) -> Self {
         Self {
             generator,
@@ -69,6 +77,7 @@ impl RetryActivities {
             policies,
             ledger,
             attempts,
+            reporting,
         }
     }
 
@@ -76,11 +85,12 @@ impl RetryActivities {
     pub fn from_parts<B, S>(backend: Arc<B>, store: Arc<S>) -> Self
     where
         B: GenerationBackend + QaScorer + 'static,
-        S: PolicyStore + BudgetLedger + AttemptStore + 'static,
+        S: PolicyStore + BudgetLedger + AttemptStore + Reporting + 'static,
     {
         Self::new(
             backend.clone(),
             backend,
+            store.clone(),
             store.clone(),
             store.clone(),
             store,
@@ -231,15 +241,28 @@ impl RetryActivities {
         })
     }
 
-    /// Reserve the estimated GPU time of an attempt against the project budget.
+    /// Reserve an attempt's GPU time against the project budget: the policy's estimate, or —
+    /// for runs that name their scene type — what the scene type's recent attempts really took
+    /// when that is more ([`LEARN_QUANTILE`] of the last [`LEARN_WINDOW`]), so an attempt starts
+    /// only when the budget can pay for what it is likely to cost, instead of being stopped
+    /// half-way by the meter. The amount granted is in the answer (and so in the history).
     #[activity(name = "reserve_budget")]
     pub async fn reserve_budget(
         self: Arc<Self>,
         _ctx: ActivityContext,
         input: ReserveBudget,
     ) -> Result<Reservation, ActivityError> {
+        let learned = match &input.scene_type {
+            Some(scene) => self
+                .reporting
+                .gpu_ms_quantile(scene, LEARN_QUANTILE, LEARN_WINDOW)
+                .await
+                .map_err(store_failure)?,
+            None => None,
+        };
+        let gpu_ms = input.gpu_ms.max(learned.unwrap_or(0));
         self.ledger
-            .reserve(&input.key, &input.project_id, input.gpu_ms)
+            .reserve(&input.key, &input.project_id, gpu_ms)
             .await
             .map_err(store_failure)
     }

@@ -263,7 +263,8 @@ pub trait Reporting: Send + Sync {
     /// The `q`-quantile (nearest rank: the smallest value with at least `q` of the values at or
     /// below it) of `gpu_ms` over the scene type's `last` most recently recorded attempts that
     /// finished generating: `passed`, `failed`, or `error` with GPU time (an error before the
-    /// GPU ran, and an abort, say nothing about how long generating takes). `None` without such
+    /// GPU ran, an abort, and an attempt the budget stopped part-way say nothing about how long
+    /// generating takes). `None` without such
     /// attempts. For learning reservation estimates from what attempts really took. `q` outside
     /// `0..=1` is [`StoreError::Invalid`].
     async fn gpu_ms_quantile(

@@ -200,3 +200,41 @@ async fn attempts_that_outrun_their_estimate_cannot_overspend_the_limit() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reservation_learns_what_the_scene_types_attempts_really_take() {
+    // Attempts take 1000 ms of GPU; the policy estimates 100.
+    let app = crate::harness::spawn_app_with(retake_activities::sim::Simulator::new(1000)).await;
+    let scene = format!("learn-{}", app.tag);
+    let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 100, "max_attempts": 1});
+    let mut first = request(&format!("{}-learn-1", app.tag), "p1", Some(policy.clone()));
+    first["scene_type"] = json!(scene);
+    let done = app.retry(first).await;
+    assert_eq!(done.attempts[0].gpu_ms, 1000);
+
+    // A project that can pay for the estimate but not for what attempts take.
+    let project = format!("{}-learn", app.tag);
+    app.store.set_limit(&project, Some(500)).await.unwrap();
+    let mut second = request(&format!("{}-learn-2", app.tag), &project, Some(policy));
+    second["scene_type"] = json!(scene);
+    let result = app.retry(second).await;
+
+    assert_eq!(
+        result.outcome,
+        Outcome::BudgetExhausted,
+        "{}",
+        result.report
+    );
+    assert!(
+        result.attempts.is_empty(),
+        "refused before generating, not stopped half-way: {}",
+        result.report
+    );
+    assert!(
+        result.reason.contains("1000 GPU ms requested"),
+        "{}",
+        result.reason
+    );
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 0));
+}

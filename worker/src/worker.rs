@@ -20,7 +20,14 @@ pub const STICKY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The activities with the simulator as generation and QA backend.
 pub fn simulator_activities(store: Arc<dyn Store>, sim: Simulator) -> RetryActivities {
     let sim = Arc::new(sim);
-    RetryActivities::new(sim.clone(), sim, store.clone(), store.clone(), store)
+    RetryActivities::new(
+        sim.clone(),
+        sim,
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store,
+    )
 }
 
 /// The activities with the backends of `config`: scene types it does not route, and every scene
@@ -38,6 +45,7 @@ pub fn configured_activities(
     Ok(RetryActivities::new(
         router.clone(),
         router,
+        store.clone(),
         store.clone(),
         store.clone(),
         store,

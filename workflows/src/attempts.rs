@@ -268,6 +268,7 @@ impl Run {
                     key: self.key(k),
                     project_id: self.req.project_id.to_string(),
                     gpu_ms: self.policy.est_gpu_ms_per_attempt,
+                    scene_type: self.truthful.then(|| self.req.scene_type.to_string()),
                 },
                 options::store(format!(
                     "attempt {k} · reserve {} GPU ms",

@@ -15,7 +15,8 @@ const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 
 /// Newest first by insertion (`id`), which, unlike `created_at`, does not depend on the clocks
 /// of the workers that recorded the attempts.
 const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type = $1 \
-     AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0)) \
+     AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0 \
+     AND COALESCE(error_type, '') <> 'BudgetExhausted')) \
      ORDER BY id DESC LIMIT $2";
 
 /// Refuse a quantile outside `0..=1` (NaN included) before asking the database anything.

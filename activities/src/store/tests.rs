@@ -191,7 +191,7 @@ async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once
         assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-            3
+            4
         );
         store.close().await;
     }
