@@ -6,7 +6,7 @@
 //! replays the same kill schedule (which worker, after how long).
 
 use crate::harness::{
-    TestApp, WorkerProcess, find_segment, fresh_postgres, request, spawn_bare_app,
+    TestApp, WorkerProcess, comparable, find_segment, fresh_postgres, request, spawn_bare_app,
     spawn_bare_app_with_store,
 };
 use retake::retries;
@@ -150,19 +150,9 @@ async fn retries_survive_random_kills(app: &TestApp, store: &str) {
             seeds, derived,
             "seed {seed}: segment {segment}: derived seeds"
         );
-        let without_gpu = |attempts: &[AttemptRecord]| -> Vec<AttemptRecord> {
-            attempts
-                .iter()
-                .cloned()
-                .map(|mut a| {
-                    a.gpu_ms = 0;
-                    a
-                })
-                .collect()
-        };
         assert_eq!(
-            without_gpu(&result.attempts),
-            without_gpu(predicted),
+            comparable(&result.attempts),
+            comparable(predicted),
             "seed {seed}: segment {segment}: the attempts of an uninterrupted run"
         );
         let attempt_ms: u64 = result.attempts.iter().map(|a| a.gpu_ms).sum();

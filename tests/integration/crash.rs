@@ -2,8 +2,8 @@
 //! attempts equal those of an uninterrupted run.
 
 use crate::harness::{
-    OwnedServer, TestApp, WorkerProcess, find_segment, request, spawn_bare_app, spawn_bare_app_on,
-    wait_for_activity,
+    OwnedServer, TestApp, WorkerProcess, comparable, find_segment, request, spawn_bare_app,
+    spawn_bare_app_on, wait_for_activity,
 };
 use retake::retries;
 use retake_domain::contract::{AttemptRecord, RetryResult};
@@ -15,18 +15,6 @@ const STARTED: i32 = 2;
 
 fn policy() -> Value {
     json!({"enabled": true, "est_gpu_ms_per_attempt": 10000})
-}
-
-/// Attempts as an uninterrupted run makes them, ignoring the simulated GPU time.
-fn comparable(attempts: &[AttemptRecord]) -> Vec<AttemptRecord> {
-    attempts
-        .iter()
-        .cloned()
-        .map(|mut a| {
-            a.gpu_ms = 0;
-            a
-        })
-        .collect()
 }
 
 /// The invariants after a crash: the same attempts as an uninterrupted run, one row per attempt,

@@ -4,7 +4,7 @@
 //! attempts, one row each, the budget charged once and nothing left reserved.
 
 use crate::harness::{
-    TestApp, find_segment, fresh_postgres, pending_activities, request, spawn_app_with,
+    TestApp, comparable, find_segment, fresh_postgres, pending_activities, request, spawn_app_with,
     spawn_app_with_store,
 };
 use retake::retries;
@@ -112,19 +112,9 @@ async fn assert_finished_as_predicted(app: &TestApp, started: Started) {
                 .await
                 .unwrap_or_else(|_| panic!("segment {segment} did not finish within 60 s"))
                 .unwrap_or_else(|e| panic!("segment {segment} failed: {e:#}"));
-        let without_gpu = |attempts: &[AttemptRecord]| -> Vec<AttemptRecord> {
-            attempts
-                .iter()
-                .cloned()
-                .map(|mut a| {
-                    a.gpu_ms = 0;
-                    a
-                })
-                .collect()
-        };
         assert_eq!(
-            without_gpu(&result.attempts),
-            without_gpu(predicted),
+            comparable(&result.attempts),
+            comparable(predicted),
             "segment {segment}: the attempts of an uninterrupted run"
         );
         let rows: Vec<AttemptRecord> = app

@@ -19,4 +19,4 @@ pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
 pub use postgres::fresh_postgres;
 pub use server::{OwnedServer, dev_server};
-pub use sim::{find_segment, predict, predict_retry_with, request};
+pub use sim::{comparable, find_segment, predict, predict_retry_with, request};

@@ -95,3 +95,16 @@ pub fn find_segment(
     }
     panic!("no simulator segment behaves as the test {name} needs");
 }
+
+/// Attempts as an uninterrupted run makes them, ignoring the simulated GPU time (a resumed or
+/// stopped generation's time differs; what it generated must not).
+pub fn comparable(attempts: &[AttemptRecord]) -> Vec<AttemptRecord> {
+    attempts
+        .iter()
+        .cloned()
+        .map(|mut a| {
+            a.gpu_ms = 0;
+            a
+        })
+        .collect()
+}
