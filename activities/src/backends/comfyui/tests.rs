@@ -293,33 +293,8 @@ async fn an_earlier_prompt_of_the_same_attempt_is_polled_instead_of_queued_again
 
 #[tokio::test]
 async fn cancelling_interrupts_the_running_prompt_and_removes_it_from_the_queue() {
-    let (url, fake) = serve(vec![
-        ("GET /queue", vec![
-            empty_queue(),
-            Reply::json(200, json!({"queue_running": [[7, "p-1", {}, {"client_id": KEY}, ["9"]]], "queue_pending": []})),
-        ]),
-        ("GET /history", vec![Reply::json(200, json!({}))]),
-        ("POST /prompt", vec![queued()]),
-        // Running for the polls before the cancellation (timing decides how many), then the
-        // interrupted entry the cancellation reads.
-        (
-            "GET /history/p-1",
-            [
-                vec![Reply::json(200, json!({})); 6],
-                vec![stopped("error", "execution_interrupted", 40)],
-            ]
-            .concat(),
-        ),
-        ("POST /interrupt", vec![Reply::text(200, "")]),
-        ("POST /queue", vec![Reply::text(200, "")]),
-    ])
-    .await;
-    let (config, _dir) = config(&url, &workflow().to_string());
-    // Heartbeats: lookup, post, pause, poll, then cancelled in the next pause.
-    let result = ComfyUi::new(config)
-        .unwrap()
-        .generate(&request(), &Beats::cancelling_at(5))
-        .await;
+    let (result, fake) =
+        cancelled_while_running(stopped("error", "execution_interrupted", 40)).await;
     assert!(matches!(&result, Err(e) if e.is_cancelled()), "{result:?}");
     assert_eq!(
         fake.to("POST /interrupt")[0].body,
