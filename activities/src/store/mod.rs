@@ -151,6 +151,26 @@ where
     }
 }
 
+/// Begin a transaction on a task of its own and wait for it there.
+///
+/// sqlx's `begin` is not cancel-safe: dropped after the database began the transaction but
+/// before the `Transaction` value existed, it hands the connection back to the pool inside a
+/// transaction nobody will end. On SQLite that connection keeps the write lock (every other
+/// writer then times out as "database is locked") and its later statements never commit. Callers
+/// are dropped mid-write in practice: a cancelled activity, or the budget meter once its
+/// generation ends. A spawned `begin` always runs to its end; if the caller is gone by then, the
+/// `Transaction` is dropped on that task and rolls back.
+async fn begin_detached<DB, F>(begin: F) -> Result<Transaction<'static, DB>, StoreError>
+where
+    DB: Database,
+    F: Future<Output = Result<Transaction<'static, DB>, sqlx::Error>> + Send + 'static,
+{
+    tokio::spawn(begin)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("beginning a transaction: {e}")))?
+        .map_err(map_sqlx)
+}
+
 /// Map a database error by its cause. Everything about reaching the database, or the database
 /// being unable to serve right now, is `Unavailable`: the activity fails retryably and the
 /// workflow waits for the database, however long it is away. Only errors in the data itself

@@ -14,7 +14,9 @@
 //! failures, is [`StoreError::Unavailable`] and so retried.
 
 use super::sql::{Db, stmt};
-use super::{Backend, PgStore, SqlxStore, is_postgres_url, map_migrate, map_sqlx, migrate};
+use super::{
+    Backend, PgStore, SqlxStore, begin_detached, is_postgres_url, map_migrate, map_sqlx, migrate,
+};
 use crate::ports::StoreError;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
@@ -70,11 +72,13 @@ impl SqlxStore<Postgres> {
 impl Backend for Postgres {
     const STORE: &'static str = "PgStore";
 
-    /// Begin a READ COMMITTED transaction. Dropping it without commit rolls back.
+    /// Begin a READ COMMITTED transaction. Dropping it without commit rolls back; so does
+    /// dropping the call itself ([`begin_detached`]).
     async fn begin_write(
         pool: &Pool<Postgres>,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        pool.begin().await.map_err(map_sqlx)
+        let pool = pool.clone();
+        begin_detached(async move { pool.begin().await }).await
     }
 
     /// Lock the project's row, if it exists, until the transaction ends (see the module

@@ -9,7 +9,7 @@
 //! deferred transaction in WAL mode would do without waiting). The write lock covers every row,
 //! so the row locks Postgres needs ([`Backend::lock_project`]) are nothing to do here.
 
-use super::{Backend, SqlStore, SqlxStore, map_migrate, map_sqlx, migrate};
+use super::{Backend, SqlStore, SqlxStore, begin_detached, map_migrate, map_sqlx, migrate};
 use crate::ports::StoreError;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions};
@@ -85,9 +85,11 @@ impl Backend for Sqlite {
     const STORE: &'static str = "SqlStore";
 
     /// Begin a write transaction that holds the database's write lock from its first statement
-    /// (see the module documentation). Dropping it without commit rolls back.
+    /// (see the module documentation). Dropping it without commit rolls back; so does dropping
+    /// the call itself ([`begin_detached`]).
     async fn begin_write(pool: &Pool<Sqlite>) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_sqlx)
+        let pool = pool.clone();
+        begin_detached(async move { pool.begin_with("BEGIN IMMEDIATE").await }).await
     }
 
     /// Nothing: the write transaction holds every row.

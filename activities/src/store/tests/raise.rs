@@ -225,6 +225,39 @@ async fn three_workers_raising_at_once_never_exceed_the_limit(db: &TestDb) {
     assert_eq!((b.reserved_ms, b.spent_ms), (1000, 0));
 }
 
+/// A write whose caller stops waiting (an activity cancelled, a meter whose generation ended
+/// first) is dropped wherever it is: before, inside or after its `BEGIN`. None of those points
+/// may leave a transaction open on a pooled connection: the next write on it would fail, or
+/// worse, run inside a transaction that never commits.
+async fn a_write_dropped_at_any_point_leaves_no_transaction_open(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(1_000_000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 100).await.unwrap();
+    for i in 0..200u64 {
+        let cut = Duration::from_micros(i * 25);
+        let (held, fresh) = (key("r1", 1), key("r2", 1 + i as u32));
+        let _ = tokio::time::timeout(cut, store.raise(&held, "p1", 200 + i)).await;
+        let _ = tokio::time::timeout(cut, store.reserve(&fresh, "p1", 1)).await;
+    }
+    // Every connection of the pool takes the next writes.
+    for n in 0..8u32 {
+        let held = key("r1", 1);
+        let answer = store.raise(&held, "p1", 1_000 + u64::from(n)).await;
+        assert_eq!(
+            answer.unwrap(),
+            Reservation::Granted {
+                gpu_ms: 1_000 + u64::from(n)
+            }
+        );
+    }
+    // And what they wrote is committed: another connection sees it.
+    let other = db.open().await;
+    let held = other
+        .count("SELECT reserved_ms FROM budget_reservations WHERE run_id = 'r1'")
+        .await;
+    assert_eq!(held, 1_007);
+}
+
 store_tests! {
     #[tokio::test] raising_a_held_reservation_within_the_limit_holds_the_new_total,
     #[tokio::test] raising_to_less_than_is_held_answers_the_held_amount_and_changes_nothing,
@@ -232,6 +265,8 @@ store_tests! {
     #[tokio::test] a_project_without_a_limit_grants_any_raise,
     #[tokio::test] settling_or_releasing_a_raised_reservation_takes_the_raised_amount_off,
     #[tokio::test] raising_without_a_held_reservation_is_invalid_and_names_the_attempt,
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_write_dropped_at_any_point_leaves_no_transaction_open,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     three_workers_raising_at_once_never_exceed_the_limit,
 }
