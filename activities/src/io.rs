@@ -3,6 +3,7 @@
 
 use retake_domain::contract::{AttemptRecord, Params, QaScores, RetryResult};
 use retake_domain::strategy::Strategy;
+use retake_domain::{ProjectId, SceneType, SegmentId};
 use serde::{Deserialize, Serialize};
 
 /// Identifies one attempt of one workflow run. Every side effect of an attempt (reservation,
@@ -24,7 +25,7 @@ impl AttemptKey {
 /// Input of `load_policy`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadPolicy {
-    pub scene_type: String,
+    pub scene_type: SceneType,
 }
 
 /// Output of `load_settings`: what a run plans with, read once at its start (and so in its history).
@@ -49,13 +50,13 @@ pub struct Used {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReserveBudget {
     pub key: AttemptKey,
-    pub project_id: String,
+    pub project_id: ProjectId,
     /// The policy's estimate: the least reserved.
     pub gpu_ms: u64,
     /// The scene type whose recorded attempts the reservation learns from (absent for runs
     /// started before reservations learned: they reserve the estimate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scene_type: Option<String>,
+    pub scene_type: Option<SceneType>,
 }
 
 /// Output of `reserve_budget`. A refusal is a normal result, not an error: retrying it cannot help.
@@ -77,7 +78,7 @@ pub enum Reservation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SettleBudget {
     pub key: AttemptKey,
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub gpu_ms: u64,
 }
 
@@ -85,8 +86,8 @@ pub struct SettleBudget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
     pub key: AttemptKey,
-    pub segment_id: String,
-    pub scene_type: String,
+    pub segment_id: SegmentId,
+    pub scene_type: SceneType,
     pub seed: u64,
     pub params: Params,
     /// The ladder's strategy (absent for runs started before the ladder).
@@ -108,7 +109,7 @@ pub struct GenerateRequest {
 /// The reservation an attempt generates under.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldBudget {
-    pub project_id: String,
+    pub project_id: ProjectId,
     pub reserved_ms: u64,
 }
 
@@ -123,8 +124,8 @@ pub struct Generated {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoreRequest {
     pub key: AttemptKey,
-    pub segment_id: String,
-    pub scene_type: String,
+    pub segment_id: SegmentId,
+    pub scene_type: SceneType,
     pub seed: u64,
     pub params: Params,
     pub output_uri: String,
@@ -138,9 +139,9 @@ pub type Scored = QaScores;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordAttempt {
     pub key: AttemptKey,
-    pub segment_id: String,
-    pub project_id: String,
-    pub scene_type: String,
+    pub segment_id: SegmentId,
+    pub project_id: ProjectId,
+    pub scene_type: SceneType,
     pub record: AttemptRecord,
 }
 

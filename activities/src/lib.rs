@@ -217,7 +217,7 @@ impl RetryActivities {
         input: LoadPolicy,
     ) -> Result<Option<Value>, ActivityError> {
         self.policies
-            .policy(&input.scene_type)
+            .policy(input.scene_type.as_str())
             .await
             .map_err(store_failure)
     }
@@ -232,12 +232,12 @@ impl RetryActivities {
     ) -> Result<Settings, ActivityError> {
         let policy = self
             .policies
-            .policy(&input.scene_type)
+            .policy(input.scene_type.as_str())
             .await
             .map_err(store_failure)?;
         Ok(Settings {
             policy,
-            seed_bits: self.generator.seed_bits(&input.scene_type),
+            seed_bits: self.generator.seed_bits(input.scene_type.as_str()),
         })
     }
 
@@ -255,14 +255,14 @@ impl RetryActivities {
         let learned = match &input.scene_type {
             Some(scene) => self
                 .reporting
-                .gpu_ms_quantile(scene, LEARN_QUANTILE, LEARN_WINDOW)
+                .gpu_ms_quantile(scene.as_str(), LEARN_QUANTILE, LEARN_WINDOW)
                 .await
                 .map_err(store_failure)?,
             None => None,
         };
         let gpu_ms = input.gpu_ms.max(learned.unwrap_or(0));
         self.ledger
-            .reserve(&input.key, &input.project_id, gpu_ms)
+            .reserve(&input.key, input.project_id.as_str(), gpu_ms)
             .await
             .map_err(store_failure)
     }

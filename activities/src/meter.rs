@@ -54,7 +54,7 @@ pub(crate) async fn meter(
             continue;
         }
         match ledger
-            .raise(key, &held.project_id, reserved.saturating_add(step))
+            .raise(key, held.project_id.as_str(), reserved.saturating_add(step))
             .await
         {
             Ok(Reservation::Granted { gpu_ms }) => reserved = reserved.max(gpu_ms),
@@ -67,7 +67,7 @@ pub(crate) async fn meter(
                 let room = limit_ms.saturating_sub(committed_ms);
                 if room > reserved
                     && let Ok(Reservation::Granted { gpu_ms }) =
-                        ledger.raise(key, &held.project_id, room).await
+                        ledger.raise(key, held.project_id.as_str(), room).await
                 {
                     reserved = reserved.max(gpu_ms);
                     continue;

@@ -223,7 +223,7 @@ pub struct StoredOutcome {
     /// `none`, `pending` (awaiting human review), `accepted`, `rejected` or `retrying`.
     pub review: String,
     /// Creator signals and review decisions, with who made them.
-    pub decisions: Vec<retake_domain::review::CreatorEvent>,
+    pub decisions: Vec<retake_domain::event::CreatorEvent>,
     pub updated_at: String,
 }
 

@@ -149,7 +149,7 @@ impl QaScorer for Simulator {
             tokio::time::sleep(Duration::from_millis(self.qa_ms)).await;
         }
         Ok(Scored {
-            scores: Self::scores(&req.segment_id, req.seed, &req.params),
+            scores: Self::scores(req.segment_id.as_str(), req.seed, &req.params),
             ..Default::default()
         })
     }

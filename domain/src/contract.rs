@@ -2,136 +2,16 @@
 //! depend on these shapes; fields may be added, never renamed or removed.
 
 use crate::error::{Errors, ValidationError};
+use crate::event::CreatorEvent;
 use crate::ids::{ProjectId, SceneType, SegmentId};
-use crate::jitter::ParamChange;
-use crate::quality::CategoryScore;
+use crate::null_as_default;
+pub use crate::params::{MAX_PARAMS_DEPTH, ParamChange, Params};
+use crate::scores::CategoryScore;
+pub use crate::scores::{FailedQa, QaScores, Scores, validate_scores};
+use crate::scores::{check_breakdown, check_scores};
 use crate::strategy::Strategy;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
-
-/// Deserialize `null` as the type's default: JSON clients (the Go-based `temporal` CLI among them)
-/// render empty lists as `null`.
-pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Default + Deserialize<'de>,
-{
-    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
-}
-
-/// QA scores by metric, each within 0..=1.
-pub type Scores = BTreeMap<String, f64>;
-
-/// How deep a parameter value may nest. Generation parameters are flat in practice; the bound keeps
-/// hostile input from reaching stores, logs and backends that recurse over it.
-pub const MAX_PARAMS_DEPTH: usize = 32;
-
-/// Nesting depth of a JSON value: 1 for a scalar, one more per array or object level.
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 1,
-    }
-}
-
-/// Generation parameters: a JSON object with at least an integer `seed`; other entries are kept
-/// as they are, numeric ones named in the policy's `vary` are jittered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Params(pub Map<String, Value>);
-
-impl Params {
-    /// Validate: a JSON object whose `seed` is a non-negative integer.
-    pub fn parse(value: &Value) -> Result<Self, ValidationError> {
-        let Value::Object(map) = value else {
-            return Err(ValidationError::single("params", "must be a JSON object"));
-        };
-        match map.get("seed") {
-            None => return Err(ValidationError::single("params.seed", "is required")),
-            Some(v) if v.as_u64().is_none() => {
-                return Err(ValidationError::single(
-                    "params.seed",
-                    format!("must be a non-negative integer below 2^64, got {v}"),
-                ));
-            }
-            Some(_) => {}
-        }
-        for (name, v) in map {
-            if depth(v) > MAX_PARAMS_DEPTH {
-                return Err(ValidationError::single(
-                    format!("params.{name}"),
-                    format!("is nested deeper than {MAX_PARAMS_DEPTH} levels"),
-                ));
-            }
-        }
-        Ok(Self(map.clone()))
-    }
-
-    /// The `seed` entry (0 if absent, which [`Params::parse`] rules out).
-    pub fn seed(&self) -> u64 {
-        self.0.get("seed").and_then(Value::as_u64).unwrap_or(0)
-    }
-
-    /// A numeric entry.
-    pub fn number(&self, name: &str) -> Option<f64> {
-        self.0.get(name).and_then(Value::as_f64)
-    }
-}
-
-/// Described by hand: the type is an open JSON object, and a generated client should still know
-/// about the one entry every request needs (`seed`) while passing the others through.
-#[cfg(feature = "openapi")]
-impl utoipa::PartialSchema for Params {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{
-            AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type,
-        };
-        let seed = ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-            .minimum(Some(0))
-            .description(Some(
-                "Seed of the generation; attempts derive their own seeds from it.",
-            ));
-        ObjectBuilder::new()
-            .description(Some(
-                "Generation parameters: an integer `seed`, plus any other entries, kept as they \
-                 are; numeric ones named in the policy's `vary` are jittered.",
-            ))
-            .property("seed", seed)
-            .required("seed")
-            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
-            .into()
-    }
-}
-
-#[cfg(feature = "openapi")]
-impl utoipa::ToSchema for Params {}
-
-/// QA result of the generation that failed: scores by metric and the failure kinds found.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct FailedQa {
-    #[serde(default, deserialize_with = "null_as_default")]
-    #[cfg_attr(feature = "openapi", schema(value_type = BTreeMap<String, f64>))]
-    pub scores: Scores,
-    #[serde(default, deserialize_with = "null_as_default")]
-    pub failures: Vec<String>,
-    /// Scores by category with feedback (text and LLM-judge scorers); each category also counts
-    /// as a metric of its own (see `quality::normalise`).
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
-    pub breakdown: Vec<CategoryScore>,
-}
-
-/// What a scorer says about one output: scores by metric, plus failure kinds it found on its own
-/// (e.g. a detector with no score). Thresholds from the policy are applied on top.
-pub type QaScores = FailedQa;
 
 /// The validated workflow argument.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -241,49 +121,6 @@ fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa>
     check_scores("failed_qa.scores", &qa.scores, errs);
     check_breakdown("failed_qa.breakdown", &qa.breakdown, errs);
     (errs.len() == before).then_some(qa)
-}
-
-/// Scores must be finite and within 0..=1.
-pub(crate) fn check_scores(field: &str, scores: &Scores, errs: &mut Errors) {
-    for (metric, score) in scores {
-        if !(score.is_finite() && (0.0..=1.0).contains(score)) {
-            errs.push(
-                format!("{field}.{metric}"),
-                format!("must be within 0..=1, got {score}"),
-            );
-        }
-    }
-}
-
-/// Categories must be named like metrics and score within 0..=1.
-pub(crate) fn check_breakdown(field: &str, breakdown: &[CategoryScore], errs: &mut Errors) {
-    for (i, c) in breakdown.iter().enumerate() {
-        let valid_name = !c.category.is_empty()
-            && c.category.len() <= 64
-            && c.category
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
-        if !valid_name {
-            errs.push(
-                format!("{field}[{i}].category"),
-                format!("must be letters, digits and _, got {:?}", c.category),
-            );
-        }
-        if !(c.score.is_finite() && (0.0..=1.0).contains(&c.score)) {
-            errs.push(
-                format!("{field}[{i}].score"),
-                format!("must be within 0..=1, got {}", c.score),
-            );
-        }
-    }
-}
-
-/// Check a scorer's answer: scores and breakdown within range, names valid.
-pub fn validate_scores(qa: &QaScores) -> Result<(), ValidationError> {
-    let mut errs = Errors::default();
-    check_scores("scores", &qa.scores, &mut errs);
-    check_breakdown("breakdown", &qa.breakdown, &mut errs);
-    errs.finish(())
 }
 
 /// `error_type` of an attempt the budget stopped: it needed more GPU time than was reserved and
@@ -405,9 +242,9 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryResult {
-    pub segment_id: String,
-    pub project_id: String,
-    pub scene_type: String,
+    pub segment_id: SegmentId,
+    pub project_id: ProjectId,
+    pub scene_type: SceneType,
     pub outcome: Outcome,
     /// Why the workflow ended the way it did, in words (e.g. why it was not retried).
     pub reason: String,
@@ -419,7 +256,7 @@ pub struct RetryResult {
     pub report: String,
     /// Creator signals and review decisions, in order, with who made them.
     #[serde(default, deserialize_with = "null_as_default")]
-    pub decisions: Vec<crate::review::CreatorEvent>,
+    pub decisions: Vec<CreatorEvent>,
 }
 
 #[cfg(test)]

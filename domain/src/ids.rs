@@ -47,6 +47,19 @@ macro_rules! id_type {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = ValidationError;
+            fn from_str(raw: &str) -> Result<Self, Self::Err> {
+                Self::parse(raw)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl TryFrom<String> for $name {
             type Error = ValidationError;
             fn try_from(raw: String) -> Result<Self, Self::Error> {

@@ -12,22 +12,12 @@
 //!
 //! Parameters that are absent or not numbers are left alone (and not reported as changed).
 
-use crate::contract::Params;
+use crate::params::{ParamChange, Params};
 use crate::policy::JitterSpec;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
-
-/// One jittered parameter: its value in the failed generation and in this attempt.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ParamChange {
-    pub param: String,
-    pub original: f64,
-    pub value: f64,
-}
 
 fn rng_for(seed: u64) -> ChaCha8Rng {
     let mut key = [0u8; 32];

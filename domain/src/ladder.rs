@@ -4,12 +4,14 @@
 
 use crate::contract::{AttemptRecord, AttemptStatus, RetryRequest};
 use crate::jitter;
-use crate::plan::{self, AttemptPlan, Stop};
+use crate::plan::{self, AttemptPlan};
 use crate::policy::RetryPolicy;
 use crate::prompt::{self, PromptContext};
-use crate::quality::{self, CategoryScore};
+use crate::quality;
+use crate::scores::CategoryScore;
 use crate::seed;
 use crate::select;
+use crate::stop::Stop;
 use crate::strategy::{self, Strategy};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -8,18 +8,22 @@
 pub mod budget;
 pub mod contract;
 pub mod error;
+pub mod event;
 pub mod ids;
 pub mod jitter;
 pub mod ladder;
+pub mod params;
 pub mod plan;
 pub mod policy;
 pub mod prompt;
 pub mod quality;
 pub mod report;
 pub mod review;
+pub mod scores;
 pub mod seed;
 pub mod select;
 pub mod status;
+pub mod stop;
 pub mod strategy;
 
 pub use contract::{
@@ -28,6 +32,16 @@ pub use contract::{
 pub use error::{FieldError, ValidationError};
 pub use ids::{ProjectId, SceneType, SegmentId};
 pub use policy::{RetryPolicy, Selection};
+
+/// Deserialize `null` as the type's default: JSON clients (the Go-based `temporal` CLI among them)
+/// render empty lists as `null`.
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + serde::Deserialize<'de>,
+{
+    Ok(<Option<T> as serde::Deserialize>::deserialize(d)?.unwrap_or_default())
+}
 
 /// Workflow type name of the retry workflow (part of the public contract).
 pub const WORKFLOW_TYPE: &str = "SegmentRetryWorkflow";

@@ -4,12 +4,14 @@
 use crate::contract::{
     AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,
 };
-use crate::jitter::{self, ParamChange};
+use crate::event::CreatorEvent;
+use crate::jitter;
+use crate::params::ParamChange;
 use crate::policy::{RetryPolicy, Selection};
 use crate::report;
-use crate::review::CreatorEvent;
 use crate::seed;
 use crate::select::{gate, select};
+use crate::stop::Stop;
 use crate::strategy::Strategy;
 
 /// Why retrying is not even started, or `Ok(())` to start.
@@ -165,37 +167,6 @@ impl AttemptPlan {
     }
 }
 
-/// Why the attempt loop ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Stop {
-    /// `first_pass` and the last attempt passed.
-    Passed,
-    /// Every allowed attempt was made.
-    AttemptsUsed,
-    /// The last attempt failed only on kinds the policy does not retry on.
-    NotRetryable { attempt: u32, failures: Vec<String> },
-    /// The budget refused attempt `attempt`.
-    BudgetRefused { attempt: u32, detail: String },
-    /// Attempt `attempt` needed more GPU time than reserved and the budget refused more: it was
-    /// cancelled mid-generation.
-    BudgetExceeded { attempt: u32, detail: String },
-    /// A creator aborted (the in-flight attempt is cancelled).
-    Aborted { by: String, reason: String },
-    /// A creator escalated to human review before the attempts ran out.
-    Escalated { by: String, reason: String },
-    /// The cost-effectiveness rule: attempt `attempt` would cost more GPU time than it is expected
-    /// to save.
-    NotWorthIt {
-        attempt: u32,
-        chance: f64,
-        cost_ms: u64,
-        saving_ms: f64,
-    },
-    /// The ladder reached `user_intervention` (or its attempts ran out) before attempt `attempt`:
-    /// escalated with `message` (the rendered user-intervention template).
-    UserIntervention { attempt: u32, message: String },
-}
-
 /// After the attempts so far: the next attempt number, or why to stop. `round_start` is the
 /// number of attempts made before the current round (0, or more after a creator's `retry_with`):
 /// the last attempt of an earlier round does not stop a new one.
@@ -233,9 +204,9 @@ pub fn next(
 pub fn not_retried(req: &RetryRequest, reason: String) -> RetryResult {
     let report = report::not_retried(req.segment_id.as_str(), &reason);
     RetryResult {
-        segment_id: req.segment_id.to_string(),
-        project_id: req.project_id.to_string(),
-        scene_type: req.scene_type.to_string(),
+        segment_id: req.segment_id.clone(),
+        project_id: req.project_id.clone(),
+        scene_type: req.scene_type.clone(),
         outcome: Outcome::NotRetried,
         reason,
         selected_attempt: None,
@@ -322,9 +293,9 @@ pub fn conclude(
         stop,
     );
     RetryResult {
-        segment_id: req.segment_id.to_string(),
-        project_id: req.project_id.to_string(),
-        scene_type: req.scene_type.to_string(),
+        segment_id: req.segment_id.clone(),
+        project_id: req.project_id.clone(),
+        scene_type: req.scene_type.clone(),
         outcome,
         reason,
         selected_attempt: selected,

@@ -265,7 +265,7 @@ impl RetryPolicy {
     /// suggesting a segment came closer to passing than it did.
     pub fn best_words<'a>(
         &self,
-        scored: impl Iterator<Item = &'a crate::contract::Scores> + Clone,
+        scored: impl Iterator<Item = &'a crate::scores::Scores> + Clone,
     ) -> Option<String> {
         let pct = crate::quality::percent;
         if self.thresholds.contains_key(crate::quality::OVERALL) {

@@ -3,7 +3,8 @@
 //! (see [`PLACEHOLDERS`]; `{{` and `}}` for literal braces) and can be overridden per strategy in
 //! the policy's `prompts`.
 
-use crate::quality::{self, CategoryScore};
+use crate::quality;
+use crate::scores::CategoryScore;
 use crate::strategy::{Language, Profile, Strategy};
 
 /// Every placeholder a template may use.

@@ -4,23 +4,10 @@
 //! Every score is normalised to 0..=1 (a scorer speaking 0-100 is divided by 100 by its adapter);
 //! prompts show them on the 0-100 scale people use.
 
-use crate::contract::{QaScores, Scores};
-use serde::{Deserialize, Serialize};
+use crate::scores::{CategoryScore, QaScores, Scores};
 
 /// The metric name of the overall score.
 pub const OVERALL: &str = "overall";
-
-/// One category of a scorer's breakdown, e.g. `character_consistency` 0.58 "the mentor's voice
-/// changes between scenes".
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CategoryScore {
-    pub category: String,
-    /// 0..=1.
-    pub score: f64,
-    #[serde(default)]
-    pub feedback: String,
-}
 
 /// Fill the score map from the breakdown: every category becomes a metric of its own (unless the
 /// scorer already reported one of that name), and `overall` is the mean of the categories when the

@@ -4,8 +4,8 @@
 //! `Segment 5: failed attempt 1 (face 0.42), failed attempt 2 (face 0.55), passed attempt 3 (face 0.87)`
 
 use crate::contract::{AttemptRecord, AttemptStatus, Outcome};
-use crate::plan::Stop;
 use crate::policy::{RetryPolicy, Selection};
+use crate::stop::Stop;
 
 /// Report of a segment that was not retried.
 pub fn not_retried(segment_id: &str, reason: &str) -> String {

@@ -1,7 +1,8 @@
 //! The live view of a retry, answered by the workflow's `report` query and `retake status`.
 
 use crate::contract::{AttemptRecord, Outcome, RetryResult};
-use crate::review::{CreatorEvent, Phase};
+use crate::event::CreatorEvent;
+use crate::review::Phase;
 use serde::{Deserialize, Serialize};
 
 /// The result shape so far, plus the phase. While the workflow runs, `outcome` is `null`.
@@ -29,9 +30,9 @@ impl Status {
     pub fn concluded(phase: Phase, result: &RetryResult) -> Self {
         Self {
             phase,
-            segment_id: result.segment_id.clone(),
-            project_id: result.project_id.clone(),
-            scene_type: result.scene_type.clone(),
+            segment_id: result.segment_id.to_string(),
+            project_id: result.project_id.to_string(),
+            scene_type: result.scene_type.to_string(),
             outcome: Some(result.outcome),
             reason: result.reason.clone(),
             selected_attempt: result.selected_attempt,

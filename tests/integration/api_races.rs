@@ -33,7 +33,7 @@ async fn a_numeric_segment_id_in_the_body_matches_the_same_segment_in_the_path()
     ))
     .await
     .unwrap();
-    assert_eq!(result.segment_id, n.to_string());
+    assert_eq!(result.segment_id.as_str(), n.to_string());
 }
 
 #[tokio::test]

@@ -120,7 +120,7 @@ async fn a_chapter_walks_the_text_ladder_to_user_intervention_with_korean_prompt
     assert_eq!(sent, recorded);
     assert_eq!(
         recorded,
-        retake_domain::seed::attempt_seeds(&result.segment_id, 7, 3, 32)
+        retake_domain::seed::attempt_seeds(result.segment_id.as_str(), 7, 3, 32)
     );
     // Attempt 1 revised the failed draft; later ones the best draft so far (attempt 1, 69).
     let revises: Vec<_> = result.attempts.iter().map(|a| a.revises).collect();
@@ -184,10 +184,18 @@ async fn a_chapter_walks_the_text_ladder_to_user_intervention_with_korean_prompt
                 .starts_with("12화 원고")
         );
     }
-    let stored = app.store.attempts(&result.segment_id).await.unwrap();
+    let stored = app
+        .store
+        .attempts(result.segment_id.as_str())
+        .await
+        .unwrap();
     let records: Vec<_> = stored.iter().map(|s| s.record.clone()).collect();
     assert_eq!(records, result.attempts);
-    let outcome = app.store.outcomes(&result.segment_id).await.unwrap();
+    let outcome = app
+        .store
+        .outcomes(result.segment_id.as_str())
+        .await
+        .unwrap();
     assert_eq!(outcome.len(), 1);
     assert_eq!(
         (outcome[0].outcome.as_str(), outcome[0].review.as_str()),

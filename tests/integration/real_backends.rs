@@ -83,7 +83,11 @@ async fn a_real_comfyui_renders_each_attempt_with_its_recorded_seed_and_bills_it
 
     let result = app.retry(input).await;
 
-    let runs = app.store.outcomes(&result.segment_id).await.unwrap();
+    let runs = app
+        .store
+        .outcomes(result.segment_id.as_str())
+        .await
+        .unwrap();
     assert_eq!(result.attempts.len(), 2, "{}", result.report);
     for a in &result.attempts {
         assert_ne!(a.status, AttemptStatus::Error, "{:?}", a.error);

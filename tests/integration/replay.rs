@@ -106,7 +106,7 @@ impl ChangedRetryWorkflow {
         ctx.execute_activity(
             RetryActivities::load_policy,
             LoadPolicy {
-                scene_type: "changed".into(),
+                scene_type: "changed".parse().unwrap(),
             },
             ActivityOptions::with_start_to_close_timeout(Duration::from_secs(5)).build(),
         )
@@ -241,7 +241,7 @@ async fn record_representative_histories() {
     assert_eq!(result.outcome, Outcome::Escalated);
     save(
         &chapter,
-        &result.segment_id,
+        result.segment_id.as_str(),
         "chapter_user_intervention.json",
     )
     .await;

@@ -11,9 +11,11 @@ use retake_activities::io::{
 };
 use retake_domain::RetryPolicy;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
+use retake_domain::event::CreatorEvent;
 use retake_domain::ladder;
-use retake_domain::plan::{self, AttemptPlan, Stop};
-use retake_domain::review::{CreatorEvent, Decision, Phase, RetryWith};
+use retake_domain::plan::{self, AttemptPlan};
+use retake_domain::review::{Decision, Phase, RetryWith};
+use retake_domain::stop::Stop;
 use std::time::Duration;
 use temporalio_sdk::{
     ActivityExecutionError, WorkflowCancellationToken, WorkflowContext, WorkflowResult,
@@ -232,9 +234,9 @@ impl Run {
                     RetryActivities::record_attempt,
                     RecordAttempt {
                         key: self.key(k),
-                        segment_id: self.req.segment_id.to_string(),
-                        project_id: self.req.project_id.to_string(),
-                        scene_type: self.req.scene_type.to_string(),
+                        segment_id: self.req.segment_id.clone(),
+                        project_id: self.req.project_id.clone(),
+                        scene_type: self.req.scene_type.clone(),
                         record: record.clone(),
                     },
                     options::store(format!("attempt {k} · record · {}", record.status.as_str())),
@@ -266,9 +268,9 @@ impl Run {
                 RetryActivities::reserve_budget,
                 ReserveBudget {
                     key: self.key(k),
-                    project_id: self.req.project_id.to_string(),
+                    project_id: self.req.project_id.clone(),
                     gpu_ms: self.policy.est_gpu_ms_per_attempt,
-                    scene_type: self.truthful.then(|| self.req.scene_type.to_string()),
+                    scene_type: self.truthful.then(|| self.req.scene_type.clone()),
                 },
                 options::store(format!(
                     "attempt {k} · reserve {} GPU ms",
@@ -364,7 +366,7 @@ impl Run {
         ));
         // Runs before the budget was a cap generate without a reservation to raise.
         let budget = self.truthful.then(|| HeldBudget {
-            project_id: self.req.project_id.to_string(),
+            project_id: self.req.project_id.clone(),
             reserved_ms,
         });
         self.ctx
@@ -372,8 +374,8 @@ impl Run {
                 RetryActivities::generate,
                 GenerateRequest {
                     key: self.key(k),
-                    segment_id: self.req.segment_id.to_string(),
-                    scene_type: self.req.scene_type.to_string(),
+                    segment_id: self.req.segment_id.clone(),
+                    scene_type: self.req.scene_type.clone(),
                     seed: attempt.seed,
                     params: attempt.params.clone(),
                     strategy: attempt.strategy,
@@ -435,8 +437,8 @@ impl Run {
                 RetryActivities::score_qa,
                 ScoreRequest {
                     key: self.key(k),
-                    segment_id: self.req.segment_id.to_string(),
-                    scene_type: self.req.scene_type.to_string(),
+                    segment_id: self.req.segment_id.clone(),
+                    scene_type: self.req.scene_type.clone(),
                     seed: attempt.seed,
                     params: attempt.params.clone(),
                     output_uri: generated.output_uri.clone(),
@@ -455,7 +457,7 @@ impl Run {
                 RetryActivities::settle_budget,
                 SettleBudget {
                     key: self.key(k),
-                    project_id: self.req.project_id.to_string(),
+                    project_id: self.req.project_id.clone(),
                     gpu_ms,
                 },
                 options::store(format!("attempt {k} · settle {gpu_ms} GPU ms")),

@@ -7,10 +7,11 @@ use crate::{INVALID_REQUEST, options};
 use retake_activities::RetryActivities;
 use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
 use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
+use retake_domain::event::CreatorEvent;
 use retake_domain::plan;
 use retake_domain::policy::MixedFailures;
 use retake_domain::report;
-use retake_domain::review::{CreatorEvent, Decision, Phase};
+use retake_domain::review::{Decision, Phase};
 use retake_domain::status::Status;
 use retake_domain::{RetryPolicy, ValidationError};
 use serde_json::{Value, json};
@@ -77,7 +78,7 @@ impl SegmentRetryWorkflow {
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
         let truthful = ctx.patched(TRUTHFUL_PATCH);
         let scene = LoadPolicy {
-            scene_type: req.scene_type.to_string(),
+            scene_type: req.scene_type.clone(),
         };
         let (stored, seed_bits) = if truthful {
             let settings = ctx

@@ -90,7 +90,10 @@ impl GenerationBackend for Router {
         req: &GenerateRequest,
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
-        self.route(&req.scene_type).0.generate(req, progress).await
+        self.route(req.scene_type.as_str())
+            .0
+            .generate(req, progress)
+            .await
     }
 
     fn seed_bits(&self, scene_type: &str) -> u32 {
@@ -101,7 +104,7 @@ impl GenerationBackend for Router {
 #[async_trait]
 impl QaScorer for Router {
     async fn score(&self, req: &ScoreRequest) -> Result<Scored, BackendError> {
-        self.route(&req.scene_type).1.score(req).await
+        self.route(req.scene_type.as_str()).1.score(req).await
     }
 }
 

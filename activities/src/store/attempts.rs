@@ -209,9 +209,9 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
             )));
         }
         let owner = Owner {
-            segment_id: &rec.segment_id,
-            project_id: &rec.project_id,
-            scene_type: &rec.scene_type,
+            segment_id: rec.segment_id.as_str(),
+            project_id: rec.project_id.as_str(),
+            scene_type: rec.scene_type.as_str(),
             workflow_id: &rec.key.workflow_id,
             run_id: &rec.key.run_id,
         };
@@ -226,9 +226,9 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
         let review = out.review.as_str();
         let decisions = to_json(&result.decisions)?;
         let owner = Owner {
-            segment_id: &result.segment_id,
-            project_id: &result.project_id,
-            scene_type: &result.scene_type,
+            segment_id: result.segment_id.as_str(),
+            project_id: result.project_id.as_str(),
+            scene_type: result.scene_type.as_str(),
             workflow_id: &out.workflow_id,
             run_id: &out.run_id,
         };

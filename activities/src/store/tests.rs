@@ -106,9 +106,9 @@ fn record(attempt: u32, face: f64) -> AttemptRecord {
 fn record_attempt(run: &str, rec: AttemptRecord) -> RecordAttempt {
     RecordAttempt {
         key: key(run, rec.attempt),
-        segment_id: "5".to_owned(),
-        project_id: "p1".to_owned(),
-        scene_type: "dialogue".to_owned(),
+        segment_id: "5".parse().unwrap(),
+        project_id: "p1".parse().unwrap(),
+        scene_type: "dialogue".parse().unwrap(),
         record: rec,
     }
 }
@@ -123,9 +123,9 @@ fn outcome(
         workflow_id: "segment-retry-5".to_owned(),
         run_id: run.to_owned(),
         result: RetryResult {
-            segment_id: "5".to_owned(),
-            project_id: "p1".to_owned(),
-            scene_type: "dialogue".to_owned(),
+            segment_id: "5".parse().unwrap(),
+            project_id: "p1".parse().unwrap(),
+            scene_type: "dialogue".parse().unwrap(),
             outcome,
             reason: "because".to_owned(),
             selected_attempt: selected,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::contract::{AttemptStatus, QaScores};
-use crate::plan::Stop;
+use crate::stop::Stop;
 use serde_json::json;
 
 fn chapter_request() -> RetryRequest {

@@ -306,8 +306,8 @@ impl GenerationBackend for HttpBackend {
         let key = req.key.idempotency_key();
         let body = GenerateBody {
             idempotency_key: &key,
-            segment_id: &req.segment_id,
-            scene_type: &req.scene_type,
+            segment_id: req.segment_id.as_str(),
+            scene_type: req.scene_type.as_str(),
             seed: req.seed,
             params: &req.params,
             strategy: req.strategy,

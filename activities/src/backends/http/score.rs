@@ -5,7 +5,7 @@ use crate::backends::wire;
 use crate::io::{ScoreRequest, Scored};
 use crate::ports::BackendError;
 use retake_domain::contract::{Params, Scores, validate_scores};
-use retake_domain::quality::CategoryScore;
+use retake_domain::scores::CategoryScore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize)]
@@ -38,8 +38,8 @@ pub(super) async fn score(
     let key = req.key.idempotency_key();
     let body = ScoreBody {
         idempotency_key: &key,
-        segment_id: &req.segment_id,
-        scene_type: &req.scene_type,
+        segment_id: req.segment_id.as_str(),
+        scene_type: req.scene_type.as_str(),
         seed: req.seed,
         params: &req.params,
         output_uri: &req.output_uri,

@@ -9,7 +9,7 @@ async fn recorded(store: &AnyStore, run: &str, n: u32, scene_type: &str, status:
     rec.gpu_ms = ms;
     rec.status = serde_json::from_value(json!(status)).unwrap();
     let mut attempt = record_attempt(run, rec);
-    attempt.scene_type = scene_type.to_owned();
+    attempt.scene_type = scene_type.parse().unwrap();
     store.record_attempt(&attempt).await.unwrap();
 }
 

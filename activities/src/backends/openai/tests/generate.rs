@@ -23,8 +23,8 @@ fn config(base_url: &str) -> OpenAiConfig {
 fn request(params: Value) -> GenerateRequest {
     GenerateRequest {
         key: key(),
-        segment_id: "ch-12".into(),
-        scene_type: "chapter".into(),
+        segment_id: "ch-12".parse().unwrap(),
+        scene_type: "chapter".parse().unwrap(),
         seed: 5_760_749_790_915_036,
         params: Params(params.as_object().unwrap().clone()),
         strategy: None,

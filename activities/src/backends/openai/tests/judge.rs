@@ -45,8 +45,8 @@ async fn judge(content: &str) -> (Result<QaScores, BackendError>, super::Seen) {
         .unwrap();
     let req = ScoreRequest {
         key: key(),
-        segment_id: "ch-12".into(),
-        scene_type: "chapter".into(),
+        segment_id: "ch-12".parse().unwrap(),
+        scene_type: "chapter".parse().unwrap(),
         seed: 77,
         params: Params(
             json!({"seed": 77, "prompt": "12화: 재회"})
