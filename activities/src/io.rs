@@ -1,6 +1,7 @@
 //! Inputs and outputs of the activities. They cross Temporal as JSON, so a worker written in
 //! another language can implement the same activities.
 
+use retake_domain::adapt::EvidenceQuery;
 use retake_domain::contract::{AttemptRecord, Params, QaScores, RetryResult};
 use retake_domain::strategy::Strategy;
 use retake_domain::{ProjectId, SceneType, SegmentId};
@@ -26,6 +27,13 @@ impl AttemptKey {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadPolicy {
     pub scene_type: SceneType,
+}
+
+/// Input of `load_evidence`: which of the scene type's records an adaptive attempt chooses from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadEvidence {
+    pub scene_type: SceneType,
+    pub query: EvidenceQuery,
 }
 
 /// Output of `load_settings`: what a run plans with, read once at its start (and so in its history).

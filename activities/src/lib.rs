@@ -14,14 +14,15 @@ pub mod stats;
 pub mod store;
 
 use crate::io::{
-    AttemptKey, GenerateRequest, Generated, LoadPolicy, RecordAttempt, RecordOutcome, Reservation,
-    ReserveBudget, ScoreRequest, Scored, Settings, SettleBudget, Used,
+    AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, RecordAttempt, RecordOutcome,
+    Reservation, ReserveBudget, ScoreRequest, Scored, Settings, SettleBudget, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
     Reporting, StoreError,
 };
 use async_trait::async_trait;
+use retake_domain::adapt::Evidence;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -239,6 +240,21 @@ impl RetryActivities {
             policy,
             seed_bits: self.generator.seed_bits(input.scene_type.as_str()),
         })
+    }
+
+    /// What the scene type's latest scored attempts say about which variations fix which
+    /// failures, for an `adaptive` attempt to choose from. The answer is in the history, so a
+    /// replayed run chooses the same variation.
+    #[activity(name = "load_evidence")]
+    pub async fn load_evidence(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: LoadEvidence,
+    ) -> Result<Evidence, ActivityError> {
+        self.reporting
+            .evidence(input.scene_type.as_str(), &input.query)
+            .await
+            .map_err(store_failure)
     }
 
     /// Reserve an attempt's GPU time against the project budget: the policy's estimate, or —

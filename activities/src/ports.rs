@@ -254,6 +254,19 @@ pub struct Stats {
     pub budget_refusals: u64,
     /// Escalations awaiting a human decision.
     pub reviews_pending: u64,
+    /// Scored attempts with a recorded variation, per scene type, failure kind and arm (every
+    /// scope, all time): what adaptive retries learn from.
+    pub variations: Vec<VariationCount>,
+}
+
+/// One line of [`Stats::variations`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VariationCount {
+    pub scene_type: String,
+    pub failure_kind: String,
+    pub arm: String,
+    pub attempts: u64,
+    pub passes: u64,
 }
 
 /// Read-only totals and statistics over the store.
@@ -273,6 +286,13 @@ pub trait Reporting: Send + Sync {
         q: f64,
         last: u32,
     ) -> Result<Option<u64>, StoreError>;
+    /// What the scene type's latest scored attempts say about which variations fix which
+    /// failures: attempts and passes per failure kind and arm (see `retake_domain::adapt`).
+    async fn evidence(
+        &self,
+        scene_type: &str,
+        query: &retake_domain::adapt::EvidenceQuery,
+    ) -> Result<retake_domain::adapt::Evidence, StoreError>;
 }
 
 /// Every store capability in one object: what [`connect_any`](crate::store::connect_any)

@@ -2,7 +2,7 @@
 //! type the handler parses or returns (the domain and store types carry `ToSchema` behind their
 //! `openapi` feature), so a generated client speaks the same shapes as the server.
 
-use crate::routes::{budgets, ops, policies, segments};
+use crate::routes::{budgets, insights, ops, policies, segments};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "retake", description = "Durable, transparent, budget-bounded retries of failed generations."),
     paths(
         ops::healthz, ops::metrics,
-        policies::show, policies::set,
+        policies::show, policies::set, insights::show,
         budgets::show, budgets::set,
         segments::start, segments::status, segments::abort, segments::escalate, segments::decide,
         segments::history,

@@ -1,6 +1,7 @@
 //! The workflow contract: its JSON argument and result. Pipelines and other languages' clients
 //! depend on these shapes; fields may be added, never renamed or removed.
 
+use crate::adapt::Variation;
 use crate::error::{Errors, ValidationError};
 use crate::event::CreatorEvent;
 use crate::ids::{ProjectId, SceneType, SegmentId};
@@ -236,6 +237,10 @@ pub struct AttemptRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub breakdown: Vec<CategoryScore>,
+    /// What the attempt varied and why, as insights count it (absent for runs started before
+    /// variations were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variation: Option<Variation>,
 }
 
 /// The workflow result.

@@ -2,6 +2,7 @@
 //! (seed, jitter, the draft it revises and its prompt) and the user-intervention message that ends
 //! a ladder. Runs started before the ladder existed keep using [`plan::pre_ladder_attempt`].
 
+use crate::adapt::{self, ChosenBy, Evidence, Variation};
 use crate::contract::{AttemptRecord, AttemptStatus, RetryRequest};
 use crate::jitter;
 use crate::plan::{self, AttemptPlan};
@@ -83,6 +84,15 @@ pub fn plan_attempt(
         &no_jitter
     };
     let (params, jitter) = jitter::apply(&req.params, vary, seed);
+    let (targets, base_quality) = state(req, policy, attempts);
+    let mut variation = Variation::of(&jitter, strategy.revises().then_some(strategy.as_str()));
+    variation.targets = targets;
+    variation.scope = policy.adaptive.scope.clone();
+    if strategy == Strategy::Adaptive {
+        // Until `adapt` sees the evidence, the rung is `reseed_jitter`.
+        variation.chosen_by = ChosenBy::ColdStart;
+        variation.why = Some("no evidence was read: reseed with jitter".to_owned());
+    }
     let mut plan = AttemptPlan {
         attempt: k,
         seed,
@@ -94,6 +104,8 @@ pub fn plan_attempt(
         revises: None,
         revise_uri: None,
         note: None,
+        variation: Some(variation),
+        base_quality,
     };
     if strategy.revises() {
         let base = best_draft(req, policy, attempts);
@@ -119,6 +131,78 @@ pub fn plan_attempt(
         plan.revise_uri = base.uri;
     }
     plan
+}
+
+/// An `adaptive` attempt planned by [`next`] (as `reseed_jitter`), re-planned with the evidence:
+/// its parameters, jitter and variation as [`adapt::choose`] decides. Any other plan is returned
+/// as it is.
+pub fn adapt(policy: &RetryPolicy, mut plan: AttemptPlan, evidence: &Evidence) -> AttemptPlan {
+    if plan.strategy != Some(Strategy::Adaptive) {
+        return plan;
+    }
+    let Some(variation) = plan.variation.as_mut() else {
+        return plan;
+    };
+    match adapt::choose(
+        policy,
+        &plan.original_params,
+        &variation.targets,
+        evidence,
+        plan.seed,
+    ) {
+        adapt::Choice::ColdStart { why } => variation.why = Some(why),
+        adapt::Choice::Arm {
+            arm,
+            params,
+            changes,
+            why,
+        } => {
+            let mut chosen = Variation::of(&changes, None);
+            if chosen.arms != [arm.clone()] {
+                // A parameter arm clamped back to where it was moves nothing: a reseed.
+                chosen.arms = vec![arm];
+            }
+            chosen.targets = std::mem::take(&mut variation.targets);
+            chosen.scope = variation.scope.take();
+            chosen.chosen_by = ChosenBy::Adaptive;
+            chosen.why = Some(why);
+            *variation = chosen;
+            plan.params = params;
+            plan.jitter = changes;
+        }
+    }
+    plan
+}
+
+/// The failure kinds an attempt sets out to fix and the quality of the draft it starts from: the
+/// latest scored attempt's (its retryable failures), else the failed generation's.
+fn state(
+    req: &RetryRequest,
+    policy: &RetryPolicy,
+    attempts: &[AttemptRecord],
+) -> (Vec<String>, f64) {
+    let original = || {
+        let scores = quality::normalise(req.failed_qa.clone()).scores;
+        (&req.failed_qa.failures, select::quality(policy, &scores))
+    };
+    let (failures, base) = attempts
+        .iter()
+        .rev()
+        .find(|a| scored(a) && !a.failures.is_empty())
+        .map_or_else(original, |a| {
+            (&a.failures, select::quality(policy, &a.scores))
+        });
+    let mut targets: Vec<String> = policy
+        .retryable(failures)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if targets.is_empty() {
+        targets.clone_from(failures);
+    }
+    targets.sort();
+    targets.dedup();
+    (targets, base)
 }
 
 /// The escalation that ends the ladder before attempt `k`, with the user-intervention message.

@@ -5,6 +5,7 @@
 //! gate, best-of-N selection and the report text. Nothing here reads a clock, the environment or an
 //! unseeded random source, so the workflow can call it freely and replay stays deterministic.
 
+pub mod adapt;
 pub mod budget;
 pub mod contract;
 pub mod error;

@@ -1,6 +1,7 @@
 //! The retry plan: whether to retry at all, what each attempt generates with, when to stop and how
 //! the workflow ends. The workflow executes these decisions; it makes none of its own.
 
+use crate::adapt::Variation;
 use crate::contract::{
     AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,
 };
@@ -60,6 +61,11 @@ pub struct AttemptPlan {
     pub revise_uri: Option<String>,
     /// Why the attempt deviates from its strategy (recorded with it).
     pub note: Option<String>,
+    /// What the attempt varies, as insights count it (`None` on the pre-ladder path).
+    pub variation: Option<Variation>,
+    /// The quality (by the policy's measure) of the draft the attempt starts from, to record
+    /// its gain.
+    pub base_quality: f64,
 }
 
 /// Seed and parameters of attempt `attempt` (1-based) as runs started before the strategy ladder
@@ -83,6 +89,8 @@ pub fn pre_ladder_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32
         revises: None,
         revise_uri: None,
         note: None,
+        variation: None,
+        base_quality: 0.0,
     }
 }
 
@@ -98,7 +106,12 @@ impl AttemptPlan {
         let mut qa = crate::quality::normalise(qa);
         let failures = gate(policy, &qa);
         let breakdown = std::mem::take(&mut qa.breakdown);
+        let base = self.base_quality;
         let mut r = self.record(qa.scores, failures, gpu_ms, output_uri, None);
+        if let Some(v) = &mut r.variation {
+            let gain = crate::select::quality(policy, &r.scores) - base;
+            v.gain = Some((gain * 10_000.0).round() / 10_000.0);
+        }
         r.breakdown = breakdown;
         r
     }
@@ -163,6 +176,7 @@ impl AttemptPlan {
             breakdown: vec![],
             error_type: None,
             note: self.note,
+            variation: self.variation,
         }
     }
 }

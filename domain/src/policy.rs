@@ -85,6 +85,36 @@ pub struct JitterSpec {
     pub max: Option<f64>,
 }
 
+/// How an `adaptive` rung learns (see `adapt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveSettings {
+    /// Recorded attempts on the failure kinds being fixed, over the candidate variations, needed
+    /// before the evidence decides; with fewer the rung plans as `reseed_jitter`. Default: 30.
+    pub min_evidence: u32,
+    /// How many of the scene type's latest scored attempts count as evidence, 1..=10000: older
+    /// ones fade out, so a new model is relearned. Default: 500.
+    pub window: u32,
+    /// Count only attempts recorded under this scope (e.g. a model version tag), and record new
+    /// ones under it. Default: none (every attempt of the scene type recorded without a scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl Default for AdaptiveSettings {
+    fn default() -> Self {
+        Self {
+            min_evidence: 30,
+            window: 500,
+            scope: None,
+        }
+    }
+}
+
+/// Allowed range of [`AdaptiveSettings::window`].
+pub const ADAPTIVE_WINDOW_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
+
 /// The cost-effectiveness rule: stop retrying (and escalate) when another attempt is expected to
 /// save less than it costs. Attempt `k` is made only while
 /// `fix_chance[k-1] × review_cost_gpu_ms ≥ est_gpu_ms_per_attempt`, where `fix_chance[k-1]` is the
@@ -161,6 +191,8 @@ pub struct RetryPolicy {
     /// Failures of several kinds, some not retried on: `stop` (default) or `retry`; see
     /// [`MixedFailures`].
     pub mixed_failures: MixedFailures,
+    /// How `adaptive` rungs learn. Default: see [`AdaptiveSettings`].
+    pub adaptive: AdaptiveSettings,
 }
 
 impl Default for RetryPolicy {
@@ -213,6 +245,7 @@ impl Default for RetryPolicy {
             prompts: BTreeMap::new(),
             cost_rule: None,
             mixed_failures: MixedFailures::Stop,
+            adaptive: AdaptiveSettings::default(),
         }
     }
 }
@@ -324,6 +357,7 @@ pub struct PolicyInput {
     prompts: Option<BTreeMap<Strategy, String>>,
     cost_rule: Option<CostRule>,
     mixed_failures: Option<MixedFailures>,
+    adaptive: Option<AdaptiveSettings>,
 }
 
 impl RetryPolicy {
@@ -375,6 +409,7 @@ impl RetryPolicy {
             prompts: raw.prompts.unwrap_or(d.prompts),
             cost_rule: raw.cost_rule.or(d.cost_rule),
             mixed_failures: raw.mixed_failures.unwrap_or(d.mixed_failures),
+            adaptive: raw.adaptive.unwrap_or(d.adaptive),
         };
         policy.validate()
     }
@@ -508,6 +543,20 @@ impl RetryPolicy {
                     );
                 }
             }
+        }
+        if !ADAPTIVE_WINDOW_RANGE.contains(&self.adaptive.window) {
+            errs.push(
+                "adaptive.window",
+                format!("must be between 1 and 10000, got {}", self.adaptive.window),
+            );
+        }
+        if let Some(scope) = &self.adaptive.scope
+            && crate::ids::SceneType::parse(scope).is_err()
+        {
+            errs.push(
+                "adaptive.scope",
+                "must be 1 to 128 ASCII letters, digits and - _ . :",
+            );
         }
         if self.ladder.is_empty() {
             errs.push("ladder", "must name at least one strategy");

@@ -68,7 +68,7 @@ pub fn default_template(
     use Language::{En, Ko};
     use Strategy::*;
     Some(match (language, strategy, profile) {
-        (_, Reseed | ReseedJitter, _) => return None,
+        (_, Reseed | ReseedJitter | Adaptive, _) => return None,
         (Ko, Revise, _) => {
             "{chapter}화를 수정해 주세요. 현재 점수는 {score}점으로 기준 점수 {threshold}점에 미달합니다. \
              전체적인 문장과 전개를 다듬어 완성도를 높여 주세요."

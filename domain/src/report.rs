@@ -3,6 +3,7 @@
 //!
 //! `Segment 5: failed attempt 1 (face 0.42), failed attempt 2 (face 0.55), passed attempt 3 (face 0.87)`
 
+use crate::adapt::ChosenBy;
 use crate::contract::{AttemptRecord, AttemptStatus, Outcome};
 use crate::policy::{RetryPolicy, Selection};
 use crate::stop::Stop;
@@ -111,8 +112,11 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
     };
     let verdict = if a.passed { "passed" } else { "failed" };
     // The strategy is shown when the ladder chose one other than plain reseeding.
-    let how = match a.strategy {
-        Some(s) if s.revises() => format!(" [{s}]"),
+    // An adaptive attempt shows the move it chose from the evidence.
+    let how = match (a.strategy, &a.variation) {
+        (Some(s), _) if s.revises() => format!(" [{s}]"),
+        (_, Some(v)) if v.chosen_by == ChosenBy::Adaptive => format!(" [adaptive: {}]", v.words()),
+        (_, Some(v)) if v.chosen_by == ChosenBy::ColdStart => " [adaptive: cold start]".to_owned(),
         _ => String::new(),
     };
     if shown.is_empty() {

@@ -96,6 +96,7 @@ mod tests {
             breakdown: vec![],
             error_type: None,
             note: None,
+            variation: None,
         }
     }
 

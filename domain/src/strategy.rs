@@ -12,6 +12,9 @@ pub enum Strategy {
     Reseed,
     /// A new derived seed and the policy's jitter on the parameters it names.
     ReseedJitter,
+    /// A new derived seed and the variation the scene type's records say most often fixes the
+    /// failure (Thompson sampling, see `adapt`); `reseed_jitter` until there is evidence.
+    Adaptive,
     /// Refine the draft (text): "revise this chapter".
     Revise,
     /// Refine the draft carrying every category's feedback.
@@ -23,9 +26,10 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 6] = [
+    pub const ALL: [Strategy; 7] = [
         Strategy::Reseed,
         Strategy::ReseedJitter,
+        Strategy::Adaptive,
         Strategy::Revise,
         Strategy::ReviseWithFeedback,
         Strategy::PartialRewrite,
@@ -36,6 +40,7 @@ impl Strategy {
         match self {
             Strategy::Reseed => "reseed",
             Strategy::ReseedJitter => "reseed_jitter",
+            Strategy::Adaptive => "adaptive",
             Strategy::Revise => "revise",
             Strategy::ReviseWithFeedback => "revise_with_feedback",
             Strategy::PartialRewrite => "partial_rewrite",

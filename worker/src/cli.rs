@@ -41,6 +41,8 @@ pub enum Command {
     Retry(commands::retry::RetryArgs),
     /// Every recorded attempt of a segment.
     History(commands::history::HistoryArgs),
+    /// Which variations fixed which failures: a scene type's recorded attempts, counted.
+    Insights(commands::insights::InsightsArgs),
     /// Retry policies per scene type.
     #[command(subcommand)]
     Policy(commands::policy::PolicyCommand),
@@ -131,6 +133,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => commands::worker(&g, args).await,
         Command::Retry(args) => commands::retry::run(&g, args).await,
         Command::History(args) => commands::history::run(&g, args).await,
+        Command::Insights(args) => commands::insights::run(&g, args).await,
         Command::Policy(cmd) => commands::policy::run(&g, cmd).await,
         Command::Budget(cmd) => commands::budget::run(&g, cmd).await,
         Command::Demo(args) => commands::demo::run(&g, args).await,

@@ -6,16 +6,18 @@ use crate::search::RETRY_OUTCOME;
 use crate::segment_retry::{SegmentRetryWorkflow, record_outcome};
 use retake_activities::RetryActivities;
 use retake_activities::io::{
-    AttemptKey, GenerateRequest, Generated, HeldBudget, RecordAttempt, Reservation, ReserveBudget,
-    Review, ScoreRequest, Scored, SettleBudget,
+    AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, RecordAttempt, Reservation,
+    ReserveBudget, Review, ScoreRequest, Scored, SettleBudget,
 };
 use retake_domain::RetryPolicy;
+use retake_domain::adapt::EvidenceQuery;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
 use retake_domain::event::CreatorEvent;
 use retake_domain::ladder;
 use retake_domain::plan::{self, AttemptPlan};
 use retake_domain::review::{Decision, Phase, RetryWith};
 use retake_domain::stop::Stop;
+use retake_domain::strategy::Strategy;
 use std::time::Duration;
 use temporalio_sdk::{
     ActivityExecutionError, WorkflowCancellationToken, WorkflowContext, WorkflowResult,
@@ -35,6 +37,9 @@ pub(crate) struct Run {
     /// Whether this run records and bills what really happened ([`TRUTHFUL_PATCH`]): GPU time
     /// of failed and aborted generations settled, the reservation a cap the activity raises.
     truthful: bool,
+    /// Whether this run records what each attempt varied and plans `adaptive` rungs from the
+    /// evidence ([`VARIATIONS_PATCH`]).
+    variations: bool,
 }
 
 /// How a human review ended.
@@ -55,6 +60,12 @@ pub(crate) const LADDER_PATCH: &str = "strategy-ladder";
 /// replay the earlier behaviour.
 pub(crate) const TRUTHFUL_PATCH: &str = "truthful-records";
 
+/// Patch id of recorded variations and adaptive retries (`ctx.patched`, taken when the attempt
+/// loop starts): attempts carry their [`Variation`](retake_domain::adapt::Variation), and an
+/// `adaptive` rung reads the evidence (activity `load_evidence`) before it plans. Histories
+/// without its marker replay records without variations.
+pub(crate) const VARIATIONS_PATCH: &str = "adaptive-variations";
+
 impl Run {
     pub(crate) fn new(
         ctx: &WorkflowContext<SegmentRetryWorkflow>,
@@ -70,6 +81,7 @@ impl Run {
             policy,
             ladder: ctx.patched(LADDER_PATCH),
             truthful,
+            variations: ctx.patched(VARIATIONS_PATCH),
         }
     }
 
@@ -208,7 +220,7 @@ impl Run {
                 return Ok(stop);
             }
             let attempt = match self.plan(round_start) {
-                Ok(attempt) => attempt,
+                Ok(attempt) => self.with_evidence(attempt).await?,
                 Err(stop) => return Ok(stop),
             };
             let k = attempt.attempt;
@@ -256,6 +268,34 @@ impl Run {
             plan::next(&self.policy, &attempts, round_start)
                 .map(|k| plan::pre_ladder_attempt(&self.req, &self.policy, k))
         }
+    }
+
+    /// An `adaptive` attempt re-planned with what the store's records say fixes its failure;
+    /// any other plan as it is. Runs without [`VARIATIONS_PATCH`] record no variation.
+    async fn with_evidence(&self, mut plan: AttemptPlan) -> WorkflowResult<AttemptPlan> {
+        if !self.variations {
+            plan.variation = None;
+            return Ok(plan);
+        }
+        if plan.strategy != Some(Strategy::Adaptive) {
+            return Ok(plan);
+        }
+        let k = plan.attempt;
+        let evidence = self
+            .ctx
+            .execute_activity(
+                RetryActivities::load_evidence,
+                LoadEvidence {
+                    scene_type: self.req.scene_type.clone(),
+                    query: EvidenceQuery {
+                        window: self.policy.adaptive.window,
+                        scope: self.policy.adaptive.scope.clone(),
+                    },
+                },
+                options::store(format!("attempt {k} · evidence · {}", self.req.scene_type)),
+            )
+            .await?;
+        Ok(ladder::adapt(&self.policy, plan, &evidence))
     }
 
     /// Reserve the attempt's estimated GPU time: what was granted, or why to stop when the budget

@@ -16,9 +16,9 @@ use serde_json::Value;
 const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
      scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
      failures, passed, status, gpu_ms, output_uri, error, strategy, prompt, revises, breakdown, \
-     error_type, note, selected, created_at, updated_at) \
+     error_type, note, variation, selected, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19, \
-     $20, $21, $22, $23, $24, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
+     $20, $21, $22, $23, $24, $25, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
 const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
@@ -28,7 +28,8 @@ const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
      passed = excluded.passed, status = excluded.status, gpu_ms = excluded.gpu_ms, \
      output_uri = excluded.output_uri, error = excluded.error, strategy = excluded.strategy, \
      prompt = excluded.prompt, revises = excluded.revises, breakdown = excluded.breakdown, \
-     error_type = excluded.error_type, note = excluded.note, updated_at = excluded.updated_at";
+     error_type = excluded.error_type, note = excluded.note, variation = excluded.variation, \
+     updated_at = excluded.updated_at";
 
 const KEEP_EXISTING: &str = "DO NOTHING";
 
@@ -38,7 +39,7 @@ const KEEP_EXISTING: &str = "DO NOTHING";
 const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
      a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
      a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.strategy, a.prompt, \
-     a.revises, a.breakdown, a.error_type, a.note, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
+     a.revises, a.breakdown, a.error_type, a.note, a.variation, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
@@ -108,8 +109,57 @@ async fn insert_attempt<DB: Db>(
         .bind(rec.revises.map(i64::from))
         .bind(to_json(&rec.breakdown)?)
         .bind(rec.error_type.as_deref())
-        .bind(rec.note.as_deref());
+        .bind(rec.note.as_deref())
+        .bind(rec.variation.as_ref().map(to_json).transpose()?.as_deref());
     DB::execute(conn, insert).await?;
+    Ok(())
+}
+
+const DELETE_ARMS: &str =
+    "DELETE FROM attempt_arms WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3";
+
+const INSERT_ARM: &str = "INSERT INTO attempt_arms (workflow_id, run_id, attempt, attempt_id, \
+     scene_type, scope, failure_kind, arm, passed, gain_e4) \
+     SELECT $1, $2, $3, id, $4, $5, $6, $7, $8, $9 FROM retry_attempts \
+     WHERE workflow_id = $1 AND run_id = $2 AND attempt = $3 \
+     ON CONFLICT (workflow_id, run_id, attempt, failure_kind, arm) DO NOTHING";
+
+/// Count the attempt's arms for insights (see `adapt`): one row per target failure kind and arm
+/// of a scored attempt with a variation; nothing for errors, aborts and earlier runs' records.
+/// `replace` drops the rows an earlier write of the same attempt left.
+async fn count_arms<DB: Db>(
+    conn: &mut DB::Connection,
+    owner: &Owner<'_>,
+    rec: &AttemptRecord,
+    replace: bool,
+) -> Result<(), StoreError> {
+    let key = |s: &'static str| {
+        stmt(s)
+            .bind(owner.workflow_id)
+            .bind(owner.run_id)
+            .bind(i64::from(rec.attempt))
+    };
+    if replace {
+        DB::execute(conn, key(DELETE_ARMS)).await?;
+    }
+    let scored = matches!(rec.status, AttemptStatus::Passed | AttemptStatus::Failed);
+    let Some(v) = rec.variation.as_ref().filter(|_| scored) else {
+        return Ok(());
+    };
+    // Gains are within -1..=1: ten-thousandths fit any integer.
+    let gain_e4 = (v.gain.unwrap_or(0.0) * 10_000.0).round() as i64;
+    for kind in &v.targets {
+        for arm in &v.arms {
+            let insert = key(INSERT_ARM)
+                .bind(owner.scene_type)
+                .bind(v.scope.as_deref().unwrap_or(""))
+                .bind(kind.as_str())
+                .bind(arm.as_str())
+                .bind(rec.passed)
+                .bind(gain_e4);
+            DB::execute(conn, insert).await?;
+        }
+    }
     Ok(())
 }
 
@@ -157,6 +207,9 @@ fn attempt_from_row<DB: Db>(row: &DB::Row) -> Result<StoredAttempt, StoreError> 
         )?,
         error_type: DB::get(row, "error_type")?,
         note: DB::get(row, "note")?,
+        variation: DB::get::<Option<String>>(row, "variation")?
+            .map(|v| from_json(&v, "retry_attempts.variation"))
+            .transpose()?,
     };
     Ok(StoredAttempt {
         segment_id: DB::get(row, "segment_id")?,
@@ -215,8 +268,10 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
             workflow_id: &rec.key.workflow_id,
             run_id: &rec.key.run_id,
         };
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        insert_attempt::<DB>(&mut conn, &owner, &rec.record, REPLACE_DATA, &now()).await
+        let mut tx = DB::begin_write(&self.pool).await?;
+        insert_attempt::<DB>(&mut tx, &owner, &rec.record, REPLACE_DATA, &now()).await?;
+        count_arms::<DB>(&mut tx, &owner, &rec.record, true).await?;
+        tx.commit().await.map_err(map_sqlx)
     }
 
     async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError> {
@@ -241,6 +296,7 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
         // Attempts whose record_attempt was lost; recorded ones are kept as they are.
         for rec in &result.attempts {
             insert_attempt::<DB>(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
+            count_arms::<DB>(&mut tx, &owner, rec, false).await?;
         }
         let upsert = stmt(UPSERT_OUTCOME)
             .bind(out.workflow_id.as_str())

@@ -2,8 +2,9 @@
 
 use super::sql::stmt;
 use super::{Backend, SqlxStore, map_sqlx};
-use crate::ports::{Reporting, Stats, StoreError};
+use crate::ports::{Reporting, Stats, StoreError, VariationCount};
 use async_trait::async_trait;
+use retake_domain::adapt::{ArmStats, Evidence, EvidenceQuery};
 
 // The same statements on both backends: COUNT is BIGINT on Postgres and SUM(BIGINT) is NUMERIC
 // there, hence the CAST.
@@ -18,6 +19,20 @@ const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type 
      AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0 \
      AND COALESCE(error_type, '') <> 'BudgetExhausted')) \
      ORDER BY id DESC LIMIT $2";
+
+/// Per failure kind and arm, the counts over the scene type's latest `$3` scored attempts with a
+/// variation in scope `$2` (newest by `retry_attempts.id`, see `RECENT_GPU_MS`).
+const EVIDENCE: &str = "SELECT failure_kind, arm, COUNT(*) AS n, \
+     CAST(SUM(CASE WHEN passed THEN 1 ELSE 0 END) AS BIGINT) AS passes, \
+     CAST(COALESCE(SUM(gain_e4), 0) AS BIGINT) AS gain_e4 \
+     FROM attempt_arms WHERE scene_type = $1 AND scope = $2 AND attempt_id IN \
+     (SELECT DISTINCT attempt_id FROM attempt_arms WHERE scene_type = $1 AND scope = $2 \
+     ORDER BY attempt_id DESC LIMIT $3) \
+     GROUP BY failure_kind, arm ORDER BY failure_kind, arm";
+
+const VARIATIONS: &str = "SELECT scene_type, failure_kind, arm, COUNT(*) AS n, \
+     CAST(SUM(CASE WHEN passed THEN 1 ELSE 0 END) AS BIGINT) AS passes FROM attempt_arms \
+     GROUP BY scene_type, failure_kind, arm ORDER BY scene_type, failure_kind, arm";
 
 /// Refuse a quantile outside `0..=1` (NaN included) before asking the database anything.
 fn check_quantile(q: f64) -> Result<(), StoreError> {
@@ -70,6 +85,15 @@ impl<DB: Backend> Reporting for SqlxStore<DB> {
         stats.budget_refusals = count(DB::get(&refused, "n")?);
         let pending = DB::fetch_one(&mut conn, stmt(PENDING)).await?;
         stats.reviews_pending = count(DB::get(&pending, "n")?);
+        for row in DB::fetch_all(&mut conn, stmt(VARIATIONS)).await? {
+            stats.variations.push(VariationCount {
+                scene_type: DB::get(&row, "scene_type")?,
+                failure_kind: DB::get(&row, "failure_kind")?,
+                arm: DB::get(&row, "arm")?,
+                attempts: count(DB::get(&row, "n")?),
+                passes: count(DB::get(&row, "passes")?),
+            });
+        }
         Ok(stats)
     }
 
@@ -93,5 +117,34 @@ impl<DB: Backend> Reporting for SqlxStore<DB> {
             })
             .collect::<Result<Vec<u64>, StoreError>>()?;
         Ok(nearest_rank(values, q))
+    }
+
+    async fn evidence(
+        &self,
+        scene_type: &str,
+        query: &EvidenceQuery,
+    ) -> Result<Evidence, StoreError> {
+        let select = stmt(EVIDENCE)
+            .bind(scene_type)
+            .bind(query.scope.as_deref().unwrap_or(""))
+            .bind(i64::from(query.window));
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let rows = DB::fetch_all(&mut conn, select)
+            .await?
+            .iter()
+            .map(|row| {
+                let n: i64 = DB::get(row, "n")?;
+                let passes: i64 = DB::get(row, "passes")?;
+                let gain_e4: i64 = DB::get(row, "gain_e4")?;
+                Ok(ArmStats {
+                    failure_kind: DB::get(row, "failure_kind")?,
+                    arm: DB::get(row, "arm")?,
+                    attempts: u32::try_from(n).unwrap_or(u32::MAX),
+                    passes: u32::try_from(passes).unwrap_or(0),
+                    gain_sum: gain_e4 as f64 / 10_000.0,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(Evidence { rows })
     }
 }

@@ -100,6 +100,7 @@ fn record(attempt: u32, face: f64) -> AttemptRecord {
         breakdown: vec![],
         error_type: None,
         note: None,
+        variation: None,
     }
 }
 
@@ -191,7 +192,7 @@ async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once
         assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-            4
+            5
         );
         store.close().await;
     }

@@ -1,6 +1,7 @@
 //! The endpoints.
 
 pub(crate) mod budgets;
+pub(crate) mod insights;
 pub(crate) mod ops;
 pub(crate) mod policies;
 pub(crate) mod segments;
@@ -20,6 +21,7 @@ pub(crate) fn router() -> Router<AppState> {
             "/scene-types/{id}/retry-policy",
             get(policies::show).put(policies::set),
         )
+        .route("/scene-types/{id}/retry-insights", get(insights::show))
         .route(
             "/projects/{id}/budget",
             get(budgets::show).put(budgets::set),

@@ -124,6 +124,30 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "Escalations awaiting a human decision.",
         vec![(String::new(), st.reviews_pending.to_string())],
     );
+    let arm = |v: &retake_activities::stats::VariationCount| {
+        format!(
+            "{{scene_type=\"{}\",failure_kind=\"{}\",arm=\"{}\"}}",
+            v.scene_type, v.failure_kind, v.arm
+        )
+    };
+    family(
+        "retake_variation_attempts_total",
+        "counter",
+        "Scored attempts per scene type, failure kind they set out to fix and variation.",
+        st.variations
+            .iter()
+            .map(|v| (arm(v), v.attempts.to_string()))
+            .collect(),
+    );
+    family(
+        "retake_variation_passes_total",
+        "counter",
+        "Of those, the attempts that passed.",
+        st.variations
+            .iter()
+            .map(|v| (arm(v), v.passes.to_string()))
+            .collect(),
+    );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

@@ -67,6 +67,22 @@ pub(crate) async fn run(g: &Global, args: HistoryArgs) -> anyhow::Result<()> {
             let kind = r.error_type.as_deref().unwrap_or("error");
             println!("{:<8} {kind}: {error}", "");
         }
+        if let Some(v) = &r.variation {
+            let gain = v
+                .gain
+                .map_or_else(String::new, |g| format!(" · gain {g:+.3}"));
+            let why = v
+                .why
+                .as_deref()
+                .map_or_else(String::new, |w| format!(" · {w}"));
+            println!(
+                "{:<8} variation: {} ({}) for {}{gain}{why}",
+                "",
+                v.words(),
+                v.chosen_by.as_str(),
+                v.targets.join(", ")
+            );
+        }
         if let Some(note) = &r.note {
             println!("{:<8} note: {note}", "");
         }

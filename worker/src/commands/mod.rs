@@ -4,6 +4,7 @@ pub mod budget;
 pub mod control;
 pub mod demo;
 pub mod history;
+pub mod insights;
 pub mod policy;
 pub mod retry;
 

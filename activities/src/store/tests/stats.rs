@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::store::stats::nearest_rank;
+use retake_domain::adapt::{ArmStats, EvidenceQuery, Variation};
 
 /// Record attempt `n` of run `run` with the given status and GPU time for `scene_type`.
 async fn recorded(store: &AnyStore, run: &str, n: u32, scene_type: &str, status: &str, ms: u64) {
@@ -66,7 +67,119 @@ async fn a_quantile_outside_zero_to_one_is_invalid(db: &TestDb) {
     }
 }
 
+/// Record attempt 1 of run `run`: `arms` tried on `targets`, passed or not, with `gain`.
+async fn varied(
+    store: &AnyStore,
+    run: &str,
+    arms: &[&str],
+    passed: bool,
+    gain: f64,
+    scope: Option<&str>,
+) {
+    let mut rec = record(1, if passed { 0.9 } else { 0.3 });
+    rec.passed = passed;
+    rec.status = if passed {
+        AttemptStatus::Passed
+    } else {
+        AttemptStatus::Failed
+    };
+    rec.variation = Some(Variation {
+        arms: arms.iter().map(|a| a.to_string()).collect(),
+        targets: vec!["face_melt".into()],
+        gain: Some(gain),
+        scope: scope.map(str::to_owned),
+        ..Variation::default()
+    });
+    store
+        .record_attempt(&record_attempt(run, rec))
+        .await
+        .unwrap();
+}
+
+fn arm(arm: &str, attempts: u32, passes: u32, gain_sum: f64) -> ArmStats {
+    ArmStats {
+        failure_kind: "face_melt".into(),
+        arm: arm.into(),
+        attempts,
+        passes,
+        gain_sum,
+    }
+}
+
+async fn evidence_counts_the_latest_scored_attempts_per_failure_kind_and_arm(db: &TestDb) {
+    let store = db.open().await;
+    let all = EvidenceQuery {
+        window: 100,
+        scope: None,
+    };
+    varied(&store, "r1", &["cfg_scale-"], true, 0.3, None).await;
+    varied(
+        &store,
+        "r2",
+        &["cfg_scale-", "denoise_strength+"],
+        false,
+        -0.05,
+        None,
+    )
+    .await;
+    varied(&store, "r3", &["reseed"], false, 0.0, None).await;
+    varied(&store, "r4", &["cfg_scale+"], true, 0.2, Some("model-v2")).await;
+    // An attempt that errored says nothing about what fixes a face.
+    let mut errored = record(1, 0.0);
+    errored.status = AttemptStatus::Error;
+    errored.passed = false;
+    errored.variation = Some(Variation {
+        arms: vec!["cfg_scale-".into()],
+        targets: vec!["face_melt".into()],
+        ..Variation::default()
+    });
+    store
+        .record_attempt(&record_attempt("r5", errored))
+        .await
+        .unwrap();
+
+    let e = store.evidence("dialogue", &all).await.unwrap();
+    assert_eq!(
+        e.rows,
+        [
+            arm("cfg_scale-", 2, 1, 0.25),
+            arm("denoise_strength+", 1, 0, -0.05),
+            arm("reseed", 1, 0, 0.0),
+        ]
+    );
+    // The window counts attempts, newest first: the last scored one in scope is r3's.
+    let latest = EvidenceQuery {
+        window: 1,
+        scope: None,
+    };
+    assert_eq!(
+        store.evidence("dialogue", &latest).await.unwrap().rows,
+        [arm("reseed", 1, 0, 0.0)]
+    );
+    let scoped = EvidenceQuery {
+        window: 100,
+        scope: Some("model-v2".into()),
+    };
+    assert_eq!(
+        store.evidence("dialogue", &scoped).await.unwrap().rows,
+        [arm("cfg_scale+", 1, 1, 0.2)]
+    );
+    assert!(
+        store
+            .evidence("action", &all)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+    // Recording an attempt again replaces what it counted.
+    varied(&store, "r3", &["reseed"], true, 0.4, None).await;
+    let again = store.evidence("dialogue", &all).await.unwrap();
+    assert_eq!(again.rows[2], arm("reseed", 1, 1, 0.4));
+}
+
 store_tests! {
+    #[tokio::test] evidence_counts_the_latest_scored_attempts_per_failure_kind_and_arm,
     #[tokio::test] the_gpu_time_quantile_counts_the_latest_attempts_that_generated,
     #[tokio::test] a_quantile_outside_zero_to_one_is_invalid,
 }
