@@ -3,6 +3,9 @@
 
 mod harness;
 
+/// Adaptive retries: the choice follows the store's evidence, which is in the history; cold
+/// start is the fixed ladder; insights count what the store holds.
+mod adaptive;
 /// The HTTP API: auth, validation, idempotent start, steering, history, metrics, OpenAPI.
 mod api;
 /// The HTTP API under hostile input: the documented status and JSON error body, in one table.
