@@ -92,6 +92,11 @@ pub struct WorkerArgs {
     /// OpenAI-compatible, ComfyUI, simulator). Without it every scene type uses the simulator.
     #[arg(long, env = "RETAKE_BACKENDS")]
     pub backends: Option<std::path::PathBuf>,
+    /// Workflows kept in memory; beyond it the least recently used (e.g. retries parked in
+    /// review) are evicted and replayed from their history when next needed.
+    #[arg(long, env = "RETAKE_MAX_CACHED_WORKFLOWS", default_value_t = crate::worker::DEFAULT_MAX_CACHED_WORKFLOWS,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_cached_workflows: u32,
 }
 
 /// Options of a JSON-capable read command.

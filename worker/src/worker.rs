@@ -17,6 +17,13 @@ use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 /// at the cost of an occasional full-history replay under load.
 pub const STICKY_QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Workflows a worker keeps in memory by default. A cached workflow answers its next task without
+/// replaying its history, but holds its state (a few hundred KiB) for as long as it lives: a
+/// retry parked for a day in human review would hold it all day. Beyond this many the least
+/// recently used is evicted and replayed from its history when it is next needed (a decision
+/// on an evicted retry replays a few dozen events first). The SDK's default is 1000.
+pub const DEFAULT_MAX_CACHED_WORKFLOWS: u32 = 256;
+
 /// The activities with the simulator as generation and QA backend.
 pub fn simulator_activities(store: Arc<dyn Store>, sim: Simulator) -> RetryActivities {
     let sim = Arc::new(sim);
@@ -60,10 +67,30 @@ pub async fn run(
     activities: RetryActivities,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    run_caching(
+        client,
+        task_queue,
+        DEFAULT_MAX_CACHED_WORKFLOWS,
+        activities,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] keeping at most `max_cached_workflows` workflows in memory (see
+/// [`DEFAULT_MAX_CACHED_WORKFLOWS`]; at least 1, since 0 would turn sticky queues off).
+pub async fn run_caching(
+    client: Client,
+    task_queue: &str,
+    max_cached_workflows: u32,
+    activities: RetryActivities,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     crate::connect::ensure_search_attributes(&client).await?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
     let options = WorkerOptions::new(task_queue)
         .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)
+        .max_cached_workflows(usize::try_from(max_cached_workflows.max(1)).unwrap_or(usize::MAX))
         .register_workflow::<SegmentRetryWorkflow>()?
         .register_activities(activities)
         .build();

@@ -58,7 +58,7 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        ran = worker::run(client.clone(), &g.task_queue, activities, shutdown_signal()) => ran?,
+        ran = worker::run_caching(client.clone(), &g.task_queue, args.max_cached_workflows, activities, shutdown_signal()) => ran?,
         () = sweeping => {}
     }
     tracing::info!("worker stopped");
