@@ -10,6 +10,9 @@
 //! * `always_n` (naive baseline): generate N new candidates for every failed segment, whatever
 //!   the failure kind, no early stop.
 
+mod adaptive;
+
+use adaptive::Class;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use plotters::prelude::*;
@@ -44,12 +47,14 @@ const POLICIES: [&str; 4] = ["first_pass", "best_of_n", "same_params", "always_n
 /// A failed segment of the batch.
 struct Segment {
     req: RetryRequest,
+    /// Stochastic: neither systematic nor directional.
     stochastic: bool,
+    class: Class,
 }
 
 fn qa(segment: &str, seed: u64, params: &Params) -> QaScores {
     QaScores {
-        scores: Simulator::scores(segment, seed, params),
+        scores: Simulator::scores("econ", segment, seed, params),
         failures: vec![],
         ..Default::default()
     }
@@ -70,9 +75,17 @@ fn failed_segment(i: u32, gated: &RetryPolicy) -> Segment {
                 "params": params, "failed_qa": FailedQa { scores: scored.scores, failures, ..Default::default() }});
             let req = RetryRequest::parse(&input)
                 .unwrap_or_else(|e| unreachable!("valid by construction: {e}"));
+            let class = if profile.systematic_face || profile.systematic_motion {
+                Class::Systematic
+            } else if profile.directional {
+                Class::Directional
+            } else {
+                Class::Stochastic
+            };
             return Segment {
                 req,
-                stochastic: !profile.systematic_face && !profile.systematic_motion,
+                stochastic: class == Class::Stochastic,
+                class,
             };
         }
         seed += 1;
@@ -305,6 +318,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
 
+    let adaptive = adaptive::rows(&batch, args.gpu_secs)?;
     let marginal = marginal_fix_probability(&batch);
     let cost_rule = cost_rule_rows(&batch, &marginal, args.gpu_secs);
     let threshold = args.gpu_secs / args.review_cost_gpu_secs;
@@ -326,6 +340,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             "break_even_attempts": break_even,
         },
         "cost_rule_policy": cost_rule,
+        "adaptive": adaptive,
     });
     std::fs::write(
         args.out.join("economics.json"),
@@ -334,13 +349,16 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::write(
         args.out.join("economics.md"),
         markdown(args, stochastic, &rows, &marginal, threshold, break_even)
-            + &cost_rule_markdown(&cost_rule),
+            + &cost_rule_markdown(&cost_rule)
+            + &adaptive::markdown(&adaptive),
     )?;
     plot(&args.out.join("economics.svg"), &rows)?;
+    adaptive::plot(&args.out.join("adaptive.svg"), &adaptive)?;
     print!(
-        "{}{}",
+        "{}{}{}",
         markdown(args, stochastic, &rows, &marginal, threshold, break_even),
-        cost_rule_markdown(&cost_rule)
+        cost_rule_markdown(&cost_rule),
+        adaptive::markdown(&adaptive)
     );
     Ok(())
 }

@@ -94,7 +94,8 @@ pub struct AdaptiveSettings {
     /// before the evidence decides; with fewer the rung plans as `reseed_jitter`. Default: 30.
     pub min_evidence: u32,
     /// How many of the scene type's latest scored attempts count as evidence, 1..=10000: older
-    /// ones fade out, so a new model is relearned. Default: 500.
+    /// ones fade out, so a new model is relearned. Default: 2000 (in the economics bench, 500 let
+    /// noise pull the choice off the right variation for a while; 2000 held it).
     pub window: u32,
     /// Count only attempts recorded under this scope (e.g. a model version tag), and record new
     /// ones under it. Default: none (every attempt of the scene type recorded without a scope).
@@ -106,7 +107,7 @@ impl Default for AdaptiveSettings {
     fn default() -> Self {
         Self {
             min_evidence: 30,
-            window: 500,
+            window: 2000,
             scope: None,
         }
     }

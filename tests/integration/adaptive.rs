@@ -118,7 +118,7 @@ async fn an_adaptive_attempt_moves_the_parameter_the_records_say_fixes_the_failu
     let app = spawn_app().await;
     record_evidence(&app, 40, 30).await;
     let query = EvidenceQuery {
-        window: 500,
+        window: 2000,
         scope: None,
     };
     let before = app.store.evidence("dialogue", &query).await.unwrap();
@@ -206,7 +206,7 @@ async fn insights_show_each_failure_and_variation_with_its_pass_rate() {
         String::from_utf8_lossy(&out.stderr)
     );
     let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(doc["window"], 500);
+    assert_eq!(doc["window"], 2000);
     let rows = doc["insights"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     // Best pass rate first.

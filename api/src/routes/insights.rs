@@ -15,7 +15,7 @@ use retake_domain::{SceneType, ValidationError};
 /// retries choose from).
 #[utoipa::path(get, path = "/scene-types/{id}/retry-insights", operation_id = "retry_insights", tag = "policies",
     params(("id" = String, Path, description = "Scene type"),
-           ("window" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "Latest scored attempts counted (default: the stored policy's adaptive.window, else 500)"),
+           ("window" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "Latest scored attempts counted (default: the stored policy's adaptive.window, else 2000)"),
            ("scope" = Option<String>, Query, description = "Only attempts recorded under this scope (default: the stored policy's adaptive.scope)")),
     responses((status = 200, description = "Insights (an empty list before any attempt recorded a variation)", body = Insights),
               (status = 401, description = "No or an unknown token", body = ErrorBody),

@@ -63,7 +63,12 @@ fn run_round(
     round_start: u32,
 ) -> Vec<AttemptRecord> {
     while let Ok(a) = ladder::next(req, policy, &attempts, round_start) {
-        let scores = Simulator::scores(req.segment_id.as_str(), a.seed, &a.params);
+        let scores = Simulator::scores(
+            req.scene_type.as_str(),
+            req.segment_id.as_str(),
+            a.seed,
+            &a.params,
+        );
         let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);
         attempts.push(a.scored(
             policy,

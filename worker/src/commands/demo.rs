@@ -49,7 +49,7 @@ fn failed_segment(tag: &str, i: u32, project: &str, scene: &str, policy: &RetryP
     let (params, qa) = loop {
         let params = json!({"seed": seed, "cfg_scale": 7.5, "denoise_strength": 0.6, "steps": 30, "sampler": "dpmpp_2m"});
         let p = Params::parse(&params).unwrap_or_else(|_| Params(serde_json::Map::new()));
-        let scores = Simulator::scores(&segment, seed, &p);
+        let scores = Simulator::scores(scene, &segment, seed, &p);
         let failures = gate(
             &gated,
             &QaScores {

@@ -9,7 +9,7 @@ pub struct InsightsArgs {
     /// Scene type.
     scene_type: String,
     /// Count the latest N scored attempts (default: the stored policy's `adaptive.window`, else
-    /// 500).
+    /// 2000).
     #[arg(long)]
     window: Option<u32>,
     /// Count only attempts recorded under this scope (default: the stored policy's
