@@ -1,20 +1,15 @@
-//! What the live scenarios need: a Temporal dev server on free ports, `retake worker` and Python
-//! peer processes whose CPU time and memory are read from `/proc`, the temporal CLI for counts
-//! and batch terminations, and small statistics.
+//! What the live scenarios need beyond `retake-testkit`'s dev server and `retake worker`
+//! processes: the Python peer, CPU time and memory read from `/proc`, small statistics and the
+//! results' files.
 
 use anyhow::{Context, bail};
+use retake_testkit::{DevServer, WorkerProcess, repo_root};
 use serde::Serialize;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-
-/// The repository root (bench/..).
-pub(crate) fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// Options every live scenario takes.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,18 +28,15 @@ pub(crate) struct Live {
 }
 
 impl Live {
-    pub(crate) fn temporal_bin(&self) -> anyhow::Result<PathBuf> {
-        let p = self
-            .temporal
-            .clone()
-            .unwrap_or_else(|| root().join(".tools/temporal/bin/temporal"));
-        if !p.exists() {
-            bail!(
-                "the temporal CLI is not at {}: run `bash scripts/dev-server start` once (it installs it) or pass --temporal",
-                p.display()
-            );
+    /// A headless, in-memory dev server with its log discarded: what is measured is
+    /// orchestration, not the dev server's SQLite file on this machine's disk (production servers
+    /// run on Postgres or Cassandra). Blocks until it is healthy.
+    pub(crate) fn start_server(&self) -> anyhow::Result<DevServer> {
+        let mut server = DevServer::builder().headless();
+        if let Some(temporal) = &self.temporal {
+            server = server.temporal(temporal);
         }
-        Ok(p)
+        Ok(server.start()?)
     }
 
     pub(crate) fn retake_bin(&self) -> anyhow::Result<PathBuf> {
@@ -65,19 +57,6 @@ impl Live {
     }
 }
 
-/// `N` distinct free local ports: every listener is held until all are picked, so the same port
-/// cannot be handed out twice.
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ports = [0; N];
-    for (port, l) in ports.iter_mut().zip(&listeners) {
-        *port = l.local_addr()?.port();
-    }
-    Ok(ports)
-}
-
 /// A temporary directory in memory (`/dev/shm`) when there is one: the Rust worker's SQLite store
 /// goes there, so the comparison with the Python peer (whose stores are in memory) measures the
 /// workers, not this machine's `fsync`.
@@ -90,115 +69,34 @@ pub(crate) fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
     })
 }
 
-/// A dev server of our own, killed on drop.
-pub(crate) struct Server {
-    pub(crate) address: String,
-    pub(crate) temporal: PathBuf,
-    pub(crate) child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    /// An in-memory dev server: what is measured is orchestration, not the dev server's SQLite
-    /// file on this machine's disk (production servers run on Postgres or Cassandra).
-    pub(crate) async fn start(temporal: &Path) -> anyhow::Result<Self> {
-        let dir = scratch_dir()?;
-        let [port, http, metrics, ui] = free_ports::<4>()?;
-        let mut cmd = Command::new(temporal);
-        cmd.args([
-            "server",
-            "start-dev",
-            "--headless",
-            "--ip",
-            "127.0.0.1",
-            "--log-level",
-            "error",
-        ])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--http-port",
-            &http.to_string(),
-        ])
-        .args([
-            "--metrics-port",
-            &metrics.to_string(),
-            "--ui-port",
-            &ui.to_string(),
-        ]);
-        for sa in retake::SEARCH_ATTRIBUTES {
-            cmd.args(["--search-attribute", &format!("{sa}=Keyword")]);
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting the temporal dev server")?;
-        let address = format!("127.0.0.1:{port}");
-        let server = Self {
-            address,
-            temporal: temporal.to_owned(),
-            child,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !server
-            .cli(&["operator", "cluster", "health"])
-            .await
-            .is_ok_and(|o| o.contains("SERVING"))
-        {
-            if Instant::now() > deadline {
-                bail!("the dev server did not become healthy in 90 s");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Ok(server)
-    }
-
-    /// Run the temporal CLI against this server; its stdout.
-    pub(crate) async fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(&self.temporal)
-            .args(args)
-            .args(["--address", &self.address])
-            .output()
-            .await?;
-        if !out.status.success() {
-            bail!(
-                "temporal {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// Workflows matching a visibility query.
-    pub(crate) async fn count(&self, query: &str) -> anyhow::Result<u64> {
-        let out = self
-            .cli(&["workflow", "count", "--query", query, "-o", "json"])
-            .await?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(v["count"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .or(v["count"].as_u64())
-            .unwrap_or(0))
-    }
-
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
-    }
+/// `retake worker` with a fresh SQLite store and the simulator at `gpu_ms` per attempt, logging
+/// errors only.
+pub(crate) fn rust_worker(
+    bin: &Path,
+    address: &str,
+    queue: &str,
+    db: &Path,
+    gpu_ms: u64,
+) -> anyhow::Result<WorkerProcess> {
+    let db_url = format!("sqlite://{}", db.display());
+    Ok(WorkerProcess::builder(bin, address, queue, &db_url)
+        .sim_gpu_ms(gpu_ms)
+        .spawn()?)
 }
 
 /// A worker process whose resource use is measured.
 pub(crate) struct WorkerProc {
-    pub(crate) child: Child,
+    process: Process,
     pub(crate) label: &'static str,
 }
 
+enum Process {
+    Rust(WorkerProcess),
+    Python(Child),
+}
+
 impl WorkerProc {
-    /// `retake worker` with a fresh SQLite store and the simulator at `gpu_ms` per attempt.
+    /// [`rust_worker`], measured.
     pub(crate) fn rust(
         bin: &Path,
         address: &str,
@@ -206,25 +104,8 @@ impl WorkerProc {
         db: &Path,
         gpu_ms: u64,
     ) -> anyhow::Result<Self> {
-        let child = Command::new(bin)
-            .args([
-                "worker",
-                "--temporal-address",
-                address,
-                "--task-queue",
-                queue,
-            ])
-            .env("RETAKE_DATABASE_URL", format!("sqlite://{}", db.display()))
-            .env("RETAKE_SIM_GPU_MS", gpu_ms.to_string())
-            .env("RUST_LOG", "error")
-            .env_remove("TEMPORAL_ADDRESS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting retake worker")?;
         Ok(Self {
-            child,
+            process: Process::Rust(rust_worker(bin, address, queue, db, gpu_ms)?),
             label: "rust",
         })
     }
@@ -233,7 +114,7 @@ impl WorkerProc {
     pub(crate) async fn python(address: &str, queue: &str, gpu_ms: u64) -> anyhow::Result<Self> {
         let python = peer_python().await?;
         let mut child = Command::new(python)
-            .arg(root().join("bench/peer-python/worker.py"))
+            .arg(repo_root().join("bench/peer-python/worker.py"))
             .args([
                 "--address",
                 address,
@@ -264,13 +145,18 @@ impl WorkerProc {
         // Keep draining its stdout so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
-            child,
+            process: Process::Python(child),
             label: "python",
         })
     }
 
+    /// 0 once it has been reaped (then [`Usage::of`] reads nothing).
     pub(crate) fn pid(&self) -> u32 {
-        self.child.id().unwrap_or(0)
+        match &self.process {
+            Process::Rust(worker) => worker.pid(),
+            Process::Python(child) => child.id(),
+        }
+        .unwrap_or(0)
     }
 
     pub(crate) fn usage(&self) -> Usage {
@@ -280,7 +166,7 @@ impl WorkerProc {
 
 /// The peer's interpreter: `.tools/peer-venv`, created with `temporalio` when missing.
 async fn peer_python() -> anyhow::Result<PathBuf> {
-    let venv = root().join(".tools/peer-venv");
+    let venv = repo_root().join(".tools/peer-venv");
     let python = venv.join("bin/python");
     if !python.exists() {
         eprintln!("creating {} for the Python peer", venv.display());
@@ -301,7 +187,7 @@ async fn peer_python() -> anyhow::Result<PathBuf> {
     if !check.success() {
         let ok = Command::new(&python)
             .args(["-m", "pip", "install", "-q", "-r"])
-            .arg(root().join("bench/peer-python/requirements.txt"))
+            .arg(repo_root().join("bench/peer-python/requirements.txt"))
             .status()
             .await?;
         if !ok.success() {

@@ -2,8 +2,9 @@
 //! window one hour), for the Rust worker and then the Python peer; the worker's memory with all of
 //! them open. Afterwards they are terminated.
 
-use crate::harness::{Live, Server, WorkerProc, machine, request, write};
+use crate::harness::{Live, WorkerProc, machine, request, write};
 use indicatif::{ProgressBar, ProgressStyle};
+use retake_testkit::DevServer;
 use serde::Serialize;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -40,13 +41,13 @@ fn parking_policy() -> serde_json::Value {
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
-    let server = Server::start(&args.live.temporal_bin()?).await?;
-    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let server = args.live.start_server()?;
+    let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
     let rust = WorkerProc::rust(
         &args.live.retake_bin()?,
-        &server.address,
+        server.address(),
         "bench-open-rust",
         &dir.path().join("rust.db"),
         0,
@@ -54,7 +55,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     rows.push(park(&server, &client, &rust, "bench-open-rust", args.workflows).await?);
     drop(rust);
     if !args.skip_python {
-        let py = WorkerProc::python(&server.address, "bench-open-python", 0).await?;
+        let py = WorkerProc::python(server.address(), "bench-open-python", 0).await?;
         rows.push(park(&server, &client, &py, "bench-open-python", args.workflows).await?);
     }
     let ratio = match rows.as_slice() {
@@ -92,7 +93,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
 }
 
 async fn park(
-    server: &Server,
+    server: &DevServer,
     client: &Client,
     worker: &WorkerProc,
     queue: &str,

@@ -2,7 +2,7 @@
 //! default) on one `retake worker`: wall time against the GPU time, orchestration per attempt,
 //! and the share of wall time that is orchestration.
 
-use crate::harness::{Live, Server, WorkerProc, machine, percentile, request, write};
+use crate::harness::{Live, machine, percentile, request, rust_worker, write};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -40,8 +40,8 @@ struct Row {
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
-    let server = Server::start(&args.live.temporal_bin()?).await?;
-    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let server = args.live.start_server()?;
+    let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
     for (&g, &c) in args
@@ -50,9 +50,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         .flat_map(|g| args.concurrency.iter().map(move |c| (g, c)))
     {
         let queue = format!("bench-overhead-{g}-{c}");
-        let _worker = WorkerProc::rust(
+        let _worker = rust_worker(
             &args.live.retake_bin()?,
-            &server.address,
+            server.address(),
             &queue,
             &dir.path().join(format!("{g}-{c}.db")),
             g,

@@ -3,7 +3,7 @@
 //! was lost (done since the last heartbeat the server recorded, which is where the re-run
 //! resumes).
 
-use crate::harness::{Live, Server, WorkerProc, machine, percentile, request, write};
+use crate::harness::{Live, machine, percentile, request, rust_worker, write};
 use anyhow::Context;
 use retake_domain::SegmentId;
 use serde::Serialize;
@@ -33,8 +33,8 @@ struct Run {
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
-    let server = Server::start(&args.live.temporal_bin()?).await?;
-    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let server = args.live.start_server()?;
+    let client = retake::connect::temporal(Some(server.address())).await?;
     let bin = args.live.retake_bin()?;
     let dir = crate::harness::scratch_dir()?;
     let mut runs = Vec::new();
@@ -42,8 +42,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         let queue = format!("bench-recovery-{i}");
         let db = dir.path().join(format!("{i}.db"));
         let mut workers = [
-            WorkerProc::rust(&bin, &server.address, &queue, &db, args.gpu_ms)?,
-            WorkerProc::rust(&bin, &server.address, &queue, &db, args.gpu_ms)?,
+            rust_worker(&bin, server.address(), &queue, &db, args.gpu_ms)?,
+            rust_worker(&bin, server.address(), &queue, &db, args.gpu_ms)?,
         ];
         let seg = format!("{queue}-{}", std::process::id());
         let policy = json!({"enabled": true, "max_attempts": 1, "review_window_secs": 0});
@@ -55,7 +55,10 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         let identity = running.last_worker_identity.clone();
         let victim = workers
             .iter()
-            .position(|w| identity.starts_with(&format!("{}@", w.pid())))
+            .position(|w| {
+                w.pid()
+                    .is_some_and(|pid| identity.starts_with(&format!("{pid}@")))
+            })
             .with_context(|| format!("no worker matches the identity {identity:?}"))?;
         // Kill at a different point of the heartbeat cycle each run (the SDK sends heartbeats at
         // most every 0.8 × 3 s), not right after the first heartbeat landed.
@@ -64,10 +67,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         let last_beat = wait_for_generate(&client, &seg, |_| true)
             .await?
             .last_heartbeat_time;
-        workers[victim].child.start_kill()?;
         let killed_at = SystemTime::now();
         let killed = Instant::now();
-        let _ = workers[victim].child.wait().await;
+        workers[victim].kill().await?;
         wait_for_generate(&client, &seg, |p| {
             p.attempt > running.attempt && p.state == PendingActivityState::Started as i32
         })

@@ -6,9 +6,10 @@
 //! * open: park `workflows` retries in their human-review wait (every attempt fails, review window
 //!   one hour) and read the worker's RSS with all of them open.
 
-use crate::harness::{Live, Server, Usage, WorkerProc, machine, percentile, request, write};
+use crate::harness::{Live, Usage, WorkerProc, machine, percentile, request, write};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use retake_testkit::DevServer;
 use serde::Serialize;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -60,13 +61,13 @@ pub(crate) fn policy() -> serde_json::Value {
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
-    let server = Server::start(&args.live.temporal_bin()?).await?;
-    let client = retake::connect::temporal(Some(&server.address)).await?;
+    let server = args.live.start_server()?;
+    let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
     let rust = WorkerProc::rust(
         &args.live.retake_bin()?,
-        &server.address,
+        server.address(),
         "bench-tp-rust",
         &dir.path().join("rust.db"),
         0,
@@ -74,7 +75,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     rows.push(measure(&server, &client, &rust, "bench-tp-rust", args).await?);
     drop(rust);
     if !args.skip_python {
-        let py = WorkerProc::python(&server.address, "bench-tp-python", 0).await?;
+        let py = WorkerProc::python(server.address(), "bench-tp-python", 0).await?;
         rows.push(measure(&server, &client, &py, "bench-tp-python", args).await?);
     }
     let ratio = |f: fn(&Row) -> f64| match rows.as_slice() {
@@ -128,7 +129,7 @@ fn bottleneck(rows: &[Row]) -> String {
 }
 
 async fn measure(
-    server: &Server,
+    server: &DevServer,
     client: &Client,
     worker: &WorkerProc,
     queue: &str,

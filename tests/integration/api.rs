@@ -1,7 +1,7 @@
 //! The HTTP API through a real socket on port 0: auth, validation, idempotent start, steering and
 //! history after a real workflow ran. The helpers here serve the other API test modules too.
 
-use crate::harness::{TestApp, find_segment, request, spawn_app, spawn_app_with};
+use crate::harness::{TestApp, find_segment, request, spawn_app};
 use reqwest::StatusCode;
 use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
@@ -231,7 +231,10 @@ async fn policies_and_budgets_are_validated_stored_and_shown() {
 
 #[tokio::test]
 async fn starting_a_retry_is_idempotent_and_its_history_is_served_after_it_ran() {
-    let app = spawn_app_with(Simulator::new(1500)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(1500))
+        .spawn()
+        .await;
     let api = api_for(&app).await;
     let policy = json!({"enabled": true, "review_window_secs": 0});
     let (segment, predicted) = find_segment(&app.tag, "api", &policy, |a| a.len() >= 2);
@@ -319,7 +322,10 @@ async fn starting_a_retry_is_idempotent_and_its_history_is_served_after_it_ran()
 
 #[tokio::test]
 async fn creators_steer_a_running_retry_through_the_api() {
-    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(20_000))
+        .spawn()
+        .await;
     let api = api_for(&app).await;
     let segment = format!("{}-steer", app.tag);
     let mut body = request(&segment, "p1", Some(json!({"enabled": true})));
@@ -450,10 +456,14 @@ async fn health_metrics_and_the_openapi_document_are_served() {
 
 #[tokio::test]
 async fn temporal_being_down_is_a_503_with_a_retry_hint() {
-    use crate::harness::{OwnedServer, spawn_bare_app_on};
+    use crate::harness::own_dev_server;
     let dir = tempfile::tempdir().unwrap();
-    let server = OwnedServer::start(&dir.path().join("t.db"));
-    let app = spawn_bare_app_on(&server.server).await;
+    let server = own_dev_server(&dir.path().join("t.db"));
+    let app = TestApp::builder()
+        .without_worker()
+        .on(&server)
+        .spawn()
+        .await;
     let api = api_for(&app).await;
     drop(server);
 

@@ -3,7 +3,7 @@
 //! roles.
 
 use crate::api::{ADMIN, Api, CREATOR, VIEWER, api_for, serve_with, start_body};
-use crate::harness::{TestApp, find_segment, request, spawn_app, spawn_app_with};
+use crate::harness::{TestApp, find_segment, request, spawn_app};
 use reqwest::{Method, StatusCode};
 use retake_activities::sim::Simulator;
 use retake_activities::store::SqlStore;
@@ -39,7 +39,10 @@ async fn a_numeric_segment_id_in_the_body_matches_the_same_segment_in_the_path()
 #[tokio::test]
 async fn twenty_concurrent_starts_make_one_run_one_202_and_nineteen_running() {
     // Attempts take 20 s: every start arrives while the first run is still running.
-    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(20_000))
+        .spawn()
+        .await;
     let api = Arc::new(api_for(&app).await);
     let segment = format!("{}-race", app.tag);
     let body = start_body(&segment, json!({"enabled": true}));

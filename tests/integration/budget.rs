@@ -1,4 +1,4 @@
-use crate::harness::{find_segment, request, spawn_app};
+use crate::harness::{TestApp, find_segment, request, spawn_app};
 use retake_domain::contract::Outcome;
 use serde_json::json;
 
@@ -90,9 +90,8 @@ async fn a_project_without_a_budget_is_not_limited_but_its_gpu_time_is_tracked()
 
 #[tokio::test]
 async fn reservations_from_three_worker_processes_never_exceed_the_limit() {
-    use crate::harness::{WorkerProcess, spawn_bare_app};
-    let app = spawn_bare_app().await;
-    let _workers: Vec<_> = (0..3).map(|_| WorkerProcess::spawn(&app, 500, 0)).collect();
+    let app = TestApp::builder().without_worker().spawn().await;
+    let _workers: Vec<_> = (0..3).map(|_| app.spawn_worker(500, 0)).collect();
     let project = format!("{}-hammer", app.tag);
     app.store.set_limit(&project, Some(5000)).await.unwrap();
     // Each attempt reserves 1000 ms, so at most five attempts may hold a reservation at once.
@@ -134,13 +133,10 @@ const STOP_BOUND_MS: u64 = 100 + 100;
 
 #[tokio::test]
 async fn attempts_that_outrun_their_estimate_cannot_overspend_the_limit() {
-    use crate::harness::{WorkerProcess, spawn_bare_app};
     use retake_domain::contract::BUDGET_EXHAUSTED;
-    let app = spawn_bare_app().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     // Attempts really take 1000 ms of GPU against an estimate of 500: twice as long.
-    let _workers: Vec<_> = (0..3)
-        .map(|_| WorkerProcess::spawn(&app, 1000, 0))
-        .collect();
+    let _workers: Vec<_> = (0..3).map(|_| app.spawn_worker(1000, 0)).collect();
     let project = format!("{}-outrun", app.tag);
     let limit = 10_000;
     app.store.set_limit(&project, Some(limit)).await.unwrap();
@@ -204,7 +200,10 @@ async fn attempts_that_outrun_their_estimate_cannot_overspend_the_limit() {
 #[tokio::test]
 async fn a_reservation_learns_what_the_scene_types_attempts_really_take() {
     // Attempts take 1000 ms of GPU; the policy estimates 100.
-    let app = crate::harness::spawn_app_with(retake_activities::sim::Simulator::new(1000)).await;
+    let app = TestApp::builder()
+        .simulator(retake_activities::sim::Simulator::new(1000))
+        .spawn()
+        .await;
     let scene = format!("learn-{}", app.tag);
     let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 100, "max_attempts": 1});
     let mut first = request(&format!("{}-learn-1", app.tag), "p1", Some(policy.clone()));

@@ -5,10 +5,7 @@
 //! The kills follow a seeded generator: the seed is printed, and `RETAKE_CHAOS_SEED=<seed>`
 //! replays the same kill schedule (which worker, after how long).
 
-use crate::harness::{
-    TestApp, WorkerProcess, comparable, find_segment, fresh_postgres, request, spawn_bare_app,
-    spawn_bare_app_with_store,
-};
+use crate::harness::{TestApp, comparable, find_segment, fresh_postgres, request};
 use retake::retries;
 use retake_domain::contract::{AttemptRecord, RetryResult};
 use retake_domain::seed::attempt_seeds;
@@ -71,9 +68,7 @@ async fn retries_survive_random_kills(app: &TestApp, store: &str) {
     let seed = chaos_seed();
     eprintln!("chaos on {store}: seed {seed} (RETAKE_CHAOS_SEED={seed} replays the kills)");
     let mut chaos = Chaos(seed);
-    let mut workers: Vec<WorkerProcess> = (0..WORKERS)
-        .map(|_| WorkerProcess::spawn(app, GPU_MS, 0))
-        .collect();
+    let mut workers: Vec<_> = (0..WORKERS).map(|_| app.spawn_worker(GPU_MS, 0)).collect();
     let project = format!("{}-chaos", app.tag);
     app.store
         .set_limit(&project, Some(1_000_000_000))
@@ -112,8 +107,8 @@ async fn retries_survive_random_kills(app: &TestApp, store: &str) {
             results = &mut all_done => break results,
             () = tokio::time::sleep(pause), if kills < MAX_KILLS => {
                 let victim = chaos.below(WORKERS as u64) as usize;
-                workers[victim].kill().await;
-                workers[victim] = WorkerProcess::spawn(app, GPU_MS, 0);
+                workers[victim].kill().await.expect("SIGKILL the worker");
+                workers[victim] = app.spawn_worker(GPU_MS, 0);
                 kills += 1;
             }
             () = &mut deadline => panic!(
@@ -172,7 +167,7 @@ async fn retries_survive_random_kills(app: &TestApp, store: &str) {
 
 #[tokio::test]
 async fn twenty_retries_survive_random_worker_kills_on_sqlite() {
-    let app = spawn_bare_app().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     retries_survive_random_kills(&app, "SQLite").await;
 }
 
@@ -181,6 +176,10 @@ async fn twenty_retries_survive_random_worker_kills_on_postgres() {
     let Some(db) = fresh_postgres().await else {
         return;
     };
-    let app = spawn_bare_app_with_store(db.url.clone()).await;
+    let app = TestApp::builder()
+        .without_worker()
+        .database(db.url.clone())
+        .spawn()
+        .await;
     retries_survive_random_kills(&app, "Postgres").await;
 }

@@ -36,7 +36,7 @@ async fn the_plain_temporal_cli_starts_a_retry_and_gets_the_result_json() {
     let (segment, predicted) = find_segment(&app.tag, "cli", &policy, |a| a.len() >= 2);
     let input = request(&segment, "p1", Some(policy)).to_string();
 
-    let out = Command::new(&dev_server().temporal)
+    let out = Command::new(dev_server().temporal())
         .args([
             "workflow",
             "execute",

@@ -1,6 +1,5 @@
 use crate::harness::{
     TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
-    spawn_app_with,
 };
 use retake::retries::{self, Creator};
 use retake_activities::sim::Simulator;
@@ -53,7 +52,10 @@ const SIM_GPU_MS: u64 = 20_000;
 
 #[tokio::test]
 async fn aborting_during_generation_cancels_the_attempt_and_bills_what_it_used() {
-    let app = spawn_app_with(Simulator::new(SIM_GPU_MS)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(SIM_GPU_MS))
+        .spawn()
+        .await;
     let project = format!("{}-abort", app.tag);
     app.store
         .set_limit(&project, Some(1_000_000))
@@ -79,7 +81,7 @@ async fn aborting_during_generation_cancels_the_attempt_and_bills_what_it_used()
     );
 
     // The plain temporal CLI, with the JSON input documented in the README.
-    let out = Command::new(&dev_server().temporal)
+    let out = Command::new(dev_server().temporal())
         .args([
             "workflow",
             "signal",
@@ -142,7 +144,10 @@ async fn aborting_during_generation_cancels_the_attempt_and_bills_what_it_used()
 
 #[tokio::test]
 async fn escalating_stops_retrying_and_accepting_an_attempt_in_review_selects_it() {
-    let app = spawn_app_with(Simulator::new(4000)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(4000))
+        .spawn()
+        .await;
     let policy = json!({"enabled": true, "review_window_secs": 3600});
     let segment = failing(&app, "esc", &policy);
     let handle = app.start(request(&segment, "p1", Some(policy))).await;
@@ -427,7 +432,10 @@ async fn invalid_decisions_are_rejected_with_a_message_and_change_nothing() {
 
 #[tokio::test]
 async fn a_decision_for_a_retry_that_is_not_in_review_is_rejected() {
-    let app = spawn_app_with(Simulator::new(5000)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(5000))
+        .spawn()
+        .await;
     let policy = json!({"enabled": true});
     let segment = failing(&app, "early", &policy);
     let handle = app.start(request(&segment, "p1", Some(policy))).await;
@@ -461,7 +469,10 @@ async fn a_decision_for_a_retry_that_is_not_in_review_is_rejected() {
 
 #[tokio::test]
 async fn the_report_query_shows_the_live_attempt_table_mid_run() {
-    let app = spawn_app_with(Simulator::new(800)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(800))
+        .spawn()
+        .await;
     let policy = json!({"enabled": true});
     let segment = failing(&app, "live", &policy);
     let handle = app.start(request(&segment, "p1", Some(policy))).await;
@@ -496,7 +507,7 @@ async fn the_report_query_shows_the_live_attempt_table_mid_run() {
     let doc: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(doc["segment_id"], json!(segment));
     assert!(!doc["attempts"].as_array().unwrap().is_empty());
-    let plain = Command::new(&dev_server().temporal)
+    let plain = Command::new(dev_server().temporal())
         .args([
             "workflow",
             "query",
@@ -540,7 +551,7 @@ async fn a_segment_is_found_by_its_search_attributes() {
     let query = format!("SegmentId='{segment}' AND RetryOutcome='passed' AND SceneType='dialogue'");
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let out = Command::new(&dev_server().temporal)
+        let out = Command::new(dev_server().temporal())
             .args([
                 "workflow",
                 "list",

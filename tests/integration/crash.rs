@@ -2,8 +2,7 @@
 //! attempts equal those of an uninterrupted run.
 
 use crate::harness::{
-    OwnedServer, TestApp, WorkerProcess, comparable, find_segment, request, spawn_bare_app,
-    spawn_bare_app_on, wait_for_activity,
+    TestApp, comparable, find_segment, own_dev_server, request, wait_for_activity,
 };
 use retake::retries;
 use retake_domain::contract::{AttemptRecord, RetryResult};
@@ -71,8 +70,8 @@ async fn start(
 
 #[tokio::test]
 async fn a_worker_killed_during_generate_loses_nothing_and_charges_once() {
-    let app = spawn_bare_app().await;
-    let mut a = WorkerProcess::spawn(&app, 3000, 0);
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut a = app.spawn_worker(3000, 0);
     let (segment, project, predicted, handle) = start(&app, "kgen").await;
     let running = wait_for_activity(&app, &segment, "generate", |p| {
         p.state == STARTED && p.heartbeat_details.is_some()
@@ -80,8 +79,8 @@ async fn a_worker_killed_during_generate_loses_nothing_and_charges_once() {
     .await;
 
     let killed = Instant::now();
-    a.kill().await;
-    let _b = WorkerProcess::spawn(&app, 3000, 0);
+    a.kill().await.expect("SIGKILL the worker");
+    let _b = app.spawn_worker(3000, 0);
     wait_for_activity(&app, &segment, "generate", |p| {
         p.attempt > running.attempt && p.state == STARTED
     })
@@ -97,13 +96,13 @@ async fn a_worker_killed_during_generate_loses_nothing_and_charges_once() {
 
 #[tokio::test]
 async fn a_worker_killed_during_score_qa_loses_nothing_and_charges_once() {
-    let app = spawn_bare_app().await;
-    let mut a = WorkerProcess::spawn(&app, 200, 3000);
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut a = app.spawn_worker(200, 3000);
     let (segment, project, predicted, handle) = start(&app, "kqa").await;
     wait_for_activity(&app, &segment, "score_qa", |p| p.state == STARTED).await;
 
-    a.kill().await;
-    let _b = WorkerProcess::spawn(&app, 200, 3000);
+    a.kill().await.expect("SIGKILL the worker");
+    let _b = app.spawn_worker(200, 3000);
 
     let result = retries::result(&handle).await.unwrap();
     assert_exactly_once(&app, &segment, &project, &predicted, &result, 200).await;
@@ -111,8 +110,8 @@ async fn a_worker_killed_during_score_qa_loses_nothing_and_charges_once() {
 
 #[tokio::test]
 async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
-    let app = spawn_bare_app().await;
-    let mut a = WorkerProcess::spawn(&app, 200, 0);
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut a = app.spawn_worker(200, 0);
     let (segment, project, predicted, handle) = start(&app, "kbetween").await;
     // The moment attempt 1's reservation is committed, the workflow is between reserve_budget
     // and generate.
@@ -128,8 +127,8 @@ async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
-    a.kill().await;
-    let _b = WorkerProcess::spawn(&app, 200, 0);
+    a.kill().await.expect("SIGKILL the worker");
+    let _b = app.spawn_worker(200, 0);
 
     let result = retries::result(&handle).await.unwrap();
     assert_exactly_once(&app, &segment, &project, &predicted, &result, 200).await;
@@ -137,9 +136,8 @@ async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
 
 #[tokio::test]
 async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
-    let app = spawn_bare_app().await;
-    let mut workers: Vec<WorkerProcess> =
-        (0..3).map(|_| WorkerProcess::spawn(&app, 300, 0)).collect();
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut workers: Vec<_> = (0..3).map(|_| app.spawn_worker(300, 0)).collect();
     let project = format!("{}-fleet", app.tag);
     app.store
         .set_limit(&project, Some(100_000_000))
@@ -171,8 +169,8 @@ async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
             results = &mut all_done => break results,
             () = tokio::time::sleep(Duration::from_millis(1500)) => {
                 let i = kills % workers.len();
-                workers[i].kill().await;
-                workers[i] = WorkerProcess::spawn(&app, 300, 0);
+                workers[i].kill().await.expect("SIGKILL the worker");
+                workers[i] = app.spawn_worker(300, 0);
                 kills += 1;
             }
             () = &mut deadline => panic!("the retries did not finish within 3 minutes of kills"),
@@ -208,9 +206,13 @@ async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
 #[tokio::test]
 async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = OwnedServer::start(&dir.path().join("temporal.db"));
-    let app = spawn_bare_app_on(&server.server).await;
-    let _worker = WorkerProcess::spawn(&app, 1000, 0);
+    let mut server = own_dev_server(&dir.path().join("temporal.db"));
+    let app = TestApp::builder()
+        .without_worker()
+        .on(&server)
+        .spawn()
+        .await;
+    let _worker = app.spawn_worker(1000, 0);
     let project = format!("{}-restart", app.tag);
     app.store
         .set_limit(&project, Some(10_000_000))
@@ -233,7 +235,7 @@ async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    server.restart();
+    server.restart().expect("restart the dev server");
 
     let mut total = 0;
     for (segment, predicted, handle) in &runs {
@@ -255,10 +257,12 @@ async fn retries_continue_after_the_dev_server_is_stopped_and_restarted_mid_run(
 
 #[tokio::test]
 async fn the_sweeper_releases_a_terminated_workflows_reservation_and_no_other() {
-    use crate::harness::spawn_app_with;
     use retake_activities::sim::Simulator;
     use temporalio_client::WorkflowTerminateOptions;
-    let app = spawn_app_with(Simulator::new(20_000)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(20_000))
+        .spawn()
+        .await;
     let project = format!("{}-sweep", app.tag);
     app.store
         .set_limit(&project, Some(1_000_000))

@@ -1,4 +1,4 @@
-use crate::harness::{CANCELLED_GPU_MS, FakeJobs, FakeLlm, TestApp, spawn_app_with_backends};
+use crate::harness::{CANCELLED_GPU_MS, FakeJobs, FakeLlm, TestApp};
 use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, Outcome, RetryResult};
 use retake_domain::strategy::Strategy;
@@ -21,7 +21,7 @@ async fn chapter_app(llm: &FakeLlm, artifacts: &std::path::Path) -> TestApp {
         }}
     });
     let config = BackendsConfig::parse("test", &config.to_string()).expect("config");
-    spawn_app_with_backends(config).await
+    TestApp::builder().backends(config).spawn().await
 }
 
 /// Chapter 12 failed its quality gate at 62 (character consistency 54 the lowest).
@@ -236,7 +236,10 @@ pub(crate) async fn http_app(jobs: &FakeJobs) -> TestApp {
         "generate": {"kind": "http", "base_url": jobs.base_url, "poll_interval_ms": 200},
         "score": {"kind": "http", "base_url": jobs.base_url}
     }}});
-    spawn_app_with_backends(BackendsConfig::parse("test", &config.to_string()).unwrap()).await
+    TestApp::builder()
+        .backends(BackendsConfig::parse("test", &config.to_string()).unwrap())
+        .spawn()
+        .await
 }
 
 pub(crate) fn action_request(app: &TestApp, name: &str) -> Value {

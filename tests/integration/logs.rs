@@ -1,15 +1,24 @@
 //! Every attempt and every retry outcome is in the worker's log at the default level, as plain
 //! text without colour codes when not on a terminal, or as JSON lines.
 
-use crate::harness::{WorkerProcess, find_segment, request, spawn_bare_app};
+use crate::harness::{TestApp, find_segment, request};
 use serde_json::{Value, json};
 
 /// Run `n` retries through one logging worker process; its log and the attempts made.
 async fn logged_retries(format: &str, name: &str, n: usize) -> (String, usize, Vec<String>) {
-    let app = spawn_bare_app().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("worker.log");
-    let mut worker = WorkerProcess::spawn_logging(&app, 50, &log, format);
+    // Logging as a user's would: the default filter, stderr to a file (so not a terminal).
+    let mut worker = app
+        .worker_process()
+        .sim_gpu_ms(50)
+        .sim_qa_ms(0)
+        .env_remove("RUST_LOG")
+        .env("RETAKE_LOG_FORMAT", format)
+        .stderr(std::fs::File::create(&log).expect("create the log file"))
+        .spawn()
+        .expect("start a logging worker process");
     let policy = json!({"enabled": true});
     let mut attempts = 0;
     let mut segments = vec![];
@@ -23,7 +32,7 @@ async fn logged_retries(format: &str, name: &str, n: usize) -> (String, usize, V
         attempts += result.attempts.len();
         segments.push(segment);
     }
-    worker.kill().await;
+    worker.kill().await.expect("SIGKILL the worker");
     (std::fs::read_to_string(&log).unwrap(), attempts, segments)
 }
 

@@ -4,8 +4,7 @@
 //! attempts, one row each, the budget charged once and nothing left reserved.
 
 use crate::harness::{
-    TestApp, comparable, find_segment, fresh_postgres, pending_activities, request, spawn_app_with,
-    spawn_app_with_store,
+    TestApp, comparable, find_segment, fresh_postgres, pending_activities, request,
 };
 use retake::retries;
 use retake_activities::failure_types::STORE_UNAVAILABLE;
@@ -147,7 +146,11 @@ async fn retries_pause_while_postgres_refuses_connections_and_finish_once_it_is_
     let Some(db) = fresh_postgres().await else {
         return;
     };
-    let app = spawn_app_with_store(db.url.clone(), Simulator::new(GPU_MS)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(GPU_MS))
+        .database(db.url.clone())
+        .spawn()
+        .await;
     let started = start_retries(&app, "pgout").await;
 
     db.refuse_connections().await;
@@ -163,7 +166,10 @@ async fn retries_pause_while_postgres_refuses_connections_and_finish_once_it_is_
 
 #[tokio::test]
 async fn retries_pause_while_another_connection_locks_sqlite_and_finish_once_it_is_unlocked() {
-    let app = spawn_app_with(Simulator::new(GPU_MS)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(GPU_MS))
+        .spawn()
+        .await;
     let started = start_retries(&app, "liteout").await;
 
     // In WAL mode an exclusive transaction keeps every other writer out (readers go on): the

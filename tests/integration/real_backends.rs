@@ -9,7 +9,7 @@
 //!
 //! `cargo test -p retake --test integration real_backends -- --nocapture`
 
-use crate::harness::{TestApp, spawn_app_with_backends};
+use crate::harness::TestApp;
 use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, RetryResult};
 use serde_json::{Value, json};
@@ -24,7 +24,9 @@ fn skipped(name: &str) {
 
 async fn app_with(route: Value, artifacts: &std::path::Path) -> TestApp {
     let config = json!({"artifacts_dir": artifacts, "scene_types": {"real": route}});
-    spawn_app_with_backends(BackendsConfig::parse("real", &config.to_string()).expect("config"))
+    TestApp::builder()
+        .backends(BackendsConfig::parse("real", &config.to_string()).expect("config"))
+        .spawn()
         .await
 }
 

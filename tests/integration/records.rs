@@ -2,7 +2,9 @@
 //! and the report say.
 
 use crate::cli::{retake, stdout};
-use crate::harness::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs, request, spawn_app};
+use crate::harness::{
+    CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs, TestApp, request, spawn_app,
+};
 use crate::ladder::{action_request, http_app};
 use retake_domain::contract::{AttemptStatus, Outcome};
 use serde_json::json;
@@ -145,7 +147,10 @@ async fn an_abort_whose_backend_takes_longer_than_the_heartbeat_timeout_to_stop_
 
 #[tokio::test]
 async fn an_abort_during_the_last_attempt_ends_aborted_without_a_false_escalation() {
-    let app = crate::harness::spawn_app_with(retake_activities::sim::Simulator::new(20_000)).await;
+    let app = TestApp::builder()
+        .simulator(retake_activities::sim::Simulator::new(20_000))
+        .spawn()
+        .await;
     for (name, window) in [("lastabort0", 0), ("lastabort1", 3600)] {
         let segment = format!("{}-{name}", app.tag);
         let policy = json!({"enabled": true, "max_attempts": 1, "review_window_secs": window});

@@ -8,7 +8,7 @@
 //! `truthful-*.json` with both; all must keep replaying. The recorder writes only files with
 //! the current [`PREFIX`], so older files are never overwritten.
 
-use crate::harness::{find_segment, request, spawn_app, spawn_app_with};
+use crate::harness::{TestApp, find_segment, request, spawn_app};
 use retake::retries;
 use retake_activities::RetryActivities;
 use retake_activities::io::LoadPolicy;
@@ -207,7 +207,10 @@ async fn record_representative_histories() {
     assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Passed);
     save(&app, &seg, "review_accepted.json").await;
 
-    let slow = spawn_app_with(Simulator::new(20_000)).await;
+    let slow = TestApp::builder()
+        .simulator(Simulator::new(20_000))
+        .spawn()
+        .await;
     let seg = format!("{}-aborted", slow.tag);
     let h = slow.start(request(&seg, "p1", Some(policy))).await;
     let aborted = slow.abort_first_attempt(&seg, &h).await;
@@ -223,7 +226,10 @@ async fn record_representative_histories() {
     save(&slow, &seg, "aborted_last.json").await;
 
     // An attempt that outruns its estimate and is stopped by the budget mid-generation.
-    let outrun = spawn_app_with(Simulator::new(2_000)).await;
+    let outrun = TestApp::builder()
+        .simulator(Simulator::new(2_000))
+        .spawn()
+        .await;
     let project = format!("{}-outrun", outrun.tag);
     outrun.store.set_limit(&project, Some(500)).await.unwrap();
     let seg = format!("{}-stopped", outrun.tag);

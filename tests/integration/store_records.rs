@@ -1,4 +1,4 @@
-use crate::harness::{find_segment, request, spawn_app};
+use crate::harness::{TestApp, find_segment, request, spawn_app};
 use serde_json::json;
 
 #[tokio::test]
@@ -60,12 +60,16 @@ async fn retrying_a_segment_again_later_adds_a_second_run_without_touching_the_f
 
 #[tokio::test]
 async fn a_retry_runs_end_to_end_on_the_postgres_store() {
-    use crate::harness::{fresh_postgres, spawn_app_with_store};
+    use crate::harness::fresh_postgres;
     use retake_activities::sim::Simulator;
     let Some(db) = fresh_postgres().await else {
         return;
     };
-    let app = spawn_app_with_store(db.url.clone(), Simulator::new(20)).await;
+    let app = TestApp::builder()
+        .simulator(Simulator::new(20))
+        .database(db.url.clone())
+        .spawn()
+        .await;
     let policy = json!({"enabled": true, "est_gpu_ms_per_attempt": 100});
     let (segment, predicted) = find_segment(&app.tag, "pg", &policy, |a| a.len() >= 2);
     app.store

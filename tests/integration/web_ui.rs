@@ -70,7 +70,9 @@ async fn the_web_ui_shows_a_segments_workflow_with_its_search_attributes() {
     });
     app.retry(request(&segment, "p1", Some(policy))).await;
     let profile = tempfile::tempdir().unwrap();
-    let ui = &dev_server().ui_url;
+    let ui = dev_server()
+        .ui_url()
+        .expect("the shared dev server has its web UI");
     let workflow_id = format!("segment-retry-{segment}");
 
     // The workflow list filtered by the SegmentId search attribute, as a person would filter it.

@@ -1,6 +1,6 @@
-//! `spawn_app`: a fresh database, task queue and worker per test.
+//! `spawn_app` and `TestApp::builder()`: a fresh database, task queue and worker per test.
 
-use super::server::{DevServer, dev_server};
+use super::server::dev_server;
 use retake::{connect, retries, worker};
 use retake_activities::backends::BackendsConfig;
 use retake_activities::ports::Store;
@@ -8,6 +8,7 @@ use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
 use retake_domain::contract::RetryResult;
 use retake_domain::status::Status;
+use retake_testkit::DevServer;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -39,7 +40,13 @@ struct WorkerThread {
 }
 
 impl WorkerThread {
-    fn start(address: String, db_url: String, task_queue: String, backend: Backend) -> Self {
+    fn start(
+        address: String,
+        db_url: String,
+        task_queue: String,
+        sim: Simulator,
+        backends: Option<BackendsConfig>,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -48,8 +55,7 @@ impl WorkerThread {
             rt.block_on(async move {
                 let client = connect::temporal(Some(&address)).await?;
                 let store = connect::store(&db_url).await?;
-                let activities =
-                    worker::configured_activities(store, backend.sim, backend.config.as_ref())?;
+                let activities = worker::configured_activities(store, sim, backends.as_ref())?;
                 worker::run(client, &task_queue, activities, async {
                     let _ = stopped.await;
                 })
@@ -81,90 +87,109 @@ impl Drop for WorkerThread {
 
 static NEXT: AtomicU32 = AtomicU32::new(1);
 
-/// A test app with the simulator at [`TEST_GPU_MS`].
+/// A test app with the simulator at [`TEST_GPU_MS`] on the shared dev server: the common case.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(Simulator::new(TEST_GPU_MS)).await
+    TestApp::builder().spawn().await
 }
 
-/// A test app with the given simulator.
-pub async fn spawn_app_with(sim: Simulator) -> TestApp {
-    spawn(Some(sim)).await
-}
-
-/// A test app whose worker routes scene types to the backends of `config` (the rest to the
-/// simulator).
-pub async fn spawn_app_with_backends(config: BackendsConfig) -> TestApp {
-    let backend = Backend {
-        sim: Simulator::new(TEST_GPU_MS),
-        config: Some(config),
-    };
-    spawn_on(dev_server(), Some(backend), None).await
-}
-
-/// What the in-process worker generates and scores with.
-struct Backend {
+/// How to set up a [`TestApp`]: every option has a default, and [`spawn_app`] takes them all.
+#[must_use]
+pub struct TestAppBuilder<'s> {
+    server: Option<&'s DevServer>,
+    with_worker: bool,
     sim: Simulator,
-    config: Option<BackendsConfig>,
+    backends: Option<BackendsConfig>,
+    db_url: Option<String>,
 }
 
-impl From<Simulator> for Backend {
-    fn from(sim: Simulator) -> Self {
-        Self { sim, config: None }
+impl TestApp {
+    /// A test app to set up: `TestApp::builder().without_worker().spawn().await`.
+    pub fn builder() -> TestAppBuilder<'static> {
+        TestAppBuilder {
+            server: None,
+            with_worker: true,
+            sim: Simulator::new(TEST_GPU_MS),
+            backends: None,
+            db_url: None,
+        }
     }
 }
 
-/// A test app without an in-process worker: the test runs worker processes itself.
-pub async fn spawn_bare_app() -> TestApp {
-    spawn(None).await
-}
+impl<'s> TestAppBuilder<'s> {
+    /// What the in-process worker simulates with. Default: `Simulator::new(TEST_GPU_MS)`.
+    pub fn simulator(mut self, sim: Simulator) -> Self {
+        self.sim = sim;
+        self
+    }
 
-/// A test app without an in-process worker on another server (e.g. an [`OwnedServer`]).
-pub async fn spawn_bare_app_on(server: &DevServer) -> TestApp {
-    spawn_on(server, None, None).await
-}
+    /// The in-process worker routes scene types to the backends of `config`, the rest to the
+    /// simulator. Default: everything simulated.
+    pub fn backends(mut self, config: BackendsConfig) -> Self {
+        self.backends = Some(config);
+        self
+    }
 
-/// A test app without an in-process worker whose store is the database at `db_url`.
-pub async fn spawn_bare_app_with_store(db_url: String) -> TestApp {
-    spawn_on(dev_server(), None, Some(db_url)).await
-}
+    /// The store is the database at `url` (e.g. a fresh Postgres database). Default: a fresh
+    /// SQLite file in the app's temporary directory.
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.db_url = Some(url.into());
+        self
+    }
 
-/// A test app whose store is the database at `db_url` (e.g. a fresh Postgres database).
-pub async fn spawn_app_with_store(db_url: String, sim: Simulator) -> TestApp {
-    spawn_on(dev_server(), Some(sim.into()), Some(db_url)).await
-}
+    /// No in-process worker: the test runs worker processes itself (`TestApp::spawn_worker`).
+    /// Default: a worker on its own thread.
+    pub fn without_worker(mut self) -> Self {
+        self.with_worker = false;
+        self
+    }
 
-async fn spawn(sim: Option<Simulator>) -> TestApp {
-    spawn_on(dev_server(), sim.map(Backend::from), None).await
-}
+    /// On `server` (e.g. one the test restarts or stops). Default: the shared [`dev_server`].
+    pub fn on<'t>(self, server: &'t DevServer) -> TestAppBuilder<'t> {
+        TestAppBuilder {
+            server: Some(server),
+            with_worker: self.with_worker,
+            sim: self.sim,
+            backends: self.backends,
+            db_url: self.db_url,
+        }
+    }
 
-async fn spawn_on(server: &DevServer, backend: Option<Backend>, db_url: Option<String>) -> TestApp {
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tag = format!("t{}x{n}", std::process::id());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db_url =
-        db_url.unwrap_or_else(|| format!("sqlite://{}", dir.path().join("retake.db").display()));
-    let task_queue = format!("segment-retry-{tag}");
-    let store = connect::store(&db_url).await.expect("store");
-    let client = connect::temporal(Some(&server.address))
-        .await
-        .expect("client");
-    let worker = backend.map(|backend| {
-        WorkerThread::start(
-            server.address.clone(),
-            db_url.clone(),
-            task_queue.clone(),
-            backend,
-        )
-    });
-    TestApp {
-        client,
-        task_queue,
-        store,
-        db_url,
-        tag,
-        address: server.address.clone(),
-        _worker: worker,
-        _dir: dir,
+    /// A fresh task queue and tag, the store (created and migrated), a client and, unless
+    /// [`without_worker`](Self::without_worker), the worker.
+    pub async fn spawn(self) -> TestApp {
+        let server = match self.server {
+            Some(server) => server,
+            None => dev_server(),
+        };
+        let address = server.address().to_owned();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("t{}x{n}", std::process::id());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_url = self
+            .db_url
+            .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("retake.db").display()));
+        let task_queue = format!("segment-retry-{tag}");
+        let store = connect::store(&db_url).await.expect("store");
+        let client = connect::temporal(Some(&address)).await.expect("client");
+        let worker = self.with_worker.then(|| {
+            WorkerThread::start(
+                address.clone(),
+                db_url.clone(),
+                task_queue.clone(),
+                self.sim,
+                self.backends,
+            )
+        });
+        TestApp {
+            client,
+            task_queue,
+            store,
+            db_url,
+            tag,
+            address,
+            _worker: worker,
+            _dir: dir,
+        }
     }
 }
 

@@ -2,59 +2,31 @@
 
 use super::app::TestApp;
 use retake_domain::SegmentId;
-use std::process::Stdio;
+use retake_testkit::{WorkerProcess, WorkerProcessBuilder};
 use std::time::Duration;
 use temporalio_client::WorkflowDescribeOptions;
 use temporalio_protos::protos::temporal::api::workflow::v1::PendingActivityInfo;
-use tokio::process::{Child, Command};
 
-/// A `retake worker` child process on the app's queue and database.
-pub struct WorkerProcess {
-    child: Child,
-}
-
-impl WorkerProcess {
-    pub fn spawn(app: &TestApp, gpu_ms: u64, qa_ms: u64) -> Self {
-        Self::spawn_with(app, gpu_ms, qa_ms, |c| {
-            c.env("RUST_LOG", "error").stderr(Stdio::inherit());
-        })
+impl TestApp {
+    /// A `retake worker` process on this app's server, queue and database, to adjust before
+    /// `spawn` (e.g. its log).
+    pub fn worker_process(&self) -> WorkerProcessBuilder {
+        WorkerProcess::builder(
+            env!("CARGO_BIN_EXE_retake"),
+            &self.address,
+            &self.task_queue,
+            &self.db_url,
+        )
     }
 
-    /// A worker logging as a user's would: the default filter, stderr to `log` (a file, so not a
-    /// terminal), `RETAKE_LOG_FORMAT` as given.
-    pub fn spawn_logging(app: &TestApp, gpu_ms: u64, log: &std::path::Path, format: &str) -> Self {
-        let file = std::fs::File::create(log).expect("create the log file");
-        Self::spawn_with(app, gpu_ms, 0, |c| {
-            c.env_remove("RUST_LOG")
-                .env("RETAKE_LOG_FORMAT", format)
-                .stderr(file);
-        })
-    }
-
-    fn spawn_with(app: &TestApp, gpu_ms: u64, qa_ms: u64, set: impl FnOnce(&mut Command)) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_retake"));
-        command
-            .args([
-                "worker",
-                "--temporal-address",
-                &app.address,
-                "--task-queue",
-                &app.task_queue,
-            ])
-            .env("RETAKE_DATABASE_URL", &app.db_url)
-            .env("RETAKE_SIM_GPU_MS", gpu_ms.to_string())
-            .env("RETAKE_SIM_QA_MS", qa_ms.to_string())
-            .env_remove("TEMPORAL_ADDRESS")
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        set(&mut command);
-        let child = command.spawn().expect("start a retake worker process");
-        Self { child }
-    }
-
-    /// SIGKILL, and reap it.
-    pub async fn kill(&mut self) {
-        self.child.kill().await.expect("SIGKILL the worker");
+    /// A `retake worker` process on this app's queue and database, simulating `gpu_ms` per
+    /// attempt and `qa_ms` per scoring, logging errors only.
+    pub fn spawn_worker(&self, gpu_ms: u64, qa_ms: u64) -> WorkerProcess {
+        self.worker_process()
+            .sim_gpu_ms(gpu_ms)
+            .sim_qa_ms(qa_ms)
+            .spawn()
+            .expect("start a retake worker process")
     }
 }
 
