@@ -5,7 +5,8 @@
 //!
 //! `passed.json`, `escalated.json`, … were recorded before the `strategy-ladder` patch (every
 //! attempt reseeds with jitter), `ladder-*.json` with it and before the `truthful-records` patch,
-//! `truthful-*.json` with both; all must keep replaying. The recorder writes only files with
+//! `truthful-*.json` with both, `adaptive-*.json` also with `adaptive-variations`; all must keep
+//! replaying. The recorder writes only files with
 //! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{TestApp, find_segment, request, spawn_app};
@@ -72,6 +73,16 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "truthful-chapter_user_intervention.json",
         "truthful-budget_stopped.json",
         "truthful-aborted_last.json",
+        "adaptive-passed.json",
+        "adaptive-escalated.json",
+        "adaptive-aborted.json",
+        "adaptive-budget_exhausted.json",
+        "adaptive-review_accepted.json",
+        "adaptive-chapter_user_intervention.json",
+        "adaptive-budget_stopped.json",
+        "adaptive-aborted_last.json",
+        "adaptive-adaptive.json",
+        "adaptive-adaptive_cold.json",
     ] {
         assert!(
             names.contains(&required),
@@ -146,13 +157,33 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "truthful-";
+const PREFIX: &str = "adaptive-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
 async fn record_representative_histories() {
     let app = spawn_app().await;
     let policy = json!({"enabled": true});
+
+    // Adaptive rungs: a cold start, then one choosing from the evidence the runs before left.
+    let cold = json!({"enabled": true, "ladder": ["adaptive"]});
+    let seg = format!("{}-adaptive-cold", app.tag);
+    app.retry(request(&seg, "p1", Some(cold))).await;
+    save(&app, &seg, "adaptive_cold.json").await;
+    let eager = json!({"enabled": true, "ladder": ["reseed", "adaptive"],
+        "adaptive": {"min_evidence": 1}});
+    // Attempt 1 (a plain reseed on both ladders) fails, so attempt 2 is adaptive.
+    let (seg, _) = find_segment(&app.tag, "adaptive", &policy, |a| !a[0].passed);
+    let result = app.retry(request(&seg, "p1", Some(eager))).await;
+    assert!(
+        result.attempts.iter().any(|a| a
+            .variation
+            .as_ref()
+            .is_some_and(|v| v.chosen_by == retake_domain::adapt::ChosenBy::Adaptive)),
+        "{}",
+        result.report
+    );
+    save(&app, &seg, "adaptive.json").await;
 
     let (seg, _) = find_segment(&app.tag, "passed", &policy, |a| a.len() == 2 && a[1].passed);
     assert_eq!(
