@@ -576,3 +576,41 @@ async fn a_segment_is_found_by_its_search_attributes() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_decision_reaches_a_retry_the_worker_evicted_from_its_cache() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    // One workflow in memory: each parked retry is evicted by the next one's tasks.
+    let _worker = app
+        .worker_process()
+        .sim_gpu_ms(20)
+        .env("RETAKE_MAX_CACHED_WORKFLOWS", "1")
+        .spawn()
+        .unwrap();
+    let policy = json!({"enabled": true, "review_window_secs": 3600});
+    let mut parked = Vec::new();
+    for name in ["evict-a", "evict-b", "evict-c"] {
+        let segment = failing(&app, name, &policy);
+        let handle = app
+            .start(request(&segment, "p1", Some(policy.clone())))
+            .await;
+        app.wait_for(&segment, "awaiting review", |s| {
+            s.phase == Phase::AwaitingReview
+        })
+        .await;
+        parked.push((segment, handle));
+    }
+    let (first, handle) = &parked[0];
+
+    retries::decide(
+        &app.client,
+        &SegmentId::parse(first).unwrap(),
+        json!({"decision": "accept", "attempt": 2, "by": "jun"}),
+    )
+    .await
+    .unwrap();
+
+    let result = retries::result(handle).await.unwrap();
+    assert_eq!(result.outcome, Outcome::Passed);
+    assert_eq!(result.selected_attempt, Some(2));
+}
