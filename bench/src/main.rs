@@ -2,6 +2,7 @@
 //! simulated batch) and the live scenarios `overhead`, `throughput`, `open` and `recovery`, which
 //! start their own dev server and worker processes.
 
+mod adaptive_live;
 mod economics;
 mod harness;
 mod open;
@@ -31,6 +32,8 @@ enum Scenario {
     Throughput(throughput::Args),
     /// Worker memory with many retries parked in their review wait, Rust against Python.
     Open(open::Args),
+    /// Adaptive retries live: every evidence a workflow chose from checked against the store.
+    AdaptiveLive(adaptive_live::Args),
     /// Seconds to resume after SIGKILL of the worker running an attempt, and GPU time lost.
     Recovery(recovery::Args),
 }
@@ -48,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Throughput(a) => throughput::run(a).await,
             Scenario::Open(a) => open::run(a).await,
             Scenario::Recovery(a) => recovery::run(a).await,
+            Scenario::AdaptiveLive(a) => adaptive_live::run(a).await,
         }
     })
 }
