@@ -13,7 +13,6 @@ use retake_domain::select::gate;
 use retake_domain::{RetryPolicy, SegmentId};
 use serde_json::json;
 use temporalio_client::WorkflowFetchHistoryOptions;
-use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -59,29 +58,7 @@ async fn evidence_in_history(
         .fetch_history(WorkflowFetchHistoryOptions::default())
         .into_events()
         .await?;
-    let (mut scheduled, mut found) = (Vec::new(), Vec::new());
-    for e in events {
-        match e.attributes {
-            Some(Attributes::ActivityTaskScheduledEventAttributes(a))
-                if a.activity_type
-                    .as_ref()
-                    .is_some_and(|t| t.name == "load_evidence") =>
-            {
-                scheduled.push(e.event_id);
-            }
-            Some(Attributes::ActivityTaskCompletedEventAttributes(c))
-                if scheduled.contains(&c.scheduled_event_id) =>
-            {
-                let payload = c
-                    .result
-                    .and_then(|r| r.payloads.into_iter().next())
-                    .ok_or_else(|| anyhow::anyhow!("load_evidence without a result"))?;
-                found.push(serde_json::from_slice(&payload.data)?);
-            }
-            _ => {}
-        }
-    }
-    Ok(found)
+    Ok(retake_testkit::load_evidence_answers(events)?)
 }
 
 pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
@@ -120,8 +97,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
 
-    // The store's records, in the order they were made (one retry at a time).
-    let mut made: Vec<AttemptRecord> = Vec::new();
+    // The store's scored records (what evidence counts), in the order they were made (one retry
+    // at a time).
+    let mut scored: Vec<AttemptRecord> = Vec::new();
     let (mut checked, mut matched, mut adaptive, mut cold) = (0u32, 0u32, 0u32, 0u32);
     let mut thirds = [[0u32; 2]; 3];
     let n = segments.len().max(1);
@@ -140,12 +118,8 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             records.len()
         );
         for (answer, record) in used.iter().zip(&records) {
-            let scored: Vec<&AttemptRecord> = made
-                .iter()
-                .filter(|a| matches!(a.status, AttemptStatus::Passed | AttemptStatus::Failed))
-                .collect();
             let recent = &scored[scored.len().saturating_sub(stored.adaptive.window as usize)..];
-            let expected = adapt::tally(recent.iter().copied());
+            let expected = adapt::tally(recent);
             checked += 1;
             let same = expected.len() == answer.rows.len()
                 && expected.iter().zip(&answer.rows).all(|(e, a)| {
@@ -159,7 +133,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
                 Some(ChosenBy::ColdStart) => cold += 1,
                 _ => {}
             }
-            made.push(record.clone());
+            if matches!(record.status, AttemptStatus::Passed | AttemptStatus::Failed) {
+                scored.push(record.clone());
+            }
         }
         let profile = Simulator::profile(segment.as_str());
         if profile.directional {

@@ -1,5 +1,6 @@
 //! What the integration tests and `retake-bench` both start, written once: a Temporal dev server
-//! on free local ports ([`DevServer`]) and `retake worker` child processes ([`WorkerProcess`]).
+//! on free local ports ([`DevServer`]), `retake worker` child processes ([`WorkerProcess`]), and what
+//! a workflow history says the adaptive attempts chose from ([`load_evidence_answers`]).
 //!
 //! Dev-only (`publish = false`). It does not depend on the `retake` package, which has it as a
 //! dev-dependency: callers pass the worker binary's path (`env!("CARGO_BIN_EXE_retake")` in the
@@ -7,10 +8,12 @@
 //! backends in `tests/integration/harness/`, the Python peer and `/proc` measurements in
 //! `bench/src/harness.rs`.
 
+mod history;
 mod ports;
 mod server;
 mod worker;
 
+pub use history::load_evidence_answers;
 pub use ports::free_ports;
 pub use server::{DevServer, DevServerBuilder, temporal_bin};
 pub use worker::{WorkerProcess, WorkerProcessBuilder};

@@ -8,7 +8,6 @@ use retake_domain::contract::{AttemptRecord, AttemptStatus, Params};
 use retake_domain::{RetryPolicy, RetryRequest};
 use serde_json::{Value, json};
 use temporalio_client::WorkflowFetchHistoryOptions;
-use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 /// Earlier attempts of scene type `dialogue` on face melts: lowering CFG fixed `cfg_down` of
 /// `n`, every other arm fixed 1 of `n`.
@@ -86,27 +85,7 @@ async fn evidence_in_history(app: &TestApp, segment: &str) -> Vec<Evidence> {
         .into_events()
         .await
         .unwrap();
-    let mut scheduled = Vec::new();
-    let mut found = Vec::new();
-    for e in events {
-        match e.attributes {
-            Some(Attributes::ActivityTaskScheduledEventAttributes(a))
-                if a.activity_type
-                    .as_ref()
-                    .is_some_and(|t| t.name == "load_evidence") =>
-            {
-                scheduled.push(e.event_id);
-            }
-            Some(Attributes::ActivityTaskCompletedEventAttributes(c))
-                if scheduled.contains(&c.scheduled_event_id) =>
-            {
-                let payload = &c.result.unwrap().payloads[0];
-                found.push(serde_json::from_slice(&payload.data).unwrap());
-            }
-            _ => {}
-        }
-    }
-    found
+    retake_testkit::load_evidence_answers(events).unwrap()
 }
 
 fn adaptive_policy() -> Value {
