@@ -152,7 +152,7 @@ async fn a_decision_right_after_a_reject_says_the_review_is_over() {
                 StatusCode::CONFLICT => error.contains("has already finished: its review is over"),
                 StatusCode::UNPROCESSABLE_ENTITY => {
                     error.contains("not awaiting review")
-                        || error.contains("a decision is already being applied")
+                        || error.contains("review is already closing")
                 }
                 _ => false,
             };

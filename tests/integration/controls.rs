@@ -1,5 +1,6 @@
 use crate::harness::{
     TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
+    wait_for_activity,
 };
 use retake::retries::{self, Creator};
 use retake_activities::sim::Simulator;
@@ -613,4 +614,89 @@ async fn a_decision_reaches_a_retry_the_worker_evicted_from_its_cache() {
     let result = retries::result(handle).await.unwrap();
     assert_eq!(result.outcome, Outcome::Passed);
     assert_eq!(result.selected_attempt, Some(2));
+}
+
+/// Another connection holds SQLite's write lock, so the run's last store write (its outcome)
+/// waits; the retry of `segment` then sits between concluding and being recorded.
+async fn lock_store(app: &TestApp) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    locker
+}
+
+async fn unlock_store(mut locker: sqlx::SqliteConnection) {
+    use sqlx::Connection;
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_retry_says_finished_only_once_its_outcome_is_in_the_store() {
+    let app = spawn_app().await;
+    let segment = format!("{}-fin", app.tag);
+    let locker = lock_store(&app).await;
+    let handle = app
+        .start(request(&segment, "p1", Some(json!({"enabled": false}))))
+        .await;
+    wait_for_activity(&app, &segment, "record_outcome", |_| true).await;
+
+    let recording = retries::status(&app.client, &seg(&segment)).await.unwrap();
+    assert_ne!(
+        recording.phase,
+        Phase::Finished,
+        "the outcome is not stored yet: {recording:#?}"
+    );
+    assert_eq!(recording.outcome, Some(Outcome::NotRetried));
+    assert!(app.store.outcomes(&segment).await.unwrap().is_empty());
+    // The result is final: an abort now changes nothing and is not listed as a decision.
+    retries::signal(&app.client, &seg(&segment), Creator::Abort, "late", "jun")
+        .await
+        .unwrap();
+    unlock_store(locker).await;
+
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.outcome, Outcome::NotRetried);
+    assert!(result.decisions.is_empty(), "{:?}", result.decisions);
+    let finished = app
+        .wait_for(&segment, "finished", |s| s.phase == Phase::Finished)
+        .await;
+    assert!(finished.decisions.is_empty(), "{:?}", finished.decisions);
+    assert_eq!(app.store.outcomes(&segment).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_second_decision_while_the_first_is_recorded_is_refused() {
+    let app = spawn_app().await;
+    let (segment, handle) = in_review(&app, "twice").await;
+    let locker = lock_store(&app).await;
+
+    retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "reject", "by": "jun"}),
+    )
+    .await
+    .unwrap();
+    wait_for_activity(&app, &segment, "record_outcome", |_| true).await;
+    let second = retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "accept", "attempt": 1, "by": "mina"}),
+    )
+    .await;
+    unlock_store(locker).await;
+
+    let refused = format!("{:#}", second.unwrap_err());
+    assert!(refused.contains("review is already closing"), "{refused}");
+    let result = retries::result(&handle).await.unwrap();
+    assert_eq!(result.reason, "rejected by jun in review");
+    assert_eq!(result.decisions.len(), 1, "{:?}", result.decisions);
+    assert_eq!(
+        app.store.outcomes(&segment).await.unwrap()[0].review,
+        "rejected"
+    );
 }

@@ -130,6 +130,7 @@ impl Run {
                         s.phase = Phase::Retrying;
                         s.escalate = None;
                         s.result = None;
+                        s.review_closed = false;
                     });
                     self.ctx
                         .upsert_search_attributes([RETRY_OUTCOME.value_set("running".to_owned())]);
@@ -161,6 +162,7 @@ impl Run {
             _ = self.ctx.timer(Duration::from_secs(window_secs)) => false,
             _ = self.ctx.wait_condition(|s: &SegmentRetryWorkflow| s.decision.is_some() || s.abort.is_some()) => true,
         };
+        self.ctx.state_mut(|s| s.review_closed = true);
         if !decided {
             return Ok(ReviewEnd::Final(
                 plan::review_expired(result, window_secs),

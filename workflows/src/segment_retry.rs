@@ -43,6 +43,13 @@ pub struct SegmentRetryWorkflow {
     pub(crate) decision: Option<(Decision, CreatorEvent)>,
     /// The provisional result while awaiting review, then the final one.
     pub(crate) result: Option<RetryResult>,
+    /// A decision, an abort or the window's end has closed the review being waited on; the
+    /// phase changes once that is recorded, and no second decision is taken meanwhile.
+    pub(crate) review_closed: bool,
+    /// The result is final and being recorded: signals and decisions can no longer change it.
+    /// The phase becomes `Finished` only once the store holds the run, so a client that sees
+    /// `finished` finds the run in the history.
+    pub(crate) concluded: bool,
 }
 
 fn invalid(e: ValidationError) -> ApplicationFailure {
@@ -121,12 +128,14 @@ impl SegmentRetryWorkflow {
         };
         result.decisions = ctx.state(|s| s.events.clone());
         ctx.state_mut(|s| {
-            s.phase = Phase::Finished;
+            s.concluded = true;
             s.result = Some(result.clone());
         });
         ctx.upsert_search_attributes([RETRY_OUTCOME.value_set(result.outcome.as_str().to_owned())]);
         ctx.set_current_details(result.report.clone());
+        // Only state changes moved here (no command did), so histories of earlier builds replay.
         record_outcome(ctx, &result, review).await?;
+        ctx.state_mut(|s| s.phase = Phase::Finished);
         Ok(result)
     }
 
@@ -134,7 +143,7 @@ impl SegmentRetryWorkflow {
     /// attempts stay recorded; outcome `aborted`. Payload `{"reason": "...", "by": "..."}`.
     #[signal]
     pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
-        if self.phase == Phase::Finished || self.abort.is_some() {
+        if self.concluded || self.abort.is_some() {
             return;
         }
         let event = CreatorEvent::from_signal("abort", &payload);
@@ -149,8 +158,7 @@ impl SegmentRetryWorkflow {
     /// `{"reason": "...", "by": "..."}`.
     #[signal]
     pub fn escalate(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
-        if matches!(self.phase, Phase::Finished | Phase::AwaitingReview) || self.escalate.is_some()
-        {
+        if self.concluded || self.phase == Phase::AwaitingReview || self.escalate.is_some() {
             return;
         }
         let event = CreatorEvent::from_signal("escalate", &payload);
@@ -172,8 +180,12 @@ impl SegmentRetryWorkflow {
             )
             .into());
         }
-        if self.decision.is_some() {
-            return Err("a decision is already being applied".into());
+        if self.decision.is_some() || self.review_closed || self.concluded {
+            return Err(format!(
+                "segment {}'s review is already closing; no further decision is taken",
+                self.segment_id
+            )
+            .into());
         }
         let policy = self.policy.clone().unwrap_or_default();
         Decision::parse(input, &policy, &self.attempts)
