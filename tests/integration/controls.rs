@@ -1,6 +1,5 @@
 use crate::harness::{
     TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
-    wait_for_activity,
 };
 use retake::retries::{self, Creator};
 use retake_activities::sim::Simulator;
@@ -642,9 +641,10 @@ async fn a_retry_says_finished_only_once_its_outcome_is_in_the_store() {
     let handle = app
         .start(request(&segment, "p1", Some(json!({"enabled": false}))))
         .await;
-    wait_for_activity(&app, &segment, "record_outcome", |_| true).await;
-
-    let recording = retries::status(&app.client, &seg(&segment)).await.unwrap();
+    // The outcome is known (the query says so) while its write waits for the lock.
+    let recording = app
+        .wait_for(&segment, "concluded", |s| s.outcome.is_some())
+        .await;
     assert_ne!(
         recording.phase,
         Phase::Finished,
@@ -681,7 +681,10 @@ async fn a_second_decision_while_the_first_is_recorded_is_refused() {
     )
     .await
     .unwrap();
-    wait_for_activity(&app, &segment, "record_outcome", |_| true).await;
+    app.wait_for(&segment, "rejected, being recorded", |s| {
+        s.reason == "rejected by jun in review"
+    })
+    .await;
     let second = retries::decide(
         &app.client,
         &seg(&segment),

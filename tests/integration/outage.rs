@@ -1,36 +1,27 @@
 //! The database goes away while retries run: Postgres refusing connections, SQLite locked by
-//! another connection. The store activities fail as `StoreUnavailable`, Temporal retries them,
+//! another connection. The store steps fail as `StoreUnavailable`, Temporal retries them,
 //! and once the database is back every retry finishes as if nothing happened: the predicted
 //! attempts, one row each, the budget charged once and nothing left reserved.
 
-use crate::harness::{
-    TestApp, comparable, find_segment, fresh_postgres, pending_activities, request,
-};
+use crate::harness::{TestApp, comparable, find_segment, fresh_postgres, request};
 use retake::retries;
 use retake_activities::failure_types::STORE_UNAVAILABLE;
 use retake_activities::sim::Simulator;
+use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptRecord, RetryResult};
 use serde_json::{Value, json};
 use sqlx::Connection;
 use std::time::Duration;
+use temporalio_client::WorkflowFetchHistoryOptions;
+use temporalio_protos::protos::temporal::api::failure::v1::Failure;
 use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
-use temporalio_protos::protos::temporal::api::workflow::v1::PendingActivityInfo;
+use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 /// Simulated GPU time per attempt: the outage begins while first attempts generate.
 const GPU_MS: u64 = 1500;
 
 /// Retries in flight during the outage.
 const RETRIES: usize = 4;
-
-/// The activities that talk to the store.
-const STORE_ACTIVITIES: [&str; 6] = [
-    "load_policy",
-    "reserve_budget",
-    "record_attempt",
-    "settle_budget",
-    "release_budget",
-    "record_outcome",
-];
 
 fn policy() -> Value {
     json!({"enabled": true, "est_gpu_ms_per_attempt": 5000})
@@ -64,38 +55,50 @@ async fn start_retries(app: &TestApp, name: &str) -> Started {
     Started { project, runs }
 }
 
-/// A store activity that has failed at least once as `StoreUnavailable` and is being retried.
-fn paused_on_the_store(a: &PendingActivityInfo) -> bool {
-    let is_store = a
-        .activity_type
-        .as_ref()
-        .is_some_and(|t| STORE_ACTIVITIES.contains(&t.name.as_str()));
-    let unavailable = a.last_failure.as_ref().is_some_and(|f| {
-        matches!(&f.failure_info, Some(FailureInfo::ApplicationFailureInfo(i)) if i.r#type == STORE_UNAVAILABLE)
-    });
-    is_store && unavailable && a.attempt >= 2
+/// What a store step of the segment's workflow last failed with as `StoreUnavailable`, if one
+/// did: store steps run as local activities, and one whose retry waits on a durable timer leaves
+/// a marker with its failure in the history.
+pub(crate) async fn store_failure_in_history(app: &TestApp, segment: &str) -> Option<String> {
+    let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
+    let events = handle
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .into_events()
+        .await
+        .ok()?;
+    events.into_iter().rev().find_map(|e| match e.attributes {
+        Some(Attributes::MarkerRecordedEventAttributes(m)) => {
+            m.failure.as_ref().and_then(store_unavailable)
+        }
+        _ => None,
+    })
 }
 
-/// Wait (polling `describe`) until every retry is paused on the store; returns what one of
-/// them last failed with.
+/// The message of the `StoreUnavailable` application failure in `f`'s cause chain.
+fn store_unavailable(f: &Failure) -> Option<String> {
+    match &f.failure_info {
+        Some(FailureInfo::ApplicationFailureInfo(i)) if i.r#type == STORE_UNAVAILABLE => {
+            Some(f.message.clone())
+        }
+        _ => f.cause.as_deref().and_then(store_unavailable),
+    }
+}
+
+/// Wait (reading histories) until every retry has had a store step refused and is waiting to
+/// retry it; returns what one of them failed with.
 async fn wait_until_all_paused(app: &TestApp, started: &Started) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut message = String::new();
     for (segment, _, _) in &started.runs {
         loop {
-            let paused = pending_activities(app, segment)
-                .await
-                .into_iter()
-                .find(paused_on_the_store);
-            if let Some(a) = paused {
-                message = a.last_failure.map(|f| f.message).unwrap_or_default();
+            if let Some(m) = store_failure_in_history(app, segment).await {
+                message = m;
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "segment {segment} never retried a store activity that failed as {STORE_UNAVAILABLE}"
+                "segment {segment} never retried a store step that failed as {STORE_UNAVAILABLE}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     message

@@ -5,8 +5,9 @@
 //!
 //! `passed.json`, `escalated.json`, … were recorded before the `strategy-ladder` patch (every
 //! attempt reseeds with jitter), `ladder-*.json` with it and before the `truthful-records` patch,
-//! `truthful-*.json` with both, `adaptive-*.json` also with `adaptive-variations`; all must keep
-//! replaying. The recorder writes only files with
+//! `truthful-*.json` with both, `adaptive-*.json` also with `adaptive-variations`, `local-*.json`
+//! also with `local-store-steps` (store steps as local activities; `local-store_outage.json` has a
+//! store step refused, retried on a durable timer); all must keep replaying. The recorder writes only files with
 //! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{TestApp, find_segment, request, spawn_app};
@@ -19,6 +20,7 @@ use retake_domain::contract::Outcome;
 use retake_domain::review::Phase;
 use retake_workflows::SegmentRetryWorkflow;
 use serde_json::{Value, json};
+use sqlx::Connection;
 use std::path::PathBuf;
 use std::time::Duration;
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
@@ -83,6 +85,17 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "adaptive-aborted_last.json",
         "adaptive-adaptive.json",
         "adaptive-adaptive_cold.json",
+        "local-passed.json",
+        "local-escalated.json",
+        "local-aborted.json",
+        "local-budget_exhausted.json",
+        "local-review_accepted.json",
+        "local-chapter_user_intervention.json",
+        "local-budget_stopped.json",
+        "local-aborted_last.json",
+        "local-adaptive.json",
+        "local-adaptive_cold.json",
+        "local-store_outage.json",
     ] {
         assert!(
             names.contains(&required),
@@ -157,7 +170,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "adaptive-";
+const PREFIX: &str = "local-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
@@ -273,6 +286,32 @@ async fn record_representative_histories() {
         result.report
     );
     save(&outrun, &seg, "budget_stopped.json").await;
+
+    // The store refuses (SQLite locked by another connection) while a run records its outcome:
+    // the local store step fails, backs off on a timer and succeeds once the lock is gone.
+    let seg = format!("{}-outage", app.tag);
+    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let h = app
+        .start(request(&seg, "p1", Some(json!({"enabled": false}))))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while crate::outage::store_failure_in_history(&app, &seg)
+        .await
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no store failure");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    assert_eq!(
+        retries::result(&h).await.unwrap().outcome,
+        Outcome::NotRetried
+    );
+    save(&app, &seg, "store_outage.json").await;
 
     let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;
     assert_eq!(result.outcome, Outcome::Escalated);

@@ -3,6 +3,9 @@ use retake_domain::contract::{AttemptStatus, Outcome};
 use retake_domain::seed::attempt_seeds;
 use retake_domain::strategy::Strategy;
 use serde_json::json;
+use temporalio_client::WorkflowFetchHistoryOptions;
+use temporalio_protos::protos::temporal::api::history::v1::HistoryEvent;
+use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 fn enabled() -> serde_json::Value {
     json!({"enabled": true})
@@ -204,4 +207,56 @@ async fn a_stored_scene_type_policy_is_used_and_a_request_override_merges_over_i
         "the override wins, enabled comes from the store"
     );
     let _ = predict;
+}
+
+/// The events of the retry of `segment` (its latest run).
+async fn history(app: &crate::harness::TestApp, segment: &str) -> Vec<HistoryEvent> {
+    let handle = retake::retries::handle(
+        &app.client,
+        &retake_domain::SegmentId::parse(segment).unwrap(),
+    );
+    handle
+        .fetch_history(WorkflowFetchHistoryOptions::default())
+        .into_events()
+        .await
+        .unwrap()
+}
+
+/// The names of the activities the server scheduled, in order.
+fn scheduled(events: &[HistoryEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.attributes {
+            Some(Attributes::ActivityTaskScheduledEventAttributes(a)) => {
+                a.activity_type.as_ref().map(|t| t.name.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_attempt_costs_the_server_two_activities_and_at_most_twenty_events() {
+    let app = spawn_app().await;
+    let one = json!({"enabled": true, "max_attempts": 1});
+    let three = json!({"enabled": true, "selection": "best_of_n", "max_attempts": 3});
+    let (short, _) = find_segment(&app.tag, "rt1", &one, |a| a.len() == 1);
+    let (long, _) = find_segment(&app.tag, "rt3", &three, |a| a.len() == 3);
+
+    let a = app.retry(request(&short, "p1", Some(one))).await;
+    let b = app.retry(request(&long, "p1", Some(three))).await;
+    assert_eq!((a.attempts.len(), b.attempts.len()), (1, 3));
+
+    let (short, long) = (history(&app, &short).await, history(&app, &long).await);
+    // Store steps (settings, budget, records, outcome) run as local activities: only the GPU and
+    // QA work goes through the server's task queue.
+    assert_eq!(scheduled(&short), ["generate", "score_qa"]);
+    assert_eq!(scheduled(&long), ["generate", "score_qa"].repeat(3));
+    let per_attempt = (long.len() - short.len()) / 2;
+    assert!(
+        per_attempt <= 20,
+        "each further attempt adds {per_attempt} history events ({} vs {})",
+        long.len(),
+        short.len()
+    );
 }

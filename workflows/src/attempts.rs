@@ -4,6 +4,7 @@ use crate::failure;
 use crate::options;
 use crate::search::RETRY_OUTCOME;
 use crate::segment_retry::{SegmentRetryWorkflow, record_outcome};
+use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{
     AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, RecordAttempt, Reservation,
@@ -40,6 +41,8 @@ pub(crate) struct Run {
     /// Whether this run records what each attempt varied and plans `adaptive` rungs from the
     /// evidence ([`VARIATIONS_PATCH`]).
     variations: bool,
+    /// Where the store steps run ([`StoreSteps`]).
+    steps: StoreSteps,
 }
 
 /// How a human review ended.
@@ -72,6 +75,7 @@ impl Run {
         req: RetryRequest,
         policy: RetryPolicy,
         truthful: bool,
+        steps: StoreSteps,
     ) -> Self {
         Self {
             ctx: ctx.clone(),
@@ -82,6 +86,7 @@ impl Run {
             ladder: ctx.patched(LADDER_PATCH),
             truthful,
             variations: ctx.patched(VARIATIONS_PATCH),
+            steps,
         }
     }
 
@@ -151,7 +156,7 @@ impl Run {
             "{} — awaiting a creator's decision (update `decide`) for up to {window_secs} s",
             result.report
         ));
-        record_outcome(&self.ctx, &result, Review::Pending).await?;
+        record_outcome(&self.ctx, self.steps, &result, Review::Pending).await?;
         // Only now, with the review pending in the store, does the query say so (and `decide`
         // accept decisions): a client that sees the phase finds the review recorded.
         self.ctx.state_mut(|s| {
@@ -187,7 +192,7 @@ impl Run {
             }
             Decision::Reject => ReviewEnd::Final(plan::rejected(result, &event), Review::Rejected),
             Decision::RetryWith(retry) => {
-                record_outcome(&self.ctx, &result, Review::Retrying).await?;
+                record_outcome(&self.ctx, self.steps, &result, Review::Retrying).await?;
                 ReviewEnd::Retry(retry)
             }
         })
@@ -243,8 +248,9 @@ impl Run {
                 .generate_and_score(attempt, reserved_ms, &token)
                 .await?;
             self.ctx.state_mut(|s| s.running = None);
-            self.ctx
-                .execute_activity(
+            self.steps
+                .run(
+                    &self.ctx,
                     RetryActivities::record_attempt,
                     RecordAttempt {
                         key: self.key(k),
@@ -253,7 +259,7 @@ impl Run {
                         scene_type: self.req.scene_type.clone(),
                         record: record.clone(),
                     },
-                    options::store(format!("attempt {k} · record · {}", record.status.as_str())),
+                    format!("attempt {k} · record · {}", record.status.as_str()),
                 )
                 .await?;
             self.ctx.state_mut(|s| s.attempts.push(record));
@@ -284,8 +290,9 @@ impl Run {
         }
         let k = plan.attempt;
         let evidence = self
-            .ctx
-            .execute_activity(
+            .steps
+            .run(
+                &self.ctx,
                 RetryActivities::load_evidence,
                 LoadEvidence {
                     scene_type: self.req.scene_type.clone(),
@@ -294,7 +301,7 @@ impl Run {
                         scope: self.policy.adaptive.scope.clone(),
                     },
                 },
-                options::store(format!("attempt {k} · evidence · {}", self.req.scene_type)),
+                format!("attempt {k} · evidence · {}", self.req.scene_type),
             )
             .await?;
         Ok(ladder::adapt(&self.policy, plan, &evidence))
@@ -305,8 +312,9 @@ impl Run {
     async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Result<u64, Stop>> {
         let k = attempt.attempt;
         let answer = self
-            .ctx
-            .execute_activity(
+            .steps
+            .run(
+                &self.ctx,
                 RetryActivities::reserve_budget,
                 ReserveBudget {
                     key: self.key(k),
@@ -314,10 +322,10 @@ impl Run {
                     gpu_ms: self.policy.est_gpu_ms_per_attempt,
                     scene_type: self.truthful.then(|| self.req.scene_type.clone()),
                 },
-                options::store(format!(
+                format!(
                     "attempt {k} · reserve {} GPU ms",
                     self.policy.est_gpu_ms_per_attempt
-                )),
+                ),
             )
             .await?;
         Ok(match answer {
@@ -336,11 +344,12 @@ impl Run {
     }
 
     async fn release(&self, k: u32) -> WorkflowResult<()> {
-        self.ctx
-            .execute_activity(
+        self.steps
+            .run(
+                &self.ctx,
                 RetryActivities::release_budget,
                 self.key(k),
-                options::store(format!("attempt {k} · release budget")),
+                format!("attempt {k} · release budget"),
             )
             .await?;
         Ok(())
@@ -494,15 +503,16 @@ impl Run {
     }
 
     async fn settle(&self, k: u32, gpu_ms: u64) -> WorkflowResult<()> {
-        self.ctx
-            .execute_activity(
+        self.steps
+            .run(
+                &self.ctx,
                 RetryActivities::settle_budget,
                 SettleBudget {
                     key: self.key(k),
                     project_id: self.req.project_id.clone(),
                     gpu_ms,
                 },
-                options::store(format!("attempt {k} · settle {gpu_ms} GPU ms")),
+                format!("attempt {k} · settle {gpu_ms} GPU ms"),
             )
             .await?;
         Ok(())

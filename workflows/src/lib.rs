@@ -9,6 +9,7 @@ mod failure;
 mod options;
 mod search;
 mod segment_retry;
+mod store_steps;
 
 pub use search::SEARCH_ATTRIBUTES;
 pub use segment_retry::{SegmentRetryRun, SegmentRetryWorkflow};

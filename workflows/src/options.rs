@@ -3,6 +3,8 @@
 //! * Store activities (policy, budget, records) are quick and idempotent: 30 s per try, retried
 //!   without limit with backoff up to 30 s, so a database outage pauses the workflow instead of
 //!   losing it. Invalid data is not retried.
+//!   Runs started with the `local-store-steps` patch run them as local activities
+//!   ([`store_local`], see `store_steps`).
 //! * `generate` may run for long on a GPU: a long start-to-close timeout (1 h) with a short
 //!   heartbeat timeout (3 s), so a killed worker's attempt is retried elsewhere within seconds and
 //!   resumes from its last heartbeat. 5 tries; a rejected request is not retried.
@@ -12,7 +14,9 @@
 use retake_activities::failure_types;
 use std::time::Duration;
 use temporalio_common::RetryPolicy;
-use temporalio_sdk::{ActivityCancellationType, ActivityOptions, WorkflowCancellationToken};
+use temporalio_sdk::{
+    ActivityCancellationType, ActivityOptions, LocalActivityOptions, WorkflowCancellationToken,
+};
 
 /// How long the server waits for a heartbeat before it retries a long activity elsewhere: the
 /// bound on how long a killed worker's attempt stays stuck. Heartbeats are sent at most every
@@ -35,6 +39,23 @@ pub(crate) fn store(summary: String) -> ActivityOptions {
         .summary(summary)
         .build()
 }
+
+/// Local store steps: the same tries and backoff as [`store`]. Retries waiting longer than
+/// [`LOCAL_RETRY_THRESHOLD`] wait on a durable timer (with a failure marker in the history)
+/// rather than in the worker, so an outage is visible in the history and a long one holds no
+/// workflow task open.
+pub(crate) fn store_local(summary: String) -> LocalActivityOptions {
+    LocalActivityOptions::builder()
+        .start_to_close_timeout(Duration::from_secs(30))
+        .retry_policy(retry(0, 30))
+        .timer_backoff_threshold(LOCAL_RETRY_THRESHOLD)
+        .summary(summary)
+        .build()
+}
+
+/// The longest backoff a local store step waits inside the worker before its retries move to
+/// durable timers: one quick retry (the first backoff, 0.5 s) for a blip, then timers.
+pub(crate) const LOCAL_RETRY_THRESHOLD: Duration = Duration::from_millis(500);
 
 /// Cancelled by `token` (a creator's abort); the workflow waits until the activity has stopped,
 /// so the GPU is free before the reservation is released.

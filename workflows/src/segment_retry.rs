@@ -1,9 +1,10 @@
 //! The workflow: its state, its signals, update and query, and `run`.
 
+use crate::INVALID_REQUEST;
 use crate::argument::json_argument;
 use crate::attempts::{Run, TRUTHFUL_PATCH};
 use crate::search::{PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
-use crate::{INVALID_REQUEST, options};
+use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
 use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
@@ -84,24 +85,27 @@ impl SegmentRetryWorkflow {
         ]);
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
         let truthful = ctx.patched(TRUTHFUL_PATCH);
+        let steps = StoreSteps::of(ctx);
         let scene = LoadPolicy {
             scene_type: req.scene_type.clone(),
         };
         let (stored, seed_bits) = if truthful {
-            let settings = ctx
-                .execute_activity(
+            let settings = steps
+                .run(
+                    ctx,
                     RetryActivities::load_settings,
                     scene,
-                    options::store(format!("load settings · {}", req.scene_type)),
+                    format!("load settings · {}", req.scene_type),
                 )
                 .await?;
             (settings.policy, Some(settings.seed_bits))
         } else {
-            let policy = ctx
-                .execute_activity(
+            let policy = steps
+                .run(
+                    ctx,
                     RetryActivities::load_policy,
                     scene,
-                    options::store(format!("load policy · {}", req.scene_type)),
+                    format!("load policy · {}", req.scene_type),
                 )
                 .await?;
             (policy, None)
@@ -121,7 +125,7 @@ impl SegmentRetryWorkflow {
         let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
             Err(reason) => (plan::not_retried(&req, reason), Review::None),
             Ok(()) => {
-                Run::new(ctx, req, policy, truthful)
+                Run::new(ctx, req, policy, truthful, steps)
                     .retry_and_review()
                     .await?
             }
@@ -134,7 +138,7 @@ impl SegmentRetryWorkflow {
         ctx.upsert_search_attributes([RETRY_OUTCOME.value_set(result.outcome.as_str().to_owned())]);
         ctx.set_current_details(result.report.clone());
         // Only state changes moved here (no command did), so histories of earlier builds replay.
-        record_outcome(ctx, &result, review).await?;
+        record_outcome(ctx, steps, &result, review).await?;
         ctx.state_mut(|s| s.phase = Phase::Finished);
         Ok(result)
     }
@@ -242,24 +246,27 @@ impl SegmentRetryWorkflow {
 /// Record the run's outcome (or standing, while in review) in the store.
 pub(crate) async fn record_outcome(
     ctx: &WorkflowContext<SegmentRetryWorkflow>,
+    steps: StoreSteps,
     result: &RetryResult,
     review: Review,
 ) -> WorkflowResult<()> {
-    ctx.execute_activity(
-        RetryActivities::record_outcome,
-        RecordOutcome {
-            workflow_id: ctx.workflow_id().to_owned(),
-            run_id: ctx.run_id().to_owned(),
-            result: result.clone(),
-            review,
-        },
-        options::store(format!(
-            "record outcome · {} · review {}",
-            result.outcome.as_str(),
-            review.as_str()
-        )),
-    )
-    .await?;
+    steps
+        .run(
+            ctx,
+            RetryActivities::record_outcome,
+            RecordOutcome {
+                workflow_id: ctx.workflow_id().to_owned(),
+                run_id: ctx.run_id().to_owned(),
+                result: result.clone(),
+                review,
+            },
+            format!(
+                "record outcome · {} · review {}",
+                result.outcome.as_str(),
+                review.as_str()
+            ),
+        )
+        .await?;
     Ok(())
 }
 
