@@ -717,10 +717,32 @@ def _round3(x: float) -> float:
     return math.floor(min(max(x, 0.0), 1.0) * 1000.0 + 0.5) / 1000.0
 
 
-def sim_scores(segment_id: str, seed: int, params: dict) -> dict:
+_BIASES = [
+    ("cfg_scale", False, 7.2),
+    ("cfg_scale", True, 7.8),
+    ("denoise_strength", True, 0.63),
+    ("denoise_strength", False, 0.57),
+]
+
+
+def sim_bias_holds(scene_type: str, params: dict) -> bool:
+    """Whether `params` lie in the region where the scene type's directional segments pass
+    (`Simulator::bias` / `Bias::holds`)."""
+    param, up, bound = _BIASES[min(int(_unit(b"retake/sim/bias", scene_type.encode()) * 4.0), 3)]
+    v = params.get(param)
+    v = float(v) if _is_num(v) else (7.5 if param == "cfg_scale" else 0.6)
+    return v >= bound - 1e-9 if up else v <= bound + 1e-9
+
+
+def sim_scores(scene_type: str, segment_id: str, seed: int, params: dict) -> dict:
     s = segment_id.encode()
     systematic_face = _unit(b"retake/sim/profile", s, b"face") < 0.15
     systematic_motion = _unit(b"retake/sim/profile", s, b"motion") < 0.10
+    directional = (
+        not systematic_face
+        and not systematic_motion
+        and _unit(b"retake/sim/profile", s, b"direction") < 0.25
+    )
     face_floor = 0.15 + 0.2 * _unit(b"retake/sim/profile", s, b"floor")
     seed_bytes = seed.to_bytes(8, "big")
     u_face = _unit(b"retake/sim/face", s, seed_bytes)
@@ -729,6 +751,8 @@ def sim_scores(segment_id: str, seed: int, params: dict) -> dict:
     cfg = float(cfg) if _is_num(cfg) else 7.5
     if systematic_face:
         face = 0.2 + 0.25 * u_face
+    elif directional and not sim_bias_holds(scene_type, params):
+        face = face_floor + 0.25 * u_face
     else:
         face = face_floor + 0.7 * u_face - 0.04 * abs(cfg - 7.5)
     motion = 0.1 + 0.3 * u_motion if systematic_motion else 0.55 + 0.4 * u_motion

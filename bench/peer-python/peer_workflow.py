@@ -172,11 +172,13 @@ class SegmentRetryWorkflow:
         return {"workflow_id": self.wf_id, "run_id": self.run_id, "attempt": k}
 
     async def _store(self, name: str, arg: Any, summary: str) -> Any:
-        return await workflow.execute_activity(
+        # Local activities, as the Rust worker's store steps (workflows/src/store_steps.rs).
+        return await workflow.execute_local_activity(
             name,
             arg,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=STORE_RETRY,
+            local_retry_threshold=timedelta(milliseconds=500),
             summary=summary,
         )
 
@@ -279,7 +281,12 @@ class SegmentRetryWorkflow:
         est = self.policy["est_gpu_ms_per_attempt"]
         answer = await self._store(
             "reserve_budget",
-            {"key": self._key(k), "project_id": self.project_id, "gpu_ms": est},
+            {
+                "key": self._key(k),
+                "project_id": self.project_id,
+                "gpu_ms": est,
+                "scene_type": self.scene_type,
+            },
             f"attempt {k} · reserve {est} GPU ms",
         )
         if isinstance(answer, dict) and answer.get("status") == "refused":

@@ -40,13 +40,18 @@ def parse_args() -> argparse.Namespace:
         default=300,
         help="simulated GPU time per attempt in ms (the Rust worker's RETAKE_SIM_GPU_MS)",
     )
+    p.add_argument(
+        "--db",
+        required=True,
+        help="SQLite file the store steps write (created with the Rust worker's schema)",
+    )
     return p.parse_args()
 
 
 async def main() -> int:
     args = parse_args()
     client = await Client.connect(args.address, namespace=args.namespace)
-    activities = Activities(max(args.gpu_ms, 0))
+    activities = Activities(max(args.gpu_ms, 0), args.db)
     # The SDK's default sandboxed runner; the pure domain module is passed through (imported
     # once, not per workflow run), the recommended practice for deterministic helper modules.
     runner = SandboxedWorkflowRunner(

@@ -25,6 +25,10 @@ pub(crate) struct Live {
     /// Where to write the results.
     #[arg(long, default_value = "bench/results")]
     pub(crate) out: PathBuf,
+    /// Times the whole measurement is repeated (fresh worker processes each time); results give
+    /// the median and the range.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
 }
 
 impl Live {
@@ -57,9 +61,8 @@ impl Live {
     }
 }
 
-/// A temporary directory in memory (`/dev/shm`) when there is one: the Rust worker's SQLite store
-/// goes there, so the comparison with the Python peer (whose stores are in memory) measures the
-/// workers, not this machine's `fsync`.
+/// A temporary directory in memory (`/dev/shm`) when there is one: both workers' SQLite stores go
+/// there, so the comparison measures the workers, not this machine's `fsync`.
 pub(crate) fn scratch_dir() -> anyhow::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     Ok(if shm.is_dir() {
@@ -110,8 +113,14 @@ impl WorkerProc {
         })
     }
 
-    /// The Python SDK peer (`bench/peer-python/worker.py`), once it says `ready`.
-    pub(crate) async fn python(address: &str, queue: &str, gpu_ms: u64) -> anyhow::Result<Self> {
+    /// The Python SDK peer (`bench/peer-python/worker.py`), once it says `ready`; its store
+    /// steps write the SQLite file `db` with the Rust worker's schema.
+    pub(crate) async fn python(
+        address: &str,
+        queue: &str,
+        db: &Path,
+        gpu_ms: u64,
+    ) -> anyhow::Result<Self> {
         let python = peer_python().await?;
         let mut child = Command::new(python)
             .arg(repo_root().join("bench/peer-python/worker.py"))
@@ -123,6 +132,8 @@ impl WorkerProc {
                 "--gpu-ms",
                 &gpu_ms.to_string(),
             ])
+            .arg("--db")
+            .arg(db)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -250,6 +261,50 @@ pub(crate) fn percentile(values: &[f64], p: f64) -> f64 {
     v[rank.min(v.len()) - 1]
 }
 
+/// The least, median and greatest of repeated measurements (NaN when there are none).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Spread {
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) max: f64,
+}
+
+impl Spread {
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Self {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| !x.is_nan()).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Self {
+                min: f64::NAN,
+                median: f64::NAN,
+                max: f64::NAN,
+            };
+        }
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Self {
+            min: v[0],
+            median,
+            max: v[v.len() - 1],
+        }
+    }
+
+    /// `median (min–max)` with `decimals` decimals, `scale` applied (e.g. 100 for percentages).
+    pub(crate) fn show(&self, decimals: usize, scale: f64) -> String {
+        format!(
+            "{:.d$} ({:.d$}–{:.d$})",
+            self.median * scale,
+            self.min * scale,
+            self.max * scale,
+            d = decimals
+        )
+    }
+}
+
 /// A workflow argument for the benchmark: a failed segment and a policy override.
 pub(crate) fn request(segment: &str, policy: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
@@ -295,6 +350,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_spread_gives_the_least_the_median_and_the_greatest() {
+        let s = Spread::of([3.0, 1.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        assert_eq!(Spread::of([4.0, 1.0]).median, 2.5);
+        assert_eq!(
+            Spread::of([1.0, 2.0, 3.0]).show(1, 100.0),
+            "200.0 (100.0–300.0)"
+        );
+        assert!(Spread::of([]).median.is_nan());
+    }
+
+    #[test]
     fn percentiles_use_the_nearest_rank() {
         let v = [5.0, 1.0, 3.0, 2.0, 4.0];
         assert_eq!(percentile(&v, 50.0), 3.0);
@@ -307,5 +374,62 @@ mod tests {
     fn this_process_has_cpu_time_and_memory() {
         let u = Usage::of(std::process::id());
         assert!(u.rss_mib > 0.0 && u.peak_rss_mib >= u.rss_mib);
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use retake_activities::sim::Simulator;
+    use retake_domain::contract::Params;
+    use retake_testkit::repo_root;
+    use serde_json::{Value, json};
+
+    /// The Python peer's copy of the simulator scores every (scene type, segment, seed, params)
+    /// as `activities/src/sim.rs` does, directional segments included, so both workers do the
+    /// same work for the same input.
+    #[test]
+    fn the_python_peer_scores_as_the_rust_simulator_does() {
+        let mut cases = Vec::new();
+        for scene in ["dialogue", "action", "bench", "landscape"] {
+            for i in 0..100u64 {
+                let cfg = 6.5 + 0.02 * i as f64;
+                let denoise = 0.5 + 0.002 * i as f64;
+                cases.push(json!([scene, format!("seg-{i}"), 1000 + i * 7919,
+                    {"seed": 1000 + i * 7919, "cfg_scale": cfg, "denoise_strength": denoise}]));
+            }
+        }
+        let script = "import json, sys\n\
+            sys.path.insert(0, sys.argv[1])\n\
+            import peer_domain\n\
+            cases = json.load(sys.stdin)\n\
+            print(json.dumps([peer_domain.sim_scores(*c) for c in cases]))";
+        let mut child = std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(repo_root().join("bench/peer-python"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(Value::Array(cases.clone()).to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let python: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut directional = 0;
+        for (c, p) in cases.iter().zip(&python) {
+            let params = Params::parse(&c[3]).unwrap();
+            let seg = c[1].as_str().unwrap();
+            let rust =
+                Simulator::scores(c[0].as_str().unwrap(), seg, c[2].as_u64().unwrap(), &params);
+            assert_eq!(serde_json::to_value(&rust).unwrap(), *p, "{c}");
+            directional += usize::from(Simulator::profile(seg).directional);
+        }
+        assert!(directional > 0, "the cases include directional segments");
     }
 }

@@ -1,9 +1,13 @@
 //! `open`: `workflows` retries parked in their human-review wait (every attempt fails, review
 //! window one hour), for the Rust worker and then the Python peer; the worker's memory with all of
-//! them open. Afterwards they are terminated.
+//! them open, and how long a creator's abort of a parked retry takes to finish it (with more
+//! parked than the worker caches, such a retry was evicted and is replayed on demand).
+//! Afterwards they are terminated.
 
-use crate::harness::{Live, WorkerProc, machine, request, write};
+use crate::harness::{Live, Spread, WorkerProc, machine, percentile, request, write};
 use indicatif::{ProgressBar, ProgressStyle};
+use retake_client::Creator;
+use retake_domain::SegmentId;
 use retake_testkit::DevServer;
 use serde::Serialize;
 use serde_json::json;
@@ -22,9 +26,13 @@ pub(crate) struct Args {
     skip_python: bool,
 }
 
+/// Parked retries a decision is sent to, one after another, after all are parked.
+const DECISIONS: u64 = 10;
+
 #[derive(Debug, Serialize)]
 struct Row {
     worker: &'static str,
+    run: usize,
     parked: u64,
     secs_to_park: f64,
     rss_idle_mib: f64,
@@ -32,6 +40,9 @@ struct Row {
     peak_rss_mib: f64,
     rss_per_parked_workflow_kib: f64,
     worker_cpu_secs: f64,
+    /// From signalling `abort` to a parked retry to having its result, ms.
+    decision_ms_p50: f64,
+    decision_ms_max: f64,
 }
 
 /// Every attempt fails (a metric no scorer reports), then a one-hour review wait.
@@ -45,48 +56,69 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
-    let rust = WorkerProc::rust(
-        &args.live.retake_bin()?,
-        server.address(),
-        "bench-open-rust",
-        &dir.path().join("rust.db"),
-        0,
-    )?;
-    rows.push(park(&server, &client, &rust, "bench-open-rust", args.workflows).await?);
-    drop(rust);
-    if !args.skip_python {
-        let py = WorkerProc::python(server.address(), "bench-open-python", 0).await?;
-        rows.push(park(&server, &client, &py, "bench-open-python", args.workflows).await?);
+    for run in 1..=args.live.runs.max(1) {
+        let queue = format!("bench-open-rust-{run}");
+        let mut rust = WorkerProc::rust(
+            &args.live.retake_bin()?,
+            server.address(),
+            &queue,
+            &dir.path().join(format!("rust-{run}.db")),
+            0,
+        )?;
+        rows.push(park(&server, &client, &mut rust, &queue, run, args.workflows).await?);
+        drop(rust);
+        if !args.skip_python {
+            let queue = format!("bench-open-python-{run}");
+            let db = dir.path().join(format!("python-{run}.db"));
+            let mut py = WorkerProc::python(server.address(), &queue, &db, 0).await?;
+            rows.push(park(&server, &client, &mut py, &queue, run, args.workflows).await?);
+        }
     }
-    let ratio = match rows.as_slice() {
-        [r, p] if p.rss_parked_mib > 0.0 => Some(r.rss_parked_mib / p.rss_parked_mib),
-        _ => None,
-    };
+    let ratio = Spread::of(rows.iter().filter(|r| r.worker == "rust").filter_map(|r| {
+        let p = rows
+            .iter()
+            .find(|p| p.worker == "python" && p.run == r.run)?;
+        (p.rss_parked_mib > 0.0).then(|| r.rss_parked_mib / p.rss_parked_mib)
+    }));
     let doc = json!({"scenario": "open", "machine": machine(), "workflows": args.workflows,
+        "runs": args.live.runs,
+        "rust_max_cached_workflows": retake::worker::DEFAULT_MAX_CACHED_WORKFLOWS,
+        "python_max_cached_workflows": 1000,
         "parked_on": "the human-review wait (durable timer + condition) after 3 failed attempts",
         "rows": rows, "rust_to_python_rss": ratio});
     let mut md = format!(
-        "# Open workflows: {} retries parked in their review wait\n\n\
-         | worker | parked | seconds to park | RSS idle MiB | RSS parked MiB | peak RSS MiB | KiB per parked workflow | worker CPU s |\n\
+        "# Open workflows: {} retries parked in their review wait, {} runs\n\n\
+         Median (min–max) over the runs. The Rust worker caches at most {} workflows (`retake worker \
+         --max-cached-workflows`), the Python SDK 1,000 (its default); an abort of a retry not in \
+         the cache replays its history first.\n\n\
+         | worker | seconds to park | RSS idle MiB | RSS parked MiB | peak RSS MiB | KiB per parked workflow | worker CPU s | abort to result p50 / max ms |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        args.workflows
+        args.workflows,
+        args.live.runs,
+        retake::worker::DEFAULT_MAX_CACHED_WORKFLOWS
     );
-    for r in &rows {
+    for worker in ["rust", "python"] {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.worker == worker).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let s = |f: fn(&Row) -> f64| Spread::of(mine.iter().map(|r| f(r)));
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
-            r.worker,
-            r.parked,
-            r.secs_to_park,
-            r.rss_idle_mib,
-            r.rss_parked_mib,
-            r.peak_rss_mib,
-            r.rss_per_parked_workflow_kib,
-            r.worker_cpu_secs
+            "| {worker} | {} | {} | {} | {} | {} | {} | {} / {} |\n",
+            s(|r| r.secs_to_park).show(1, 1.0),
+            s(|r| r.rss_idle_mib).show(1, 1.0),
+            s(|r| r.rss_parked_mib).show(1, 1.0),
+            s(|r| r.peak_rss_mib).show(1, 1.0),
+            s(|r| r.rss_per_parked_workflow_kib).show(1, 1.0),
+            s(|r| r.worker_cpu_secs).show(1, 1.0),
+            s(|r| r.decision_ms_p50).show(0, 1.0),
+            s(|r| r.decision_ms_max).show(0, 1.0),
         ));
     }
-    if let Some(q) = ratio {
+    if !ratio.median.is_nan() {
         md.push_str(&format!(
-            "\nRust/Python RSS with every retry parked: {q:.2} (target ≤ 0.33).\n"
+            "\nRust/Python RSS with every retry parked, per run: {} (target ≤ 0.33).\n",
+            ratio.show(2, 1.0)
         ));
     }
     write(&args.live.out, "open", &doc, &md)
@@ -95,8 +127,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
 async fn park(
     server: &DevServer,
     client: &Client,
-    worker: &WorkerProc,
+    worker: &mut WorkerProc,
     queue: &str,
+    run: usize,
     n: u64,
 ) -> anyhow::Result<Row> {
     // One retry first, so "idle" is a worker that has connected and run a workflow.
@@ -148,6 +181,18 @@ async fn park(
     // Let the worker settle (no workflow task left to run), then read its memory.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let parked = worker.usage();
+    // A creator's abort of parked retries, one at a time (the Python peer has no `decide`
+    // update; an abort wakes the same review wait): the ones parked first are long out of the
+    // Rust worker's cache.
+    bar.set_message("deciding");
+    let mut decisions = Vec::new();
+    for i in (0..n).step_by(usize::try_from((n / DECISIONS).max(1))?) {
+        let seg = SegmentId::parse(format!("{queue}-{nonce}-{i}"))?;
+        let t = Instant::now();
+        retake_client::signal(client, &seg, Creator::Abort, "benchmark", "bench").await?;
+        retake_client::result(&retake_client::handle(client, &seg)).await?;
+        decisions.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
     bar.finish_and_clear();
     server
         .cli(&[
@@ -162,6 +207,7 @@ async fn park(
         .await?;
     Ok(Row {
         worker: worker.label,
+        run,
         parked: n,
         secs_to_park,
         rss_idle_mib: idle.rss_mib,
@@ -169,5 +215,7 @@ async fn park(
         peak_rss_mib: parked.peak_rss_mib,
         rss_per_parked_workflow_kib: (parked.rss_mib - idle.rss_mib).max(0.0) * 1024.0 / n as f64,
         worker_cpu_secs: parked.cpu_secs,
+        decision_ms_p50: percentile(&decisions, 50.0),
+        decision_ms_max: percentile(&decisions, 100.0),
     })
 }

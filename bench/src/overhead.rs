@@ -2,7 +2,7 @@
 //! default) on one `retake worker`: wall time against the GPU time, orchestration per attempt,
 //! and the share of wall time that is orchestration.
 
-use crate::harness::{Live, machine, percentile, request, rust_worker, write};
+use crate::harness::{Live, Spread, machine, percentile, request, rust_worker, write};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -27,6 +27,7 @@ pub(crate) struct Args {
 
 #[derive(Debug, Serialize)]
 struct Row {
+    run: usize,
     gpu_ms_per_attempt: u64,
     concurrency: usize,
     workflows: usize,
@@ -44,17 +45,20 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
-    for (&g, &c) in args
+    let configs: Vec<(u64, usize)> = args
         .gpu_ms
         .iter()
-        .flat_map(|g| args.concurrency.iter().map(move |c| (g, c)))
+        .flat_map(|&g| args.concurrency.iter().map(move |&c| (g, c)))
+        .collect();
+    for (run, &(g, c)) in
+        (1..=args.live.runs.max(1)).flat_map(|r| configs.iter().map(move |x| (r, x)))
     {
-        let queue = format!("bench-overhead-{g}-{c}");
+        let queue = format!("bench-overhead-{g}-{c}-{run}");
         let _worker = rust_worker(
             &args.live.retake_bin()?,
             server.address(),
             &queue,
-            &dir.path().join(format!("{g}-{c}.db")),
+            &dir.path().join(format!("{g}-{c}-{run}.db")),
             g,
         )?;
         // Warm-up: the worker is polling and its caches are filled.
@@ -99,6 +103,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         }
         bar.finish_and_clear();
         rows.push(Row {
+            run,
             gpu_ms_per_attempt: g,
             concurrency: c,
             workflows: args.workflows,
@@ -114,25 +119,28 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             },
         });
     }
-    let doc = json!({"scenario": "overhead", "machine": machine(), "rows": rows,
+    let doc = json!({"scenario": "overhead", "machine": machine(), "runs": args.live.runs, "rows": rows,
         "method": "per retry: wall time from start to result minus its GPU time, divided by its attempts; all retries of a row run concurrently on one worker"});
-    let mut md = String::from(
-        "# Orchestration overhead: retries of 3 attempts on one worker\n\n\
-         | GPU ms per attempt | in flight | retries | attempts | wall s (sum) | GPU s (sum) | overhead per attempt p50 / p95 ms | orchestration share of wall time |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    let mut md = format!(
+        "# Orchestration overhead: retries of 3 attempts on one worker, {} runs\n\n\
+         Median (min–max) over the runs. Per retry: wall time from start to result minus its GPU \
+         time, divided by its attempts.\n\n\
+         | GPU ms per attempt | in flight | retries | overhead per attempt p50 ms | p95 ms | orchestration share of wall time (%) |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        args.live.runs
     );
-    for r in &rows {
+    for &(g, c) in &configs {
+        let mine: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.gpu_ms_per_attempt == g && r.concurrency == c)
+            .collect();
+        let s = |f: fn(&Row) -> f64| Spread::of(mine.iter().map(|r| f(r)));
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} % |\n",
-            r.gpu_ms_per_attempt,
-            r.concurrency,
-            r.workflows,
-            r.attempts,
-            r.wall_secs,
-            r.gpu_secs,
-            r.overhead_per_attempt_ms_p50,
-            r.overhead_per_attempt_ms_p95,
-            100.0 * r.orchestration_share
+            "| {g} | {c} | {} | {} | {} | {} |\n",
+            args.workflows,
+            s(|r| r.overhead_per_attempt_ms_p50).show(0, 1.0),
+            s(|r| r.overhead_per_attempt_ms_p95).show(0, 1.0),
+            s(|r| r.orchestration_share).show(1, 100.0),
         ));
     }
     md.push_str("\nTarget: orchestration ≤ 2 % of wall time at 2 s GPU per attempt.\n");

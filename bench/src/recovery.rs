@@ -3,7 +3,7 @@
 //! was lost (done since the last heartbeat the server recorded, which is where the re-run
 //! resumes).
 
-use crate::harness::{Live, machine, percentile, request, rust_worker, write};
+use crate::harness::{Live, Spread, machine, percentile, request, rust_worker, write};
 use anyhow::Context;
 use retake_domain::SegmentId;
 use serde::Serialize;
@@ -17,9 +17,6 @@ use temporalio_protos::protos::temporal::api::workflow::v1::PendingActivityInfo;
 pub(crate) struct Args {
     #[command(flatten)]
     live: Live,
-    /// Kills to measure.
-    #[arg(long, default_value_t = 5)]
-    runs: usize,
     /// Simulated GPU milliseconds of the attempt (10 heartbeated steps).
     #[arg(long, default_value_t = 10_000)]
     gpu_ms: u64,
@@ -38,7 +35,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let bin = args.live.retake_bin()?;
     let dir = crate::harness::scratch_dir()?;
     let mut runs = Vec::new();
-    for i in 0..args.runs {
+    for i in 0..args.live.runs.max(1) {
         let queue = format!("bench-recovery-{i}");
         let db = dir.path().join(format!("{i}.db"));
         let mut workers = [
@@ -114,8 +111,9 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         ));
     }
     md.push_str(&format!(
-        "\nMedian {:.2} s (max {:.2} s) to resume; target ≤ heartbeat timeout + 2 s = 5 s. Median {:.2} GPU s lost (max {:.2}).\n",
-        percentile(&resume, 50.0), percentile(&resume, 100.0), percentile(&wasted, 50.0), percentile(&wasted, 100.0)
+        "\nSeconds to resume, median (min–max): {}; target ≤ heartbeat timeout + 2 s = 5 s. GPU seconds lost: {}.\n",
+        Spread::of(resume.iter().copied()).show(2, 1.0),
+        Spread::of(wasted.iter().copied()).show(2, 1.0)
     ));
     write(&args.live.out, "recovery", &doc, &md)
 }

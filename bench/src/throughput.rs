@@ -6,7 +6,7 @@
 //! * open: park `workflows` retries in their human-review wait (every attempt fails, review window
 //!   one hour) and read the worker's RSS with all of them open.
 
-use crate::harness::{Live, Usage, WorkerProc, machine, percentile, request, write};
+use crate::harness::{Live, Spread, Usage, WorkerProc, machine, percentile, request, write};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use retake_testkit::DevServer;
@@ -15,9 +15,10 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use temporalio_client::Client;
 
-/// Activities of one retry of 3 attempts: load_policy, 3 × (reserve, generate, score, record,
-/// settle), record_outcome.
-const ACTIVITIES_PER_WORKFLOW: u64 = 17;
+/// Server-scheduled activities of one retry of 3 attempts: 3 × (generate, score). The store steps
+/// (settings, 3 × reserve, settle, record, and the outcome: 11) are local activities in both
+/// workers.
+const ACTIVITIES_PER_WORKFLOW: u64 = 6;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
@@ -37,6 +38,7 @@ pub(crate) struct Args {
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     worker: &'static str,
+    run: usize,
     workflows: u64,
     failed: u64,
     secs: f64,
@@ -65,45 +67,70 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     let client = retake::connect::temporal(Some(server.address())).await?;
     let dir = crate::harness::scratch_dir()?;
     let mut rows = Vec::new();
-    let rust = WorkerProc::rust(
-        &args.live.retake_bin()?,
-        server.address(),
-        "bench-tp-rust",
-        &dir.path().join("rust.db"),
-        0,
-    )?;
-    rows.push(measure(&server, &client, &rust, "bench-tp-rust", args).await?);
-    drop(rust);
-    if !args.skip_python {
-        let py = WorkerProc::python(server.address(), "bench-tp-python", 0).await?;
-        rows.push(measure(&server, &client, &py, "bench-tp-python", args).await?);
+    for run in 1..=args.live.runs.max(1) {
+        let queue = format!("bench-tp-rust-{run}");
+        let rust = WorkerProc::rust(
+            &args.live.retake_bin()?,
+            server.address(),
+            &queue,
+            &dir.path().join(format!("rust-{run}.db")),
+            0,
+        )?;
+        rows.push(measure(&server, &client, &rust, &queue, run, args).await?);
+        drop(rust);
+        if !args.skip_python {
+            let queue = format!("bench-tp-python-{run}");
+            let db = dir.path().join(format!("python-{run}.db"));
+            let py = WorkerProc::python(server.address(), &queue, &db, 0).await?;
+            rows.push(measure(&server, &client, &py, &queue, run, args).await?);
+        }
     }
-    let ratio = |f: fn(&Row) -> f64| match rows.as_slice() {
-        [r, p] if f(p) > 0.0 => Some(f(r) / f(p)),
-        _ => None,
+    // Ratios within each run (same server, minutes apart), then their spread over the runs.
+    let ratio = |f: fn(&Row) -> f64| {
+        Spread::of(rows.iter().filter(|r| r.worker == "rust").filter_map(|r| {
+            let p = rows
+                .iter()
+                .find(|p| p.worker == "python" && p.run == r.run)?;
+            (f(p) > 0.0).then(|| f(r) / f(p))
+        }))
     };
     let cpu_ratio = ratio(|r| r.worker_cpu_secs_per_1000_workflows);
     let rss_ratio = ratio(|r| r.worker_peak_rss_mib);
     let doc = json!({"scenario": "throughput", "machine": machine(), "secs": args.secs,
-        "concurrency": args.concurrency, "activities_per_workflow": ACTIVITIES_PER_WORKFLOW,
+        "concurrency": args.concurrency, "runs": args.live.runs,
+        "server_activities_per_workflow": ACTIVITIES_PER_WORKFLOW,
         "rows": rows, "rust_to_python": {"cpu_per_1000_workflows": cpu_ratio, "peak_rss": rss_ratio}});
     let mut md = format!(
-        "# Throughput: zero-GPU retries of 3 attempts, {} in flight, {} s per worker\n\n\
-         | worker | workflows | failed | workflows/s | activities/s | worker CPU s / 1000 wf | worker CPU (share of a core) | worker peak RSS MiB | server CPU (share of a core) | latency p50 / p95 ms |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        args.concurrency, args.secs
+        "# Throughput: zero-GPU retries of 3 attempts, {} in flight, {} s per worker, {} runs\n\n\
+         Median (min–max) over the runs; activities are those the server schedules (generate, \
+         score); both workers run the store steps as local activities writing SQLite.\n\n\
+         | worker | workflows/s | activities/s | worker CPU s / 1000 wf | worker CPU (% of a core) | worker peak RSS MiB | server CPU (% of a core) | latency p50 ms | failed |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        args.concurrency, args.secs, args.live.runs
     );
-    for r in &rows {
+    for worker in ["rust", "python"] {
+        let mine: Vec<&Row> = rows.iter().filter(|r| r.worker == worker).collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let s = |f: fn(&Row) -> f64| Spread::of(mine.iter().map(|r| f(r)));
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.0} | {:.1} | {:.0} % | {:.1} | {:.0} % | {:.0} / {:.0} |\n",
-            r.worker, r.workflows, r.failed, r.workflows_per_sec, r.activities_per_sec,
-            r.worker_cpu_secs_per_1000_workflows, 100.0 * r.worker_cpu_share, r.worker_peak_rss_mib,
-            100.0 * r.server_cpu_share, r.latency_p50_ms, r.latency_p95_ms
+            "| {worker} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            s(|r| r.workflows_per_sec).show(1, 1.0),
+            s(|r| r.activities_per_sec).show(0, 1.0),
+            s(|r| r.worker_cpu_secs_per_1000_workflows).show(1, 1.0),
+            s(|r| r.worker_cpu_share).show(0, 100.0),
+            s(|r| r.worker_peak_rss_mib).show(1, 1.0),
+            s(|r| r.server_cpu_share).show(0, 100.0),
+            s(|r| r.latency_p50_ms).show(0, 1.0),
+            mine.iter().map(|r| r.failed).sum::<u64>(),
         ));
     }
-    if let (Some(c), Some(m)) = (cpu_ratio, rss_ratio) {
+    if !cpu_ratio.median.is_nan() {
         md.push_str(&format!(
-            "\nRust/Python: CPU per 1,000 workflows {c:.2} (target ≤ 0.20), peak RSS {m:.2} (target ≤ 0.33).\n"
+            "\nRust/Python, per run: CPU per 1,000 workflows {} (target ≤ 0.20), peak RSS {} (target ≤ 0.33).\n",
+            cpu_ratio.show(2, 1.0),
+            rss_ratio.show(2, 1.0)
         ));
     }
     md.push_str(&bottleneck(&rows));
@@ -112,14 +139,14 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
 
 fn bottleneck(rows: &[Row]) -> String {
     let mut s = String::from("\n");
-    for r in rows {
+    for r in rows.iter().filter(|r| r.run == 1) {
         let who = if r.server_cpu_share > r.worker_cpu_share {
             "the server"
         } else {
             "the worker"
         };
         s.push_str(&format!(
-            "With the {} worker, {who} used more CPU ({:.0} % of a core against {:.0} %).\n",
+            "Run 1, with the {} worker: {who} used more CPU ({:.0} % of a core against {:.0} %).\n",
             r.worker,
             100.0 * r.server_cpu_share.max(r.worker_cpu_share),
             100.0 * r.server_cpu_share.min(r.worker_cpu_share)
@@ -133,6 +160,7 @@ async fn measure(
     client: &Client,
     worker: &WorkerProc,
     queue: &str,
+    run: usize,
     args: &Args,
 ) -> anyhow::Result<Row> {
     let bar = ProgressBar::new(args.secs).with_style(ProgressStyle::with_template(
@@ -176,6 +204,7 @@ async fn measure(
     let cpu = w1.cpu_secs - w0.cpu_secs;
     Ok(Row {
         worker: worker.label,
+        run,
         workflows: n,
         failed,
         secs,
