@@ -69,6 +69,22 @@ pub(crate) const TRUTHFUL_PATCH: &str = "truthful-records";
 /// without its marker replay records without variations.
 pub(crate) const VARIATIONS_PATCH: &str = "adaptive-variations";
 
+/// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Patches {
+    ladder: bool,
+    variations: bool,
+}
+
+impl Patches {
+    pub(crate) fn decide(ctx: &WorkflowContext<SegmentRetryWorkflow>) -> Self {
+        Self {
+            ladder: ctx.patched(LADDER_PATCH),
+            variations: ctx.patched(VARIATIONS_PATCH),
+        }
+    }
+}
+
 impl Run {
     pub(crate) fn new(
         ctx: &WorkflowContext<SegmentRetryWorkflow>,
@@ -76,16 +92,18 @@ impl Run {
         policy: RetryPolicy,
         truthful: bool,
         steps: StoreSteps,
+        patches: Option<Patches>,
     ) -> Self {
+        let patches = patches.unwrap_or_else(|| Patches::decide(ctx));
         Self {
             ctx: ctx.clone(),
             workflow_id: ctx.workflow_id().to_owned(),
             run_id: ctx.run_id().to_owned(),
             req,
             policy,
-            ladder: ctx.patched(LADDER_PATCH),
+            ladder: patches.ladder,
             truthful,
-            variations: ctx.patched(VARIATIONS_PATCH),
+            variations: patches.variations,
             steps,
         }
     }

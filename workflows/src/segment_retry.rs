@@ -2,7 +2,7 @@
 
 use crate::INVALID_REQUEST;
 use crate::argument::json_argument;
-use crate::attempts::{Run, TRUTHFUL_PATCH};
+use crate::attempts::{Patches, Run, TRUTHFUL_PATCH};
 use crate::search::{PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
 use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
@@ -86,6 +86,11 @@ impl SegmentRetryWorkflow {
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
         let truthful = ctx.patched(TRUTHFUL_PATCH);
         let steps = StoreSteps::of(ctx);
+        // Runs with local store steps decide every later patch here, before their first local
+        // activity: a patch marker recorded after a local activity's marker, in a workflow task
+        // that a query split, failed to replay ("patch marker encountered ... but there is no
+        // corresponding change command"). Earlier runs keep the order they were recorded in.
+        let patches = (steps == StoreSteps::Local).then(|| Patches::decide(ctx));
         let scene = LoadPolicy {
             scene_type: req.scene_type.clone(),
         };
@@ -125,7 +130,7 @@ impl SegmentRetryWorkflow {
         let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
             Err(reason) => (plan::not_retried(&req, reason), Review::None),
             Ok(()) => {
-                Run::new(ctx, req, policy, truthful, steps)
+                Run::new(ctx, req, policy, truthful, steps, patches)
                     .retry_and_review()
                     .await?
             }
