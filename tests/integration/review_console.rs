@@ -652,3 +652,31 @@ async fn chromium_renders_an_escalated_segments_attempts_after_signing_in() {
     eprintln!("console screenshot: {}", path.display());
     wd.call(reqwest::Method::DELETE, "", None).await;
 }
+
+#[tokio::test]
+async fn a_segment_with_ten_attempts_renders_well_under_a_second() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "max_attempts": 10, "review_window_secs": 3600});
+    let (segment, _) = find_segment(&app.tag, "ten", &policy, |a| {
+        a.len() == 10 && a.iter().all(|x| !x.passed)
+    });
+    app.start(request(&segment, &format!("{}-ten", app.tag), Some(policy)))
+        .await;
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+    let mut b = Browser::new(&app).await;
+    b.sign_in(CREATOR).await;
+    let path = format!("/ui/segments/{segment}");
+    b.get(&path).await;
+    let started = std::time::Instant::now();
+    let page = b.get(&path).await;
+    let took = started.elapsed();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.body.matches("<article class=\"attempt").count(), 10);
+    assert!(
+        took < Duration::from_millis(500),
+        "the page took {took:?} (a debug build, with the live query)"
+    );
+}
