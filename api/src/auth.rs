@@ -94,7 +94,7 @@ impl Tokens {
     }
 
     /// The role of `presented`, comparing against every token in constant time.
-    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+    pub(crate) fn role_of(&self, presented: &[u8]) -> Option<Role> {
         let mut found = None;
         for (role, token) in &self.0 {
             if bool::from(token.as_slice().ct_eq(presented)) {

@@ -135,20 +135,23 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
         let RawQuery(raw) = RawQuery::from_request_parts(parts, state)
             .await
             .unwrap_or(RawQuery(None));
-        let pairs = raw
-            .as_deref()
-            .map(|q| {
-                q.split('&')
-                    .filter(|p| !p.is_empty())
-                    .map(|p| {
-                        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                        (decode(k), decode(v))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(QueryPairs(pairs))
+        Ok(QueryPairs(
+            raw.as_deref().map(form_pairs).unwrap_or_default(),
+        ))
     }
+}
+
+/// `a=1&b=x+y` (a query string or an `application/x-www-form-urlencoded` body) as decoded
+/// name/value pairs, in order; never fails.
+pub(crate) fn form_pairs(encoded: &str) -> Vec<(String, String)> {
+    encoded
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// Form decoding: `+` is a space, `%XX` a byte; invalid UTF-8 and stray `%` are kept lossily.

@@ -5,12 +5,14 @@
 //! a shutdown future resolves.
 
 mod auth;
+pub mod console;
 mod error;
 mod extract;
 mod openapi;
 mod routes;
 
 pub use auth::{Role, Tokens, TokensError};
+pub use console::Console;
 pub use error::{AppError, Dependency, ErrorBody, RETRY_AFTER_SECS};
 
 use axum::Router;
@@ -30,6 +32,8 @@ pub struct AppState {
     pub temporal: Client,
     pub task_queue: String,
     pub tokens: Arc<Tokens>,
+    /// The review console's settings and sessions (`/ui`).
+    pub console: Console,
 }
 
 /// The router with every endpoint, the body limit and the state.

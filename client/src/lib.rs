@@ -7,10 +7,10 @@ mod error;
 pub use error::Error;
 
 use error::chain;
-use retake_domain::SegmentId;
 use retake_domain::contract::{RetryRequest, RetryResult};
 use retake_domain::review::Phase;
 use retake_domain::status::Status;
+use retake_domain::{ProjectId, SceneType, SegmentId};
 use retake_workflows::{SegmentRetryRun, SegmentRetryWorkflow};
 use serde_json::{Value, json};
 use temporalio_client::errors::{
@@ -26,7 +26,7 @@ use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
 use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
 use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
 use temporalio_protos::protos::temporal::api::workflowservice::v1::{
-    DescribeWorkflowExecutionRequest, GetSystemInfoRequest,
+    DescribeWorkflowExecutionRequest, GetSystemInfoRequest, ListWorkflowExecutionsRequest,
 };
 
 /// Handle of a running retry.
@@ -323,4 +323,93 @@ pub async fn settled(handle: &RetryHandle) -> Result<Settled, Error> {
             }
         }
     }
+}
+
+/// A retry waiting for a creator's decision, as Temporal's visibility lists it (the search
+/// attributes the workflow keeps current).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwaitingReview {
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub run_id: String,
+    /// When the run started, milliseconds since the Unix epoch (0 when visibility leaves it out).
+    pub started_unix_ms: i64,
+}
+
+/// Which retries [`awaiting_review`] lists: those of one task queue, optionally of one project
+/// and one scene type.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewFilter<'a> {
+    pub task_queue: &'a str,
+    pub project: Option<&'a ProjectId>,
+    pub scene_type: Option<&'a SceneType>,
+}
+
+impl ReviewFilter<'_> {
+    /// The visibility query: running runs whose `RetryOutcome` is `awaiting_review`. Ids are
+    /// validated (letters, digits, `-_.:`), so only the task queue needs its quotes escaped.
+    pub fn query(&self) -> String {
+        let quoted = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+        let mut q = format!(
+            "WorkflowType = '{}' AND ExecutionStatus = 'Running' AND RetryOutcome = 'awaiting_review' AND TaskQueue = {}",
+            retake_domain::WORKFLOW_TYPE,
+            quoted(self.task_queue)
+        );
+        if let Some(p) = self.project {
+            q.push_str(&format!(" AND ProjectId = {}", quoted(p.as_str())));
+        }
+        if let Some(t) = self.scene_type {
+            q.push_str(&format!(" AND SceneType = {}", quoted(t.as_str())));
+        }
+        q
+    }
+}
+
+/// Up to `limit` retries awaiting review (one page of visibility, newest start first). Visibility
+/// is eventually consistent: a retry escalated a moment ago may be missing for a second.
+pub async fn awaiting_review(
+    client: &Client,
+    filter: &ReviewFilter<'_>,
+    limit: i32,
+) -> Result<Vec<AwaitingReview>, Error> {
+    let mut svc = client.connection().workflow_service();
+    let answer = svc
+        .list_workflow_executions(tonic::Request::new(ListWorkflowExecutionsRequest {
+            namespace: client.namespace(),
+            page_size: limit,
+            next_page_token: Vec::new(),
+            query: filter.query(),
+        }))
+        .await
+        .map_err(|status| Error::from_status(status, "the review queue"))?;
+    Ok(answer
+        .into_inner()
+        .executions
+        .into_iter()
+        .map(|info| {
+            let attr = |name: &str| -> String {
+                info.search_attributes
+                    .as_ref()
+                    .and_then(|sa| sa.indexed_fields.get(name))
+                    .and_then(|p| serde_json::from_slice::<String>(&p.data).ok())
+                    .unwrap_or_default()
+            };
+            AwaitingReview {
+                segment_id: attr("SegmentId"),
+                project_id: attr("ProjectId"),
+                scene_type: attr("SceneType"),
+                run_id: info
+                    .execution
+                    .as_ref()
+                    .map(|e| e.run_id.clone())
+                    .unwrap_or_default(),
+                started_unix_ms: info
+                    .start_time
+                    .as_ref()
+                    .map(|t| t.seconds * 1000 + i64::from(t.nanos / 1_000_000))
+                    .unwrap_or(0),
+            }
+        })
+        .collect())
 }

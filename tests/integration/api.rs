@@ -30,6 +30,7 @@ pub async fn serve_with(app: &TestApp, store: Arc<dyn Store>) -> String {
         temporal: app.client.clone(),
         task_queue: app.task_queue.clone(),
         tokens: Arc::new(tokens),
+        console: retake_api::Console::default(),
     };
     tokio::spawn(retake_api::serve(listener, state, std::future::pending()));
     base

@@ -44,6 +44,9 @@ mod records;
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.
 mod retry_flows;
+/// The review console (`/ui`): sign-in, CSRF, roles, the queue, decisions through forms, and the
+/// segment page in headless Chromium.
+mod review_console;
 /// The `retry_attempts` table and outcomes equal the workflow result.
 mod store_records;
 /// The Temporal web UI, in headless Chromium, shows a segment's workflow and search attributes.

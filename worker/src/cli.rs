@@ -71,6 +71,9 @@ pub struct ApiArgs {
     /// Address to listen on.
     #[arg(long, env = "RETAKE_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Base URL of the Temporal web UI, which the review console (`/ui`) links workflows to.
+    #[arg(long, env = "RETAKE_TEMPORAL_UI_URL", default_value = retake_api::console::DEFAULT_TEMPORAL_UI)]
+    pub temporal_ui: String,
 }
 
 #[derive(Debug, Args)]

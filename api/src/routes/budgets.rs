@@ -50,8 +50,15 @@ pub(crate) async fn set(
     Id(project): Id<ProjectId>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Budget>, AppError> {
-    let limit = BudgetLimit::parse(&body)?;
-    Ok(Json(
-        s.store.set_limit(project.as_str(), limit.limit_ms).await?,
-    ))
+    store_limit(&s, &project, &body).await.map(Json)
+}
+
+/// Validate and set a project's limit: the one path of `PUT` and the console's form.
+pub(crate) async fn store_limit(
+    s: &AppState,
+    project: &ProjectId,
+    body: &serde_json::Value,
+) -> Result<Budget, AppError> {
+    let limit = BudgetLimit::parse(body)?;
+    Ok(s.store.set_limit(project.as_str(), limit.limit_ms).await?)
 }

@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/segments/{id}/retries/abort", post(segments::abort))
         .route("/segments/{id}/retries/escalate", post(segments::escalate))
         .route("/segments/{id}/retries/decision", post(segments::decide))
+        .merge(crate::console::router())
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(wrong_method)
 }

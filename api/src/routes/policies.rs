@@ -49,8 +49,17 @@ pub(crate) async fn set(
     Id(scene): Id<SceneType>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<RetryPolicy>, AppError> {
-    let policy = RetryPolicy::parse(&body)?;
+    store_policy(&s, &scene, &body).await.map(Json)
+}
+
+/// Validate and store a scene type's policy: the one path of `PUT` and the console's form.
+pub(crate) async fn store_policy(
+    s: &AppState,
+    scene: &SceneType,
+    body: &serde_json::Value,
+) -> Result<RetryPolicy, AppError> {
+    let policy = RetryPolicy::parse(body)?;
     let value = serde_json::to_value(&policy).map_err(|e| AppError::Internal(e.to_string()))?;
     s.store.set_policy(scene.as_str(), &value).await?;
-    Ok(Json(policy))
+    Ok(policy)
 }

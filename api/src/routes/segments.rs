@@ -163,21 +163,23 @@ fn by_or_role(by: Option<String>, role: Role) -> String {
         .unwrap_or_else(|| format!("api:{}", role.as_str()))
 }
 
-async fn signal(
+/// Send `abort` or `escalate` for `role`: the one path of the JSON endpoints and the console's
+/// buttons, so both validate the body, default `by` and answer a finished retry alike.
+pub(crate) async fn signal(
     role: Role,
-    s: AppState,
-    segment: SegmentId,
+    s: &AppState,
+    segment: &SegmentId,
     body: Value,
     action: Creator,
-) -> Result<(StatusCode, Json<SignalSent>), AppError> {
+) -> Result<SignalSent, AppError> {
     let body: SignalRequest = from_json(body)?;
     let by = by_or_role(body.by, role);
     let what = match action {
         Creator::Abort => "there is nothing to abort",
         Creator::Escalate => "there is nothing to escalate",
     };
-    let run_id = running_run(&s, &segment, what).await?;
-    match retake_client::signal(&s.temporal, &segment, action, &body.reason, &by).await {
+    let run_id = running_run(s, segment, what).await?;
+    match retake_client::signal(&s.temporal, segment, action, &body.reason, &by).await {
         Ok(()) => {}
         Err(retake_client::Error::AlreadyFinished(_)) => {
             return Err(AppError::Finished(format!(
@@ -186,14 +188,11 @@ async fn signal(
         }
         Err(e) => return Err(e.into()),
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(SignalSent {
-            status: "sent",
-            run_id,
-            by,
-        }),
-    ))
+    Ok(SignalSent {
+        status: "sent",
+        run_id,
+        by,
+    })
 }
 
 /// Abort the running retry: the attempt in flight is cancelled and its reservation released.
@@ -214,7 +213,8 @@ pub(crate) async fn abort(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<SignalSent>), AppError> {
-    signal(caller.role, s, segment, body, Creator::Abort).await
+    let sent = signal(caller.role, &s, &segment, body, Creator::Abort).await?;
+    Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
 /// Stop retrying and go to human review.
@@ -235,7 +235,8 @@ pub(crate) async fn escalate(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<SignalSent>), AppError> {
-    signal(caller.role, s, segment, body, Creator::Escalate).await
+    let sent = signal(caller.role, &s, &segment, body, Creator::Escalate).await?;
+    Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
 /// A review decision.
@@ -280,8 +281,8 @@ pub(crate) struct DecisionRequest {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct DecisionAccepted {
     /// The decision taken (`retry_with`, `accept`, `reject`).
-    accepted: String,
-    by: String,
+    pub(crate) accepted: String,
+    pub(crate) by: String,
 }
 
 /// A review decision (`retry_with`, `accept`, `reject`) for a segment awaiting review.
@@ -302,16 +303,28 @@ pub(crate) async fn decide(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<DecisionAccepted>, AppError> {
+    decide_as(caller.role, &s, &segment, body).await.map(Json)
+}
+
+/// Deliver a decision for `role`: the one path of the JSON endpoint and the console's forms, so
+/// both read the body into the same [`DecisionRequest`] (same field errors), default `by` to
+/// `api:<role>` and map the workflow's refusal the same way.
+pub(crate) async fn decide_as(
+    role: Role,
+    s: &AppState,
+    segment: &SegmentId,
+    body: Value,
+) -> Result<DecisionAccepted, AppError> {
     let mut decision: DecisionRequest = from_json(body)?;
-    decision.by = Some(by_or_role(decision.by, caller.role));
+    decision.by = Some(by_or_role(decision.by, role));
     let over = "its review is over";
-    running_run(&s, &segment, over).await?;
+    running_run(s, segment, over).await?;
     let argument =
         serde_json::to_value(&decision).map_err(|e| AppError::Internal(e.to_string()))?;
-    match retake_client::decide(&s.temporal, &segment, argument).await {
-        Ok(answer) => Ok(Json(
-            serde_json::from_value(answer).map_err(|e| AppError::Internal(e.to_string()))?,
-        )),
+    match retake_client::decide(&s.temporal, segment, argument).await {
+        Ok(answer) => {
+            Ok(serde_json::from_value(answer).map_err(|e| AppError::Internal(e.to_string()))?)
+        }
         Err(retake_client::Error::Rejected(m)) => {
             Err(AppError::Rejected(format!("decision rejected: {m}")))
         }

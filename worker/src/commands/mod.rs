@@ -93,7 +93,9 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         temporal,
         task_queue: g.task_queue.clone(),
         tokens: Arc::new(tokens),
+        console: retake_api::Console::new(&args.temporal_ui),
     };
+    tracing::info!(console = %format!("http://{}/ui", args.listen), "review console");
     retake_api::serve(listener, state, shutdown_signal()).await?;
     Ok(())
 }

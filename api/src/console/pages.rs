@@ -1,0 +1,902 @@
+//! The console's handlers: thin; they read the session and form, call the function the JSON
+//! endpoint calls, and render a template (or redirect after a successful POST, so a reload does
+//! not post twice).
+
+use super::page::{Nav, PageError, html};
+use super::session::{self, Posted, Signed, clear_cookie, csrf_ok, read_fields, set_cookie};
+use super::time::{gpu, now_ms};
+use super::views::{
+    self, AttemptView, EventView, Input, QueueRow, errors_of, form_value, rejected_fields,
+};
+use crate::AppState;
+use crate::auth::{Role, need};
+use crate::error::AppError;
+use crate::extract::QueryPairs;
+use crate::routes::{budgets, policies, segments};
+use askama::Template;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use retake_activities::ports::{Budget, StoredAttempt, StoredOutcome};
+use retake_client::{Creator, ReviewFilter};
+use retake_domain::review::Phase;
+use retake_domain::status::Status;
+use retake_domain::{FieldError, ProjectId, RetryPolicy, SceneType, SegmentId, ValidationError};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use temporalio_client::NamespacedClient;
+
+/// How long the segment page waits for the live `report` query: a retry whose worker is down
+/// cannot answer, and the recorded history is still worth showing.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most rows the review queue shows (one page of visibility).
+const QUEUE_LIMIT: i32 = 200;
+
+/// The `{id}` of a page's path, as text (validated by the handler after the role check, as the
+/// JSON API checks the role before the path).
+pub(crate) struct PathText(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, PageError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| PathText(p))
+            .map_err(|_| {
+                ValidationError::single("id", "is not valid UTF-8 once percent-decoded").into()
+            })
+    }
+}
+
+fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// The message a redirect after a successful POST asks the page to show (`?done=`): a fixed set,
+/// so a link cannot make the page say anything else.
+fn flash(query: &QueryPairs) -> &'static str {
+    let done = query.0.iter().rev().find(|(k, _)| k == "done");
+    match done.map(|(_, v)| v.as_str()) {
+        Some("accept") => "Accepted: the retry finishes with that attempt.",
+        Some("reject") => "Rejected: the retry finishes without an attempt.",
+        Some("retry_with") => "Retrying with the new settings; this page refreshes while it runs.",
+        Some("abort") => "Abort sent: the attempt in flight is cancelled.",
+        Some("escalate") => "Escalate sent: the retry stops and goes to review.",
+        Some("saved") => "Saved.",
+        Some("signed-in") => "Signed in.",
+        _ => "",
+    }
+}
+
+pub(crate) async fn home() -> Response {
+    see_other("/ui/review")
+}
+
+pub(crate) async fn not_found() -> PageError {
+    PageError::App(AppError::NotFound(
+        "there is no such console page".to_owned(),
+    ))
+}
+
+// ---- sign-in and sign-out -------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+struct SignInPage {
+    nav: Nav,
+    error: String,
+}
+
+/// The sign-in form, under an anonymous session whose CSRF token the form carries.
+pub(crate) async fn sign_in_form(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let current = session::from_headers(&headers, &s);
+    if current.as_ref().is_some_and(|c| c.role.is_some()) {
+        return see_other("/ui/review");
+    }
+    let (anonymous, new) = match current {
+        Some(c) => (c, false),
+        None => (s.console.sessions.create(None), true),
+    };
+    let page = SignInPage {
+        nav: Nav {
+            role: None,
+            csrf: anonymous.csrf.clone(),
+        },
+        error: String::new(),
+    };
+    let mut r = html(StatusCode::OK, &page);
+    if new {
+        set(&mut r, &set_cookie(&anonymous));
+    }
+    r
+}
+
+fn set(r: &mut Response, cookie: &str) {
+    if let Ok(v) = header::HeaderValue::from_str(cookie) {
+        r.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// Check the token (constant time, as the bearer check) and replace the anonymous session by a
+/// new signed-in one (a fresh id, so an id known before sign-in is worth nothing after).
+pub(crate) async fn sign_in(
+    State(s): State<AppState>,
+    req: Request,
+) -> Result<Response, PageError> {
+    let anonymous = session::from_headers(req.headers(), &s).ok_or(PageError::Csrf)?;
+    let fields = read_fields(req, &s).await?;
+    if !csrf_ok(&anonymous, &fields) {
+        return Err(PageError::Csrf);
+    }
+    let Some(role) = s.tokens.role_of(fields.get("token").as_bytes()) else {
+        let page = SignInPage {
+            nav: Nav {
+                role: None,
+                csrf: anonymous.csrf.clone(),
+            },
+            error: "That token is not known here.".to_owned(),
+        };
+        return Ok(html(StatusCode::UNAUTHORIZED, &page));
+    };
+    s.console.sessions.remove(&anonymous.id);
+    let signed = s.console.sessions.create(Some(role));
+    let mut r = see_other("/ui/review");
+    set(&mut r, &set_cookie(&signed));
+    Ok(r)
+}
+
+pub(crate) async fn sign_out(State(s): State<AppState>, posted: Posted<need::Viewer>) -> Response {
+    s.console.sessions.remove(&posted.who.session.id);
+    let mut r = see_other("/ui/sign-in");
+    set(&mut r, &clear_cookie());
+    r
+}
+
+// ---- the review queue -----------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "queue.html")]
+struct QueuePage {
+    nav: Nav,
+    project: String,
+    scene_type: String,
+    rows: Vec<QueueRow>,
+}
+
+fn optional<T>(
+    query: &QueryPairs,
+    name: &str,
+    parse: impl Fn(&str) -> Result<T, ValidationError>,
+) -> Result<Option<T>, ValidationError> {
+    match query.0.iter().rev().find(|(k, _)| k == name) {
+        Some((_, v)) if !v.trim().is_empty() => parse(v.trim()).map(Some).map_err(|e| {
+            ValidationError::single(name, e.errors.first().map_or("", |f| f.message.as_str()))
+        }),
+        _ => Ok(None),
+    }
+}
+
+/// The scene type's stored policy, resolved as the workflow resolves it without an override
+/// (review window, thresholds); the disabled default when none is stored or it no longer reads.
+async fn policy_of(s: &AppState, scene_type: &str) -> Result<RetryPolicy, AppError> {
+    let stored = s.store.policy(scene_type).await?;
+    Ok(RetryPolicy::resolve(stored.as_ref(), None).unwrap_or_default())
+}
+
+/// Segments awaiting review, newest escalation first: Temporal's visibility lists the runs
+/// (`RetryOutcome = awaiting_review`), the store gives each its report, attempts and the time it
+/// was escalated, as the history endpoint reads them.
+pub(crate) async fn queue(
+    who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let project = optional(&query, "project", |v| ProjectId::parse(v))?;
+    let scene = optional(&query, "scene_type", |v| SceneType::parse(v))?;
+    let filter = ReviewFilter {
+        task_queue: &s.task_queue,
+        project: project.as_ref(),
+        scene_type: scene.as_ref(),
+    };
+    let listed = retake_client::awaiting_review(&s.temporal, &filter, QUEUE_LIMIT)
+        .await
+        .map_err(AppError::from)?;
+    let now = now_ms();
+    let mut policies: BTreeMap<String, RetryPolicy> = BTreeMap::new();
+    let mut rows = Vec::with_capacity(listed.len());
+    for run in listed {
+        if !policies.contains_key(&run.scene_type) {
+            let p = policy_of(&s, &run.scene_type).await?;
+            policies.insert(run.scene_type.clone(), p);
+        }
+        let policy = &policies[&run.scene_type];
+        let outcomes = s.store.outcomes(&run.segment_id).await?;
+        let pending = outcomes
+            .iter()
+            .rev()
+            .find(|o| o.run_id == run.run_id && o.review == "pending");
+        let attempts: Vec<StoredAttempt> = s
+            .store
+            .attempts(&run.segment_id)
+            .await?
+            .into_iter()
+            .filter(|a| a.run_id == run.run_id)
+            .collect();
+        rows.push(views::queue_row(&run, pending, &attempts, policy, now));
+    }
+    rows.sort_by_key(|r| std::cmp::Reverse(r.since_ms));
+    let page = QueuePage {
+        nav: Nav::new(who.role, &who.session.csrf),
+        project: project.map(|p| p.to_string()).unwrap_or_default(),
+        scene_type: scene.map(|t| t.to_string()).unwrap_or_default(),
+        rows,
+    };
+    Ok(html(StatusCode::OK, &page))
+}
+
+// ---- a segment ------------------------------------------------------------------------------
+
+/// One run of the segment: its outcome (once recorded) and its attempts side by side.
+struct RunView {
+    run_id: String,
+    workflow_url: String,
+    outcome: String,
+    reason: String,
+    report: String,
+    review: String,
+    gpu_total: String,
+    live: bool,
+    attempts: Vec<AttemptView>,
+    decisions: Vec<EventView>,
+}
+
+/// The decision forms' values and errors (pre-filled, or as submitted when refused).
+#[derive(Default)]
+struct DecisionForm {
+    /// The form the errors belong to (`accept`, `reject`, `retry_with`, `abort`, `escalate`).
+    which: String,
+    /// Errors without a field of their own (e.g. "not awaiting review").
+    general: Vec<String>,
+    reason: String,
+    accept_attempt: String,
+    attempt_error: String,
+    params: Vec<Input>,
+    vary: String,
+    vary_error: String,
+    attempts: String,
+    attempts_error: String,
+}
+
+#[derive(Template)]
+#[template(path = "segment.html")]
+struct SegmentPage {
+    nav: Nav,
+    flash: &'static str,
+    segment_id: String,
+    project_id: String,
+    scene_type: String,
+    phase: String,
+    /// Refresh the page while a retry is making attempts.
+    refresh: bool,
+    can_decide: bool,
+    can_steer: bool,
+    accept_choices: Vec<u32>,
+    runs: Vec<RunView>,
+    form: DecisionForm,
+}
+
+fn phase_name(p: Phase) -> String {
+    json!(p).as_str().unwrap_or("unknown").to_owned()
+}
+
+pub(crate) async fn segment(
+    who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let segment = SegmentId::parse(&raw)?;
+    segment_page(&who, &s, &segment, flash(&query), None, StatusCode::OK).await
+}
+
+/// Render the segment page; `submitted` refills a refused form with its errors.
+async fn segment_page(
+    who: &Signed<impl Send + Sync>,
+    s: &AppState,
+    segment: &SegmentId,
+    flash: &'static str,
+    submitted: Option<DecisionForm>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let outcomes = s.store.outcomes(segment.as_str()).await?;
+    let stored = s.store.attempts(segment.as_str()).await?;
+    let latest = retake_client::latest_run(&s.temporal, segment)
+        .await
+        .map_err(AppError::from)?;
+    let live: Option<Status> = match &latest {
+        Some(r) if r.running => {
+            match tokio::time::timeout(LIVE_TIMEOUT, retake_client::status(&s.temporal, segment))
+                .await
+            {
+                Ok(Ok(status)) => Some(status),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if outcomes.is_empty() && stored.is_empty() && latest.is_none() {
+        return Err(AppError::NotFound(format!("segment {segment} has no retries")).into());
+    }
+    let running_id = latest
+        .as_ref()
+        .filter(|r| r.running)
+        .map(|r| r.run_id.clone());
+    let (project_id, scene_type) = identity(&outcomes, &stored, live.as_ref());
+    let policy = policy_of(s, &scene_type).await?;
+    let phase = match (&live, &latest) {
+        (Some(st), _) => phase_name(st.phase),
+        (None, Some(r)) if r.running => "running (live status unavailable)".to_owned(),
+        (None, Some(_)) => "finished".to_owned(),
+        (None, None) => "recorded".to_owned(),
+    };
+    let awaiting = live
+        .as_ref()
+        .is_some_and(|st| st.phase == Phase::AwaitingReview);
+    let retrying = live
+        .as_ref()
+        .is_some_and(|st| matches!(st.phase, Phase::Starting | Phase::Retrying));
+    let runs = run_views(
+        s,
+        segment,
+        &outcomes,
+        &stored,
+        running_id.as_deref(),
+        live.as_ref(),
+        &policy,
+    )
+    .await;
+    let current: Vec<&RunView> = runs.iter().filter(|r| r.live).collect();
+    let accept_choices = current
+        .first()
+        .map(|r| r.attempts.iter().map(|a| a.number).collect())
+        .unwrap_or_default();
+    let form = submitted.unwrap_or_else(|| prefill(live.as_ref(), &policy));
+    let page = SegmentPage {
+        nav: Nav::new(who.role, &who.session.csrf),
+        flash,
+        segment_id: segment.to_string(),
+        project_id,
+        scene_type,
+        phase,
+        refresh: retrying,
+        can_decide: awaiting && who.role >= Role::Creator,
+        can_steer: running_id.is_some() && !awaiting && who.role >= Role::Creator,
+        accept_choices,
+        runs,
+        form,
+    };
+    Ok(html(status, &page))
+}
+
+/// The segment's project and scene type, from whichever record has them.
+fn identity(
+    outcomes: &[StoredOutcome],
+    attempts: &[StoredAttempt],
+    live: Option<&Status>,
+) -> (String, String) {
+    if let Some(st) = live {
+        return (st.project_id.clone(), st.scene_type.clone());
+    }
+    if let Some(o) = outcomes.last() {
+        return (o.project_id.clone(), o.scene_type.clone());
+    }
+    attempts
+        .last()
+        .map(|a| (a.project_id.clone(), a.scene_type.clone()))
+        .unwrap_or_default()
+}
+
+/// Every run, oldest first, with its attempts; the running run's attempts come from the live
+/// status (the attempt in flight included) rather than the store.
+async fn run_views(
+    s: &AppState,
+    segment: &SegmentId,
+    outcomes: &[StoredOutcome],
+    stored: &[StoredAttempt],
+    running: Option<&str>,
+    live: Option<&Status>,
+    policy: &RetryPolicy,
+) -> Vec<RunView> {
+    let mut order: Vec<String> = Vec::new();
+    for run in stored
+        .iter()
+        .map(|a| &a.run_id)
+        .chain(outcomes.iter().map(|o| &o.run_id))
+        .chain(running.map(str::to_owned).as_ref())
+    {
+        if !order.contains(run) {
+            order.push(run.clone());
+        }
+    }
+    let base = &s.console.temporal_ui;
+    let namespace = s.temporal.namespace();
+    let workflow_id = retake_domain::workflow_id(segment);
+    let mut runs = Vec::with_capacity(order.len());
+    for run_id in order {
+        let outcome = outcomes.iter().rev().find(|o| o.run_id == run_id);
+        let is_live = running == Some(run_id.as_str());
+        let mut attempts = Vec::new();
+        match live.filter(|_| is_live) {
+            Some(st) => {
+                for a in &st.attempts {
+                    attempts.push(
+                        views::attempt(a, st.selected_attempt == Some(a.attempt), policy).await,
+                    );
+                }
+                if let Some(n) = st.running_attempt
+                    && !st.attempts.iter().any(|a| a.attempt == n)
+                {
+                    attempts.push(AttemptView::in_flight(n));
+                }
+            }
+            None => {
+                for a in stored.iter().filter(|a| a.run_id == run_id) {
+                    attempts.push(views::attempt(&a.record, a.selected, policy).await);
+                }
+            }
+        }
+        let decisions = match (live.filter(|_| is_live), outcome) {
+            (Some(st), _) => st.decisions.iter().map(views::event).collect(),
+            (None, Some(o)) => o.decisions.iter().map(views::event).collect(),
+            (None, None) => Vec::new(),
+        };
+        runs.push(RunView {
+            workflow_url: format!(
+                "{base}/namespaces/{namespace}/workflows/{workflow_id}/{run_id}/history"
+            ),
+            outcome: outcome.map(|o| o.outcome.clone()).unwrap_or_default(),
+            reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
+            report: outcome
+                .map(|o| o.report.clone())
+                .or_else(|| live.filter(|_| is_live).map(|st| st.report.clone()))
+                .unwrap_or_default(),
+            review: outcome.map(|o| o.review.clone()).unwrap_or_default(),
+            gpu_total: gpu(
+                outcome.map_or_else(|| attempts_gpu(stored, &run_id), |o| o.gpu_ms_total)
+            ),
+            live: is_live,
+            run_id,
+            attempts,
+            decisions,
+        });
+    }
+    runs
+}
+
+fn attempts_gpu(stored: &[StoredAttempt], run_id: &str) -> u64 {
+    stored
+        .iter()
+        .filter(|a| a.run_id == run_id)
+        .map(|a| a.record.gpu_ms)
+        .sum()
+}
+
+/// The decision forms pre-filled from the retry: the parameters of its latest attempt's base
+/// (the seed left out: each attempt derives its own), the policy's jitter and attempt count.
+fn prefill(live: Option<&Status>, policy: &RetryPolicy) -> DecisionForm {
+    let base = live
+        .and_then(|st| st.attempts.last())
+        .map(|a| &a.original_params);
+    let params = base
+        .map(|p| {
+            p.0.iter()
+                .filter(|(k, _)| k.as_str() != "seed")
+                .map(|(k, v)| Input {
+                    name: k.clone(),
+                    value: match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    error: String::new(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    DecisionForm {
+        params,
+        vary: serde_json::to_string_pretty(&policy.vary).unwrap_or_default(),
+        attempts: policy.max_attempts.to_string(),
+        accept_attempt: live
+            .and_then(|st| {
+                st.selected_attempt
+                    .or(st.attempts.last().map(|a| a.attempt))
+            })
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        ..DecisionForm::default()
+    }
+}
+
+/// The `decide` body the form stands for, as a JSON client would have sent it; and the form as
+/// submitted, to refill it if the decision is refused. A `vary` that is not a JSON object is
+/// refused here, naming `vary` (the API never sees a textarea).
+fn decision_body(fields: &session::Fields) -> (Result<Value, ValidationError>, DecisionForm) {
+    let decision = fields.get("decision").to_owned();
+    let mut body = Map::new();
+    body.insert("decision".into(), Value::String(decision.clone()));
+    body.insert(
+        "reason".into(),
+        Value::String(fields.get("reason").to_owned()),
+    );
+    let mut form = DecisionForm {
+        which: decision.clone(),
+        reason: fields.get("reason").to_owned(),
+        accept_attempt: fields.get("attempt").to_owned(),
+        vary: fields.get("vary").to_owned(),
+        attempts: fields.get("attempts").to_owned(),
+        ..DecisionForm::default()
+    };
+    let mut invalid = None;
+    match decision.as_str() {
+        "accept" if !form.accept_attempt.is_empty() => {
+            body.insert("attempt".into(), form_value(&form.accept_attempt));
+        }
+        "retry_with" => {
+            let mut params = Map::new();
+            for (k, v) in &fields.0 {
+                if let Some(name) = k.strip_prefix("param:") {
+                    form.params.push(Input {
+                        name: name.to_owned(),
+                        value: v.trim().to_owned(),
+                        error: String::new(),
+                    });
+                    if !v.trim().is_empty() {
+                        params.insert(name.to_owned(), form_value(v.trim()));
+                    }
+                }
+            }
+            if !params.is_empty() {
+                body.insert("params".into(), Value::Object(params));
+            }
+            if !form.vary.is_empty() {
+                match serde_json::from_str::<Value>(&form.vary) {
+                    Ok(v @ Value::Object(_)) => {
+                        body.insert("vary".into(), v);
+                    }
+                    _ => {
+                        invalid = Some(ValidationError::single(
+                            "vary",
+                            "must be a JSON object of jitter specs, e.g. {\"cfg_scale\": {\"range\": 1.0}}",
+                        ))
+                    }
+                }
+            }
+            if !form.attempts.is_empty() {
+                body.insert("attempts".into(), form_value(&form.attempts));
+            }
+        }
+        _ => {}
+    }
+    (invalid.map_or_else(|| Ok(Value::Object(body)), Err), form)
+}
+
+/// Put `errors` next to their inputs; what has no input of its own is listed above the form.
+fn place_errors(form: &mut DecisionForm, errors: &[FieldError]) {
+    form.attempt_error = errors_of(errors, "attempt");
+    form.vary_error = errors_of(errors, "vary");
+    form.attempts_error = errors_of(errors, "attempts");
+    for p in &mut form.params {
+        p.error = errors_of(errors, &format!("params.{}", p.name));
+    }
+    let placed = |f: &str| {
+        f == "attempt"
+            || f == "attempts"
+            || f == "vary"
+            || f.starts_with("vary.")
+            || form
+                .params
+                .iter()
+                .any(|p| f == format!("params.{}", p.name))
+    };
+    form.general = errors
+        .iter()
+        .filter(|e| !placed(&e.field))
+        .map(|e| {
+            if e.field.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.field, e.message)
+            }
+        })
+        .collect();
+}
+
+/// Show `e` on the segment page, next to the form that caused it, with the API's status code.
+async fn refused(
+    who: &Signed<impl Send + Sync>,
+    s: &AppState,
+    segment: &SegmentId,
+    mut form: DecisionForm,
+    e: AppError,
+) -> Result<Response, PageError> {
+    let status = e.status();
+    let errors = match e {
+        AppError::Invalid(v) => v.errors,
+        AppError::Rejected(m) => rejected_fields(&m),
+        AppError::Unavailable(_) | AppError::Internal(_) => return Err(e.into()),
+        other => vec![FieldError::new("", other.to_string())],
+    };
+    place_errors(&mut form, &errors);
+    segment_page(who, s, segment, "", Some(form), status).await
+}
+
+/// A review decision from the segment page, through the JSON endpoint's `decide_as`.
+pub(crate) async fn decide(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Creator>,
+) -> Result<Response, PageError> {
+    let segment = SegmentId::parse(&raw)?;
+    let (body, form) = decision_body(&posted.fields);
+    let which = form.which.clone();
+    let result = match body {
+        Ok(body) => segments::decide_as(posted.who.role, &s, &segment, body)
+            .await
+            .map(|_| ()),
+        Err(v) => Err(AppError::Invalid(v)),
+    };
+    match result {
+        Ok(()) => Ok(see_other(&format!(
+            "/ui/segments/{segment}?done={}",
+            if matches!(which.as_str(), "accept" | "reject" | "retry_with") {
+                which.as_str()
+            } else {
+                ""
+            }
+        ))),
+        Err(e) => refused(&posted.who, &s, &segment, form, e).await,
+    }
+}
+
+async fn steer(
+    s: AppState,
+    raw: String,
+    posted: Posted<need::Creator>,
+    action: Creator,
+    name: &str,
+) -> Result<Response, PageError> {
+    let segment = SegmentId::parse(&raw)?;
+    let body = json!({"reason": posted.fields.get("reason")});
+    match segments::signal(posted.who.role, &s, &segment, body, action).await {
+        Ok(_) => Ok(see_other(&format!("/ui/segments/{segment}?done={name}"))),
+        Err(e) => {
+            let form = DecisionForm {
+                which: name.to_owned(),
+                reason: posted.fields.get("reason").to_owned(),
+                ..DecisionForm::default()
+            };
+            refused(&posted.who, &s, &segment, form, e).await
+        }
+    }
+}
+
+pub(crate) async fn abort(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Creator>,
+) -> Result<Response, PageError> {
+    steer(s, raw, posted, Creator::Abort, "abort").await
+}
+
+pub(crate) async fn escalate(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Creator>,
+) -> Result<Response, PageError> {
+    steer(s, raw, posted, Creator::Escalate, "escalate").await
+}
+
+// ---- settings: scene types and projects -----------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "settings.html")]
+struct SettingsPage {
+    nav: Nav,
+}
+
+/// The settings index: two look-up forms (a GET with `scene_type` or `project` goes there).
+pub(crate) async fn settings(
+    who: Signed<need::Viewer>,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    if let Some(t) = optional(&query, "scene_type", |v| SceneType::parse(v))? {
+        return Ok(see_other(&format!("/ui/scene-types/{t}")));
+    }
+    if let Some(p) = optional(&query, "project", |v| ProjectId::parse(v))? {
+        return Ok(see_other(&format!("/ui/projects/{p}")));
+    }
+    Ok(html(
+        StatusCode::OK,
+        &SettingsPage {
+            nav: Nav::new(who.role, &who.session.csrf),
+        },
+    ))
+}
+
+#[derive(Template)]
+#[template(path = "scene_type.html")]
+struct SceneTypePage {
+    nav: Nav,
+    flash: &'static str,
+    scene_type: String,
+    stored: bool,
+    policy: String,
+    can_edit: bool,
+    text: String,
+    errors: Vec<FieldError>,
+}
+
+pub(crate) async fn scene_type(
+    who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let scene = SceneType::parse(&raw)?;
+    scene_type_page(&who, &s, &scene, flash(&query), None, StatusCode::OK).await
+}
+
+async fn scene_type_page(
+    who: &Signed<impl Send + Sync>,
+    s: &AppState,
+    scene: &SceneType,
+    flash: &'static str,
+    submitted: Option<(String, Vec<FieldError>)>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let stored = s.store.policy(scene.as_str()).await?;
+    let policy = RetryPolicy::resolve(stored.as_ref(), None).map_err(AppError::from)?;
+    let shown = serde_json::to_string_pretty(&policy).unwrap_or_default();
+    let (text, errors) = submitted.unwrap_or_else(|| (shown.clone(), Vec::new()));
+    let page = SceneTypePage {
+        nav: Nav::new(who.role, &who.session.csrf),
+        flash,
+        scene_type: scene.to_string(),
+        stored: stored.is_some(),
+        policy: shown,
+        can_edit: who.role >= Role::Admin,
+        text,
+        errors,
+    };
+    Ok(html(status, &page))
+}
+
+/// Store a policy from the form, through `PUT`'s `store_policy`.
+pub(crate) async fn set_policy(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Admin>,
+) -> Result<Response, PageError> {
+    let scene = SceneType::parse(&raw)?;
+    let text = posted.fields.get("policy").to_owned();
+    let stored = match serde_json::from_str::<Value>(&text) {
+        Ok(body) => policies::store_policy(&s, &scene, &body).await.map(|_| ()),
+        Err(e) => Err(AppError::Invalid(ValidationError::single(
+            "body",
+            format!("not valid JSON: {e}"),
+        ))),
+    };
+    match stored {
+        Ok(()) => Ok(see_other(&format!("/ui/scene-types/{scene}?done=saved"))),
+        Err(AppError::Invalid(v)) => {
+            scene_type_page(
+                &posted.who,
+                &s,
+                &scene,
+                "",
+                Some((text, v.errors)),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "project.html")]
+struct ProjectPage {
+    nav: Nav,
+    flash: &'static str,
+    project: String,
+    known: bool,
+    limit: String,
+    reserved: String,
+    spent: String,
+    left: String,
+    can_edit: bool,
+    text: String,
+    errors: Vec<FieldError>,
+}
+
+pub(crate) async fn project(
+    who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let project = ProjectId::parse(&raw)?;
+    project_page(&who, &s, &project, flash(&query), None, StatusCode::OK).await
+}
+
+fn ms_and_seconds(ms: u64) -> String {
+    format!("{ms} ms ({})", gpu(ms))
+}
+
+async fn project_page(
+    who: &Signed<impl Send + Sync>,
+    s: &AppState,
+    project: &ProjectId,
+    flash: &'static str,
+    submitted: Option<(String, Vec<FieldError>)>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let budget: Option<Budget> = s.store.budget(project.as_str()).await?;
+    let b = budget.clone().unwrap_or_default();
+    let (text, errors) = submitted.unwrap_or_else(|| {
+        (
+            b.limit_ms.map(|l| l.to_string()).unwrap_or_default(),
+            Vec::new(),
+        )
+    });
+    let page = ProjectPage {
+        nav: Nav::new(who.role, &who.session.csrf),
+        flash,
+        project: project.to_string(),
+        known: budget.is_some(),
+        limit: b.limit_ms.map_or_else(|| "none".to_owned(), ms_and_seconds),
+        reserved: ms_and_seconds(b.reserved_ms),
+        spent: ms_and_seconds(b.spent_ms),
+        left: b.limit_ms.map_or_else(
+            || "unlimited".to_owned(),
+            |l| ms_and_seconds(l.saturating_sub(b.reserved_ms + b.spent_ms)),
+        ),
+        can_edit: who.role >= Role::Admin,
+        text,
+        errors,
+    };
+    Ok(html(status, &page))
+}
+
+/// Set or remove (empty field) a project's limit, through `PUT`'s `store_limit`.
+pub(crate) async fn set_budget(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Admin>,
+) -> Result<Response, PageError> {
+    let project = ProjectId::parse(&raw)?;
+    let text = posted.fields.get("limit_ms").to_owned();
+    let limit = if text.is_empty() {
+        Value::Null
+    } else {
+        form_value(&text)
+    };
+    match budgets::store_limit(&s, &project, &json!({"limit_ms": limit})).await {
+        Ok(_) => Ok(see_other(&format!("/ui/projects/{project}?done=saved"))),
+        Err(AppError::Invalid(v)) => {
+            project_page(
+                &posted.who,
+                &s,
+                &project,
+                "",
+                Some((text, v.errors)),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,429 @@
+//! What the pages show, shaped from the store's records and the live status: plain strings and
+//! flags, so templates only lay them out (and escape them). Pure functions, unit-tested.
+
+use super::time::{gpu, human_ms, parse_rfc3339_ms};
+use retake_activities::ports::{StoredAttempt, StoredOutcome};
+use retake_client::AwaitingReview;
+use retake_domain::contract::AttemptRecord;
+use retake_domain::event::CreatorEvent;
+use retake_domain::{FieldError, RetryPolicy, select};
+use serde_json::Value;
+
+/// Text outputs larger than this are cut (a chapter is far smaller; a page stays quick).
+const TEXT_LIMIT: u64 = 64 * 1024;
+
+/// An attempt's output as the browser can show it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Output {
+    /// `image`, `video`, `text`, `uri` (shown as text: the browser cannot load it) or `none`.
+    pub(crate) kind: &'static str,
+    /// The URI (for `image`/`video`, the `src`).
+    pub(crate) uri: String,
+    /// The text, for `text`.
+    pub(crate) text: String,
+}
+
+fn extension(uri: &str) -> String {
+    let path = uri.split(['?', '#']).next().unwrap_or("");
+    path.rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// How to show `uri`: media a browser can fetch (`http(s)`, `data:`) inline by extension; local
+/// text files (`file://`, what text backends write) read here, up to [`TEXT_LIMIT`]; anything
+/// else (`sim://`, `file://` media) as the URI itself.
+pub(crate) async fn output(uri: Option<&str>) -> Output {
+    let Some(uri) = uri.filter(|u| !u.is_empty()) else {
+        return Output {
+            kind: "none",
+            ..Output::default()
+        };
+    };
+    let ext = extension(uri);
+    let fetchable = uri.starts_with("http://") || uri.starts_with("https://");
+    let kind = match ext.as_str() {
+        "png" | "jpg" | "jpeg" | "webp" | "gif" | "avif" | "svg" if fetchable => "image",
+        "mp4" | "webm" | "mov" | "ogv" if fetchable => "video",
+        "txt" | "md" | "json" if uri.starts_with("file://") => {
+            if let Some(text) = read_text(uri).await {
+                return Output {
+                    kind: "text",
+                    uri: uri.to_owned(),
+                    text,
+                };
+            }
+            "uri"
+        }
+        _ if uri.starts_with("data:image/") => "image",
+        _ => "uri",
+    };
+    Output {
+        kind,
+        uri: uri.to_owned(),
+        text: String::new(),
+    }
+}
+
+async fn read_text(uri: &str) -> Option<String> {
+    let path = url::Url::parse(uri).ok()?.to_file_path().ok()?;
+    let meta = tokio::fs::metadata(&path).await.ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let bytes = tokio::fs::read(&path).await.ok()?;
+    let cut = bytes.len().min(TEXT_LIMIT as usize);
+    let mut text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
+    if meta.len() > TEXT_LIMIT {
+        text.push_str("\n… (cut)");
+    }
+    Some(text)
+}
+
+/// A name and a shown value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Pair {
+    pub(crate) name: String,
+    pub(crate) value: String,
+}
+
+/// One category of the scorer's breakdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Category {
+    pub(crate) name: String,
+    pub(crate) score: String,
+    pub(crate) feedback: String,
+}
+
+/// One attempt, as its card shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AttemptView {
+    pub(crate) number: u32,
+    pub(crate) status: &'static str,
+    pub(crate) selected: bool,
+    pub(crate) running: bool,
+    pub(crate) seed: String,
+    pub(crate) strategy: String,
+    pub(crate) why: String,
+    pub(crate) arms: String,
+    pub(crate) params: Vec<Pair>,
+    pub(crate) jitter: Vec<String>,
+    pub(crate) quality: String,
+    pub(crate) scores: Vec<Pair>,
+    pub(crate) breakdown: Vec<Category>,
+    pub(crate) failures: String,
+    pub(crate) error: String,
+    pub(crate) note: String,
+    pub(crate) prompt: String,
+    pub(crate) gpu: String,
+    pub(crate) output: Output,
+}
+
+impl AttemptView {
+    /// The attempt in flight: planned, not recorded yet.
+    pub(crate) fn in_flight(number: u32) -> Self {
+        Self {
+            number,
+            status: "running",
+            selected: false,
+            running: true,
+            seed: String::new(),
+            strategy: String::new(),
+            why: String::new(),
+            arms: String::new(),
+            params: Vec::new(),
+            jitter: Vec::new(),
+            quality: String::new(),
+            scores: Vec::new(),
+            breakdown: Vec::new(),
+            failures: String::new(),
+            error: String::new(),
+            note: String::new(),
+            prompt: String::new(),
+            gpu: String::new(),
+            output: Output {
+                kind: "none",
+                ..Output::default()
+            },
+        }
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The card of `a`; `quality` by the scene type's policy (the number runs are ranked by).
+pub(crate) async fn attempt(
+    a: &AttemptRecord,
+    selected: bool,
+    policy: &RetryPolicy,
+) -> AttemptView {
+    let scored = !a.scores.is_empty();
+    AttemptView {
+        number: a.attempt,
+        status: a.status.as_str(),
+        selected,
+        running: false,
+        seed: a.seed.to_string(),
+        strategy: a
+            .strategy
+            .map(|s| s.as_str().to_owned())
+            .unwrap_or_default(),
+        why: a
+            .variation
+            .as_ref()
+            .and_then(|v| v.why.clone())
+            .unwrap_or_default(),
+        arms: a
+            .variation
+            .as_ref()
+            .map(|v| v.arms.join(", "))
+            .unwrap_or_default(),
+        params: a
+            .params
+            .0
+            .iter()
+            .map(|(k, v)| Pair {
+                name: k.clone(),
+                value: shown(v),
+            })
+            .collect(),
+        jitter: a
+            .jitter
+            .iter()
+            .map(|c| format!("{} {} → {:.3}", c.param, c.original, c.value))
+            .collect(),
+        quality: if scored {
+            format!("{:.3}", select::quality(policy, &a.scores))
+        } else {
+            String::new()
+        },
+        scores: a
+            .scores
+            .iter()
+            .map(|(k, v)| Pair {
+                name: k.clone(),
+                value: format!("{v:.3}"),
+            })
+            .collect(),
+        breakdown: a
+            .breakdown
+            .iter()
+            .map(|c| Category {
+                name: c.category.clone(),
+                score: format!("{:.3}", c.score),
+                feedback: c.feedback.clone(),
+            })
+            .collect(),
+        failures: a.failures.join(", "),
+        error: match (&a.error_type, &a.error) {
+            (Some(t), Some(e)) => format!("{t}: {e}"),
+            (None, Some(e)) => e.clone(),
+            (Some(t), None) => t.clone(),
+            (None, None) => String::new(),
+        },
+        note: a.note.clone().unwrap_or_default(),
+        prompt: a.prompt.clone().unwrap_or_default(),
+        gpu: gpu(a.gpu_ms),
+        output: output(a.output_uri.as_deref()).await,
+    }
+}
+
+/// A decision or signal, with who took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventView {
+    pub(crate) action: String,
+    pub(crate) by: String,
+    pub(crate) reason: String,
+    pub(crate) detail: String,
+}
+
+pub(crate) fn event(e: &CreatorEvent) -> EventView {
+    EventView {
+        action: e.action.clone(),
+        by: e.by.clone(),
+        reason: e.reason.clone(),
+        detail: if e.detail.is_null() {
+            String::new()
+        } else {
+            e.detail.to_string()
+        },
+    }
+}
+
+/// The best quality among `attempts` that were scored, by `policy`, as `0.834`.
+pub(crate) fn best_quality<'a>(
+    attempts: impl Iterator<Item = &'a AttemptRecord>,
+    policy: &RetryPolicy,
+) -> Option<f64> {
+    attempts
+        .filter(|a| !a.scores.is_empty())
+        .map(|a| select::quality(policy, &a.scores))
+        .reduce(f64::max)
+}
+
+/// One line of the review queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueRow {
+    pub(crate) segment_id: String,
+    pub(crate) project_id: String,
+    pub(crate) scene_type: String,
+    pub(crate) report: String,
+    pub(crate) best: String,
+    pub(crate) waited: String,
+    pub(crate) left: String,
+    /// When it went to review (ms since the epoch), for ordering newest first.
+    pub(crate) since_ms: i64,
+}
+
+/// The queue line of a run awaiting review: the store's pending outcome of that run (its report
+/// and when it was recorded, i.e. escalated) and attempts; the run's start stands
+/// in while the outcome is not recorded yet.
+pub(crate) fn queue_row(
+    run: &AwaitingReview,
+    pending: Option<&StoredOutcome>,
+    attempts: &[StoredAttempt],
+    policy: &RetryPolicy,
+    now_ms: i64,
+) -> QueueRow {
+    let since_ms = pending
+        .and_then(|o| parse_rfc3339_ms(&o.updated_at))
+        .unwrap_or(run.started_unix_ms);
+    let window_ms =
+        i64::try_from(policy.review_window_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let left = window_ms.saturating_sub(now_ms - since_ms);
+    QueueRow {
+        segment_id: run.segment_id.clone(),
+        project_id: run.project_id.clone(),
+        scene_type: run.scene_type.clone(),
+        report: pending.map_or_else(
+            || "(escalated; the outcome is being recorded)".to_owned(),
+            |o| o.report.clone(),
+        ),
+        best: best_quality(attempts.iter().map(|a| &a.record), policy)
+            .map_or_else(|| "—".to_owned(), |q| format!("{q:.3}")),
+        waited: human_ms(now_ms - since_ms),
+        left: if left > 0 {
+            human_ms(left)
+        } else {
+            "over (closing)".to_owned()
+        },
+        since_ms,
+    }
+}
+
+/// A form input of the retry-with form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Input {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) error: String,
+}
+
+/// The field errors of a rejected decision. The workflow's update validator answers with the
+/// `Display` of the same [`retake_domain::ValidationError`] the JSON API's 422 carries
+/// (`invalid input: attempts: must be …; params.seed: …`), behind the API's `decision rejected: `;
+/// this reads the fields back, so the form can show each next to its input. Anything else (not
+/// awaiting review, …) is one message without a field.
+pub(crate) fn rejected_fields(message: &str) -> Vec<FieldError> {
+    let rest = message
+        .strip_prefix("decision rejected: ")
+        .unwrap_or(message);
+    let Some(list) = rest.strip_prefix("invalid input: ") else {
+        return vec![FieldError::new("", rest)];
+    };
+    list.split("; ")
+        .map(|part| match part.split_once(": ") {
+            Some((field, msg)) if !field.contains(' ') => FieldError::new(field, msg),
+            _ => FieldError::new("", part),
+        })
+        .collect()
+}
+
+/// Errors of `field` (exactly, or below it: `vary` takes `vary.cfg_scale.range`), joined.
+pub(crate) fn errors_of(errors: &[FieldError], field: &str) -> String {
+    errors
+        .iter()
+        .filter(|e| {
+            e.field == field
+                || e.field
+                    .strip_prefix(field)
+                    .is_some_and(|r| r.starts_with('.'))
+        })
+        .map(|e| e.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A form value as the JSON the API would have been sent: a JSON literal when it is one
+/// (`7.5`, `true`, `"x"`), else the text as a string, so a typo gets the API's own type error.
+pub(crate) fn form_value(raw: &str) -> Value {
+    serde_json::from_str::<Value>(raw)
+        .ok()
+        .filter(|v| !v.is_object() && !v.is_array())
+        .unwrap_or_else(|| Value::String(raw.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retake_domain::ValidationError;
+
+    #[test]
+    fn a_rejected_decision_gives_back_its_fields_as_the_domain_wrote_them() {
+        let v = ValidationError {
+            errors: vec![
+                FieldError::new("attempts", "must be between 1 and 10, got 0"),
+                FieldError::new("vary.cfg_scale.range", "must be ≥ 0"),
+            ],
+        };
+        let fields = rejected_fields(&format!("decision rejected: {v}"));
+        assert_eq!(fields, v.errors);
+        assert_eq!(errors_of(&fields, "vary"), "must be ≥ 0");
+        assert_eq!(
+            errors_of(&fields, "attempts"),
+            "must be between 1 and 10, got 0"
+        );
+        assert_eq!(errors_of(&fields, "attempt"), "");
+        let other = rejected_fields("decision rejected: segment 5 is not awaiting review");
+        assert_eq!(
+            other,
+            vec![FieldError::new("", "segment 5 is not awaiting review")]
+        );
+    }
+
+    #[test]
+    fn form_values_become_the_json_the_api_would_get() {
+        assert_eq!(form_value("7.5"), serde_json::json!(7.5));
+        assert_eq!(form_value("12"), serde_json::json!(12));
+        assert_eq!(form_value("true"), serde_json::json!(true));
+        assert_eq!(form_value("euler a"), serde_json::json!("euler a"));
+        assert_eq!(form_value("{\"a\":1}"), serde_json::json!("{\"a\":1}"));
+    }
+
+    #[tokio::test]
+    async fn outputs_show_inline_only_where_a_browser_can_load_them() {
+        assert_eq!(output(Some("https://cdn/x/a.PNG?v=1")).await.kind, "image");
+        assert_eq!(output(Some("https://cdn/x/a.mp4")).await.kind, "video");
+        assert_eq!(output(Some("sim://5/1234.mp4")).await.kind, "uri");
+        assert_eq!(output(Some("file:///nonexistent/a.png")).await.kind, "uri");
+        assert_eq!(output(None).await.kind, "none");
+        let dir = tempfile_dir();
+        let path = dir.join("attempt-1.md");
+        std::fs::write(&path, "Chapter <one>").unwrap();
+        let uri = url::Url::from_file_path(&path).unwrap().to_string();
+        let out = output(Some(&uri)).await;
+        assert_eq!((out.kind, out.text.as_str()), ("text", "Chapter <one>"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("retake-console-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
