@@ -96,19 +96,24 @@ ensure_dev_server() {
   die "the Temporal dev server did not come up within 60 s (log: $logfile)"
 }
 
-# Debian's Chromium, for the test that looks at the web UI in a real browser.
+# Debian's Chromium and its WebDriver (chromedriver), for the tests that look at the Temporal web
+# UI and the review console in a real browser.
 ensure_chromium() {
+  local have_browser="" have_driver=""
   for b in chromium chromium-browser google-chrome; do
-    command -v "$b" >/dev/null 2>&1 && return
+    command -v "$b" >/dev/null 2>&1 && have_browser=1
   done
+  command -v chromedriver >/dev/null 2>&1 && have_driver=1
+  [ -n "$have_browser" ] && [ -n "$have_driver" ] && return
   local sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo -n"
   if command -v apt-get >/dev/null 2>&1 && { [ -z "$sudo" ] || sudo -n true 2>/dev/null; }; then
-    log "installing Debian's chromium (for the web UI check)"
-    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
-      || die "could not install chromium with apt-get"
+    log "installing Debian's chromium and chromium-driver (for the browser checks)"
+    $sudo apt-get update -qq >/dev/null \
+      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null \
+      || die "could not install chromium and chromium-driver with apt-get"
   else
-    log "chromium is missing and cannot be installed here: the web UI check is skipped (on CI it fails)"
+    log "chromium or chromedriver is missing and cannot be installed here: the browser checks are skipped (on CI they fail)"
   fi
 }
 
