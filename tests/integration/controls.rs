@@ -1,5 +1,5 @@
 use crate::harness::{
-    TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
+    StoreLock, TestApp, dev_server, find_segment, predict, predict_retry_with, request, spawn_app,
 };
 use retake::retries::{self, Creator};
 use retake_activities::sim::Simulator;
@@ -615,29 +615,13 @@ async fn a_decision_reaches_a_retry_the_worker_evicted_from_its_cache() {
     assert_eq!(result.selected_attempt, Some(2));
 }
 
-/// Another connection holds SQLite's write lock, so the run's last store write (its outcome)
-/// waits; the retry of `segment` then sits between concluding and being recorded.
-async fn lock_store(app: &TestApp) -> sqlx::SqliteConnection {
-    use sqlx::Connection;
-    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
-    locker
-}
-
-async fn unlock_store(mut locker: sqlx::SqliteConnection) {
-    use sqlx::Connection;
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    locker.close().await.unwrap();
-}
-
 #[tokio::test]
 async fn a_retry_says_finished_only_once_its_outcome_is_in_the_store() {
     let app = spawn_app().await;
     let segment = format!("{}-fin", app.tag);
-    let locker = lock_store(&app).await;
+    // The run's last store write (its outcome) waits for this lock: the retry sits between
+    // concluding and being recorded.
+    let locker = StoreLock::take(&app).await;
     let handle = app
         .start(request(&segment, "p1", Some(json!({"enabled": false}))))
         .await;
@@ -656,7 +640,7 @@ async fn a_retry_says_finished_only_once_its_outcome_is_in_the_store() {
     retries::signal(&app.client, &seg(&segment), Creator::Abort, "late", "jun")
         .await
         .unwrap();
-    unlock_store(locker).await;
+    locker.release().await;
 
     let result = retries::result(&handle).await.unwrap();
     assert_eq!(result.outcome, Outcome::NotRetried);
@@ -672,7 +656,9 @@ async fn a_retry_says_finished_only_once_its_outcome_is_in_the_store() {
 async fn a_second_decision_while_the_first_is_recorded_is_refused() {
     let app = spawn_app().await;
     let (segment, handle) = in_review(&app, "twice").await;
-    let locker = lock_store(&app).await;
+    // The run's last store write (its outcome) waits for this lock: the retry sits between
+    // concluding and being recorded.
+    let locker = StoreLock::take(&app).await;
 
     retries::decide(
         &app.client,
@@ -691,7 +677,7 @@ async fn a_second_decision_while_the_first_is_recorded_is_refused() {
         json!({"decision": "accept", "attempt": 1, "by": "mina"}),
     )
     .await;
-    unlock_store(locker).await;
+    locker.release().await;
 
     let refused = format!("{:#}", second.unwrap_err());
     assert!(refused.contains("review is already closing"), "{refused}");

@@ -3,14 +3,13 @@
 //! and once the database is back every retry finishes as if nothing happened: the predicted
 //! attempts, one row each, the budget charged once and nothing left reserved.
 
-use crate::harness::{TestApp, comparable, find_segment, fresh_postgres, request};
+use crate::harness::{StoreLock, TestApp, comparable, find_segment, fresh_postgres, request};
 use retake::retries;
 use retake_activities::failure_types::STORE_UNAVAILABLE;
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptRecord, RetryResult};
 use serde_json::{Value, json};
-use sqlx::Connection;
 use std::time::Duration;
 use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_protos::protos::temporal::api::failure::v1::Failure;
@@ -175,17 +174,11 @@ async fn retries_pause_while_another_connection_locks_sqlite_and_finish_once_it_
         .await;
     let started = start_retries(&app, "liteout").await;
 
-    // In WAL mode an exclusive transaction keeps every other writer out (readers go on): the
-    // worker's writes wait the busy timeout (10 s), fail with SQLITE_BUSY, and are retried.
-    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    // The worker's writes wait the busy timeout (10 s), fail with SQLITE_BUSY, and are retried.
+    let locker = StoreLock::take(&app).await;
     let message = wait_until_all_paused(&app, &started).await;
     assert!(message.contains("database is locked"), "{message}");
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
-    locker.close().await.unwrap();
+    locker.release().await;
 
     assert_finished_as_predicted(&app, started).await;
 }

@@ -20,7 +20,6 @@ use retake_domain::contract::Outcome;
 use retake_domain::review::Phase;
 use retake_workflows::SegmentRetryWorkflow;
 use serde_json::{Value, json};
-use sqlx::Connection;
 use std::path::PathBuf;
 use std::time::Duration;
 use temporalio_client::{WorkflowFetchHistoryOptions, WorkflowHistory};
@@ -290,11 +289,7 @@ async fn record_representative_histories() {
     // The store refuses (SQLite locked by another connection) while a run records its outcome:
     // the local store step fails, backs off on a timer and succeeds once the lock is gone.
     let seg = format!("{}-outage", app.tag);
-    let mut locker = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
-    sqlx::query("BEGIN EXCLUSIVE")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let locker = crate::harness::StoreLock::take(&app).await;
     let h = app
         .start(request(&seg, "p1", Some(json!({"enabled": false}))))
         .await;
@@ -306,7 +301,7 @@ async fn record_representative_histories() {
         assert!(tokio::time::Instant::now() < deadline, "no store failure");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    locker.release().await;
     assert_eq!(
         retries::result(&h).await.unwrap().outcome,
         Outcome::NotRetried

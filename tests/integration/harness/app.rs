@@ -256,3 +256,26 @@ impl TestApp {
             .expect("retry workflow result")
     }
 }
+
+/// Another SQLite connection holding the database's write lock (`BEGIN EXCLUSIVE`): in WAL mode
+/// every other writer waits the busy timeout (10 s) and fails with SQLITE_BUSY, readers go on.
+/// [`StoreLock::release`] rolls it back.
+pub struct StoreLock(sqlx::SqliteConnection);
+
+impl StoreLock {
+    pub async fn take(app: &TestApp) -> Self {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&app.db_url).await.unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        Self(conn)
+    }
+
+    pub async fn release(mut self) {
+        use sqlx::Connection;
+        sqlx::query("ROLLBACK").execute(&mut self.0).await.unwrap();
+        self.0.close().await.unwrap();
+    }
+}

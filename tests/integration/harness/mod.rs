@@ -11,7 +11,7 @@ mod postgres;
 mod server;
 mod sim;
 
-pub use app::{TestApp, spawn_app};
+pub use app::{StoreLock, TestApp, spawn_app};
 pub use crash::wait_for_activity;
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
