@@ -181,8 +181,17 @@ impl Heartbeat<'_> {
         self.ctx.is_cancelled() || self.over_budget.load(Ordering::SeqCst)
     }
 
-    /// Heartbeat the last step again while the backend stops.
+    /// Whether nothing was sent for [`KEEP_ALIVE`]: a step longer than the heartbeat timeout
+    /// (a slow video model, a GPU still loading it) must not make the server think the worker
+    /// died.
+    fn silent(&self) -> bool {
+        let last = self.last_sent.lock().unwrap_or_else(|p| p.into_inner());
+        last.elapsed() >= KEEP_ALIVE
+    }
+
+    /// Heartbeat the last step again: while the backend stops, or works on a long step.
     async fn keep_alive(&self) {
+        *self.last_sent.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         if let Err(e) = self
             .ctx
             .record_heartbeat(self.done.load(Ordering::SeqCst))
@@ -344,9 +353,11 @@ impl RetryActivities {
                 // the heartbeat timeout to stop (ComfyUI finishes the node in progress, then the
                 // adapter reads its execution time): keep heartbeating, or the server would time
                 // the attempt out and the GPU time it reports would be lost.
+                // The same while one step takes longer than a second: the worker is alive, the
+                // step is just slow (checkpoints come at most once a step).
                 // (A branch guard would be read only when the select starts, before the stop.)
                 _ = keep_alive.tick() => {
-                    if heartbeat.stopping() {
+                    if heartbeat.stopping() || heartbeat.silent() {
                         heartbeat.keep_alive().await;
                     }
                 }
