@@ -74,6 +74,14 @@ impl WorkerProcessBuilder {
         self
     }
 
+    /// Activity tasks it runs at once (`RETAKE_MAX_CONCURRENT_ACTIVITIES`): 1 acts as one GPU.
+    /// Default: not set (the SDK's default, 100).
+    pub fn max_concurrent_activities(mut self, n: u32) -> Self {
+        self.command
+            .env("RETAKE_MAX_CONCURRENT_ACTIVITIES", n.to_string());
+        self
+    }
+
     /// Set an environment variable of the worker (e.g. `RETAKE_LOG_FORMAT`).
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
         self.command.env(key, value);

@@ -100,6 +100,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETAKE_MAX_CACHED_WORKFLOWS", default_value_t = crate::worker::DEFAULT_MAX_CACHED_WORKFLOWS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_cached_workflows: u32,
+    /// Activity tasks (generations and scorings) this worker runs at once. Set it to the GPUs
+    /// behind the worker (1 for one GPU), so that parallel attempts spread over the workers
+    /// instead of queueing on one GPU. Default: the SDK's (100).
+    #[arg(long, env = "RETAKE_MAX_CONCURRENT_ACTIVITIES",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_concurrent_activities: Option<u32>,
 }
 
 /// Options of a JSON-capable read command.

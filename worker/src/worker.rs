@@ -10,7 +10,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use temporalio_client::Client;
+use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+
+/// The SDK's slot count per kind of task, kept for the kinds [`Capacity`] does not limit.
+const SDK_DEFAULT_SLOTS: usize = 100;
 
 /// How long a workflow task waits on a worker's sticky queue before any worker may take it. The
 /// default (10 s) would stall a workflow for 10 s after its worker died; 2 s keeps recovery quick
@@ -70,30 +74,61 @@ pub async fn run(
     run_caching(
         client,
         task_queue,
-        DEFAULT_MAX_CACHED_WORKFLOWS,
+        Capacity::default(),
         activities,
         shutdown,
     )
     .await
 }
 
-/// [`run`] keeping at most `max_cached_workflows` workflows in memory (see
-/// [`DEFAULT_MAX_CACHED_WORKFLOWS`]; at least 1, since 0 would turn sticky queues off).
+/// How much one worker takes on at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Workflows kept in memory (see [`DEFAULT_MAX_CACHED_WORKFLOWS`]; at least 1, since 0 would
+    /// turn sticky queues off).
+    pub max_cached_workflows: u32,
+    /// Activity tasks (generations and scorings) run at once; `None` for the SDK's default (100).
+    /// A worker in front of one GPU sets 1, so that the attempts of a parallel retry spread over
+    /// the workers instead of queueing on the GPU of whichever polled first.
+    pub max_concurrent_activities: Option<u32>,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            max_cached_workflows: DEFAULT_MAX_CACHED_WORKFLOWS,
+            max_concurrent_activities: None,
+        }
+    }
+}
+
+/// [`run`] with the given [`Capacity`].
 pub async fn run_caching(
     client: Client,
     task_queue: &str,
-    max_cached_workflows: u32,
+    capacity: Capacity,
     activities: RetryActivities,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::connect::ensure_search_attributes(&client).await?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
-    let options = WorkerOptions::new(task_queue)
+    let cached = usize::try_from(capacity.max_cached_workflows.max(1)).unwrap_or(usize::MAX);
+    let mut options = WorkerOptions::new(task_queue)
         .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)
-        .max_cached_workflows(usize::try_from(max_cached_workflows.max(1)).unwrap_or(usize::MAX))
+        .max_cached_workflows(cached)
         .register_workflow::<SegmentRetryWorkflow>()?
         .register_activities(activities)
         .build();
+    if let Some(slots) = capacity.max_concurrent_activities {
+        let slots = usize::try_from(slots.max(1)).unwrap_or(usize::MAX);
+        options.tuner = TunerHolder::builder()
+            .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(SDK_DEFAULT_SLOTS))
+            .activity_task_slot_supplier(FixedSizeSlotSupplier::new(slots))
+            .local_activity_task_slot_supplier(FixedSizeSlotSupplier::new(SDK_DEFAULT_SLOTS))
+            .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(SDK_DEFAULT_SLOTS))
+            .build()
+            .into();
+    }
     let mut worker = Worker::new(&runtime, client, options)?;
     let stop = worker.shutdown_handle();
     let running = worker.run();

@@ -57,8 +57,12 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
             }
         }
     };
+    let capacity = worker::Capacity {
+        max_cached_workflows: args.max_cached_workflows,
+        max_concurrent_activities: args.max_concurrent_activities,
+    };
     tokio::select! {
-        ran = worker::run_caching(client.clone(), &g.task_queue, args.max_cached_workflows, activities, shutdown_signal()) => ran?,
+        ran = worker::run_caching(client.clone(), &g.task_queue, capacity, activities, shutdown_signal()) => ran?,
         () = sweeping => {}
     }
     tracing::info!("worker stopped");
