@@ -170,6 +170,10 @@ pub enum AttemptStatus {
     Error,
     /// A creator aborted while the attempt ran; it was cancelled and its reservation released.
     Aborted,
+    /// Cancelled while it ran because it was no longer needed: another attempt running beside it
+    /// passed first (`first_pass`), or a creator escalated; billed the GPU time it used. See
+    /// `error` for why.
+    Cancelled,
 }
 
 impl AttemptStatus {
@@ -179,6 +183,7 @@ impl AttemptStatus {
             AttemptStatus::Failed => "failed",
             AttemptStatus::Error => "error",
             AttemptStatus::Aborted => "aborted",
+            AttemptStatus::Cancelled => "cancelled",
         }
     }
 }

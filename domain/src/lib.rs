@@ -13,6 +13,7 @@ pub mod event;
 pub mod ids;
 pub mod jitter;
 pub mod ladder;
+pub mod parallel;
 pub mod params;
 pub mod plan;
 pub mod policy;

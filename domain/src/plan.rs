@@ -144,6 +144,15 @@ impl AttemptPlan {
         r
     }
 
+    /// The record of an attempt cancelled because it was no longer needed (`why`: another
+    /// attempt passed first, a creator escalated), with the GPU time it used and its output when
+    /// generation had finished.
+    pub fn cancelled(self, why: String, gpu_ms: u64, output_uri: Option<String>) -> AttemptRecord {
+        let mut r = self.record(Default::default(), vec![], gpu_ms, output_uri, Some(why));
+        r.status = AttemptStatus::Cancelled;
+        r
+    }
+
     fn record(
         self,
         scores: crate::contract::Scores,

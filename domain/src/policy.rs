@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Allowed range of [`RetryPolicy::max_attempts`].
 pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
+/// Allowed range of [`RetryPolicy::parallelism`]: attempts running at once.
+pub const PARALLELISM_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 /// Allowed range of [`RetryPolicy::seed_bits`]; 53 keeps seeds exact in JSON/JavaScript clients.
 pub const SEED_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=53;
 /// Longest allowed [`RetryPolicy::review_window_secs`]: 30 days.
@@ -194,6 +196,12 @@ pub struct RetryPolicy {
     pub mixed_failures: MixedFailures,
     /// How `adaptive` rungs learn. Default: see [`AdaptiveSettings`].
     pub adaptive: AdaptiveSettings,
+    /// Attempts that may run at once, 1..=10 (never more than `max_attempts`). Each reserves its
+    /// own budget before it starts. With `first_pass` the first passing attempt cancels the
+    /// others; with `best_of_n` they all run. Seeds and parameters of attempt k do not depend on
+    /// it. Text rungs that revise a draft wait for the attempts in flight (see `parallel`).
+    /// Default: 1 (one after another).
+    pub parallelism: u32,
 }
 
 impl Default for RetryPolicy {
@@ -247,6 +255,7 @@ impl Default for RetryPolicy {
             cost_rule: None,
             mixed_failures: MixedFailures::Stop,
             adaptive: AdaptiveSettings::default(),
+            parallelism: 1,
         }
     }
 }
@@ -359,6 +368,7 @@ pub struct PolicyInput {
     cost_rule: Option<CostRule>,
     mixed_failures: Option<MixedFailures>,
     adaptive: Option<AdaptiveSettings>,
+    parallelism: Option<u32>,
 }
 
 impl RetryPolicy {
@@ -411,6 +421,7 @@ impl RetryPolicy {
             cost_rule: raw.cost_rule.or(d.cost_rule),
             mixed_failures: raw.mixed_failures.unwrap_or(d.mixed_failures),
             adaptive: raw.adaptive.unwrap_or(d.adaptive),
+            parallelism: raw.parallelism.unwrap_or(d.parallelism),
         };
         policy.validate()
     }
@@ -446,6 +457,12 @@ impl RetryPolicy {
             errs.push(
                 "max_attempts",
                 format!("must be between 1 and 10, got {}", self.max_attempts),
+            );
+        }
+        if !PARALLELISM_RANGE.contains(&self.parallelism) {
+            errs.push(
+                "parallelism",
+                format!("must be between 1 and 10, got {}", self.parallelism),
             );
         }
         if !SEED_BITS_RANGE.contains(&self.seed_bits) {

@@ -18,10 +18,10 @@ pub fn progress(
     segment_id: &str,
     policy: &RetryPolicy,
     attempts: &[AttemptRecord],
-    running: Option<u32>,
+    running: &[u32],
 ) -> String {
     let mut parts: Vec<String> = attempts.iter().map(|a| attempt_part(policy, a)).collect();
-    if let Some(k) = running {
+    for k in running {
         parts.push(format!("attempt {k} running"));
     }
     if parts.is_empty() {
@@ -84,6 +84,9 @@ const ERROR_CHARS: usize = 120;
 fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
     if a.status == AttemptStatus::Aborted {
         return format!("aborted attempt {}", a.attempt);
+    }
+    if a.status == AttemptStatus::Cancelled {
+        return format!("cancelled attempt {}", a.attempt);
     }
     if a.status == AttemptStatus::Error {
         let err = a.error.as_deref().unwrap_or("unknown error");

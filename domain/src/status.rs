@@ -16,8 +16,11 @@ pub struct Status {
     pub outcome: Option<Outcome>,
     pub reason: String,
     pub selected_attempt: Option<u32>,
-    /// The attempt in flight, if any.
+    /// The attempt in flight, if any (the lowest-numbered one when several run at once).
     pub running_attempt: Option<u32>,
+    /// Every attempt in flight, in attempt order (several with a policy's `parallelism` > 1).
+    #[serde(default, deserialize_with = "crate::null_as_default")]
+    pub running_attempts: Vec<u32>,
     pub attempts: Vec<AttemptRecord>,
     pub gpu_ms_total: u64,
     pub report: String,
@@ -37,6 +40,7 @@ impl Status {
             reason: result.reason.clone(),
             selected_attempt: result.selected_attempt,
             running_attempt: None,
+            running_attempts: vec![],
             attempts: result.attempts.clone(),
             gpu_ms_total: result.gpu_ms_total,
             report: result.report.clone(),

@@ -35,6 +35,9 @@ mod openapi;
 /// A database that refuses service (Postgres refusing connections, SQLite locked) pauses
 /// retries; they finish once it is back, nothing lost or charged twice.
 mod outage;
+/// Parallel attempts: best-of-N at once on several workers, the first pass cancelling the rest,
+/// budget refusals, abort and escalate with several in flight, a worker killed under one.
+mod parallel;
 /// Opt-in: real ComfyUI / OpenAI-compatible servers named by RETAKE_COMFYUI_URL and
 /// RETAKE_OPENAI_BASE_URL (skipped without them).
 mod real_backends;

@@ -7,7 +7,10 @@
 //! attempt reseeds with jitter), `ladder-*.json` with it and before the `truthful-records` patch,
 //! `truthful-*.json` with both, `adaptive-*.json` also with `adaptive-variations`, `local-*.json`
 //! also with `local-store-steps` (store steps as local activities; `local-store_outage.json` has a
-//! store step refused, retried on a durable timer); all must keep replaying. The recorder writes only files with
+//! store step refused, retried on a durable timer), `parallel-*.json` also with
+//! `parallel-attempts` (slots; the `parallelism` 1 ones issue a serial run's commands, the
+//! others run three at once: best of three, a first pass cancelling two, a refused reservation,
+//! an abort and an escalation with attempts in flight); all must keep replaying. The recorder writes only files with
 //! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{TestApp, find_segment, request, spawn_app};
@@ -95,6 +98,22 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "local-adaptive.json",
         "local-adaptive_cold.json",
         "local-store_outage.json",
+        "parallel-passed.json",
+        "parallel-escalated.json",
+        "parallel-aborted.json",
+        "parallel-budget_exhausted.json",
+        "parallel-review_accepted.json",
+        "parallel-chapter_user_intervention.json",
+        "parallel-budget_stopped.json",
+        "parallel-aborted_last.json",
+        "parallel-adaptive.json",
+        "parallel-adaptive_cold.json",
+        "parallel-store_outage.json",
+        "parallel-best_of_three.json",
+        "parallel-first_pass_cancels.json",
+        "parallel-refused_one.json",
+        "parallel-aborted_three.json",
+        "parallel-escalated_cancels.json",
     ] {
         assert!(
             names.contains(&required),
@@ -169,7 +188,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "local-";
+const PREFIX: &str = "parallel-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
@@ -308,6 +327,8 @@ async fn record_representative_histories() {
     );
     save(&app, &seg, "store_outage.json").await;
 
+    record_parallel_histories().await;
+
     let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;
     assert_eq!(result.outcome, Outcome::Escalated);
     save(
@@ -316,4 +337,82 @@ async fn record_representative_histories() {
         "chapter_user_intervention.json",
     )
     .await;
+}
+
+/// Runs with attempts in parallel, on worker processes acting as one GPU each.
+async fn record_parallel_histories() {
+    use crate::parallel::gpu_workers;
+    let app = TestApp::builder().without_worker().spawn().await;
+
+    let _three = gpu_workers(&app, 3, 500);
+    let best = json!({"enabled": true, "selection": "best_of_n", "parallelism": 3});
+    let (seg, _) = find_segment(&app.tag, "bo3", &best, |a| a.len() == 3);
+    app.retry(request(&seg, "p1", Some(best.clone()))).await;
+    save(&app, &seg, "best_of_three.json").await;
+
+    let project = format!("{}-tight", app.tag);
+    app.store.set_limit(&project, Some(2_500)).await.unwrap();
+    let tight = json!({"enabled": true, "selection": "best_of_n", "parallelism": 3,
+        "est_gpu_ms_per_attempt": 1000});
+    let (seg, _) = find_segment(&app.tag, "refused", &tight, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+    let result = app.retry(request(&seg, &project, Some(tight))).await;
+    assert_eq!(
+        result.outcome,
+        Outcome::BudgetExhausted,
+        "{}",
+        result.report
+    );
+    save(&app, &seg, "refused_one.json").await;
+    drop(_three);
+
+    let race = TestApp::builder().without_worker().spawn().await;
+    let _fast = gpu_workers(&race, 1, 300);
+    let _slow = gpu_workers(&race, 2, 20_000);
+    let (seg, _) = find_segment(&race.tag, "race", &best, |a| a.iter().all(|x| x.passed));
+    let first = json!({"enabled": true, "parallelism": 3});
+    let result = race.retry(request(&seg, "p1", Some(first.clone()))).await;
+    assert!(
+        result.report.contains("cancelled attempt"),
+        "{}",
+        result.report
+    );
+    save(&race, &seg, "first_pass_cancels.json").await;
+
+    drop((_fast, _slow));
+
+    let slow = TestApp::builder().without_worker().spawn().await;
+    let _slow = gpu_workers(&slow, 3, 20_000);
+    let seg = format!("{}-abort3", slow.tag);
+    let h = slow.start(request(&seg, "p1", Some(first))).await;
+    slow.wait_for(&seg, "three running", |s| s.running_attempts.len() == 3)
+        .await;
+    let id = SegmentId::parse(&seg).unwrap();
+    retries::signal(
+        &slow.client,
+        &id,
+        retries::Creator::Abort,
+        "wrong shot",
+        "mina",
+    )
+    .await
+    .unwrap();
+    assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Aborted);
+    save(&slow, &seg, "aborted_three.json").await;
+
+    let seg = format!("{}-esc2", slow.tag);
+    let two = json!({"enabled": true, "parallelism": 2, "max_attempts": 4});
+    let h = slow.start(request(&seg, "p1", Some(two))).await;
+    slow.wait_for(&seg, "two running", |s| s.running_attempts.len() == 2)
+        .await;
+    let id = SegmentId::parse(&seg).unwrap();
+    retries::signal(&slow.client, &id, retries::Creator::Escalate, "no", "mina")
+        .await
+        .unwrap();
+    assert_eq!(
+        retries::result(&h).await.unwrap().outcome,
+        Outcome::Escalated
+    );
+    save(&slow, &seg, "escalated_cancels.json").await;
 }

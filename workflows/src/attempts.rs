@@ -15,7 +15,9 @@ use retake_domain::adapt::EvidenceQuery;
 use retake_domain::contract::{AttemptRecord, Outcome, RetryRequest, RetryResult};
 use retake_domain::event::CreatorEvent;
 use retake_domain::ladder;
+use retake_domain::parallel::{self, Next};
 use retake_domain::plan::{self, AttemptPlan};
+use retake_domain::policy::Selection;
 use retake_domain::review::{Decision, Phase, RetryWith};
 use retake_domain::stop::Stop;
 use retake_domain::strategy::Strategy;
@@ -43,6 +45,9 @@ pub(crate) struct Run {
     variations: bool,
     /// Where the store steps run ([`StoreSteps`]).
     steps: StoreSteps,
+    /// Whether this run's attempts run in slots, up to the policy's `parallelism` at once
+    /// ([`PARALLEL_PATCH`]); runs started before it make one attempt after another.
+    parallel: bool,
 }
 
 /// How a human review ended.
@@ -69,11 +74,18 @@ pub(crate) const TRUTHFUL_PATCH: &str = "truthful-records";
 /// without its marker replay records without variations.
 pub(crate) const VARIATIONS_PATCH: &str = "adaptive-variations";
 
+/// Patch id of parallel attempts (`ctx.patched`, taken with the others): attempts run in up to
+/// `parallelism` slots ([`retake_domain::parallel`]), stop rules judge every finished attempt of a
+/// round, cancelled attempts are recorded `cancelled`. With `parallelism` 1 the commands are
+/// those of a serial run. Histories without its marker replay the serial loop.
+pub(crate) const PARALLEL_PATCH: &str = "parallel-attempts";
+
 /// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Patches {
     ladder: bool,
     variations: bool,
+    parallel: bool,
 }
 
 impl Patches {
@@ -81,6 +93,7 @@ impl Patches {
         Self {
             ladder: ctx.patched(LADDER_PATCH),
             variations: ctx.patched(VARIATIONS_PATCH),
+            parallel: ctx.patched(PARALLEL_PATCH),
         }
     }
 }
@@ -105,6 +118,7 @@ impl Run {
             truthful,
             variations: patches.variations,
             steps,
+            parallel: patches.parallel,
         }
     }
 
@@ -154,6 +168,8 @@ impl Run {
                         s.escalate = None;
                         s.result = None;
                         s.review_closed = false;
+                        s.cancel_reason = None;
+                        s.refused = None;
                     });
                     self.ctx
                         .upsert_search_attributes([RETRY_OUTCOME.value_set("running".to_owned())]);
@@ -232,9 +248,164 @@ impl Run {
             })
     }
 
-    /// Run attempts until the plan or a creator says stop; every attempt is recorded before the
-    /// next starts.
+    /// Run the round's attempts until the plan or a creator says stop: in slots
+    /// ([`Self::slots`]) for runs with parallel attempts, else one after another
+    /// ([`Self::serial`]).
     async fn attempts(&self, round_start: u32) -> WorkflowResult<Stop> {
+        if self.parallel {
+            self.slots(round_start).await
+        } else {
+            self.serial(round_start).await
+        }
+    }
+
+    /// Up to `parallelism` slots, each starting the attempt `parallel::next` gives it until told
+    /// to stop; then why the round ended. With `parallelism` 1 this issues a serial run's
+    /// commands.
+    async fn slots(&self, round_start: u32) -> WorkflowResult<Stop> {
+        let parallelism = self.policy.parallelism.max(1);
+        self.ctx.state_mut(|s| {
+            s.escalate_cancels = parallelism > 1;
+            s.cancel_reason = None;
+            s.refused = None;
+        });
+        let slots = (0..parallelism).map(|_| self.slot(round_start));
+        for ended in temporalio_sdk::workflows::join_all(slots).await {
+            ended?;
+        }
+        if let Some(stop) = self.creator_stop() {
+            return Ok(stop);
+        }
+        if let Some(stop) = self.ctx.state(|s| s.refused.clone()) {
+            return Ok(stop);
+        }
+        let attempts = self.attempts_so_far();
+        Ok(
+            match parallel::next(&self.req, &self.policy, &attempts, 0, round_start) {
+                Next::Stop(stop) => stop,
+                // Unreachable: a slot ends only on a stop, and the last to end saw none in
+                // flight. Ending the round is the safe answer.
+                Next::Start(_) | Next::Wait => Stop::AttemptsUsed,
+            },
+        )
+    }
+
+    /// One slot: claim the next attempt, run it, record it; wait while the next rung needs the
+    /// drafts in flight; end when the plan, the budget or a creator says stop.
+    async fn slot(&self, round_start: u32) -> WorkflowResult<()> {
+        loop {
+            let stopping = self.ctx.state(|s| {
+                s.abort.is_some()
+                    || s.escalate.is_some()
+                    || s.refused.is_some()
+                    || s.cancel_reason.is_some()
+            });
+            if stopping {
+                return Ok(());
+            }
+            let (attempts, in_flight) = self.ctx.state(|s| {
+                (
+                    s.attempts.clone(),
+                    u32::try_from(s.claimed.len()).unwrap_or(u32::MAX),
+                )
+            });
+            let plan =
+                match parallel::next(&self.req, &self.policy, &attempts, in_flight, round_start) {
+                    Next::Start(plan) => *plan,
+                    Next::Stop(_) => return Ok(()),
+                    Next::Wait => {
+                        let seen = attempts.len();
+                        self.ctx
+                            .wait_condition(move |s: &SegmentRetryWorkflow| {
+                                s.attempts.len() != seen
+                                    || s.abort.is_some()
+                                    || s.escalate.is_some()
+                            })
+                            .await?;
+                        continue;
+                    }
+                };
+            let k = plan.attempt;
+            // Claimed before the first await, so the next slot to ask gets attempt k + 1.
+            self.ctx.state_mut(|s| s.claimed.push(k));
+            let ran = self.claimed_attempt(plan).await;
+            self.ctx.state_mut(|s| s.claimed.retain(|&c| c != k));
+            ran?;
+        }
+    }
+
+    /// Plan with evidence, reserve, generate and score, record: one claimed attempt of a slot.
+    async fn claimed_attempt(&self, plan: AttemptPlan) -> WorkflowResult<()> {
+        let attempt = self.with_evidence(plan).await?;
+        let k = attempt.attempt;
+        if self.creator_stop().is_some() {
+            return Ok(());
+        }
+        let reserved_ms = match self.reserve(&attempt).await? {
+            Ok(granted) => granted,
+            Err(stop) => {
+                self.ctx.state_mut(|s| {
+                    s.refused.get_or_insert(stop);
+                });
+                return Ok(());
+            }
+        };
+        let cancelled = self
+            .ctx
+            .state(|s| s.abort.is_some() || s.cancel_reason.is_some());
+        if cancelled {
+            self.release(k).await?;
+            return Ok(());
+        }
+        let token = self.ctx.cancellation_token().child_token();
+        self.ctx.state_mut(|s| s.running.push((k, token.clone())));
+        let record = self
+            .generate_and_score(attempt, reserved_ms, &token)
+            .await?;
+        self.ctx.state_mut(|s| {
+            s.running.retain(|(r, _)| *r != k);
+            // The first pass of a `first_pass` round cancels the attempts still running.
+            if record.passed
+                && self.policy.selection == Selection::FirstPass
+                && s.cancel_reason.is_none()
+                && s.abort.is_none()
+            {
+                let why = format!("cancelled: attempt {k} passed first");
+                for (_, token) in &s.running {
+                    token.cancel_with_reason(why.clone());
+                }
+                s.cancel_reason = Some(why);
+            }
+        });
+        self.record(k, &record).await?;
+        self.ctx.state_mut(|s| {
+            let at = s.attempts.partition_point(|a| a.attempt < k);
+            s.attempts.insert(at, record);
+        });
+        Ok(())
+    }
+
+    async fn record(&self, k: u32, record: &AttemptRecord) -> WorkflowResult<()> {
+        self.steps
+            .run(
+                &self.ctx,
+                RetryActivities::record_attempt,
+                RecordAttempt {
+                    key: self.key(k),
+                    segment_id: self.req.segment_id.clone(),
+                    project_id: self.req.project_id.clone(),
+                    scene_type: self.req.scene_type.clone(),
+                    record: record.clone(),
+                },
+                format!("attempt {k} · record · {}", record.status.as_str()),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Run attempts one after another until the plan or a creator says stop; every attempt is
+    /// recorded before the next starts. Runs started before [`PARALLEL_PATCH`].
+    async fn serial(&self, round_start: u32) -> WorkflowResult<Stop> {
         loop {
             // A creator's stop wins over the plan's: an abort during the last attempt is an abort,
             // not an escalation because the attempts ran out. Runs before `truthful-records`
@@ -261,11 +432,11 @@ impl Run {
                 return Ok(stop);
             }
             let token = self.ctx.cancellation_token().child_token();
-            self.ctx.state_mut(|s| s.running = Some((k, token.clone())));
+            self.ctx.state_mut(|s| s.running = vec![(k, token.clone())]);
             let record = self
                 .generate_and_score(attempt, reserved_ms, &token)
                 .await?;
-            self.ctx.state_mut(|s| s.running = None);
+            self.ctx.state_mut(|s| s.running.clear());
             self.steps
                 .run(
                     &self.ctx,
@@ -402,6 +573,10 @@ impl Run {
             (Err(ActivityExecutionError::Cancelled(_)), Some(by)) => {
                 attempt.aborted(&by, generated.gpu_ms)
             }
+            (Err(ActivityExecutionError::Cancelled(_)), None) if self.cancel_reason().is_some() => {
+                let why = self.cancel_reason().unwrap_or_default();
+                attempt.cancelled(why, generated.gpu_ms, Some(generated.output_uri))
+            }
             (Err(e), _) => {
                 let cause = failure::of(&e);
                 // The output exists and was paid for: the record keeps where it is.
@@ -413,6 +588,12 @@ impl Run {
                 )
             }
         })
+    }
+
+    /// Why attempts in flight are being cancelled without an abort (see
+    /// `SegmentRetryWorkflow::cancel_reason`).
+    fn cancel_reason(&self) -> Option<String> {
+        self.ctx.state(|s| s.cancel_reason.clone())
     }
 
     fn aborted_by(&self) -> Option<String> {
@@ -482,6 +663,9 @@ impl Run {
         }
         Ok(match (self.aborted_by(), e) {
             (Some(by), ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by, used),
+            (None, ActivityExecutionError::Cancelled(_)) if self.cancel_reason().is_some() => {
+                attempt.cancelled(self.cancel_reason().unwrap_or_default(), used, None)
+            }
             _ => {
                 let cause = failure::of(e);
                 attempt.errored(

@@ -14,6 +14,7 @@ use retake_domain::policy::MixedFailures;
 use retake_domain::report;
 use retake_domain::review::{Decision, Phase};
 use retake_domain::status::Status;
+use retake_domain::stop::Stop;
 use retake_domain::{RetryPolicy, ValidationError};
 use serde_json::{Value, json};
 use temporalio_common::data_converters::RawValue;
@@ -34,8 +35,20 @@ pub struct SegmentRetryWorkflow {
     pub(crate) scene_type: String,
     pub(crate) policy: Option<RetryPolicy>,
     pub(crate) attempts: Vec<AttemptRecord>,
-    /// The attempt in flight, and the token that cancels it.
-    pub(crate) running: Option<(u32, WorkflowCancellationToken)>,
+    /// The attempts generating or being scored, in the order they started, and the tokens that
+    /// cancel them.
+    pub(crate) running: Vec<(u32, WorkflowCancellationToken)>,
+    /// Attempts given out to a slot and not yet recorded (planning, reserving, running,
+    /// recording): how many are in flight for `parallel::next`. Runs with parallel attempts only.
+    pub(crate) claimed: Vec<u32>,
+    /// Why the attempts still in flight are being cancelled though nobody aborted (another one
+    /// passed first, a creator escalated a parallel run): they are recorded `cancelled`.
+    pub(crate) cancel_reason: Option<String>,
+    /// An escalation cancels the attempts in flight (a run with parallel attempts, `parallelism`
+    /// > 1); otherwise the attempt in flight finishes first.
+    pub(crate) escalate_cancels: bool,
+    /// The budget refused an attempt of this round: no further attempt starts.
+    pub(crate) refused: Option<Stop>,
     /// Every creator signal and decision, in order.
     pub(crate) events: Vec<CreatorEvent>,
     pub(crate) abort: Option<CreatorEvent>,
@@ -156,14 +169,15 @@ impl SegmentRetryWorkflow {
             return;
         }
         let event = CreatorEvent::from_signal("abort", &payload);
-        if let Some((_, token)) = &self.running {
+        for (_, token) in &self.running {
             token.cancel_with_reason(format!("aborted by {}", event.by));
         }
         self.events.push(event.clone());
         self.abort = Some(event);
     }
 
-    /// Stop retrying (after the attempt in flight) and go to human review. Payload
+    /// Stop retrying and go to human review: the attempt in flight finishes first, or, in a run
+    /// with parallel attempts, every attempt in flight is cancelled (recorded `cancelled`). Payload
     /// `{"reason": "...", "by": "..."}`.
     #[signal]
     pub fn escalate(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
@@ -171,6 +185,13 @@ impl SegmentRetryWorkflow {
             return;
         }
         let event = CreatorEvent::from_signal("escalate", &payload);
+        if self.escalate_cancels {
+            let why = format!("cancelled: escalated by {}", event.by);
+            for (_, token) in &self.running {
+                token.cancel_with_reason(why.clone());
+            }
+            self.cancel_reason.get_or_insert(why);
+        }
         self.events.push(event.clone());
         self.escalate = Some(event);
     }
@@ -227,21 +248,28 @@ impl SegmentRetryWorkflow {
             return status;
         }
         let policy = self.policy.clone().unwrap_or_default();
-        let running = self.running.as_ref().map(|(k, _)| *k);
+        let mut running: Vec<u32> = self.running.iter().map(|(k, _)| *k).collect();
+        running.sort_unstable();
         Status {
             phase: self.phase,
             segment_id: self.segment_id.clone(),
             project_id: self.project_id.clone(),
             scene_type: self.scene_type.clone(),
             outcome: None,
-            reason: match running {
-                Some(k) => format!("attempt {k} of {} running", policy.max_attempts),
-                None => "starting".to_owned(),
+            reason: match running.as_slice() {
+                [] => "starting".to_owned(),
+                [k] => format!("attempt {k} of {} running", policy.max_attempts),
+                ks => format!(
+                    "attempts {} of {} running",
+                    ks.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                    policy.max_attempts
+                ),
             },
             selected_attempt: None,
-            running_attempt: running,
+            running_attempt: running.first().copied(),
             gpu_ms_total: self.attempts.iter().map(|a| a.gpu_ms).sum(),
-            report: report::progress(&self.segment_id, &policy, &self.attempts, running),
+            report: report::progress(&self.segment_id, &policy, &self.attempts, &running),
+            running_attempts: running,
             attempts: self.attempts.clone(),
             decisions: self.events.clone(),
         }

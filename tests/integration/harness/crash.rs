@@ -31,7 +31,7 @@ impl TestApp {
 }
 
 /// The activities of the segment's workflow in flight now (none if it cannot be described).
-pub(crate) async fn pending_activities(app: &TestApp, segment: &str) -> Vec<PendingActivityInfo> {
+pub async fn pending_activities(app: &TestApp, segment: &str) -> Vec<PendingActivityInfo> {
     let Ok(segment) = SegmentId::parse(segment) else {
         return Vec::new();
     };

@@ -12,7 +12,7 @@ mod server;
 mod sim;
 
 pub use app::{StoreLock, TestApp, spawn_app};
-pub use crash::wait_for_activity;
+pub use crash::{pending_activities, wait_for_activity};
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
 pub use postgres::fresh_postgres;

@@ -1,0 +1,147 @@
+use super::*;
+use crate::contract::{QaScores, Scores};
+use serde_json::json;
+
+fn request() -> RetryRequest {
+    RetryRequest::parse(&json!({
+        "segment_id": "5", "project_id": "p1", "scene_type": "dialogue",
+        "params": {"seed": 1234, "cfg_scale": 7.0, "denoise_strength": 0.6},
+        "failed_qa": {"scores": {"face": 0.42, "motion": 0.81}, "failures": ["face_melt"]}
+    }))
+    .unwrap()
+}
+
+fn policy(extra: serde_json::Value) -> RetryPolicy {
+    let mut p = json!({"enabled": true, "parallelism": 3});
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    RetryPolicy::parse(&p).unwrap()
+}
+
+fn started(n: Next) -> AttemptPlan {
+    match n {
+        Next::Start(plan) => *plan,
+        other => panic!("expected a start, got {other:?}"),
+    }
+}
+
+fn scored(plan: AttemptPlan, policy: &RetryPolicy, face: f64) -> AttemptRecord {
+    let qa = QaScores {
+        scores: Scores::from([("face".into(), face), ("motion".into(), 0.9)]),
+        ..Default::default()
+    };
+    plan.scored(policy, qa, 100, Some(format!("sim://{face}")))
+}
+
+#[test]
+fn attempt_k_is_planned_the_same_whether_attempts_run_in_parallel_or_one_by_one() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 3})));
+    let serial_1 = ladder::next(&req, &p, &[], 0).unwrap();
+    let a1 = scored(serial_1.clone(), &p, 0.3);
+    let serial_2 = ladder::next(&req, &p, std::slice::from_ref(&a1), 0).unwrap();
+
+    let parallel_1 = started(next(&req, &p, &[], 0, 0));
+    let parallel_2 = started(next(&req, &p, &[], 1, 0));
+    let parallel_3 = started(next(&req, &p, &[], 2, 0));
+    assert_eq!(parallel_1, serial_1);
+    assert_eq!(
+        (parallel_2.attempt, parallel_2.seed, &parallel_2.params),
+        (2, serial_2.seed, &serial_2.params)
+    );
+    assert_eq!(parallel_2.jitter, serial_2.jitter);
+    assert_eq!(parallel_3.attempt, 3);
+    assert_ne!(parallel_3.seed, parallel_2.seed);
+}
+
+#[test]
+fn no_slot_starts_more_than_max_attempts_and_the_last_finished_attempt_ends_the_round() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 2})));
+    let a1 = started(next(&req, &p, &[], 0, 0));
+    let a2 = started(next(&req, &p, &[], 1, 0));
+    assert_eq!(next(&req, &p, &[], 2, 0), Next::Stop(Stop::AttemptsUsed));
+    let done = vec![scored(a1, &p, 0.3)];
+    assert_eq!(next(&req, &p, &done, 1, 0), Next::Stop(Stop::AttemptsUsed));
+    let done = vec![done[0].clone(), scored(a2, &p, 0.4)];
+    assert!(
+        matches!(
+            next(&req, &p, &done, 0, 0),
+            Next::Stop(Stop::UserIntervention { attempt: 3, .. })
+        ),
+        "with nothing in flight the round ends as a serial one would"
+    );
+}
+
+#[test]
+fn a_pass_out_of_order_ends_a_first_pass_round_but_not_a_best_of_n_one() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 5})));
+    let a1 = started(next(&req, &p, &[], 0, 0));
+    let a2 = started(next(&req, &p, &[], 1, 0));
+    // Attempt 2 passes while attempt 1 is still running.
+    let done = vec![scored(a2.clone(), &p, 0.9)];
+    assert_eq!(next(&req, &p, &done, 1, 0), Next::Stop(Stop::Passed));
+    // Attempt 1 then fails: the latest record is a failure, the round still passed.
+    let done = vec![scored(a1.clone(), &p, 0.3), done[0].clone()];
+    assert_eq!(next(&req, &p, &done, 0, 0), Next::Stop(Stop::Passed));
+
+    let best = policy(json!({"max_attempts": 5, "selection": "best_of_n"}));
+    let done = vec![scored(a2, &best, 0.9)];
+    assert_eq!(started(next(&req, &best, &done, 1, 0)).attempt, 3);
+}
+
+#[test]
+fn a_failure_the_policy_does_not_retry_on_stops_new_starts_whatever_its_position() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 5})));
+    let a1 = started(next(&req, &p, &[], 0, 0));
+    let a2 = started(next(&req, &p, &[], 1, 0));
+    let qa = QaScores {
+        scores: Scores::from([("face".into(), 0.9), ("motion".into(), 0.1)]),
+        ..Default::default()
+    };
+    let blocked = a1.scored(&p, qa, 100, None);
+    let done = vec![blocked, scored(a2, &p, 0.3)];
+    assert!(matches!(
+        next(&req, &p, &done, 0, 0),
+        Next::Stop(Stop::NotRetryable { attempt: 1, .. })
+    ));
+}
+
+#[test]
+fn the_slots_never_exceed_parallelism() {
+    let (req, p) = (
+        request(),
+        policy(json!({"max_attempts": 10, "parallelism": 2})),
+    );
+    assert_eq!(next(&req, &p, &[], 2, 0), Next::Wait);
+}
+
+#[test]
+fn a_rung_that_revises_a_draft_waits_for_the_attempts_in_flight() {
+    let req = RetryRequest::parse(&json!({
+        "segment_id": "ch12", "project_id": "novel", "scene_type": "chapter",
+        "params": {"seed": 42, "temperature": 0.8},
+        "failed_qa": {"scores": {"overall": 0.5}, "failures": ["below_threshold"]}
+    }))
+    .unwrap();
+    let p = RetryPolicy::parse(&json!({
+        "enabled": true, "profile": "text", "max_attempts": 4, "parallelism": 3
+    }))
+    .unwrap();
+    let first = started(next(&req, &p, &[], 0, 0));
+    assert_eq!(first.strategy, Some(Strategy::Revise));
+    assert_eq!(next(&req, &p, &[], 1, 0), Next::Wait);
+    let media = policy(json!({"max_attempts": 4, "ladder": ["reseed", "revise"]}));
+    assert_eq!(
+        started(next(&request(), &media, &[], 0, 0)).strategy,
+        Some(Strategy::Reseed)
+    );
+    assert_eq!(next(&request(), &media, &[], 1, 0), Next::Wait);
+}
+
+#[test]
+fn a_round_after_review_counts_only_its_own_attempts() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 4})));
+    let earlier = scored(started(next(&req, &p, &[], 0, 0)), &p, 0.9);
+    assert_eq!(decided(&p, std::slice::from_ref(&earlier), 1), None);
+    assert_eq!(started(next(&req, &p, &[earlier], 0, 1)).attempt, 2);
+}
