@@ -29,6 +29,24 @@ pub struct LoadPolicy {
     pub scene_type: SceneType,
 }
 
+/// Input of `place_generation`: where to re-run a generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceGeneration {
+    /// The workflow's task queue (workers register under it).
+    pub task_queue: String,
+    /// Workers not to use: those the generation already failed on.
+    pub avoid: Vec<String>,
+    /// The worker to use when it qualifies (policy `same_worker`).
+    pub prefer: Option<String>,
+}
+
+/// Output of `place_generation`: a worker and its own generate queue, or none qualified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    pub worker: Option<String>,
+    pub queue: Option<String>,
+}
+
 /// Input of `load_evidence`: which of the scene type's records an adaptive attempt chooses from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadEvidence {
@@ -126,6 +144,9 @@ pub struct HeldBudget {
 pub struct Generated {
     pub output_uri: String,
     pub gpu_ms: u64,
+    /// The worker that generated it (set by the `generate` activity, not by backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// Input of `score_qa`.

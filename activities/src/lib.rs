@@ -5,6 +5,7 @@
 //! are retried by Temporal, invalid data and rejected requests are not.
 
 pub mod backends;
+pub mod gpu;
 pub mod io;
 mod log;
 pub mod meter;
@@ -13,13 +14,15 @@ pub mod sim;
 pub mod stats;
 pub mod store;
 
+use crate::gpu::Gpu;
 use crate::io::{
-    AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, RecordAttempt, RecordOutcome,
-    Reservation, ReserveBudget, ScoreRequest, Scored, Settings, SettleBudget, Used,
+    AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, PlaceGeneration, Placement,
+    RecordAttempt, RecordOutcome, Reservation, ReserveBudget, ScoreRequest, Scored, Settings,
+    SettleBudget, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
-    Reporting, StoreError,
+    Reporting, StoreError, WorkerRegistry,
 };
 use async_trait::async_trait;
 use retake_domain::adapt::Evidence;
@@ -43,11 +46,21 @@ pub mod failure_types {
     pub const BACKEND_REJECTED: &str = "BackendRejected";
     /// The budget refused the GPU time an attempt needed to finish; it was stopped. Not retried.
     pub const BUDGET_EXHAUSTED: &str = retake_domain::contract::BUDGET_EXHAUSTED;
+    /// The machine failed, not the request (CUDA out of memory, a lost device): not retried on
+    /// the same worker; the workflow re-runs the attempt on another one.
+    pub const INFRASTRUCTURE: &str = retake_domain::contract::INFRASTRUCTURE_FAILURE;
     /// Every non-retryable type.
-    pub const NON_RETRYABLE: [&str; 3] = [INVALID_DATA, BACKEND_REJECTED, BUDGET_EXHAUSTED];
+    pub const NON_RETRYABLE: [&str; 4] = [
+        INVALID_DATA,
+        BACKEND_REJECTED,
+        BUDGET_EXHAUSTED,
+        INFRASTRUCTURE,
+    ];
 }
 
-/// The activity implementations, with their dependencies.
+/// The activity implementations, with their dependencies. Cheap to clone (shared parts), so one
+/// worker process can register them on each of its task queues.
+#[derive(Clone)]
 pub struct RetryActivities {
     generator: Arc<dyn GenerationBackend>,
     scorer: Arc<dyn QaScorer>,
@@ -55,6 +68,9 @@ pub struct RetryActivities {
     ledger: Arc<dyn BudgetLedger>,
     attempts: Arc<dyn AttemptStore>,
     reporting: Arc<dyn Reporting>,
+    workers: Arc<dyn WorkerRegistry>,
+    /// This worker's GPUs and identity; without it generations run unlimited and unattributed.
+    gpu: Option<Arc<Gpu>>,
 }
 
 /// Reservations learn from what attempts really took: at least this quantile of the GPU time of
@@ -71,6 +87,7 @@ impl RetryActivities {
         ledger: Arc<dyn BudgetLedger>,
         attempts: Arc<dyn AttemptStore>,
         reporting: Arc<dyn Reporting>,
+        workers: Arc<dyn WorkerRegistry>,
     ) -> Self {
         Self {
             generator,
@@ -79,18 +96,33 @@ impl RetryActivities {
             ledger,
             attempts,
             reporting,
+            workers,
+            gpu: None,
         }
+    }
+
+    /// The worker registry (where this worker announces itself).
+    pub fn workers(&self) -> Arc<dyn WorkerRegistry> {
+        self.workers.clone()
+    }
+
+    /// Generate on `gpu`: as many at once as it has slots, each attempt recording its worker,
+    /// infrastructure failures counted towards its cool-down.
+    pub fn on_gpu(mut self, gpu: Arc<Gpu>) -> Self {
+        self.gpu = Some(gpu);
+        self
     }
 
     /// Generation and QA from one backend, every table from one store.
     pub fn from_parts<B, S>(backend: Arc<B>, store: Arc<S>) -> Self
     where
         B: GenerationBackend + QaScorer + 'static,
-        S: PolicyStore + BudgetLedger + AttemptStore + Reporting + 'static,
+        S: PolicyStore + BudgetLedger + AttemptStore + Reporting + WorkerRegistry + 'static,
     {
         Self::new(
             backend.clone(),
             backend,
+            store.clone(),
             store.clone(),
             store.clone(),
             store.clone(),
@@ -147,6 +179,9 @@ fn backend_failure(e: BackendError) -> ActivityError {
         (BackendError::Transient(m), used) => {
             failure_after(failure_types::BACKEND_TRANSIENT, false, m, used)
         }
+        (BackendError::Infrastructure(m), used) => {
+            failure_after(failure_types::INFRASTRUCTURE, true, m, used)
+        }
         (BackendError::Rejected(m), used) => {
             failure_after(failure_types::BACKEND_REJECTED, true, m, used)
         }
@@ -156,6 +191,30 @@ fn backend_failure(e: BackendError) -> ActivityError {
             other.to_string(),
             used,
         ),
+    }
+}
+
+/// A GPU slot of `gpu`, heartbeating every [`KEEP_ALIVE`] while all are busy; `Cancelled`
+/// once the attempt is cancelled while it waits.
+async fn free_slot<'g>(
+    gpu: &'g Gpu,
+    heartbeat: &Heartbeat<'_>,
+) -> Result<tokio::sync::SemaphorePermit<'g>, BackendError> {
+    let slot = gpu.slot();
+    tokio::pin!(slot);
+    let mut beat = tokio::time::interval(KEEP_ALIVE);
+    loop {
+        tokio::select! {
+            permit = &mut slot => return Ok(permit),
+            _ = beat.tick() => {
+                if heartbeat.stopping() {
+                    return Err(BackendError::Cancelled);
+                }
+                if heartbeat.silent() {
+                    heartbeat.keep_alive().await;
+                }
+            }
+        }
     }
 }
 
@@ -332,6 +391,13 @@ impl RetryActivities {
             done: AtomicU32::new(resume_from),
             last_sent: std::sync::Mutex::new(Instant::now()),
         };
+        let gpu = self.gpu.as_deref();
+        // A GPU first (a generation placed on this worker by name may arrive while the shared
+        // queue's fill them); the metered GPU time starts once it has one.
+        let _slot = match gpu {
+            Some(gpu) => Some(free_slot(gpu, &heartbeat).await.map_err(backend_failure)?),
+            None => None,
+        };
         let started = Instant::now();
         let work = self.generator.generate(&input, &heartbeat);
         let metered = async {
@@ -363,6 +429,17 @@ impl RetryActivities {
                 }
             }
         };
+        if let Some(gpu) = gpu {
+            match &result {
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => gpu.finished(e.is_infrastructure()),
+                Ok(_) => gpu.finished(false),
+            }
+        }
+        let result = result.map(|mut generated| {
+            generated.worker = gpu.map(|g| g.worker_id().to_owned());
+            generated
+        });
         match (result, refusal) {
             // Stopped by the budget: billed what the backend says it used (else the time it ran).
             (Err(e), Some(why)) if e.is_cancelled() && !ctx.is_cancelled() => {
@@ -378,6 +455,40 @@ impl RetryActivities {
             }
             (result, _) => result.map_err(backend_failure),
         }
+    }
+
+    /// A worker of the workflow's task queue to re-run a generation on: alive, not cooling
+    /// down, not one that failed it (`avoid`), `prefer` when it qualifies. `None` queue when no
+    /// worker qualifies: the generation goes to the shared generate queue.
+    #[activity(name = "place_generation")]
+    pub async fn place_generation(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: PlaceGeneration,
+    ) -> Result<Placement, ActivityError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let chosen = self
+            .workers
+            .place(
+                &input.task_queue,
+                &input.avoid,
+                input.prefer.as_deref(),
+                now_ms,
+            )
+            .await
+            .map_err(store_failure)?;
+        Ok(match chosen {
+            Some(w) => Placement {
+                worker: Some(w.worker_id),
+                queue: Some(w.generate_queue),
+            },
+            None => Placement {
+                worker: None,
+                queue: None,
+            },
+        })
     }
 
     /// Score the attempt's output, heartbeating every second while the scorer works (scorers

@@ -21,6 +21,11 @@ pub enum BackendError {
     /// Retrying cannot help: the backend rejected the request or answered nonsense.
     #[error("backend rejected the request: {0}")]
     Rejected(String),
+    /// The machine failed, not the request: CUDA out of memory, a lost device, NaN or empty
+    /// output. Not retried on this worker; the workflow re-runs the attempt on another one
+    /// (policy `placement`).
+    #[error("infrastructure failure: {0}")]
+    Infrastructure(String),
     /// The attempt was cancelled while the backend worked.
     #[error("cancelled")]
     Cancelled,
@@ -51,6 +56,15 @@ impl BackendError {
         match self {
             BackendError::Spent { gpu_ms, error } => (error.split().0, Some(gpu_ms)),
             e => (e, None),
+        }
+    }
+
+    /// Whether the error is (or wraps) an infrastructure failure.
+    pub fn is_infrastructure(&self) -> bool {
+        match self {
+            BackendError::Infrastructure(_) => true,
+            BackendError::Spent { error, .. } => error.is_infrastructure(),
+            _ => false,
         }
     }
 
@@ -254,6 +268,8 @@ pub struct Stats {
     pub budget_refusals: u64,
     /// Escalations awaiting a human decision.
     pub reviews_pending: u64,
+    /// Workers (every task queue) cooling down after infrastructure failures in a row, now.
+    pub workers_cooling: u64,
     /// Scored attempts with a recorded variation, per scene type, failure kind and arm (every
     /// scope, all time): what adaptive retries learn from.
     pub variations: Vec<VariationCount>,
@@ -295,14 +311,64 @@ pub trait Reporting: Send + Sync {
     ) -> Result<retake_domain::adapt::Evidence, StoreError>;
 }
 
+/// A worker process as the registry knows it (`workers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    pub worker_id: String,
+    /// The task queue it serves (workflows and scoring).
+    pub task_queue: String,
+    /// Its own queue for generations placed on it.
+    pub generate_queue: String,
+    /// When it last announced itself, ms since the epoch (its clock).
+    pub seen_at_ms: u64,
+    /// Until when it takes no generations after infrastructure failures in a row (0: never).
+    pub cooling_until_ms: u64,
+}
+
+/// How long after its last announcement a worker still counts as alive for placement.
+pub const WORKER_ALIVE_MS: u64 = 15_000;
+
+/// The workers of each task queue, for placing a generation on a particular one.
+#[async_trait]
+pub trait WorkerRegistry: Send + Sync {
+    /// Insert or refresh the worker's row (seen now, cooling until `cooling_until_ms`).
+    async fn announce(&self, worker: &WorkerRow) -> Result<(), StoreError>;
+    /// A worker of `task_queue` for a generation at `now_ms`: alive (seen within
+    /// [`WORKER_ALIVE_MS`]), not cooling down, not in `avoid`; `prefer` when it qualifies, else
+    /// the one placed on longest ago (spreading re-runs). `None` when no worker qualifies.
+    async fn place(
+        &self,
+        task_queue: &str,
+        avoid: &[String],
+        prefer: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Option<WorkerRow>, StoreError>;
+    /// Every worker that ever announced itself on `task_queue`, by id.
+    async fn workers(&self, task_queue: &str) -> Result<Vec<WorkerRow>, StoreError>;
+}
+
 /// Every store capability in one object: what [`connect_any`](crate::store::connect_any)
 /// returns, implemented by every type that implements the four store ports.
 pub trait Store:
-    PolicyStore + BudgetLedger + AttemptStore + Reporting + Send + Sync + std::fmt::Debug
+    PolicyStore
+    + BudgetLedger
+    + AttemptStore
+    + Reporting
+    + WorkerRegistry
+    + Send
+    + Sync
+    + std::fmt::Debug
 {
 }
 
 impl<T> Store for T where
-    T: PolicyStore + BudgetLedger + AttemptStore + Reporting + Send + Sync + std::fmt::Debug
+    T: PolicyStore
+        + BudgetLedger
+        + AttemptStore
+        + Reporting
+        + WorkerRegistry
+        + Send
+        + Sync
+        + std::fmt::Debug
 {
 }

@@ -46,6 +46,9 @@ const STEPS: u32 = 10;
 pub struct Simulator {
     gpu_ms: u64,
     qa_ms: u64,
+    /// Every generation fails after its first step with this infrastructure error (a broken
+    /// GPU); `None`: a healthy machine.
+    broken: Option<String>,
 }
 
 impl Default for Simulator {
@@ -110,7 +113,19 @@ impl Bias {
 
 impl Simulator {
     pub fn new(gpu_ms: u64) -> Self {
-        Self { gpu_ms, qa_ms: 0 }
+        Self {
+            gpu_ms,
+            qa_ms: 0,
+            broken: None,
+        }
+    }
+
+    /// A broken machine: every generation fails after its first step with the infrastructure
+    /// error `message` (e.g. `CUDA out of memory`), billed the step it ran
+    /// (`RETAKE_SIM_INFRASTRUCTURE_FAILURE`).
+    pub fn broken(mut self, message: impl Into<String>) -> Self {
+        self.broken = Some(message.into());
+        self
     }
 
     /// Scoring takes `qa_ms` (default 0; `RETAKE_SIM_QA_MS`), e.g. to observe a crash mid-QA.
@@ -201,6 +216,14 @@ impl GenerationBackend for Simulator {
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
         let step_ms = self.gpu_ms / u64::from(STEPS);
+        if let Some(message) = &self.broken {
+            tokio::time::sleep(Duration::from_millis(step_ms)).await;
+            return Err(BackendError::Infrastructure(format!(
+                "{message} (simulated GPU of segment {}, seed {})",
+                req.segment_id, req.seed
+            ))
+            .after(step_ms));
+        }
         for done in progress.resume_from().min(STEPS)..STEPS {
             // At 0 GPU ms nothing waits: even a zero sleep costs a timer tick (~1 ms) per step.
             if step_ms > 0 {
@@ -215,6 +238,7 @@ impl GenerationBackend for Simulator {
         Ok(Generated {
             output_uri: format!("sim://{}/{}.mp4", req.segment_id, req.seed),
             gpu_ms: self.gpu_ms,
+            worker: None,
         })
     }
 }

@@ -128,6 +128,11 @@ fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa>
 /// the project's limit refused more, so it was cancelled (and billed what it used).
 pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
 
+/// Failure type (`error_type`) of a generation that failed because of the machine, not the
+/// request: CUDA out of memory, a lost device, NaN or empty output. Re-run on another worker
+/// (policy `placement`).
+pub const INFRASTRUCTURE_FAILURE: &str = "InfrastructureFailure";
+
 /// How a retry workflow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -246,6 +251,11 @@ pub struct AttemptRecord {
     /// variations were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variation: Option<Variation>,
+    /// The worker that generated it (`retake worker --worker-id`, by default `<pid>@<host>`), as
+    /// the worker itself or Temporal reported it; absent for runs started before it was recorded
+    /// and for attempts that never reached a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// The workflow result.

@@ -54,3 +54,15 @@ pub const DEFAULT_TASK_QUEUE: &str = "segment-retry";
 pub fn workflow_id(segment: &SegmentId) -> String {
     format!("segment-retry-{}", segment.as_str())
 }
+
+/// The task queue every worker of `task_queue` takes generations from (runs with placement; part
+/// of the public contract): `<task_queue>/generate`.
+pub fn generate_queue(task_queue: &str) -> String {
+    format!("{task_queue}/generate")
+}
+
+/// The queue of generations placed on worker `worker_id` by name:
+/// `<task_queue>/generate/<worker_id>`.
+pub fn worker_generate_queue(task_queue: &str, worker_id: &str) -> String {
+    format!("{task_queue}/generate/{worker_id}")
+}

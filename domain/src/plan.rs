@@ -186,6 +186,7 @@ impl AttemptPlan {
             error_type: None,
             note: self.note,
             variation: self.variation,
+            worker: None,
         }
     }
 }

@@ -97,6 +97,7 @@ mod tests {
             error_type: None,
             note: None,
             variation: None,
+            worker: None,
         }
     }
 

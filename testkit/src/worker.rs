@@ -74,11 +74,25 @@ impl WorkerProcessBuilder {
         self
     }
 
-    /// Activity tasks it runs at once (`RETAKE_MAX_CONCURRENT_ACTIVITIES`): 1 acts as one GPU.
-    /// Default: not set (the SDK's default, 100).
-    pub fn max_concurrent_activities(mut self, n: u32) -> Self {
+    /// Generations it runs at once (`RETAKE_MAX_CONCURRENT_GENERATIONS`): 1 acts as one GPU.
+    /// Default: not set (no limit beyond the SDK's 100 task slots).
+    pub fn max_concurrent_generations(mut self, n: u32) -> Self {
         self.command
-            .env("RETAKE_MAX_CONCURRENT_ACTIVITIES", n.to_string());
+            .env("RETAKE_MAX_CONCURRENT_GENERATIONS", n.to_string());
+        self
+    }
+
+    /// Its worker id (`RETAKE_WORKER_ID`). Default: not set (`<pid>@<host>`).
+    pub fn worker_id(mut self, id: &str) -> Self {
+        self.command.env("RETAKE_WORKER_ID", id);
+        self
+    }
+
+    /// A broken simulated GPU: every generation fails with this infrastructure error
+    /// (`RETAKE_SIM_INFRASTRUCTURE_FAILURE`). Default: not set (healthy).
+    pub fn sim_infrastructure_failure(mut self, message: &str) -> Self {
+        self.command
+            .env("RETAKE_SIM_INFRASTRUCTURE_FAILURE", message);
         self
     }
 

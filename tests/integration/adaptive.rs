@@ -57,6 +57,7 @@ async fn record_evidence(app: &TestApp, n: u32, cfg_down: u32) {
                     gain: Some(if passed { 0.4 } else { 0.0 }),
                     ..Variation::default()
                 }),
+                worker: None,
             };
             let workflow_id = format!("earlier-{arm}-{i}");
             app.store

@@ -100,12 +100,42 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETAKE_MAX_CACHED_WORKFLOWS", default_value_t = crate::worker::DEFAULT_MAX_CACHED_WORKFLOWS,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_cached_workflows: u32,
-    /// Activity tasks (generations and scorings) this worker runs at once. Set it to the GPUs
-    /// behind the worker (1 for one GPU), so that parallel attempts spread over the workers
-    /// instead of queueing on one GPU. Default: the SDK's (100).
-    #[arg(long, env = "RETAKE_MAX_CONCURRENT_ACTIVITIES",
+    /// Generations this worker runs at once: the GPUs behind it (1 for one GPU), so that
+    /// parallel attempts spread over the workers instead of queueing on one GPU. Default: no
+    /// limit beyond the SDK's 100 task slots.
+    #[arg(long, env = "RETAKE_MAX_CONCURRENT_GENERATIONS",
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub max_concurrent_activities: Option<u32>,
+    pub max_concurrent_generations: Option<u32>,
+    /// This worker's name: recorded on every attempt it generates, and what placement routes
+    /// re-runs by (1 to 200 characters, no whitespace or `/`). Default: `<pid>@<host>`, as the
+    /// web UI shows workers.
+    #[arg(long, env = "RETAKE_WORKER_ID", value_parser = parse_worker_id)]
+    pub worker_id: Option<String>,
+    /// Infrastructure failures in a row (CUDA out of memory, a lost device) after which the
+    /// worker takes no generations from the shared queue for `--cool-down-secs`. 0: never.
+    #[arg(long, env = "RETAKE_COOL_DOWN_AFTER", default_value_t = crate::worker::DEFAULT_COOL_DOWN_AFTER)]
+    pub cool_down_after: u32,
+    /// How long a cool-down lasts, in seconds.
+    #[arg(long, env = "RETAKE_COOL_DOWN_SECS", default_value_t = crate::worker::DEFAULT_COOL_DOWN.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub cool_down_secs: u64,
+    /// Simulator: every generation fails after its first step with this infrastructure error
+    /// (e.g. "CUDA out of memory"), as a broken GPU would; for trying placement.
+    #[arg(long, env = "RETAKE_SIM_INFRASTRUCTURE_FAILURE")]
+    pub sim_infrastructure_failure: Option<String>,
+}
+
+/// A worker id: it names a task queue, so no whitespace, no `/`, at most 200 characters.
+fn parse_worker_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().count() > 200 {
+        return Err("must be 1 to 200 characters".to_owned());
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err("must not contain whitespace, control characters or '/'".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 /// Options of a JSON-capable read command.

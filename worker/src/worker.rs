@@ -3,15 +3,19 @@
 
 use retake_activities::RetryActivities;
 use retake_activities::backends::{BackendsConfig, ConfigError, Router};
+use retake_activities::gpu::Gpu;
 use retake_activities::ports::Store;
+use retake_activities::ports::{WorkerRegistry, WorkerRow};
 use retake_activities::sim::Simulator;
 use retake_workflows::SegmentRetryWorkflow;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use temporalio_client::Client;
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
+use tokio::sync::watch;
 
 /// The SDK's slot count per kind of task, kept for the kinds [`Capacity`] does not limit.
 const SDK_DEFAULT_SLOTS: usize = 100;
@@ -37,6 +41,7 @@ pub fn simulator_activities(store: Arc<dyn Store>, sim: Simulator) -> RetryActiv
         store.clone(),
         store.clone(),
         store.clone(),
+        store.clone(),
         store,
     )
 }
@@ -59,6 +64,7 @@ pub fn configured_activities(
         store.clone(),
         store.clone(),
         store.clone(),
+        store.clone(),
         store,
     ))
 }
@@ -71,56 +77,103 @@ pub async fn run(
     activities: RetryActivities,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    run_caching(
+    run_with(
         client,
         task_queue,
-        Capacity::default(),
+        &WorkerSetup::default(),
         activities,
         shutdown,
     )
     .await
 }
 
-/// How much one worker takes on at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
+/// Who a worker is and how much it takes on at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerSetup {
     /// Workflows kept in memory (see [`DEFAULT_MAX_CACHED_WORKFLOWS`]; at least 1, since 0 would
     /// turn sticky queues off).
     pub max_cached_workflows: u32,
-    /// Activity tasks (generations and scorings) run at once; `None` for the SDK's default (100).
-    /// A worker in front of one GPU sets 1, so that the attempts of a parallel retry spread over
+    /// Generations run at once (its GPUs); `None` for no limit beyond the SDK's 100 slots. A
+    /// worker in front of one GPU sets 1, so that the attempts of a parallel retry spread over
     /// the workers instead of queueing on the GPU of whichever polled first.
-    pub max_concurrent_activities: Option<u32>,
+    pub max_concurrent_generations: Option<u32>,
+    /// The name attempts record and placement routes by; `None`: `<pid>@<host>`.
+    pub worker_id: Option<String>,
+    /// Infrastructure failures in a row after which the worker stops taking generations from
+    /// the shared queue for [`WorkerSetup::cool_down`] (0: never).
+    pub cool_down_after: u32,
+    pub cool_down: Duration,
 }
 
-impl Default for Capacity {
+/// Infrastructure failures in a row before a worker cools down, by default.
+pub const DEFAULT_COOL_DOWN_AFTER: u32 = 3;
+/// How long a cool-down lasts, by default.
+pub const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(60);
+/// How often a worker refreshes its row in the registry (placement counts a worker alive for
+/// `WORKER_ALIVE_MS`, three of these).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+impl Default for WorkerSetup {
     fn default() -> Self {
         Self {
             max_cached_workflows: DEFAULT_MAX_CACHED_WORKFLOWS,
-            max_concurrent_activities: None,
+            max_concurrent_generations: None,
+            worker_id: None,
+            cool_down_after: DEFAULT_COOL_DOWN_AFTER,
+            cool_down: DEFAULT_COOL_DOWN,
         }
     }
 }
 
-/// [`run`] with the given [`Capacity`].
-pub async fn run_caching(
+/// `<pid>@<host>`, the SDK's own default identity: what the web UI shows as the worker.
+pub fn default_worker_id() -> String {
+    format!(
+        "{}@{}",
+        std::process::id(),
+        gethostname::gethostname().to_string_lossy()
+    )
+}
+
+/// Run a worker as `setup` says. One process polls three task queues: `task_queue` (workflow
+/// tasks, scoring, and generations of runs started before placement), the shared generate queue
+/// `<task_queue>/generate` (left alone while cooling down) and its own
+/// `<task_queue>/generate/<worker id>` (re-runs placed on it by name). Beside them it announces
+/// itself in the store's worker registry every [`ANNOUNCE_EVERY`].
+pub async fn run_with(
     client: Client,
     task_queue: &str,
-    capacity: Capacity,
+    setup: &WorkerSetup,
     activities: RetryActivities,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     crate::connect::ensure_search_attributes(&client).await?;
     let runtime = Runtime::from_current_tokio(Default::default())?;
-    let cached = usize::try_from(capacity.max_cached_workflows.max(1)).unwrap_or(usize::MAX);
-    let mut options = WorkerOptions::new(task_queue)
-        .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)
-        .max_cached_workflows(cached)
-        .register_workflow::<SegmentRetryWorkflow>()?
-        .register_activities(activities)
-        .build();
-    if let Some(slots) = capacity.max_concurrent_activities {
-        let slots = usize::try_from(slots.max(1)).unwrap_or(usize::MAX);
+    let worker_id = setup.worker_id.clone().unwrap_or_else(default_worker_id);
+    let slots = setup
+        .max_concurrent_generations
+        .map_or(SDK_DEFAULT_SLOTS, |n| {
+            usize::try_from(n.max(1)).unwrap_or(usize::MAX)
+        });
+    let gpu = Arc::new(Gpu::new(&worker_id, slots, setup.cool_down_after));
+    let registry = activities.workers();
+    let activities = activities.on_gpu(gpu.clone());
+    let cached = usize::try_from(setup.max_cached_workflows.max(1)).unwrap_or(usize::MAX);
+    let main = Worker::new(
+        &runtime,
+        client.clone(),
+        WorkerOptions::new(task_queue)
+            .client_identity_override(worker_id.clone())
+            .sticky_queue_schedule_to_start_timeout(STICKY_QUEUE_TIMEOUT)
+            .max_cached_workflows(cached)
+            .register_workflow::<SegmentRetryWorkflow>()?
+            .register_activities(activities.clone())
+            .build(),
+    )?;
+    let generations = |queue: &str| -> anyhow::Result<Worker> {
+        let mut options = WorkerOptions::new(queue)
+            .client_identity_override(worker_id.clone())
+            .register_activities(activities.clone())
+            .build();
         options.tuner = TunerHolder::builder()
             .workflow_task_slot_supplier(FixedSizeSlotSupplier::new(SDK_DEFAULT_SLOTS))
             .activity_task_slot_supplier(FixedSizeSlotSupplier::new(slots))
@@ -128,17 +181,129 @@ pub async fn run_caching(
             .nexus_task_slot_supplier(FixedSizeSlotSupplier::new(SDK_DEFAULT_SLOTS))
             .build()
             .into();
-    }
-    let mut worker = Worker::new(&runtime, client, options)?;
-    let stop = worker.shutdown_handle();
-    let running = worker.run();
-    tokio::pin!(running);
-    tokio::select! {
-        ran = &mut running => ran?,
-        () = shutdown => {
-            stop();
-            running.await?;
+        Ok(Worker::new(&runtime, client.clone(), options)?)
+    };
+    let shared_queue = retake_domain::generate_queue(task_queue);
+    let own_queue = retake_domain::worker_generate_queue(task_queue, &worker_id);
+    let own = generations(&own_queue)?;
+    let cooling_until = AtomicU64::new(0);
+    let (stop, stopped) = watch::channel(false);
+    let stop_on_error = |ran: anyhow::Result<()>| {
+        if ran.is_err() {
+            let _ = stop.send(true);
         }
-    }
-    Ok(())
+        ran
+    };
+    let shared = async {
+        loop {
+            let worker = generations(&shared_queue)?;
+            let Some(cooled) = until_stopped_or(worker, stopped.clone(), gpu.failing()).await?
+            else {
+                return Ok(());
+            };
+            let until = now_ms().saturating_add(millis(setup.cool_down));
+            cooling_until.store(until, Ordering::SeqCst);
+            tracing::warn!(
+                worker = %worker_id,
+                infrastructure_failures_in_row = cooled,
+                cool_down_secs = setup.cool_down.as_secs(),
+                "cooling down: taking no generations from the shared queue"
+            );
+            let _ = announce(&*registry, task_queue, &worker_id, &own_queue, until).await;
+            let mut watch_stop = stopped.clone();
+            tokio::select! {
+                () = tokio::time::sleep(setup.cool_down) => {}
+                _ = watch_stop.wait_for(|s| *s) => return Ok(()),
+            }
+            tracing::info!(worker = %worker_id, "cool-down over: taking generations again");
+        }
+    };
+    let announcing = async {
+        let mut watch_stop = stopped.clone();
+        loop {
+            let until = cooling_until.load(Ordering::SeqCst);
+            if let Err(e) = announce(&*registry, task_queue, &worker_id, &own_queue, until).await {
+                tracing::warn!("announcing the worker in the registry failed: {e}");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                _ = watch_stop.wait_for(|s| *s) => return,
+            }
+        }
+    };
+    let stopping = async {
+        let mut watch_stop = stopped.clone();
+        tokio::select! {
+            () = shutdown => { let _ = stop.send(true); }
+            _ = watch_stop.wait_for(|s| *s) => {}
+        }
+    };
+    let (main, own, shared, (), ()) = tokio::join!(
+        async { stop_on_error(until_stopped(main, stopped.clone()).await) },
+        async { stop_on_error(until_stopped(own, stopped.clone()).await) },
+        async { stop_on_error(shared.await) },
+        announcing,
+        stopping,
+    );
+    main.and(own).and(shared)
+}
+
+/// Run `worker` until `stop` says so, then let it finish its tasks.
+async fn until_stopped(worker: Worker, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    until_stopped_or(worker, stop, std::future::pending::<()>())
+        .await
+        .map(|_| ())
+}
+
+/// Run `worker` until `stop` says so or `or` resolves (its value returned), then let it finish
+/// its tasks.
+async fn until_stopped_or<T>(
+    mut worker: Worker,
+    mut stop: watch::Receiver<bool>,
+    or: impl Future<Output = T>,
+) -> anyhow::Result<Option<T>> {
+    let shut_down = worker.shutdown_handle();
+    let running = worker.run();
+    tokio::pin!(running, or);
+    let value = tokio::select! {
+        ran = &mut running => {
+            ran?;
+            return Ok(None);
+        }
+        _ = stop.wait_for(|s| *s) => None,
+        value = &mut or => Some(value),
+    };
+    shut_down();
+    running.await?;
+    Ok(value)
+}
+
+async fn announce(
+    registry: &dyn WorkerRegistry,
+    task_queue: &str,
+    worker_id: &str,
+    own_queue: &str,
+    cooling_until_ms: u64,
+) -> Result<(), retake_activities::ports::StoreError> {
+    registry
+        .announce(&WorkerRow {
+            worker_id: worker_id.to_owned(),
+            task_queue: task_queue.to_owned(),
+            generate_queue: own_queue.to_owned(),
+            seen_at_ms: now_ms(),
+            cooling_until_ms,
+        })
+        .await
+}
+
+fn now_ms() -> u64 {
+    millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

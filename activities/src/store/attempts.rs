@@ -16,9 +16,9 @@ use serde_json::Value;
 const INSERT_ATTEMPT: &str = "INSERT INTO retry_attempts (segment_id, project_id, \
      scene_type, workflow_id, run_id, attempt, seed, params, original_params, jitter, scores, \
      failures, passed, status, gpu_ms, output_uri, error, strategy, prompt, revises, breakdown, \
-     error_type, note, variation, selected, created_at, updated_at) \
+     error_type, note, variation, worker, selected, created_at, updated_at) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $19, \
-     $20, $21, $22, $23, $24, $25, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
+     $20, $21, $22, $23, $24, $25, $26, FALSE, $18, $18) ON CONFLICT (workflow_id, run_id, attempt) ";
 
 /// On conflict, replace the data but keep `created_at` and `selected`.
 const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
@@ -29,7 +29,7 @@ const REPLACE_DATA: &str = "DO UPDATE SET segment_id = excluded.segment_id, \
      output_uri = excluded.output_uri, error = excluded.error, strategy = excluded.strategy, \
      prompt = excluded.prompt, revises = excluded.revises, breakdown = excluded.breakdown, \
      error_type = excluded.error_type, note = excluded.note, variation = excluded.variation, \
-     updated_at = excluded.updated_at";
+     worker = excluded.worker, updated_at = excluded.updated_at";
 
 const KEEP_EXISTING: &str = "DO NOTHING";
 
@@ -39,7 +39,7 @@ const KEEP_EXISTING: &str = "DO NOTHING";
 const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, \
      a.workflow_id, a.run_id, a.attempt, a.seed, a.params, a.original_params, a.jitter, a.scores, \
      a.failures, a.passed, a.status, a.gpu_ms, a.output_uri, a.error, a.strategy, a.prompt, \
-     a.revises, a.breakdown, a.error_type, a.note, a.variation, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
+     a.revises, a.breakdown, a.error_type, a.note, a.variation, a.worker, a.selected, a.created_at, a.updated_at FROM retry_attempts a WHERE a.segment_id = $1 \
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
@@ -110,7 +110,8 @@ async fn insert_attempt<DB: Db>(
         .bind(to_json(&rec.breakdown)?)
         .bind(rec.error_type.as_deref())
         .bind(rec.note.as_deref())
-        .bind(rec.variation.as_ref().map(to_json).transpose()?.as_deref());
+        .bind(rec.variation.as_ref().map(to_json).transpose()?.as_deref())
+        .bind(rec.worker.as_deref());
     DB::execute(conn, insert).await?;
     Ok(())
 }
@@ -210,6 +211,7 @@ fn attempt_from_row<DB: Db>(row: &DB::Row) -> Result<StoredAttempt, StoreError> 
         variation: DB::get::<Option<String>>(row, "variation")?
             .map(|v| from_json(&v, "retry_attempts.variation"))
             .transpose()?,
+        worker: DB::get(row, "worker")?,
     };
     Ok(StoredAttempt {
         segment_id: DB::get(row, "segment_id")?,

@@ -27,6 +27,7 @@ mod sqlite;
 pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 #[cfg(test)]
 pub(crate) use postgres::sqlstate_unavailable;

@@ -13,6 +13,7 @@ const BY_STATUS: &str = "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(gpu_ms)
 const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome";
 const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
 const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
+const COOLING: &str = "SELECT COUNT(*) AS n FROM workers WHERE cooling_until_ms > $1";
 /// Newest first by insertion (`id`), which, unlike `created_at`, does not depend on the clocks
 /// of the workers that recorded the attempts.
 const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type = $1 \
@@ -85,6 +86,11 @@ impl<DB: Backend> Reporting for SqlxStore<DB> {
         stats.budget_refusals = count(DB::get(&refused, "n")?);
         let pending = DB::fetch_one(&mut conn, stmt(PENDING)).await?;
         stats.reviews_pending = count(DB::get(&pending, "n")?);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let cooling = DB::fetch_one(&mut conn, stmt(COOLING).bind(now_ms)).await?;
+        stats.workers_cooling = count(DB::get(&cooling, "n")?);
         for row in DB::fetch_all(&mut conn, stmt(VARIATIONS)).await? {
             stats.variations.push(VariationCount {
                 scene_type: DB::get(&row, "scene_type")?,

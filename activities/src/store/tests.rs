@@ -54,6 +54,7 @@ mod outage;
 mod postgres;
 mod raise;
 mod stats;
+mod workers;
 
 fn db_path(dir: &TempDir) -> PathBuf {
     dir.path().join("retake.db")
@@ -101,6 +102,7 @@ fn record(attempt: u32, face: f64) -> AttemptRecord {
         error_type: None,
         note: None,
         variation: None,
+        worker: Some(format!("gpu-{}", attempt % 2)),
     }
 }
 
@@ -192,7 +194,7 @@ async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once
         assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-            5
+            6
         );
         store.close().await;
     }

@@ -116,6 +116,8 @@ pub(crate) struct AttemptView {
     pub(crate) note: String,
     pub(crate) prompt: String,
     pub(crate) gpu: String,
+    /// The worker that generated it (empty when unknown).
+    pub(crate) worker: String,
     pub(crate) output: Output,
 }
 
@@ -141,6 +143,7 @@ impl AttemptView {
             note: String::new(),
             prompt: String::new(),
             gpu: String::new(),
+            worker: String::new(),
             output: Output {
                 kind: "none",
                 ..Output::default()
@@ -229,6 +232,7 @@ pub(crate) async fn attempt(
         note: a.note.clone().unwrap_or_default(),
         prompt: a.prompt.clone().unwrap_or_default(),
         gpu: gpu(a.gpu_ms),
+        worker: a.worker.clone().unwrap_or_default(),
         output: output(a.output_uri.as_deref()).await,
     }
 }

@@ -124,6 +124,12 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "Escalations awaiting a human decision.",
         vec![(String::new(), st.reviews_pending.to_string())],
     );
+    family(
+        "retake_workers_cooling",
+        "gauge",
+        "Workers taking no generations after infrastructure failures in a row.",
+        vec![(String::new(), st.workers_cooling.to_string())],
+    );
     let arm = |v: &retake_activities::stats::VariationCount| {
         format!(
             "{{scene_type=\"{}\",failure_kind=\"{}\",arm=\"{}\"}}",

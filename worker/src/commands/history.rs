@@ -89,6 +89,9 @@ pub(crate) async fn run(g: &Global, args: HistoryArgs) -> anyhow::Result<()> {
         if let Some(uri) = &r.output_uri {
             println!("{:<8} output: {uri}", "");
         }
+        if let Some(worker) = &r.worker {
+            println!("{:<8} worker: {worker}", "");
+        }
         if let Some(strategy) = r.strategy {
             let revises = r
                 .revises

@@ -43,7 +43,13 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         .transpose()?;
     let activities = worker::configured_activities(
         store.clone(),
-        Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms),
+        {
+            let sim = Simulator::new(args.sim_gpu_ms).with_qa_ms(args.sim_qa_ms);
+            match &args.sim_infrastructure_failure {
+                Some(message) => sim.broken(message.clone()),
+                None => sim,
+            }
+        },
         backends.as_ref(),
     )?;
     tracing::info!(task_queue = %g.task_queue, backends = ?args.backends, "worker started");
@@ -57,12 +63,15 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
             }
         }
     };
-    let capacity = worker::Capacity {
+    let setup = worker::WorkerSetup {
         max_cached_workflows: args.max_cached_workflows,
-        max_concurrent_activities: args.max_concurrent_activities,
+        max_concurrent_generations: args.max_concurrent_generations,
+        worker_id: args.worker_id.clone(),
+        cool_down_after: args.cool_down_after,
+        cool_down: std::time::Duration::from_secs(args.cool_down_secs),
     };
     tokio::select! {
-        ran = worker::run_caching(client.clone(), &g.task_queue, capacity, activities, shutdown_signal()) => ran?,
+        ran = worker::run_with(client.clone(), &g.task_queue, &setup, activities, shutdown_signal()) => ran?,
         () = sweeping => {}
     }
     tracing::info!("worker stopped");

@@ -249,6 +249,9 @@ pub(super) fn failure(what: &str, entry: Entry) -> BackendError {
         Entry::Interrupted { .. } => {
             BackendError::Transient(format!("the prompt was interrupted on the server ({what})"))
         }
+        Entry::Failed { message, .. } if crate::backends::infrastructure(&message) => {
+            BackendError::Infrastructure(format!("{message} ({what})"))
+        }
         Entry::Failed { message, .. } => BackendError::Rejected(format!("{message} ({what})")),
         Entry::Success { .. } => BackendError::Rejected(format!(
             "{what}: the workflow produced no image, gif or video (does it end in a Save node?)"

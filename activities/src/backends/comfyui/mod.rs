@@ -266,6 +266,7 @@ impl ComfyUi {
                 Ok(Some(Generated {
                     output_uri: uri.into(),
                     gpu_ms,
+                    worker: None,
                 }))
             }
             other => Err(history::failure(what, other)),

@@ -165,13 +165,18 @@ async fn node_errors_are_rejected_with_comfyuis_message() {
     );
 }
 
-#[tokio::test]
-async fn an_execution_error_is_rejected_with_the_exception_message() {
-    let status = json!({"status_str": "error", "completed": false, "messages": [
+/// A history whose prompt failed in node 3 with `exception_type: message`.
+fn execution_error(exception_type: &str, message: &str) -> serde_json::Value {
+    json!({"status_str": "error", "completed": false, "messages": [
         ["execution_start", {"prompt_id": "p-1", "timestamp": 1}],
         ["execution_error", {"prompt_id": "p-1", "node_id": "3", "node_type": "KSampler",
-            "exception_type": "torch.OutOfMemoryError", "exception_message": "CUDA out of memory\n",
-            "traceback": [], "timestamp": 2}]]});
+            "exception_type": exception_type, "exception_message": message,
+            "traceback": [], "timestamp": 2}]]})
+}
+
+#[tokio::test]
+async fn an_execution_error_is_rejected_with_the_exception_message() {
+    let status = execution_error("ValueError", "cfg must be positive\n");
     let (result, _, _) = run(vec![
         ("POST /prompt", vec![queued()]),
         ("GET /history/p-1", vec![finished(status, json!({}))]),
@@ -180,6 +185,25 @@ async fn an_execution_error_is_rejected_with_the_exception_message() {
     let Err(e) = result else { panic!("{result:?}") };
     let (BackendError::Rejected(msg), Some(1)) = e.split() else {
         panic!("rejected, billed the 1 ms between execution_start and execution_error")
+    };
+    assert!(
+        msg.contains("node 3 (KSampler) failed: ValueError: cfg must be positive"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn an_out_of_memory_execution_error_is_the_machines_failure_not_the_requests() {
+    let status = execution_error("torch.OutOfMemoryError", "CUDA out of memory\n");
+    let (result, _, _) = run(vec![
+        ("POST /prompt", vec![queued()]),
+        ("GET /history/p-1", vec![finished(status, json!({}))]),
+    ])
+    .await;
+    let Err(e) = result else { panic!("{result:?}") };
+    assert!(e.is_infrastructure(), "{e:?}");
+    let (BackendError::Infrastructure(msg), Some(1)) = e.split() else {
+        panic!("an infrastructure failure, billed its 1 ms")
     };
     assert!(
         msg.contains("node 3 (KSampler) failed: torch.OutOfMemoryError: CUDA out of memory"),

@@ -29,6 +29,10 @@ pub(super) struct JobReply {
     error: Option<String>,
     #[serde(default)]
     retryable: Option<bool>,
+    /// A failed job the machine is to blame for (CUDA out of memory, a lost device, NaN or
+    /// empty output): the attempt is re-run on another worker (policy `placement`).
+    #[serde(default)]
+    infrastructure: Option<bool>,
 }
 
 impl JobReply {
@@ -48,12 +52,18 @@ impl JobReply {
                 let gpu_ms = self.gpu_ms.unwrap_or_else(|| {
                     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
                 });
-                Ok(Some(Generated { output_uri, gpu_ms }))
+                Ok(Some(Generated {
+                    output_uri,
+                    gpu_ms,
+                    worker: None,
+                }))
             }
             JobStatus::Failed => {
                 let error = self.error.unwrap_or_else(|| "no error given".to_owned());
                 let msg = format!("the job failed: {error} ({what})");
-                let e = if self.retryable.unwrap_or(false) {
+                let e = if self.infrastructure.unwrap_or(false) {
+                    BackendError::Infrastructure(msg)
+                } else if self.retryable.unwrap_or(false) {
                     BackendError::Transient(msg)
                 } else {
                     BackendError::Rejected(msg)

@@ -58,7 +58,8 @@
 //!
 //! `"retryable": true` makes Temporal retry the activity (a new `POST /generate` with the same
 //! key: the service must then start over, not answer the failed job again); `false` (the
-//! default) fails the attempt for good. `"pending"` (or `"running"`) means still working; other
+//! default) fails the attempt for good. `"infrastructure": true` says the machine failed, not
+//! the request: the attempt is re-run on another worker (policy `placement`). `"pending"` (or `"running"`) means still working; other
 //! fields are ignored.
 //!
 //! ## Cancellation: `DELETE {base_url}/jobs/{job_id}`

@@ -139,6 +139,22 @@ async fn a_failed_job_marked_retryable_is_transient_and_otherwise_rejected() {
 }
 
 #[tokio::test]
+async fn a_failed_job_marked_infrastructure_is_the_machines_failure_and_billed() {
+    let failed = json!({"status": "failed", "error": "CUDA out of memory", "retryable": true,
+        "infrastructure": true, "gpu_ms": 700});
+    let (result, _) = generate(vec![
+        ("POST /generate", vec![pending()]),
+        ("GET /jobs/job%207", vec![Reply::json(200, failed)]),
+    ])
+    .await;
+    let Err(e) = result else { panic!("{result:?}") };
+    match e.split() {
+        (BackendError::Infrastructure(m), Some(700)) => assert!(m.contains("CUDA out of memory")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_429_while_polling_is_retried_in_place_without_restarting_the_job() {
     let (result, fake) = generate(vec![
         ("POST /generate", vec![pending()]),

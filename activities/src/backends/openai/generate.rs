@@ -120,7 +120,11 @@ impl GenerationBackend for OpenAiGenerator {
     ) -> Result<Generated, BackendError> {
         if let Some((output_uri, gpu_ms)) = self.artifacts.existing(&req.key, "md").await {
             tracing::info!(%output_uri, "reusing the output of an earlier run of this attempt");
-            return Ok(Generated { output_uri, gpu_ms });
+            return Ok(Generated {
+                output_uri,
+                gpu_ms,
+                worker: None,
+            });
         }
         let completion = wire::heartbeating(progress, async {
             let body = ChatRequest {
@@ -143,7 +147,11 @@ impl GenerationBackend for OpenAiGenerator {
             .artifacts
             .put_complete(&req.key, "md", completion.text.as_bytes(), gpu_ms)
             .await?;
-        Ok(Generated { output_uri, gpu_ms })
+        Ok(Generated {
+            output_uri,
+            gpu_ms,
+            worker: None,
+        })
     }
 }
 
