@@ -36,6 +36,25 @@ pub enum Selection {
     BestOfN,
 }
 
+/// Where the generations of a retry run (see `docs/policy.md#placement`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// On whichever worker takes the task; a generation that failed because of its machine
+    /// (an infrastructure failure: CUDA out of memory, a lost device, NaN or empty output) is
+    /// recorded as an error, like any other failed generation.
+    Any,
+    /// An infrastructure failure is re-run (same attempt, seed and parameters) on another
+    /// worker, never the one that failed; quality retries go to whichever worker is free.
+    /// Default.
+    #[default]
+    AvoidFailed,
+    /// As `avoid_failed`, and each attempt after the first goes to the worker that generated the
+    /// previous one while it is healthy (its model is loaded and warm).
+    SameWorker,
+}
+
 /// What to do when a failed QA result (or an attempt) fails a kind the policy retries on *and* a
 /// kind it does not (e.g. `face_melt` and `motion_score` with `retry_on: ["face_melt"]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -202,6 +221,9 @@ pub struct RetryPolicy {
     /// it. Text rungs that revise a draft wait for the attempts in flight (see `parallel`).
     /// Default: 1 (one after another).
     pub parallelism: u32,
+    /// Where generations run and where one that failed because of its machine is re-run: `any`,
+    /// `avoid_failed` (default) or `same_worker`; see [`Placement`].
+    pub placement: Placement,
 }
 
 impl Default for RetryPolicy {
@@ -256,6 +278,7 @@ impl Default for RetryPolicy {
             mixed_failures: MixedFailures::Stop,
             adaptive: AdaptiveSettings::default(),
             parallelism: 1,
+            placement: Placement::AvoidFailed,
         }
     }
 }
@@ -369,6 +392,7 @@ pub struct PolicyInput {
     mixed_failures: Option<MixedFailures>,
     adaptive: Option<AdaptiveSettings>,
     parallelism: Option<u32>,
+    placement: Option<Placement>,
 }
 
 impl RetryPolicy {
@@ -422,6 +446,7 @@ impl RetryPolicy {
             mixed_failures: raw.mixed_failures.unwrap_or(d.mixed_failures),
             adaptive: raw.adaptive.unwrap_or(d.adaptive),
             parallelism: raw.parallelism.unwrap_or(d.parallelism),
+            placement: raw.placement.unwrap_or(d.placement),
         };
         policy.validate()
     }

@@ -76,6 +76,25 @@ pub fn summary(
     line
 }
 
+/// What an attempt's `note` says when its generation was re-run on another worker after an
+/// infrastructure failure (see [`rerun_note`]).
+const RERUN: &str = "re-run on another worker after ";
+
+/// The note of an attempt whose generation failed on each of `failed` (worker, why) and was
+/// re-run on another worker, after the plan's own note if any: `re-run on another worker after
+/// InfrastructureFailure: CUDA out of memory on 41@gpu-a`.
+pub fn rerun_note(note: Option<String>, failed: &[(String, String)]) -> Option<String> {
+    let told: Vec<String> = failed
+        .iter()
+        .map(|(worker, why)| format!("{RERUN}{why} on {worker}"))
+        .collect();
+    match (note, told.is_empty()) {
+        (note, true) => note,
+        (None, false) => Some(told.join("; ")),
+        (Some(note), false) => Some(format!("{note}; {}", told.join("; "))),
+    }
+}
+
 /// How much of an attempt's error the one-line report quotes (the record keeps all of it).
 const ERROR_CHARS: usize = 120;
 
@@ -94,9 +113,16 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
         if err.chars().nth(ERROR_CHARS).is_some() {
             short.push('…');
         }
-        return match a.error_type.as_deref() {
-            Some(kind) => format!("error on attempt {} ({kind}: {short})", a.attempt),
-            None => format!("error on attempt {} ({short})", a.attempt),
+        return match (a.error_type.as_deref(), &a.worker) {
+            // The machine failed: which one is what a reader needs.
+            (Some(kind @ crate::contract::INFRASTRUCTURE_FAILURE), Some(worker)) => {
+                format!(
+                    "error on attempt {} ({kind} on {worker}: {short})",
+                    a.attempt
+                )
+            }
+            (Some(kind), _) => format!("error on attempt {} ({kind}: {short})", a.attempt),
+            (None, _) => format!("error on attempt {} ({short})", a.attempt),
         };
     }
     let shown: Vec<String> = policy
@@ -122,6 +148,11 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
         (_, Some(v)) if v.chosen_by == ChosenBy::ColdStart => " [adaptive: cold start]".to_owned(),
         _ => String::new(),
     };
+    // Generated after its first worker's machine failed: said, with where it finally ran.
+    let how = match (&a.note, &a.worker) {
+        (Some(note), Some(worker)) if note.contains(RERUN) => format!("{how} [re-run on {worker}]"),
+        _ => how,
+    };
     if shown.is_empty() {
         format!("{verdict} attempt {}{how}", a.attempt)
     } else {
@@ -130,5 +161,64 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
             a.attempt,
             shown.join(", ")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{INFRASTRUCTURE_FAILURE, RetryRequest};
+    use crate::plan::pre_ladder_attempt;
+    use serde_json::json;
+
+    fn plan(k: u32) -> crate::plan::AttemptPlan {
+        let req = RetryRequest::parse(&json!({
+            "segment_id": "5", "project_id": "p1", "scene_type": "dialogue",
+            "params": {"seed": 1}, "failed_qa": {"failures": ["face_melt"]}
+        }))
+        .unwrap();
+        pre_ladder_attempt(&req, &RetryPolicy::default(), k)
+    }
+
+    #[test]
+    fn a_machine_failure_names_the_worker_and_a_re_run_says_where_it_ran() {
+        let policy = RetryPolicy::default();
+        let mut broken = plan(1).errored(
+            60,
+            INFRASTRUCTURE_FAILURE,
+            "generation failed: CUDA out of memory".to_owned(),
+            None,
+        );
+        broken.worker = Some("gpu-a".to_owned());
+        let failed = [(
+            "gpu-a".to_owned(),
+            format!("{INFRASTRUCTURE_FAILURE}: CUDA out of memory"),
+        )];
+        let mut rerun = plan(2).scored(
+            &policy,
+            crate::contract::QaScores {
+                scores: [("face".to_owned(), 0.9), ("motion".to_owned(), 0.9)].into(),
+                ..Default::default()
+            },
+            1560,
+            None,
+        );
+        rerun.note = rerun_note(None, &failed);
+        rerun.worker = Some("gpu-b".to_owned());
+        assert_eq!(
+            rerun.note.as_deref(),
+            Some(
+                "re-run on another worker after InfrastructureFailure: CUDA out of memory on gpu-a"
+            )
+        );
+        assert_eq!(
+            progress("5", &policy, &[broken, rerun], &[3]),
+            "Segment 5: error on attempt 1 (InfrastructureFailure on gpu-a: generation failed: \
+             CUDA out of memory), passed attempt 2 [re-run on gpu-b] (face 0.90), attempt 3 running"
+        );
+        assert_eq!(
+            rerun_note(Some("used the revise prompt".to_owned()), &failed[..0]),
+            Some("used the revise prompt".to_owned())
+        );
     }
 }

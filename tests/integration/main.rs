@@ -38,6 +38,8 @@ mod outage;
 /// Parallel attempts: best-of-N at once on several workers, the first pass cancelling the rest,
 /// budget refusals, abort and escalate with several in flight, a worker killed under one.
 mod parallel;
+/// Placement: infrastructure failures re-run on another worker, cool-downs, `same_worker`.
+mod placement;
 /// Opt-in: real ComfyUI / OpenAI-compatible servers named by RETAKE_COMFYUI_URL and
 /// RETAKE_OPENAI_BASE_URL (skipped without them).
 mod real_backends;

@@ -87,7 +87,7 @@ pub(crate) fn gpu_workers(app: &TestApp, n: usize, gpu_ms: u64) -> Vec<WorkerPro
         .map(|_| {
             app.worker_process()
                 .sim_gpu_ms(gpu_ms)
-                .max_concurrent_activities(1)
+                .max_concurrent_generations(1)
                 .spawn()
                 .expect("start a worker process")
         })

@@ -10,7 +10,10 @@
 //! store step refused, retried on a durable timer), `parallel-*.json` also with
 //! `parallel-attempts` (slots; the `parallelism` 1 ones issue a serial run's commands, the
 //! others run three at once: best of three, a first pass cancelling two, a refused reservation,
-//! an abort and an escalation with attempts in flight); all must keep replaying. The recorder writes only files with
+//! an abort and an escalation with attempts in flight), `placed-*.json` also with
+//! `generation-placement` (generations on the shared generate queue, a re-run placed on another
+//! worker after an infrastructure failure, `placement: any` recording it, `same_worker`); all
+//! must keep replaying. The recorder writes only files with
 //! the current [`PREFIX`], so older files are never overwritten.
 
 use crate::harness::{TestApp, find_segment, request, spawn_app};
@@ -114,6 +117,25 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "parallel-refused_one.json",
         "parallel-aborted_three.json",
         "parallel-escalated_cancels.json",
+        "placed-passed.json",
+        "placed-escalated.json",
+        "placed-aborted.json",
+        "placed-budget_exhausted.json",
+        "placed-review_accepted.json",
+        "placed-chapter_user_intervention.json",
+        "placed-budget_stopped.json",
+        "placed-aborted_last.json",
+        "placed-adaptive.json",
+        "placed-adaptive_cold.json",
+        "placed-store_outage.json",
+        "placed-best_of_three.json",
+        "placed-first_pass_cancels.json",
+        "placed-refused_one.json",
+        "placed-aborted_three.json",
+        "placed-escalated_cancels.json",
+        "placed-rerun_elsewhere.json",
+        "placed-infrastructure_any.json",
+        "placed-same_worker.json",
     ] {
         assert!(
             names.contains(&required),
@@ -188,7 +210,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "parallel-";
+const PREFIX: &str = "placed-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
@@ -328,6 +350,7 @@ async fn record_representative_histories() {
     save(&app, &seg, "store_outage.json").await;
 
     record_parallel_histories().await;
+    record_placement_histories().await;
 
     let (result, chapter) = crate::ladder::chapter_to_user_intervention().await;
     assert_eq!(result.outcome, Outcome::Escalated);
@@ -415,4 +438,43 @@ async fn record_parallel_histories() {
         Outcome::Escalated
     );
     save(&slow, &seg, "escalated_cancels.json").await;
+}
+
+/// Runs placing generations: a re-run away from a broken GPU, `any` recording the failure, and
+/// `same_worker`.
+async fn record_placement_histories() {
+    use crate::placement::{gpu, registered};
+    let app = TestApp::builder().without_worker().spawn().await;
+    let broken = gpu(&app, "gpu-broken", 600, true);
+    let healthy = gpu(&app, "gpu-ok", 1500, false);
+    registered(&app, &["gpu-broken", "gpu-ok"]).await;
+    let one = json!({"enabled": true, "max_attempts": 1});
+    let mut rerun = None;
+    for i in 0..6 {
+        let seg = format!("{}-rerun-{i}", app.tag);
+        let result = app.retry(request(&seg, "p1", Some(one.clone()))).await;
+        if result.attempts[0].note.is_some() {
+            rerun = Some(seg);
+            break;
+        }
+    }
+    let seg = rerun.expect("the broken GPU took a generation");
+    save(&app, &seg, "rerun_elsewhere.json").await;
+    drop(healthy);
+
+    let seg = format!("{}-any", app.tag);
+    let any = json!({"enabled": true, "max_attempts": 2, "placement": "any"});
+    let result = app.retry(request(&seg, "p1", Some(any))).await;
+    assert_eq!(result.outcome, Outcome::Escalated, "{}", result.report);
+    save(&app, &seg, "infrastructure_any.json").await;
+    drop(broken);
+
+    let warm = TestApp::builder().without_worker().spawn().await;
+    let _a = gpu(&warm, "gpu-a", 300, false);
+    let _b = gpu(&warm, "gpu-b", 300, false);
+    registered(&warm, &["gpu-a", "gpu-b"]).await;
+    let same = json!({"enabled": true, "selection": "best_of_n", "placement": "same_worker"});
+    let (seg, _) = find_segment(&warm.tag, "warm", &same, |a| a.len() == 3);
+    warm.retry(request(&seg, "p1", Some(same))).await;
+    save(&warm, &seg, "same_worker.json").await;
 }

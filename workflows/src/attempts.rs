@@ -1,14 +1,14 @@
 //! The attempt loop and the human-review wait of one run.
 
 use crate::failure;
-use crate::options;
+use crate::options::{self, Queue};
 use crate::search::RETRY_OUTCOME;
 use crate::segment_retry::{SegmentRetryWorkflow, record_outcome};
 use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{
-    AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, RecordAttempt, Reservation,
-    ReserveBudget, Review, ScoreRequest, Scored, SettleBudget,
+    AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, PlaceGeneration,
+    RecordAttempt, Reservation, ReserveBudget, Review, ScoreRequest, Scored, SettleBudget,
 };
 use retake_domain::RetryPolicy;
 use retake_domain::adapt::EvidenceQuery;
@@ -17,7 +17,7 @@ use retake_domain::event::CreatorEvent;
 use retake_domain::ladder;
 use retake_domain::parallel::{self, Next};
 use retake_domain::plan::{self, AttemptPlan};
-use retake_domain::policy::Selection;
+use retake_domain::policy::{Placement, Selection};
 use retake_domain::review::{Decision, Phase, RetryWith};
 use retake_domain::stop::Stop;
 use retake_domain::strategy::Strategy;
@@ -48,6 +48,24 @@ pub(crate) struct Run {
     /// Whether this run's attempts run in slots, up to the policy's `parallelism` at once
     /// ([`PARALLEL_PATCH`]); runs started before it make one attempt after another.
     parallel: bool,
+    /// Whether this run places its generations ([`PLACEMENT_PATCH`]).
+    placed: bool,
+}
+
+/// The earlier runs of one attempt's generation: the workers that failed it and why, the GPU
+/// time they used, and the worker the last run was placed on by name.
+#[derive(Debug, Default)]
+struct Reruns {
+    failed: Vec<(String, String)>,
+    used_ms: u64,
+    target: Option<String>,
+}
+
+impl Reruns {
+    /// The attempt's note with the re-runs told (see `report::rerun_note`).
+    fn note(&self, note: Option<String>) -> Option<String> {
+        retake_domain::report::rerun_note(note, &self.failed)
+    }
 }
 
 /// How a human review ended.
@@ -80,12 +98,23 @@ pub(crate) const VARIATIONS_PATCH: &str = "adaptive-variations";
 /// those of a serial run. Histories without its marker replay the serial loop.
 pub(crate) const PARALLEL_PATCH: &str = "parallel-attempts";
 
+/// Patch id of generation placement (`ctx.patched`, taken with the others): generations go to
+/// the shared generate queue `<task_queue>/generate`, attempts record their worker, and an
+/// infrastructure failure is re-run on another worker's own queue (policy `placement`).
+/// Histories without its marker replay generations on the workflow's task queue.
+pub(crate) const PLACEMENT_PATCH: &str = "generation-placement";
+
+/// How often one attempt's generation is re-run on another worker after infrastructure
+/// failures before the attempt is recorded as an error.
+pub(crate) const MAX_RERUNS: usize = 2;
+
 /// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Patches {
     ladder: bool,
     variations: bool,
     parallel: bool,
+    placement: bool,
 }
 
 impl Patches {
@@ -94,6 +123,7 @@ impl Patches {
             ladder: ctx.patched(LADDER_PATCH),
             variations: ctx.patched(VARIATIONS_PATCH),
             parallel: ctx.patched(PARALLEL_PATCH),
+            placement: ctx.patched(PLACEMENT_PATCH),
         }
     }
 }
@@ -119,6 +149,7 @@ impl Run {
             variations: patches.variations,
             steps,
             parallel: patches.parallel,
+            placed: patches.placement,
         }
     }
 
@@ -552,10 +583,19 @@ impl Run {
         reserved_ms: u64,
         token: &WorkflowCancellationToken,
     ) -> WorkflowResult<AttemptRecord> {
-        let generated = match self.generate(&attempt, reserved_ms, token).await {
+        let (generated, reruns) = self.placed_generation(&attempt, reserved_ms, token).await?;
+        let mut attempt = attempt;
+        attempt.note = reruns.note(attempt.note.take());
+        let mut generated = match generated {
             Ok(generated) => generated,
-            Err(e) => return self.generation_failed(attempt, &e).await,
+            Err(e) => {
+                let mut record = self.generation_failed(attempt, &e, reruns.used_ms).await?;
+                record.worker = failure::worker(&e).or(reruns.target);
+                return Ok(record);
+            }
         };
+        generated.gpu_ms = generated.gpu_ms.saturating_add(reruns.used_ms);
+        let worker = generated.worker.take();
         let k = attempt.attempt;
         self.ctx.set_current_details(format!(
             "Segment {}: attempt {k}/{} scoring",
@@ -563,7 +603,7 @@ impl Run {
         ));
         let scored = self.score(&attempt, &generated, token).await;
         self.settle(k, generated.gpu_ms).await?;
-        Ok(match (scored, self.aborted_by()) {
+        let mut record = match (scored, self.aborted_by()) {
             (Ok(qa), _) => attempt.scored(
                 &self.policy,
                 qa,
@@ -587,6 +627,108 @@ impl Run {
                     Some(generated.output_uri),
                 )
             }
+        };
+        record.worker = worker;
+        Ok(record)
+    }
+
+    /// Generate, and for runs with placement re-run a generation that failed because of its
+    /// machine on another worker (policy `placement`), at most [`MAX_RERUNS`] times: the same
+    /// attempt, seed and parameters. What the failed runs used is billed with the attempt.
+    async fn placed_generation(
+        &self,
+        attempt: &AttemptPlan,
+        reserved_ms: u64,
+        token: &WorkflowCancellationToken,
+    ) -> WorkflowResult<(Result<Generated, ActivityExecutionError>, Reruns)> {
+        let mut reruns = Reruns::default();
+        if !self.placed {
+            let generated = self.generate(attempt, reserved_ms, token, None).await;
+            return Ok((generated, reruns));
+        }
+        let k = attempt.attempt;
+        let shared = Queue::Shared(retake_domain::generate_queue(self.ctx.task_queue()));
+        let mut queue = shared.clone();
+        if self.policy.placement == Placement::SameWorker
+            && let Some(previous) = self.previous_worker(k)
+        {
+            queue = self
+                .place(k, &[], Some(previous))
+                .await?
+                .unwrap_or(shared.clone());
+        }
+        loop {
+            reruns.target = match &queue {
+                Queue::Worker { worker, .. } => Some(worker.clone()),
+                Queue::Shared(_) => None,
+            };
+            let by_name = reruns.target.is_some();
+            let left_ms = reserved_ms.saturating_sub(reruns.used_ms);
+            let generated = self.generate(attempt, left_ms, token, Some(queue)).await;
+            let Err(e) = &generated else {
+                return Ok((generated, reruns));
+            };
+            if self.policy.placement == Placement::Any
+                || reruns.failed.len() >= MAX_RERUNS
+                || !failure::infrastructure(e, by_name)
+            {
+                return Ok((generated, reruns));
+            }
+            let worker = failure::worker(e)
+                .or_else(|| reruns.target.clone())
+                .unwrap_or_else(|| "an unknown worker".to_owned());
+            let cause = failure::of(e);
+            reruns.used_ms = reruns
+                .used_ms
+                .saturating_add(failure::used_gpu_ms(e).unwrap_or(0));
+            reruns
+                .failed
+                .push((worker, format!("{}: {}", cause.kind, cause.message)));
+            let avoid: Vec<String> = reruns.failed.iter().map(|(w, _)| w.clone()).collect();
+            queue = self.place(k, &avoid, None).await?.unwrap_or(shared.clone());
+        }
+    }
+
+    /// A worker's own queue for attempt `k`'s generation (`prefer` when it qualifies, never one
+    /// in `avoid`), or `None` when no worker qualifies.
+    async fn place(
+        &self,
+        k: u32,
+        avoid: &[String],
+        prefer: Option<String>,
+    ) -> WorkflowResult<Option<Queue>> {
+        let why = match (&prefer, avoid) {
+            (Some(p), _) => format!("same worker as before ({p})"),
+            (None, []) => "any worker".to_owned(),
+            (None, failed) => format!("away from {}", failed.join(", ")),
+        };
+        let placement = self
+            .steps
+            .run(
+                &self.ctx,
+                RetryActivities::place_generation,
+                PlaceGeneration {
+                    task_queue: self.ctx.task_queue().to_owned(),
+                    avoid: avoid.to_vec(),
+                    prefer,
+                },
+                format!("attempt {k} · place generation · {why}"),
+            )
+            .await?;
+        Ok(match (placement.worker, placement.queue) {
+            (Some(worker), Some(queue)) => Some(Queue::Worker { worker, queue }),
+            _ => None,
+        })
+    }
+
+    /// The worker that generated the latest recorded attempt before `k`.
+    fn previous_worker(&self, k: u32) -> Option<String> {
+        self.ctx.state(|s| {
+            s.attempts
+                .iter()
+                .rev()
+                .filter(|a| a.attempt < k)
+                .find_map(|a| a.worker.clone())
         })
     }
 
@@ -605,6 +747,7 @@ impl Run {
         attempt: &AttemptPlan,
         reserved_ms: u64,
         token: &WorkflowCancellationToken,
+        queue: Option<Queue>,
     ) -> Result<Generated, ActivityExecutionError> {
         let k = attempt.attempt;
         let how = attempt
@@ -633,9 +776,16 @@ impl Run {
                     revise_uri: attempt.revise_uri.clone(),
                     budget,
                 },
-                options::generate(
-                    format!("attempt {k} · generate{how} · seed {:#x}", attempt.seed),
+                options::generate_on(
+                    match &queue {
+                        Some(Queue::Worker { worker, .. }) => format!(
+                            "attempt {k} · generate{how} · seed {:#x} · on {worker}",
+                            attempt.seed
+                        ),
+                        _ => format!("attempt {k} · generate{how} · seed {:#x}", attempt.seed),
+                    },
                     token,
+                    queue,
                 ),
             )
             .await
@@ -649,10 +799,13 @@ impl Run {
         &self,
         attempt: AttemptPlan,
         e: &ActivityExecutionError,
+        earlier_ms: u64,
     ) -> WorkflowResult<AttemptRecord> {
         let k = attempt.attempt;
         let used = if self.truthful {
-            failure::used_gpu_ms(e).unwrap_or(0)
+            failure::used_gpu_ms(e)
+                .unwrap_or(0)
+                .saturating_add(earlier_ms)
         } else {
             0
         };

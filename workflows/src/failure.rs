@@ -46,6 +46,40 @@ pub(crate) fn used_gpu_ms(e: &ActivityExecutionError) -> Option<u64> {
     used.map(|u| u.gpu_ms)
 }
 
+/// The worker that ran the failed or cancelled activity, as Temporal recorded it (the identity
+/// in the activity failure; empty when no worker ever started it).
+pub(crate) fn worker(e: &ActivityExecutionError) -> Option<String> {
+    match &e.failure()?.failure_info {
+        Some(FailureInfo::ActivityFailureInfo(info)) if !info.identity.is_empty() => {
+            Some(info.identity.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Whether the generation failed because of its machine: the backend said so
+/// (`InfrastructureFailure`), or, for a generation placed on a worker by name, that worker never
+/// picked it up (a schedule-to-start timeout: it died or was cut off after placement).
+pub(crate) fn infrastructure(e: &ActivityExecutionError, placed_by_name: bool) -> bool {
+    let Some(f) = e.failure() else {
+        return false;
+    };
+    let inner = match (&f.failure_info, &f.cause) {
+        (Some(FailureInfo::ActivityFailureInfo(_)), Some(cause)) => cause.as_ref(),
+        _ => f,
+    };
+    match &inner.failure_info {
+        Some(FailureInfo::ApplicationFailureInfo(app)) => {
+            app.r#type == retake_domain::contract::INFRASTRUCTURE_FAILURE
+        }
+        Some(FailureInfo::TimeoutFailureInfo(t)) => {
+            placed_by_name
+                && TimeoutType::try_from(t.timeout_type) == Ok(TimeoutType::ScheduleToStart)
+        }
+        _ => false,
+    }
+}
+
 /// The root cause of a failure proto: below the activity wrapper, the failure itself.
 pub(crate) fn describe(f: &Failure) -> Cause {
     let inner = match (&f.failure_info, &f.cause) {

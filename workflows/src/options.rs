@@ -57,17 +57,44 @@ pub(crate) fn store_local(summary: String) -> LocalActivityOptions {
 /// durable timers: one quick retry (the first backoff, 0.5 s) for a blip, then timers.
 pub(crate) const LOCAL_RETRY_THRESHOLD: Duration = Duration::from_millis(500);
 
-/// Cancelled by `token` (a creator's abort); the workflow waits until the activity has stopped,
-/// so the GPU is free before the reservation is released.
-pub(crate) fn generate(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
+/// Generation: cancelled by `token` (a creator's abort); the workflow waits until the activity
+/// has stopped, so the GPU is free before the reservation is released. Scheduled on `queue`
+/// (runs with placement: the shared generate queue, or a worker's own queue; `None`: the
+/// workflow's task queue, as runs before placement). On a worker's own queue it must start
+/// within [`PLACED_START_TIMEOUT`], or the worker is taken to be gone and the generation is
+/// placed elsewhere.
+pub(crate) fn generate_on(
+    summary: String,
+    token: &WorkflowCancellationToken,
+    queue: Option<Queue>,
+) -> ActivityOptions {
+    let options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(HEARTBEAT_TIMEOUT)
         .retry_policy(retry(5, 10))
         .cancellation_token(token.clone())
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
-        .summary(summary)
-        .build()
+        .summary(summary);
+    match queue {
+        None => options.build(),
+        Some(Queue::Shared(q)) => options.task_queue(q).build(),
+        Some(Queue::Worker { queue, .. }) => options
+            .task_queue(queue)
+            .schedule_to_start_timeout(PLACED_START_TIMEOUT)
+            .build(),
+    }
 }
+
+/// Where a generation of a run with placement is scheduled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Queue {
+    /// `<task_queue>/generate`: whichever worker is free.
+    Shared(String),
+    /// A worker's own queue: that worker.
+    Worker { worker: String, queue: String },
+}
+
+/// How long a generation placed on a worker by name may wait for it to start.
+pub(crate) const PLACED_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn score(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
     ActivityOptions::with_start_to_close_timeout(Duration::from_secs(600))

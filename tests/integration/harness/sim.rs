@@ -29,7 +29,8 @@ pub fn request(segment: &str, project: &str, policy: Option<Value>) -> Value {
     v
 }
 
-/// The attempts the workflow will make for `input` with the simulator (no budget limit).
+/// The attempts the workflow will make for `input` with the simulator (no budget limit), on the
+/// test's in-process worker.
 pub fn predict(input: &Value) -> Vec<AttemptRecord> {
     let req = RetryRequest::parse(input).expect("valid request");
     let policy = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
@@ -70,7 +71,7 @@ fn run_round(
             &a.params,
         );
         let output = format!("sim://{}/{}.mp4", req.segment_id, a.seed);
-        attempts.push(a.scored(
+        let mut record = a.scored(
             policy,
             QaScores {
                 scores,
@@ -79,7 +80,10 @@ fn run_round(
             },
             TEST_GPU_MS,
             Some(output),
-        ));
+        );
+        // The test's in-process worker generates them (worker processes: see `comparable`).
+        record.worker = Some(retake::worker::default_worker_id());
+        attempts.push(record);
     }
     attempts
 }
@@ -102,13 +106,14 @@ pub fn find_segment(
 }
 
 /// Attempts as an uninterrupted run makes them, ignoring the simulated GPU time (a resumed or
-/// stopped generation's time differs; what it generated must not).
+/// stopped generation's time differs; what it generated must not) and which worker ran them.
 pub fn comparable(attempts: &[AttemptRecord]) -> Vec<AttemptRecord> {
     attempts
         .iter()
         .cloned()
         .map(|mut a| {
             a.gpu_ms = 0;
+            a.worker = None;
             a
         })
         .collect()
