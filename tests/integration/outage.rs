@@ -7,11 +7,9 @@ use crate::harness::{StoreLock, TestApp, comparable, find_segment, fresh_postgre
 use retake::retries;
 use retake_activities::failure_types::STORE_UNAVAILABLE;
 use retake_activities::sim::Simulator;
-use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptRecord, RetryResult};
 use serde_json::{Value, json};
 use std::time::Duration;
-use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_protos::protos::temporal::api::failure::v1::Failure;
 use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
 use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
@@ -58,18 +56,16 @@ async fn start_retries(app: &TestApp, name: &str) -> Started {
 /// did: store steps run as local activities, and one whose retry waits on a durable timer leaves
 /// a marker with its failure in the history.
 pub(crate) async fn store_failure_in_history(app: &TestApp, segment: &str) -> Option<String> {
-    let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
-    let events = handle
-        .fetch_history(WorkflowFetchHistoryOptions::default())
-        .into_events()
+    app.history(segment)
         .await
-        .ok()?;
-    events.into_iter().rev().find_map(|e| match e.attributes {
-        Some(Attributes::MarkerRecordedEventAttributes(m)) => {
-            m.failure.as_ref().and_then(store_unavailable)
-        }
-        _ => None,
-    })
+        .into_iter()
+        .rev()
+        .find_map(|e| match e.attributes {
+            Some(Attributes::MarkerRecordedEventAttributes(m)) => {
+                m.failure.as_ref().and_then(store_unavailable)
+            }
+            _ => None,
+        })
 }
 
 /// The message of the `StoreUnavailable` application failure in `f`'s cause chain.

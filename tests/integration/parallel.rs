@@ -9,7 +9,6 @@ use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome};
 use retake_testkit::WorkerProcess;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 /// `PendingActivityState::Started`.
@@ -27,14 +26,8 @@ struct Generation {
 
 /// The `generate` activities of the segment's run, by scheduled event id.
 async fn generations(app: &TestApp, segment: &str) -> BTreeMap<i64, Generation> {
-    let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
-    let events = handle
-        .fetch_history(WorkflowFetchHistoryOptions::default())
-        .into_events()
-        .await
-        .expect("history");
     let mut out = BTreeMap::new();
-    for e in events {
+    for e in app.history(segment).await {
         let at = e
             .event_time
             .as_ref()

@@ -5,12 +5,10 @@
 use crate::harness::{TestApp, find_segment, request};
 use retake::retries;
 use retake_activities::ports::WorkerRow;
-use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptStatus, INFRASTRUCTURE_FAILURE, Outcome};
 use retake_testkit::WorkerProcess;
 use serde_json::json;
 use std::time::Duration;
-use temporalio_client::WorkflowFetchHistoryOptions;
 use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 const OOM: &str = "CUDA out of memory. Tried to allocate 2.00 GiB";
@@ -31,13 +29,8 @@ pub(crate) fn gpu(app: &TestApp, id: &str, gpu_ms: u64, broken: bool) -> WorkerP
 
 /// The task queues the segment's `generate` activities were scheduled on, in order.
 async fn generate_queues(app: &TestApp, segment: &str) -> Vec<String> {
-    let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
-    let events = handle
-        .fetch_history(WorkflowFetchHistoryOptions::default())
-        .into_events()
+    app.history(segment)
         .await
-        .expect("history");
-    events
         .into_iter()
         .filter_map(|e| match e.attributes {
             Some(Attributes::ActivityTaskScheduledEventAttributes(s))

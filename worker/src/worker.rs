@@ -13,12 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use temporalio_client::Client;
+use temporalio_sdk::runtime::PollerBehavior;
 use temporalio_sdk::runtime::worker_tuner::{FixedSizeSlotSupplier, TunerHolder};
 use temporalio_sdk::{Runtime, Worker, WorkerOptions};
 use tokio::sync::watch;
 
-/// The SDK's slot count per kind of task, kept for the kinds [`Capacity`] does not limit.
+/// The SDK's slot count per kind of task, kept for the kinds a worker does not limit.
 const SDK_DEFAULT_SLOTS: usize = 100;
+
+/// Concurrent polls of each generate queue, at most (the SDK's default is 5).
+const GENERATE_POLLERS: usize = 2;
 
 /// How long a workflow task waits on a worker's sticky queue before any worker may take it. The
 /// default (10 s) would stall a workflow for 10 s after its worker died; 2 s keeps recovery quick
@@ -170,8 +174,12 @@ pub async fn run_with(
             .build(),
     )?;
     let generations = |queue: &str| -> anyhow::Result<Worker> {
+        // Few pollers: a GPU worker takes a generation only when a GPU is free, and every idle
+        // long poll is a request the server holds.
+        let pollers = slots.min(GENERATE_POLLERS);
         let mut options = WorkerOptions::new(queue)
             .client_identity_override(worker_id.clone())
+            .activity_task_poller_behavior(PollerBehavior::SimpleMaximum(pollers))
             .register_activities(activities.clone())
             .build();
         options.tuner = TunerHolder::builder()

@@ -416,6 +416,7 @@ impl Run {
         Ok(())
     }
 
+    /// Record attempt `k` in the store (activity `record_attempt`).
     async fn record(&self, k: u32, record: &AttemptRecord) -> WorkflowResult<()> {
         self.steps
             .run(
@@ -468,20 +469,7 @@ impl Run {
                 .generate_and_score(attempt, reserved_ms, &token)
                 .await?;
             self.ctx.state_mut(|s| s.running.clear());
-            self.steps
-                .run(
-                    &self.ctx,
-                    RetryActivities::record_attempt,
-                    RecordAttempt {
-                        key: self.key(k),
-                        segment_id: self.req.segment_id.clone(),
-                        project_id: self.req.project_id.clone(),
-                        scene_type: self.req.scene_type.clone(),
-                        record: record.clone(),
-                    },
-                    format!("attempt {k} · record · {}", record.status.as_str()),
-                )
-                .await?;
+            self.record(k, &record).await?;
             self.ctx.state_mut(|s| s.attempts.push(record));
         }
     }
@@ -652,10 +640,13 @@ impl Run {
         if self.policy.placement == Placement::SameWorker
             && let Some(previous) = self.previous_worker(k)
         {
-            queue = self
-                .place(k, &[], Some(previous))
-                .await?
-                .unwrap_or(shared.clone());
+            // The previous worker's own queue while it is alive and healthy; else any free one.
+            let placed = self.place(k, &[], Some(previous.clone())).await?;
+            if let Some(Queue::Worker { worker, queue: own }) = placed
+                && worker == previous
+            {
+                queue = Queue::Worker { worker, queue: own };
+            }
         }
         loop {
             reruns.target = match &queue {

@@ -242,6 +242,22 @@ impl TestApp {
             .expect("the aborted retry's result")
     }
 
+    /// The history events of the segment's latest run (empty when there is none yet).
+    pub async fn history(
+        &self,
+        segment: &str,
+    ) -> Vec<temporalio_protos::protos::temporal::api::history::v1::HistoryEvent> {
+        let handle = retries::handle(
+            &self.client,
+            &SegmentId::parse(segment).expect("segment id"),
+        );
+        handle
+            .fetch_history(temporalio_client::WorkflowFetchHistoryOptions::default())
+            .into_events()
+            .await
+            .unwrap_or_default()
+    }
+
     /// Start a retry (without waiting).
     pub async fn start(&self, input: Value) -> retries::RetryHandle {
         retries::start(&self.client, &self.task_queue, input)
