@@ -7,6 +7,7 @@ mod economics;
 mod harness;
 mod open;
 mod overhead;
+mod parallel;
 mod recovery;
 mod throughput;
 
@@ -36,6 +37,8 @@ enum Scenario {
     AdaptiveLive(adaptive_live::Args),
     /// Seconds to resume after SIGKILL of the worker running an attempt, and GPU time lost.
     Recovery(recovery::Args),
+    /// Parallel attempts and placement: best-of-3 latency, first-pass losers' GPU, a broken GPU.
+    Parallel(parallel::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Open(a) => open::run(a).await,
             Scenario::Recovery(a) => recovery::run(a).await,
             Scenario::AdaptiveLive(a) => adaptive_live::run(a).await,
+            Scenario::Parallel(a) => parallel::run(a).await,
         }
     })
 }

@@ -59,6 +59,8 @@ struct Reruns {
     failed: Vec<(String, String)>,
     used_ms: u64,
     target: Option<String>,
+    /// Times a generation placed by name was placed again because it did not start in time.
+    waits: u32,
 }
 
 impl Reruns {
@@ -107,6 +109,11 @@ pub(crate) const PLACEMENT_PATCH: &str = "generation-placement";
 /// How often one attempt's generation is re-run on another worker after infrastructure
 /// failures before the attempt is recorded as an error.
 pub(crate) const MAX_RERUNS: usize = 2;
+
+/// How often a generation placed on a worker by name that did not start within
+/// `options::PLACED_START_TIMEOUT` (the worker busy or gone) is placed again, at most: 20 × 30 s,
+/// ten minutes of waiting for a GPU, before the attempt is recorded as an error.
+pub(crate) const MAX_PLACED_WAITS: u32 = 20;
 
 /// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
 #[derive(Clone, Copy, Debug)]
@@ -659,9 +666,17 @@ impl Run {
             let Err(e) = &generated else {
                 return Ok((generated, reruns));
             };
+            let avoid: Vec<String> = reruns.failed.iter().map(|(w, _)| w.clone()).collect();
+            if by_name && failure::not_started(e) && reruns.waits < MAX_PLACED_WAITS {
+                // The worker it was placed on did not start it in time: busy, or gone. Place it
+                // again (the registry knows who is alive); only a failure counts as a re-run.
+                reruns.waits += 1;
+                queue = self.place(k, &avoid, None).await?.unwrap_or(shared.clone());
+                continue;
+            }
             if self.policy.placement == Placement::Any
                 || reruns.failed.len() >= MAX_RERUNS
-                || !failure::infrastructure(e, by_name)
+                || !failure::infrastructure(e)
             {
                 return Ok((generated, reruns));
             }
@@ -674,8 +689,9 @@ impl Run {
                 .saturating_add(failure::used_gpu_ms(e).unwrap_or(0));
             reruns
                 .failed
-                .push((worker, format!("{}: {}", cause.kind, cause.message)));
-            let avoid: Vec<String> = reruns.failed.iter().map(|(w, _)| w.clone()).collect();
+                .push((worker.clone(), format!("{}: {}", cause.kind, cause.message)));
+            let mut avoid = avoid;
+            avoid.push(worker);
             queue = self.place(k, &avoid, None).await?.unwrap_or(shared.clone());
         }
     }

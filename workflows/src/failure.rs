@@ -58,26 +58,32 @@ pub(crate) fn worker(e: &ActivityExecutionError) -> Option<String> {
 }
 
 /// Whether the generation failed because of its machine: the backend said so
-/// (`InfrastructureFailure`), or, for a generation placed on a worker by name, that worker never
-/// picked it up (a schedule-to-start timeout: it died or was cut off after placement).
-pub(crate) fn infrastructure(e: &ActivityExecutionError, placed_by_name: bool) -> bool {
-    let Some(f) = e.failure() else {
-        return false;
-    };
-    let inner = match (&f.failure_info, &f.cause) {
+/// (`InfrastructureFailure`).
+pub(crate) fn infrastructure(e: &ActivityExecutionError) -> bool {
+    matches!(
+        &root(e).and_then(|f| f.failure_info.as_ref()),
+        Some(FailureInfo::ApplicationFailureInfo(app))
+            if app.r#type == retake_domain::contract::INFRASTRUCTURE_FAILURE
+    )
+}
+
+/// Whether no worker started the activity in time (a schedule-to-start timeout): for a
+/// generation placed on a worker by name, that worker is busy or gone.
+pub(crate) fn not_started(e: &ActivityExecutionError) -> bool {
+    matches!(
+        &root(e).and_then(|f| f.failure_info.as_ref()),
+        Some(FailureInfo::TimeoutFailureInfo(t))
+            if TimeoutType::try_from(t.timeout_type) == Ok(TimeoutType::ScheduleToStart)
+    )
+}
+
+/// The failure below the activity wrapper.
+fn root(e: &ActivityExecutionError) -> Option<&Failure> {
+    let f = e.failure()?;
+    Some(match (&f.failure_info, &f.cause) {
         (Some(FailureInfo::ActivityFailureInfo(_)), Some(cause)) => cause.as_ref(),
         _ => f,
-    };
-    match &inner.failure_info {
-        Some(FailureInfo::ApplicationFailureInfo(app)) => {
-            app.r#type == retake_domain::contract::INFRASTRUCTURE_FAILURE
-        }
-        Some(FailureInfo::TimeoutFailureInfo(t)) => {
-            placed_by_name
-                && TimeoutType::try_from(t.timeout_type) == Ok(TimeoutType::ScheduleToStart)
-        }
-        _ => false,
-    }
+    })
 }
 
 /// The root cause of a failure proto: below the activity wrapper, the failure itself.

@@ -61,8 +61,7 @@ pub(crate) const LOCAL_RETRY_THRESHOLD: Duration = Duration::from_millis(500);
 /// has stopped, so the GPU is free before the reservation is released. Scheduled on `queue`
 /// (runs with placement: the shared generate queue, or a worker's own queue; `None`: the
 /// workflow's task queue, as runs before placement). On a worker's own queue it must start
-/// within [`PLACED_START_TIMEOUT`], or the worker is taken to be gone and the generation is
-/// placed elsewhere.
+/// within [`PLACED_START_TIMEOUT`], or it is placed again: the worker is busy or gone.
 pub(crate) fn generate_on(
     summary: String,
     token: &WorkflowCancellationToken,
@@ -93,7 +92,8 @@ pub(crate) enum Queue {
     Worker { worker: String, queue: String },
 }
 
-/// How long a generation placed on a worker by name may wait for it to start.
+/// How long a generation placed on a worker by name may wait for it to start before it is placed
+/// again (see `attempts::MAX_PLACED_WAITS`).
 pub(crate) const PLACED_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn score(summary: String, token: &WorkflowCancellationToken) -> ActivityOptions {
