@@ -466,16 +466,13 @@ impl RetryActivities {
         _ctx: ActivityContext,
         input: PlaceGeneration,
     ) -> Result<Placement, ActivityError> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let chosen = self
             .workers
             .place(
                 &input.task_queue,
                 &input.avoid,
                 input.prefer.as_deref(),
-                now_ms,
+                crate::ports::now_ms(),
             )
             .await
             .map_err(store_failure)?;

@@ -325,6 +325,14 @@ pub struct WorkerRow {
     pub cooling_until_ms: u64,
 }
 
+/// Milliseconds since the Unix epoch by this machine's clock: the time the worker registry
+/// compares (announcements, cool-downs, placement).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How long after its last announcement a worker still counts as alive for placement.
 pub const WORKER_ALIVE_MS: u64 = 15_000;
 

@@ -5,7 +5,7 @@ use retake_activities::RetryActivities;
 use retake_activities::backends::{BackendsConfig, ConfigError, Router};
 use retake_activities::gpu::Gpu;
 use retake_activities::ports::Store;
-use retake_activities::ports::{WorkerRegistry, WorkerRow};
+use retake_activities::ports::{WorkerRegistry, WorkerRow, now_ms};
 use retake_activities::sim::Simulator;
 use retake_workflows::SegmentRetryWorkflow;
 use std::future::Future;
@@ -302,14 +302,6 @@ async fn announce(
             cooling_until_ms,
         })
         .await
-}
-
-fn now_ms() -> u64 {
-    millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default(),
-    )
 }
 
 fn millis(d: Duration) -> u64 {

@@ -63,13 +63,6 @@ struct Reruns {
     waits: u32,
 }
 
-impl Reruns {
-    /// The attempt's note with the re-runs told (see `report::rerun_note`).
-    fn note(&self, note: Option<String>) -> Option<String> {
-        retake_domain::report::rerun_note(note, &self.failed)
-    }
-}
-
 /// How a human review ended.
 enum ReviewEnd {
     /// The run is over: its result and review state.
@@ -580,7 +573,7 @@ impl Run {
     ) -> WorkflowResult<AttemptRecord> {
         let (generated, reruns) = self.placed_generation(&attempt, reserved_ms, token).await?;
         let mut attempt = attempt;
-        attempt.note = reruns.note(attempt.note.take());
+        attempt.note = retake_domain::report::rerun_note(attempt.note.take(), &reruns.failed);
         let mut generated = match generated {
             Ok(generated) => generated,
             Err(e) => {
@@ -598,21 +591,20 @@ impl Run {
         ));
         let scored = self.score(&attempt, &generated, token).await;
         self.settle(k, generated.gpu_ms).await?;
-        let mut record = match (scored, self.aborted_by()) {
-            (Ok(qa), _) => attempt.scored(
+        let mut record = match (scored, self.aborted_by(), self.cancel_reason()) {
+            (Ok(qa), _, _) => attempt.scored(
                 &self.policy,
                 qa,
                 generated.gpu_ms,
                 Some(generated.output_uri),
             ),
-            (Err(ActivityExecutionError::Cancelled(_)), Some(by)) => {
+            (Err(ActivityExecutionError::Cancelled(_)), Some(by), _) => {
                 attempt.aborted(&by, generated.gpu_ms)
             }
-            (Err(ActivityExecutionError::Cancelled(_)), None) if self.cancel_reason().is_some() => {
-                let why = self.cancel_reason().unwrap_or_default();
+            (Err(ActivityExecutionError::Cancelled(_)), None, Some(why)) => {
                 attempt.cancelled(why, generated.gpu_ms, Some(generated.output_uri))
             }
-            (Err(e), _) => {
+            (Err(e), _, _) => {
                 let cause = failure::of(&e);
                 // The output exists and was paid for: the record keeps where it is.
                 attempt.errored(
@@ -821,10 +813,10 @@ impl Run {
         } else {
             self.release(k).await?;
         }
-        Ok(match (self.aborted_by(), e) {
-            (Some(by), ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by, used),
-            (None, ActivityExecutionError::Cancelled(_)) if self.cancel_reason().is_some() => {
-                attempt.cancelled(self.cancel_reason().unwrap_or_default(), used, None)
+        Ok(match (self.aborted_by(), self.cancel_reason(), e) {
+            (Some(by), _, ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by, used),
+            (None, Some(why), ActivityExecutionError::Cancelled(_)) => {
+                attempt.cancelled(why, used, None)
             }
             _ => {
                 let cause = failure::of(e);

@@ -61,7 +61,7 @@ pub(crate) fn worker(e: &ActivityExecutionError) -> Option<String> {
 /// (`InfrastructureFailure`).
 pub(crate) fn infrastructure(e: &ActivityExecutionError) -> bool {
     matches!(
-        &root(e).and_then(|f| f.failure_info.as_ref()),
+        &e.failure().map(below_wrapper).and_then(|f| f.failure_info.as_ref()),
         Some(FailureInfo::ApplicationFailureInfo(app))
             if app.r#type == retake_domain::contract::INFRASTRUCTURE_FAILURE
     )
@@ -71,27 +71,23 @@ pub(crate) fn infrastructure(e: &ActivityExecutionError) -> bool {
 /// generation placed on a worker by name, that worker is busy or gone.
 pub(crate) fn not_started(e: &ActivityExecutionError) -> bool {
     matches!(
-        &root(e).and_then(|f| f.failure_info.as_ref()),
+        &e.failure().map(below_wrapper).and_then(|f| f.failure_info.as_ref()),
         Some(FailureInfo::TimeoutFailureInfo(t))
             if TimeoutType::try_from(t.timeout_type) == Ok(TimeoutType::ScheduleToStart)
     )
 }
 
-/// The failure below the activity wrapper.
-fn root(e: &ActivityExecutionError) -> Option<&Failure> {
-    let f = e.failure()?;
-    Some(match (&f.failure_info, &f.cause) {
+/// The failure below the activity wrapper ("Activity task failed"), or `f` itself.
+fn below_wrapper(f: &Failure) -> &Failure {
+    match (&f.failure_info, &f.cause) {
         (Some(FailureInfo::ActivityFailureInfo(_)), Some(cause)) => cause.as_ref(),
         _ => f,
-    })
+    }
 }
 
 /// The root cause of a failure proto: below the activity wrapper, the failure itself.
 pub(crate) fn describe(f: &Failure) -> Cause {
-    let inner = match (&f.failure_info, &f.cause) {
-        (Some(FailureInfo::ActivityFailureInfo(_)), Some(cause)) => cause.as_ref(),
-        _ => f,
-    };
+    let inner = below_wrapper(f);
     match &inner.failure_info {
         Some(FailureInfo::ApplicationFailureInfo(app)) => Cause {
             kind: if app.r#type.is_empty() {

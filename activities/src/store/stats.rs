@@ -1,7 +1,7 @@
 //! [`Reporting`] on SQL, the same statements on both backends, computed at scrape time.
 
 use super::sql::stmt;
-use super::{Backend, SqlxStore, map_sqlx};
+use super::{Backend, SqlxStore, map_sqlx, to_i64};
 use crate::ports::{Reporting, Stats, StoreError, VariationCount};
 use async_trait::async_trait;
 use retake_domain::adapt::{ArmStats, Evidence, EvidenceQuery};
@@ -86,9 +86,7 @@ impl<DB: Backend> Reporting for SqlxStore<DB> {
         stats.budget_refusals = count(DB::get(&refused, "n")?);
         let pending = DB::fetch_one(&mut conn, stmt(PENDING)).await?;
         stats.reviews_pending = count(DB::get(&pending, "n")?);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = to_i64(crate::ports::now_ms(), "now_ms")?;
         let cooling = DB::fetch_one(&mut conn, stmt(COOLING).bind(now_ms)).await?;
         stats.workers_cooling = count(DB::get(&cooling, "n")?);
         for row in DB::fetch_all(&mut conn, stmt(VARIATIONS)).await? {
