@@ -21,6 +21,9 @@ mod budget;
 mod chaos;
 /// The contract as other clients see it: the plain `temporal` CLI and the `retake` binary.
 mod cli;
+/// The review console in headless Chromium: images, retry-with watched live, keyboard decisions,
+/// a viewer who cannot decide.
+mod console_browser;
 /// Creator controls: abort, escalate, review decisions, the live query, search attributes.
 mod controls;
 /// SIGKILLed worker processes: nothing lost, nothing charged twice.
@@ -49,8 +52,7 @@ mod records;
 mod replay;
 /// Retrying: fixed on a later attempt, escalated, best-of-N, not retried.
 mod retry_flows;
-/// The review console (`/ui`): sign-in, CSRF, roles, the queue, decisions through forms, and the
-/// segment page in headless Chromium.
+/// The review console (`/ui`) over HTTP: sign-in, CSRF, roles, the queue, decisions through forms.
 mod review_console;
 /// The `retry_attempts` table and outcomes equal the workflow result.
 mod store_records;

@@ -10,6 +10,7 @@
 
 mod page;
 mod pages;
+mod policy_form;
 mod session;
 mod time;
 mod views;
@@ -55,13 +56,19 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/ui/sign-out", post(pages::sign_out))
         .route("/ui/review", get(pages::queue))
+        .route("/ui/static/console.js", get(pages::script))
         .route("/ui/segments/{id}", get(pages::segment))
+        .route("/ui/segments/{id}/live", get(pages::segment_live))
         .route("/ui/segments/{id}/decision", post(pages::decide))
         .route("/ui/segments/{id}/abort", post(pages::abort))
         .route("/ui/segments/{id}/escalate", post(pages::escalate))
         .route("/ui/settings", get(pages::settings))
         .route("/ui/scene-types/{id}", get(pages::scene_type))
         .route("/ui/scene-types/{id}/policy", post(pages::set_policy))
+        .route(
+            "/ui/scene-types/{id}/policy-fields",
+            post(pages::set_policy_fields),
+        )
         .route("/ui/projects/{id}", get(pages::project))
         .route("/ui/projects/{id}/budget", post(pages::set_budget))
         .route("/ui/{*rest}", get(pages::not_found).post(pages::not_found))

@@ -26,14 +26,29 @@ impl Nav {
     }
 }
 
+/// The pages' Content-Security-Policy.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+     img-src 'self' http: https: data:; media-src 'self' http: https: data:; object-src 'none'; \
+     base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
+
 /// Render `page` with `status`; a template that fails to render (a bug) is a 500 page.
 pub(crate) fn html(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
         Ok(body) => {
             let mut r = (status, Html(body)).into_response();
             // Pages show reviews and decisions that change under the user: never from a cache.
-            r.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            let headers = r.headers_mut();
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            // Scripts only from here (console.js), no framing, forms only to here; images and
+            // video from wherever the backends put their outputs.
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(CSP),
+            );
+            headers.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
             r
         }
         Err(e) => PageError::App(AppError::Internal(format!("template: {e}"))).into_response(),

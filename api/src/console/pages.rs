@@ -3,6 +3,7 @@
 //! not post twice).
 
 use super::page::{Nav, PageError, html};
+use super::policy_form::PolicyForm;
 use super::session::{self, Posted, Signed, clear_cookie, csrf_ok, read_fields, set_cookie};
 use super::time::{gpu, now_ms};
 use super::views::{
@@ -62,13 +63,28 @@ fn flash(query: &QueryPairs) -> &'static str {
     match done.map(|(_, v)| v.as_str()) {
         Some("accept") => "Accepted: the retry finishes with that attempt.",
         Some("reject") => "Rejected: the retry finishes without an attempt.",
-        Some("retry_with") => "Retrying with the new settings; this page refreshes while it runs.",
+        Some("retry_with") => {
+            "Retrying with the new settings: attempts appear below as they finish."
+        }
         Some("abort") => "Abort sent: the attempt in flight is cancelled.",
         Some("escalate") => "Escalate sent: the retry stops and goes to review.",
         Some("saved") => "Saved.",
         Some("signed-in") => "Signed in.",
         _ => "",
     }
+}
+
+/// The console's script (`console.js`, compiled into the binary): it keeps a running retry's
+/// segment page up to date.
+pub(crate) async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../../static/console.js"),
+    )
+        .into_response()
 }
 
 pub(crate) async fn home() -> Response {
@@ -279,13 +295,25 @@ struct SegmentPage {
     project_id: String,
     scene_type: String,
     phase: String,
-    /// Refresh the page while a retry is making attempts.
-    refresh: bool,
+    /// The retry is making attempts: the page keeps its runs up to date from `live_path`.
+    live: bool,
+    live_path: String,
     can_decide: bool,
     can_steer: bool,
     accept_choices: Vec<u32>,
     runs: Vec<RunView>,
     form: DecisionForm,
+}
+
+/// The runs and attempts alone, as the segment page shows them: what `console.js` fetches while
+/// a retry runs.
+#[derive(Template)]
+#[template(path = "segment_runs.html")]
+struct SegmentRuns {
+    phase: String,
+    live: bool,
+    live_path: String,
+    runs: Vec<RunView>,
 }
 
 fn phase_name(p: Phase) -> String {
@@ -302,6 +330,107 @@ pub(crate) async fn segment(
     segment_page(&who, &s, &segment, flash(&query), None, StatusCode::OK).await
 }
 
+/// The segment's runs alone (`GET /ui/segments/{id}/live`), for the page's script to swap in
+/// while the retry runs; a viewer may read it as they may read the page.
+pub(crate) async fn segment_live(
+    _who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+) -> Result<Response, PageError> {
+    let segment = SegmentId::parse(&raw)?;
+    let seen = Seen::load(&s, &segment).await?;
+    let page = SegmentRuns {
+        live_path: live_path(&segment),
+        live: seen.retrying,
+        phase: seen.phase,
+        runs: seen.runs,
+    };
+    Ok(html(StatusCode::OK, &page))
+}
+
+fn live_path(segment: &SegmentId) -> String {
+    format!("/ui/segments/{segment}/live")
+}
+
+/// What is known of a segment now: its records, and the live status of a running retry.
+struct Seen {
+    project_id: String,
+    scene_type: String,
+    policy: RetryPolicy,
+    live: Option<Status>,
+    phase: String,
+    running: bool,
+    awaiting: bool,
+    retrying: bool,
+    runs: Vec<RunView>,
+}
+
+impl Seen {
+    async fn load(s: &AppState, segment: &SegmentId) -> Result<Self, PageError> {
+        let outcomes = s.store.outcomes(segment.as_str()).await?;
+        let stored = s.store.attempts(segment.as_str()).await?;
+        let latest = retake_client::latest_run(&s.temporal, segment)
+            .await
+            .map_err(AppError::from)?;
+        let live: Option<Status> = match &latest {
+            Some(r) if r.running => {
+                match tokio::time::timeout(
+                    LIVE_TIMEOUT,
+                    retake_client::status(&s.temporal, segment),
+                )
+                .await
+                {
+                    Ok(Ok(status)) => Some(status),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        if outcomes.is_empty() && stored.is_empty() && latest.is_none() {
+            return Err(AppError::NotFound(format!("segment {segment} has no retries")).into());
+        }
+        let running_id = latest
+            .as_ref()
+            .filter(|r| r.running)
+            .map(|r| r.run_id.clone());
+        let (project_id, scene_type) = identity(&outcomes, &stored, live.as_ref());
+        let policy = policy_of(s, &scene_type).await?;
+        let phase = match (&live, &latest) {
+            (Some(st), _) => phase_name(st.phase),
+            (None, Some(r)) if r.running => "running (live status unavailable)".to_owned(),
+            (None, Some(_)) => "finished".to_owned(),
+            (None, None) => "recorded".to_owned(),
+        };
+        let awaiting = live
+            .as_ref()
+            .is_some_and(|st| st.phase == Phase::AwaitingReview);
+        let retrying = live
+            .as_ref()
+            .is_some_and(|st| matches!(st.phase, Phase::Starting | Phase::Retrying));
+        let runs = run_views(
+            s,
+            segment,
+            &outcomes,
+            &stored,
+            running_id.as_deref(),
+            live.as_ref(),
+            &policy,
+        )
+        .await;
+        Ok(Self {
+            project_id,
+            scene_type,
+            policy,
+            live,
+            phase,
+            running: running_id.is_some(),
+            awaiting,
+            retrying,
+            runs,
+        })
+    }
+}
+
 /// Render the segment page; `submitted` refills a refused form with its errors.
 async fn segment_page(
     who: &Signed<impl Send + Sync>,
@@ -311,71 +440,27 @@ async fn segment_page(
     submitted: Option<DecisionForm>,
     status: StatusCode,
 ) -> Result<Response, PageError> {
-    let outcomes = s.store.outcomes(segment.as_str()).await?;
-    let stored = s.store.attempts(segment.as_str()).await?;
-    let latest = retake_client::latest_run(&s.temporal, segment)
-        .await
-        .map_err(AppError::from)?;
-    let live: Option<Status> = match &latest {
-        Some(r) if r.running => {
-            match tokio::time::timeout(LIVE_TIMEOUT, retake_client::status(&s.temporal, segment))
-                .await
-            {
-                Ok(Ok(status)) => Some(status),
-                _ => None,
-            }
-        }
-        _ => None,
-    };
-    if outcomes.is_empty() && stored.is_empty() && latest.is_none() {
-        return Err(AppError::NotFound(format!("segment {segment} has no retries")).into());
-    }
-    let running_id = latest
-        .as_ref()
-        .filter(|r| r.running)
-        .map(|r| r.run_id.clone());
-    let (project_id, scene_type) = identity(&outcomes, &stored, live.as_ref());
-    let policy = policy_of(s, &scene_type).await?;
-    let phase = match (&live, &latest) {
-        (Some(st), _) => phase_name(st.phase),
-        (None, Some(r)) if r.running => "running (live status unavailable)".to_owned(),
-        (None, Some(_)) => "finished".to_owned(),
-        (None, None) => "recorded".to_owned(),
-    };
-    let awaiting = live
-        .as_ref()
-        .is_some_and(|st| st.phase == Phase::AwaitingReview);
-    let retrying = live
-        .as_ref()
-        .is_some_and(|st| matches!(st.phase, Phase::Starting | Phase::Retrying));
-    let runs = run_views(
-        s,
-        segment,
-        &outcomes,
-        &stored,
-        running_id.as_deref(),
-        live.as_ref(),
-        &policy,
-    )
-    .await;
-    let current: Vec<&RunView> = runs.iter().filter(|r| r.live).collect();
-    let accept_choices = current
-        .first()
+    let seen = Seen::load(s, segment).await?;
+    let accept_choices = seen
+        .runs
+        .iter()
+        .find(|r| r.live)
         .map(|r| r.attempts.iter().map(|a| a.number).collect())
         .unwrap_or_default();
-    let form = submitted.unwrap_or_else(|| prefill(live.as_ref(), &policy));
+    let form = submitted.unwrap_or_else(|| prefill(seen.live.as_ref(), &seen.policy));
     let page = SegmentPage {
         nav: Nav::new(who.role, &who.session.csrf),
         flash,
         segment_id: segment.to_string(),
-        project_id,
-        scene_type,
-        phase,
-        refresh: retrying,
-        can_decide: awaiting && who.role >= Role::Creator,
-        can_steer: running_id.is_some() && !awaiting && who.role >= Role::Creator,
+        project_id: seen.project_id,
+        scene_type: seen.scene_type,
+        phase: seen.phase,
+        live: seen.retrying,
+        live_path: live_path(segment),
+        can_decide: seen.awaiting && who.role >= Role::Creator,
+        can_steer: seen.running && !seen.awaiting && who.role >= Role::Creator,
         accept_choices,
-        runs,
+        runs: seen.runs,
         form,
     };
     Ok(html(status, &page))
@@ -735,8 +820,17 @@ struct SceneTypePage {
     stored: bool,
     policy: String,
     can_edit: bool,
+    /// The field-by-field form.
+    fields: PolicyForm,
+    /// The JSON form: its text and errors.
     text: String,
     errors: Vec<FieldError>,
+}
+
+/// A refused policy form, shown again with its errors.
+enum PolicySubmitted {
+    Fields(Box<PolicyForm>),
+    Json(String, Vec<FieldError>),
 }
 
 pub(crate) async fn scene_type(
@@ -754,13 +848,17 @@ async fn scene_type_page(
     s: &AppState,
     scene: &SceneType,
     flash: &'static str,
-    submitted: Option<(String, Vec<FieldError>)>,
+    submitted: Option<PolicySubmitted>,
     status: StatusCode,
 ) -> Result<Response, PageError> {
     let stored = s.store.policy(scene.as_str()).await?;
     let policy = RetryPolicy::resolve(stored.as_ref(), None).map_err(AppError::from)?;
     let shown = serde_json::to_string_pretty(&policy).unwrap_or_default();
-    let (text, errors) = submitted.unwrap_or_else(|| (shown.clone(), Vec::new()));
+    let (fields, (text, errors)) = match submitted {
+        Some(PolicySubmitted::Fields(f)) => (*f, (shown.clone(), Vec::new())),
+        Some(PolicySubmitted::Json(t, e)) => (PolicyForm::of(&policy), (t, e)),
+        None => (PolicyForm::of(&policy), (shown.clone(), Vec::new())),
+    };
     let page = SceneTypePage {
         nav: Nav::new(who.role, &who.session.csrf),
         flash,
@@ -768,13 +866,14 @@ async fn scene_type_page(
         stored: stored.is_some(),
         policy: shown,
         can_edit: who.role >= Role::Admin,
+        fields,
         text,
         errors,
     };
     Ok(html(status, &page))
 }
 
-/// Store a policy from the form, through `PUT`'s `store_policy`.
+/// Store a policy from the JSON form, through `PUT`'s `store_policy`.
 pub(crate) async fn set_policy(
     State(s): State<AppState>,
     PathText(raw): PathText,
@@ -797,7 +896,39 @@ pub(crate) async fn set_policy(
                 &s,
                 &scene,
                 "",
-                Some((text, v.errors)),
+                Some(PolicySubmitted::Json(text, v.errors)),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Store a policy from the field-by-field form: the form on top of the stored policy, through
+/// `PUT`'s `store_policy`; refused, each error is shown at its input.
+pub(crate) async fn set_policy_fields(
+    State(s): State<AppState>,
+    PathText(raw): PathText,
+    posted: Posted<need::Admin>,
+) -> Result<Response, PageError> {
+    let scene = SceneType::parse(&raw)?;
+    let mut form = PolicyForm::read(&posted.fields);
+    let base = policy_of(&s, scene.as_str()).await?;
+    let stored = match form.body(&base) {
+        Ok(body) => policies::store_policy(&s, &scene, &body).await.map(|_| ()),
+        Err(v) => Err(AppError::Invalid(v)),
+    };
+    match stored {
+        Ok(()) => Ok(see_other(&format!("/ui/scene-types/{scene}?done=saved"))),
+        Err(AppError::Invalid(v)) => {
+            form.place(&v.errors);
+            scene_type_page(
+                &posted.who,
+                &s,
+                &scene,
+                "",
+                Some(PolicySubmitted::Fields(Box::new(form))),
                 StatusCode::UNPROCESSABLE_ENTITY,
             )
             .await

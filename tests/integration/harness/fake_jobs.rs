@@ -1,7 +1,8 @@
 //! A generation service speaking retake's HTTP JSON contract on a free port: every `POST
 //! /generate` starts a job (the same job for a repeated idempotency key) that finishes after
 //! `polls_to_finish` polls, or never when `None`; `POST /score` passes everything. It records the
-//! calls it got.
+//! calls it got. As a render farm ([`FakeJobs::render_farm`]) its outputs are SVG images it
+//! serves itself, and every one of them fails QA (a melted face), as the console needs to show.
 
 use super::fake_http::Served;
 use axum::extract::{Path, State};
@@ -29,6 +30,8 @@ pub enum Failure {
 struct Jobs {
     polls_to_finish: Option<u32>,
     failure: Failure,
+    /// Outputs are images served at `{farm}/renders/<job>.svg`, scored as failing.
+    farm: Option<String>,
     by_key: BTreeMap<String, String>,
     polls: BTreeMap<String, u32>,
     calls: Vec<String>,
@@ -57,6 +60,7 @@ impl FakeJobs {
             .route("/generate", post(generate))
             .route("/jobs/{id}", get(poll).delete(cancel))
             .route("/score", post(score))
+            .route("/renders/{file}", get(render))
             .with_state(jobs.clone());
         let served = Served::start(app).await;
         let addr = served.addr;
@@ -65,6 +69,14 @@ impl FakeJobs {
             jobs,
             _served: served,
         }
+    }
+
+    /// A farm whose jobs finish after `polls_to_finish` polls with an SVG image it serves, and
+    /// whose scorer fails every one (face 0.31, "the face melts").
+    pub async fn render_farm(polls_to_finish: u32) -> Self {
+        let fake = Self::start(Some(polls_to_finish)).await;
+        fake.jobs.lock().expect("lock").farm = Some(fake.base_url.clone());
+        fake
     }
 
     /// Calls so far, as `POST /generate <key>`, `GET /jobs/<id>`, `DELETE /jobs/<id>`, `POST /score`.
@@ -97,9 +109,13 @@ async fn poll(State(jobs): State<Arc<Mutex<Jobs>>>, Path(id): Path<String>) -> J
     if let Failure::Generation(error) = &j.failure {
         return Json(json!({"status": "failed", "error": error, "gpu_ms": FAILED_GPU_MS}));
     }
+    let output_uri = match &j.farm {
+        Some(base) => format!("{base}/renders/{id}.svg"),
+        None => format!("s3://renders/{id}.mp4"),
+    };
     match j.polls_to_finish {
         Some(n) if polls >= n => Json(json!({
-            "status": "done", "output_uri": format!("s3://renders/{id}.mp4"), "gpu_ms": 4321
+            "status": "done", "output_uri": output_uri, "gpu_ms": 4321
         })),
         _ => Json(json!({"status": "running"})),
     }
@@ -132,6 +148,26 @@ async fn score(State(jobs): State<Arc<Mutex<Jobs>>>, Json(_req): Json<Value>) ->
     if matches!(j.failure, Failure::ScoreOutOfRange) {
         return Json(json!({"scores": {"face": 1.7}}));
     }
+    if j.farm.is_some() {
+        return Json(json!({"scores": {"face": 31, "motion": 80}, "scale": 100,
+            "breakdown": [{"category": "face", "score": 31, "feedback": "the face melts"}]}));
+    }
     Json(json!({"scores": {"face": 92, "motion": 81}, "scale": 100,
                 "breakdown": [{"category": "artifacting", "score": 88, "feedback": "clean"}]}))
+}
+
+/// A job's output image: a small SVG whose colour follows the job's number.
+async fn render(Path(file): Path<String>) -> impl axum::response::IntoResponse {
+    let n: u32 = file
+        .trim_start_matches("job-")
+        .trim_end_matches(".svg")
+        .parse()
+        .unwrap_or(0);
+    let hue = (n * 67) % 360;
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"320\" height=\"180\">\
+         <rect width=\"320\" height=\"180\" fill=\"hsl({hue},60%,55%)\"/>\
+         <text x=\"20\" y=\"100\" font-size=\"40\">{file}</text></svg>"
+    );
+    ([(axum::http::header::CONTENT_TYPE, "image/svg+xml")], svg)
 }

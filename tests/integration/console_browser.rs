@@ -1,0 +1,481 @@
+//! The review console in a real browser: headless Chromium driven over WebDriver (fantoccini and
+//! Debian's chromium-driver) against a real dev server, worker, SQLite store and a render farm
+//! whose outputs are images. What a creator does: sign in by keyboard, open an escalated segment,
+//! see its attempts' images, retry with new parameters, watch the new attempts appear without a
+//! reload, accept one by keyboard; and a viewer, who sees everything and can decide nothing.
+//! Screenshots are kept in `target/test-artifacts/`.
+
+use crate::api::{CREATOR, VIEWER, serve_with};
+use crate::harness::{FakeJobs, TestApp};
+use crate::ladder::http_app;
+use fantoccini::key::Key;
+use fantoccini::{Client, ClientBuilder, Locator};
+use retake_domain::contract::{AttemptStatus, Outcome};
+use retake_domain::review::Phase;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// `name` on the PATH, or the file an environment variable names.
+fn program(var: &str, names: &[&str]) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(var) {
+        return Some(PathBuf::from(p));
+    }
+    let paths = std::env::var_os("PATH")?;
+    names.iter().find_map(|name| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A chromedriver process on a free port, killed on drop, and the Chromium it starts.
+struct Chromium {
+    driver: tokio::process::Child,
+    url: String,
+    browser: PathBuf,
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let _ = self.driver.start_kill();
+    }
+}
+
+impl Chromium {
+    /// Chromium and chromedriver, or `None` off CI where they are not installed (CI installs
+    /// them: there a missing one fails the test).
+    async fn start() -> Option<Self> {
+        let browser = program(
+            "RETAKE_CHROMIUM",
+            &["chromium", "chromium-browser", "google-chrome"],
+        );
+        let driver = program("RETAKE_CHROMEDRIVER", &["chromedriver"]);
+        let (Some(browser), Some(driver)) = (browser, driver) else {
+            assert!(
+                std::env::var("CI").is_err(),
+                "Chromium and chromedriver are missing on CI (Debian: chromium, chromium-driver)"
+            );
+            eprintln!("skipping the console browser check: no chromium and chromedriver");
+            return None;
+        };
+        let port = retake_testkit::free_ports::<1>().expect("a free port")[0];
+        let child = tokio::process::Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromedriver starts");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = http.get(format!("{url}/status")).send().await
+                && r.json::<Value>()
+                    .await
+                    .is_ok_and(|v| v["value"]["ready"] == true)
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver never got ready"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Some(Self {
+            driver: child,
+            url,
+            browser,
+        })
+    }
+
+    /// A new browser window with a profile (and so cookies) of its own.
+    async fn window(&self, profile: &std::path::Path) -> Client {
+        let caps = json!({
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": self.browser,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                         "--window-size=1400,1200",
+                         format!("--user-data-dir={}", profile.display())]
+            }
+        });
+        let Value::Object(caps) = caps else {
+            unreachable!()
+        };
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("a WebDriver session")
+    }
+}
+
+/// Sign in by keyboard only: type the token, press Enter.
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/ui/sign-in")).await.unwrap();
+    let field = c.find(Locator::Css("#token")).await.unwrap();
+    field
+        .send_keys(&format!("{token}{}", char::from(Key::Enter)))
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(&url::Url::parse(&format!("{base}/ui/review")).unwrap())
+        .await
+        .expect("signed in, on the review queue");
+}
+
+/// Evaluate `script` (a function body) in the page.
+async fn eval(c: &Client, script: &str) -> Value {
+    c.execute(script, Vec::new()).await.unwrap()
+}
+
+/// Evaluate `script` until `ok` holds for its value; panics with the last value after `secs`.
+async fn eval_until(c: &Client, script: &str, secs: u64, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        // A page being replaced has no document for a moment: that is not an answer yet.
+        if let Ok(v) = c.execute(script, Vec::new()).await
+            && ok(&v)
+        {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still not there after {secs} s: {:?}",
+            c.execute(script, Vec::new()).await
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// What the segment page shows now: the phase, the attempt cards (number, status) and whether
+/// the page is still the one `mark` was set on.
+const SHOWN: &str = "return {
+    phase: (document.getElementById('phase') || {}).textContent || null,
+    cards: Array.from(document.querySelectorAll('article.attempt')).map(a => [
+        Number(a.dataset.attempt), (a.querySelector('.badge') || {}).textContent || '']),
+    images: Array.from(document.querySelectorAll('.output img')).map(i =>
+        i.complete ? i.naturalWidth : -1),
+    same_page: window.__mark === 'set before the retry',
+    can_accept: !!document.getElementById('accept-form'),
+};";
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    assert_eq!(&png[..4], b"\x89PNG", "a PNG screenshot");
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let path = artifacts.join(name);
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("console screenshot: {}", path.display());
+}
+
+/// A render farm's segment (images that all fail QA, 2 attempts, an hour to review), escalated.
+async fn escalated(app: &TestApp) -> String {
+    let segment = format!("{}-browser", app.tag);
+    app.start(json!({
+        "segment_id": segment, "project_id": format!("{}-p", app.tag), "scene_type": "action",
+        "params": {"seed": 99, "cfg_scale": 7.0},
+        "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+        "policy": {"enabled": true, "max_attempts": 2, "review_window_secs": 3600}
+    }))
+    .await;
+    app.wait_for(&segment, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+    segment
+}
+
+#[tokio::test]
+async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_and_accepts() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    // 15 polls of 200 ms: an attempt takes about 3 s, long enough to be seen in flight.
+    let farm = FakeJobs::render_farm(15).await;
+    let app = http_app(&farm).await;
+    let segment = escalated(&app).await;
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+
+    sign_in(&c, &base, CREATOR).await;
+    c.goto(&format!("{base}/ui/segments/{segment}"))
+        .await
+        .unwrap();
+    let shown = eval_until(&c, SHOWN, 20, |v| {
+        v["images"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0)))
+    })
+    .await;
+    assert_eq!(shown["phase"], "awaiting_review", "{shown}");
+    assert_eq!(
+        shown["cards"],
+        json!([[1, "failed"], [2, "failed"]]),
+        "both attempts side by side, each with its image loaded from the farm: {shown}"
+    );
+    let first = c
+        .find(Locator::Css("article[data-attempt=\"1\"]"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        first.contains("the face melts") && first.contains("cfg_scale"),
+        "scores with their feedback, and the params: {first}"
+    );
+    screenshot(&c, "console-escalated.png").await;
+
+    // Retry with a lower CFG scale and two more attempts.
+    let cfg = c.find(Locator::Css("#param-cfg_scale")).await.unwrap();
+    cfg.clear().await.unwrap();
+    cfg.send_keys("5.5").await.unwrap();
+    let attempts = c.find(Locator::Css("#attempts")).await.unwrap();
+    attempts.clear().await.unwrap();
+    attempts.send_keys("2").await.unwrap();
+    c.find(Locator::Css("#retry-reason"))
+        .await
+        .unwrap()
+        .send_keys("less guidance")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#retry-with-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css("#runs[data-live]"))
+        .await
+        .expect("the page follows the running retry");
+    eval(&c, "window.__mark = 'set before the retry'; return null;").await;
+
+    // The new attempts appear while the page stays the same page (no reload).
+    let live = eval_until(&c, SHOWN, 60, |v| {
+        v["same_page"] == true && v["cards"].as_array().is_some_and(|c| c.len() >= 3)
+    })
+    .await;
+    assert_eq!(live["cards"][2][0], 3, "attempt 3 appears live: {live}");
+    screenshot(&c, "console-retrying.png").await;
+
+    // Once both failed, the page reloads itself into review with the new attempts.
+    let reviewed = eval_until(&c, SHOWN, 60, |v| {
+        v["phase"] == "awaiting_review" && v["can_accept"] == true
+    })
+    .await;
+    assert_eq!(
+        reviewed["cards"],
+        json!([[1, "failed"], [2, "failed"], [3, "failed"], [4, "failed"]]),
+        "{reviewed}"
+    );
+
+    // Accept attempt 3 by keyboard: choose it, type a reason, Tab to the button, Enter.
+    c.find(Locator::Css("#accept-attempt"))
+        .await
+        .unwrap()
+        .select_by_value("3")
+        .await
+        .unwrap();
+    let reason = c.find(Locator::Css("#accept-reason")).await.unwrap();
+    reason.click().await.unwrap();
+    reason
+        .send_keys(&format!("best face of four{}", char::from(Key::Tab)))
+        .await
+        .unwrap();
+    let focused = eval(&c, "return document.activeElement.textContent;").await;
+    assert_eq!(focused, "Accept", "Tab moves from the reason to the button");
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&char::from(Key::Enter).to_string())
+        .await
+        .unwrap();
+    let done = eval_until(&c, SHOWN, 30, |v| {
+        v["phase"].as_str().is_some_and(|p| p != "awaiting_review")
+    })
+    .await;
+    screenshot(&c, "console-accepted.png").await;
+
+    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    let result = retake::retries::result(&retake::retries::handle(&app.client, &id))
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Passed, "{done}");
+    assert_eq!(result.selected_attempt, Some(3));
+    let retried = result
+        .attempts
+        .iter()
+        .filter(|a| a.attempt >= 3)
+        .collect::<Vec<_>>();
+    assert_eq!(retried.len(), 2, "the two attempts asked for");
+    assert!(
+        retried
+            .iter()
+            .all(|a| a.original_params.0["cfg_scale"] == json!(5.5)
+                && a.status == AttemptStatus::Failed),
+        "{retried:#?}"
+    );
+    let decisions: Vec<(&str, &str, &str)> = result
+        .decisions
+        .iter()
+        .map(|d| (d.action.as_str(), d.by.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("retry_with", "api:creator", "less guidance"),
+            ("accept", "api:creator", "best face of four")
+        ]
+    );
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_viewer_sees_every_attempt_and_no_way_to_decide() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    let farm = FakeJobs::render_farm(1).await;
+    let app = http_app(&farm).await;
+    let segment = escalated(&app).await;
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+
+    sign_in(&c, &base, VIEWER).await;
+    c.goto(&format!("{base}/ui/segments/{segment}"))
+        .await
+        .unwrap();
+    let shown = eval_until(&c, SHOWN, 20, |v| {
+        v["images"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0)))
+    })
+    .await;
+    assert_eq!(shown["can_accept"], false, "{shown}");
+    let forms = eval(&c, "return document.querySelectorAll('main form').length;").await;
+    assert_eq!(forms, 0, "no decision or steering form for a viewer");
+    screenshot(&c, "console-viewer.png").await;
+    c.close().await.unwrap();
+    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    let still = retake::retries::status(&app.client, &id).await.unwrap();
+    assert_eq!(still.phase, Phase::AwaitingReview, "nothing decided");
+}
+
+/// Replace the text of the input `css` by `text`.
+async fn fill(c: &Client, css: &str, text: &str) {
+    let field = c.find(Locator::Css(css)).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(text).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_input() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    let app = TestApp::builder().without_worker().spawn().await;
+    let scene = format!("{}-fields", app.tag);
+    let before = json!({"enabled": true, "profile": "text",
+                        "prompts": {"revise": "Chapter {chapter}, attempt {attempt}"}});
+    let stored = retake_domain::RetryPolicy::parse(&before).unwrap();
+    app.store
+        .set_policy(&scene, &serde_json::to_value(&stored).unwrap())
+        .await
+        .unwrap();
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+    sign_in(&c, &base, crate::api::ADMIN).await;
+    c.goto(&format!("{base}/ui/scene-types/{scene}"))
+        .await
+        .unwrap();
+
+    fill(&c, "#max_attempts", "11").await;
+    fill(&c, "#parallelism", "0").await;
+    c.find(Locator::Css("#policy-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let refused = eval_until(
+        &c,
+        "return Array.from(document.querySelectorAll('[aria-invalid=true]')).map(i => [i.id,
+            (document.getElementById(i.id + '-error') || {}).textContent || null]);",
+        10,
+        |v| v.as_array().is_some_and(|a| a.len() == 2),
+    )
+    .await;
+    assert_eq!(refused[0][0], "max_attempts", "{refused}");
+    assert!(
+        refused[0][1].as_str().unwrap().contains("1..=10")
+            || refused[0][1].as_str().unwrap().contains("10"),
+        "the API's message at the input: {refused}"
+    );
+    assert_eq!(refused[1][0], "parallelism", "{refused}");
+    assert_eq!(
+        app.store.policy(&scene).await.unwrap(),
+        Some(serde_json::to_value(&stored).unwrap()),
+        "nothing saved"
+    );
+    screenshot(&c, "console-policy-errors.png").await;
+
+    // Fix both, run two at once, and add a jitter row in the blank row.
+    fill(&c, "#max_attempts", "5").await;
+    fill(&c, "#ladder", "revise, revise_with_feedback").await;
+    fill(&c, "#parallelism", "2").await;
+    let blank = eval(
+        &c,
+        "return Array.from(document.querySelectorAll('#vary input'))
+            .filter(i => i.name.endsWith('.param') && i.value === '')[0].name;",
+    )
+    .await;
+    let row = blank
+        .as_str()
+        .unwrap()
+        .trim_end_matches(".param")
+        .to_owned();
+    fill(&c, &format!("input[name='{row}.param']"), "temperature").await;
+    fill(&c, &format!("input[name='{row}.range']"), "0.2").await;
+    fill(&c, &format!("input[name='{row}.max']"), "1.5").await;
+    c.find(Locator::Css("#policy-form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Css(".flash"))
+        .await
+        .expect("saved");
+
+    let saved =
+        retake_domain::RetryPolicy::parse(&app.store.policy(&scene).await.unwrap().unwrap())
+            .unwrap();
+    assert_eq!((saved.max_attempts, saved.parallelism), (5, 2));
+    assert_eq!(
+        saved.ladder.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+        ["revise", "revise_with_feedback"]
+    );
+    let t = &saved.vary["temperature"];
+    assert_eq!((t.range, t.min, t.max), (0.2, None, Some(1.5)));
+    assert_eq!(
+        saved.prompts, stored.prompts,
+        "what the form has no input for is kept"
+    );
+    c.close().await.unwrap();
+}
