@@ -26,7 +26,8 @@ use temporalio_protos::protos::temporal::api::common::v1::WorkflowExecution;
 use temporalio_protos::protos::temporal::api::enums::v1::WorkflowExecutionStatus;
 use temporalio_protos::protos::temporal::api::failure::v1::failure::FailureInfo;
 use temporalio_protos::protos::temporal::api::workflowservice::v1::{
-    DescribeWorkflowExecutionRequest, GetSystemInfoRequest, ListWorkflowExecutionsRequest,
+    CountWorkflowExecutionsRequest, DescribeWorkflowExecutionRequest, GetSystemInfoRequest,
+    ListWorkflowExecutionsRequest,
 };
 
 /// Handle of a running retry.
@@ -366,25 +367,35 @@ impl ReviewFilter<'_> {
     }
 }
 
-/// Up to `limit` retries awaiting review (one page of visibility, newest start first). Visibility
-/// is eventually consistent: a retry escalated a moment ago may be missing for a second.
+/// One page of the retries awaiting review, and the token of the next (empty on the last).
+#[derive(Debug, Clone, Default)]
+pub struct ReviewPage {
+    pub runs: Vec<AwaitingReview>,
+    /// Opaque: pass it back to [`awaiting_review`] for the page after this one.
+    pub next: Vec<u8>,
+}
+
+/// Up to `limit` retries awaiting review after the page `token` names (empty: the first page),
+/// newest start first, as Temporal's visibility pages them. Visibility is eventually
+/// consistent: a retry escalated a moment ago may be missing for a second.
 pub async fn awaiting_review(
     client: &Client,
     filter: &ReviewFilter<'_>,
     limit: i32,
-) -> Result<Vec<AwaitingReview>, Error> {
+    token: Vec<u8>,
+) -> Result<ReviewPage, Error> {
     let mut svc = client.connection().workflow_service();
     let answer = svc
         .list_workflow_executions(tonic::Request::new(ListWorkflowExecutionsRequest {
             namespace: client.namespace(),
             page_size: limit,
-            next_page_token: Vec::new(),
+            next_page_token: token,
             query: filter.query(),
         }))
         .await
-        .map_err(|status| Error::from_status(status, "the review queue"))?;
-    Ok(answer
-        .into_inner()
+        .map_err(|status| Error::from_status(status, "the review queue"))?
+        .into_inner();
+    let runs = answer
         .executions
         .into_iter()
         .map(|info| {
@@ -411,5 +422,25 @@ pub async fn awaiting_review(
                     .unwrap_or(0),
             }
         })
-        .collect())
+        .collect();
+    Ok(ReviewPage {
+        runs,
+        next: answer.next_page_token,
+    })
+}
+
+/// How many retries await review (visibility's count of [`ReviewFilter::query`]).
+pub async fn count_awaiting_review(
+    client: &Client,
+    filter: &ReviewFilter<'_>,
+) -> Result<u64, Error> {
+    let mut svc = client.connection().workflow_service();
+    let answer = svc
+        .count_workflow_executions(tonic::Request::new(CountWorkflowExecutionsRequest {
+            namespace: client.namespace(),
+            query: filter.query(),
+        }))
+        .await
+        .map_err(|status| Error::from_status(status, "the review queue"))?;
+    Ok(u64::try_from(answer.into_inner().count).unwrap_or(0))
 }

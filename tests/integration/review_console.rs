@@ -40,6 +40,7 @@ fn unescape(html: &str) -> String {
         .replace("&#39;", "'")
         .replace("&lt;", "<")
         .replace("&gt;", ">")
+        .replace("&#38;", "&")
         .replace("&amp;", "&")
 }
 
@@ -364,6 +365,74 @@ async fn the_queue_lists_an_escalated_segment_and_a_form_decision_ends_its_revie
         card.contains("data-attempt=\"2\""),
         "attempt 2 is marked: {card}"
     );
+}
+
+/// The `href` of the element with `id` in `html`, unescaped.
+fn href_of(html: &str, id: &str) -> Option<String> {
+    let at = html.find(&format!("id=\"{id}\""))?;
+    let tag_start = html[..at].rfind('<')?;
+    let tag = &html[tag_start..at + html[at..].find('>')?];
+    let href = tag.split("href=\"").nth(1)?.split('"').next()?;
+    Some(unescape(href))
+}
+
+#[tokio::test]
+async fn the_queue_pages_through_every_segment_awaiting_review_once() {
+    let app = spawn_app().await;
+    let project = format!("{}-pages", app.tag);
+    let (a, b, c) = tokio::join!(
+        in_review(&app, "page-a", &project),
+        in_review(&app, "page-b", &project),
+        in_review(&app, "page-c", &project),
+    );
+    let mut viewer = Browser::new(&app).await;
+    viewer.sign_in(VIEWER).await;
+    let first_path = format!("/ui/review?project={project}&per_page=2");
+    // Visibility is eventually consistent: wait until it counts all three.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let page = viewer.get(&first_path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        if page.body.contains("3 awaiting a decision") {
+            break page.body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", page.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(first.matches("data-segment=").count(), 2, "{first}");
+    assert!(href_of(&first, "first-page").is_none(), "on the first page");
+    let next = href_of(&first, "next-page").expect("a link to the next page");
+    assert!(next.contains(&format!("project={project}")) && next.contains("per_page=2"));
+    let second = viewer.get(&next).await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.body);
+    assert_eq!(second.body.matches("data-segment=").count(), 1);
+    assert!(
+        href_of(&second.body, "next-page").is_none(),
+        "the last page"
+    );
+    assert_eq!(
+        href_of(&second.body, "first-page").as_deref(),
+        Some(format!("/ui/review?project={project}&per_page=2").as_str())
+    );
+    let mut seen: Vec<&str> = [a.as_str(), b.as_str(), c.as_str()]
+        .into_iter()
+        .filter(|s| {
+            let row = format!("data-segment=\"{s}\"");
+            first.contains(&row) as u8 + second.body.contains(&row) as u8 == 1
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen.len(), 3, "each segment on exactly one page");
+
+    for bad in ["per_page=0", "per_page=201", "page=zz", "page=00ff"] {
+        let page = viewer.get(&format!("/ui/review?{bad}")).await;
+        assert_eq!(
+            page.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            page.body
+        );
+    }
 }
 
 #[tokio::test]

@@ -32,8 +32,9 @@ use temporalio_client::NamespacedClient;
 /// How long the segment page waits for the live `report` query: a retry whose worker is down
 /// cannot answer, and the recorded history is still worth showing.
 const LIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Most rows the review queue shows (one page of visibility).
-const QUEUE_LIMIT: i32 = 200;
+/// Rows per page of the review queue, unless `per_page` (1..=200) says otherwise.
+const QUEUE_PAGE: i32 = 50;
+const QUEUE_PAGE_MAX: i32 = 200;
 
 /// The `{id}` of a page's path, as text (validated by the handler after the role check, as the
 /// JSON API checks the role before the path).
@@ -180,6 +181,13 @@ struct QueuePage {
     project: String,
     scene_type: String,
     rows: Vec<QueueRow>,
+    /// How many await review in all (with these filters).
+    total: u64,
+    /// This is not the first page.
+    later: bool,
+    /// The link to the next page (empty on the last), and to the first.
+    next: String,
+    first: String,
 }
 
 fn optional<T>(
@@ -195,16 +203,30 @@ fn optional<T>(
     }
 }
 
-/// The scene type's stored policy, resolved as the workflow resolves it without an override
-/// (review window, thresholds); the disabled default when none is stored or it no longer reads.
-async fn policy_of(s: &AppState, scene_type: &str) -> Result<RetryPolicy, AppError> {
-    let stored = s.store.policy(scene_type).await?;
-    Ok(RetryPolicy::resolve(stored.as_ref(), None).unwrap_or_default())
+/// The queue's `page` (visibility's opaque token, hex) and `per_page`.
+fn paging(query: &QueryPairs) -> Result<(Vec<u8>, i32), ValidationError> {
+    let token = optional(query, "page", |v| {
+        hex::decode(v).map_err(|_| ValidationError::single("page", "is not a page of this queue"))
+    })?
+    .unwrap_or_default();
+    let per_page = optional(query, "per_page", |v| {
+        v.parse::<i32>()
+            .ok()
+            .filter(|n| (1..=QUEUE_PAGE_MAX).contains(n))
+            .ok_or_else(|| {
+                ValidationError::single(
+                    "per_page",
+                    format!("must be a whole number from 1 to {QUEUE_PAGE_MAX}"),
+                )
+            })
+    })?
+    .unwrap_or(QUEUE_PAGE);
+    Ok((token, per_page))
 }
 
-/// Segments awaiting review, newest escalation first: Temporal's visibility lists the runs
-/// (`RetryOutcome = awaiting_review`), the store gives each its report, attempts and the time it
-/// was escalated, as the history endpoint reads them.
+/// Segments awaiting review, a page at a time: Temporal's visibility lists the runs
+/// (`RetryOutcome = awaiting_review`, newest start first) and counts them; the store gives each
+/// its report, attempts and the time it was escalated, as the history endpoint reads them.
 pub(crate) async fn queue(
     who: Signed<need::Viewer>,
     State(s): State<AppState>,
@@ -212,18 +234,32 @@ pub(crate) async fn queue(
 ) -> Result<Response, PageError> {
     let project = optional(&query, "project", |v| ProjectId::parse(v))?;
     let scene = optional(&query, "scene_type", |v| SceneType::parse(v))?;
+    let (token, per_page) = paging(&query)?;
+    let later = !token.is_empty();
     let filter = ReviewFilter {
         task_queue: &s.task_queue,
         project: project.as_ref(),
         scene_type: scene.as_ref(),
     };
-    let listed = retake_client::awaiting_review(&s.temporal, &filter, QUEUE_LIMIT)
-        .await
-        .map_err(AppError::from)?;
+    let (page, total) = tokio::try_join!(
+        retake_client::awaiting_review(&s.temporal, &filter, per_page, token),
+        retake_client::count_awaiting_review(&s.temporal, &filter),
+    )
+    .map_err(|e| match e {
+        // A token Temporal does not take (edited, or from before a server reset): the server
+        // answers InvalidArgument or, for one it cannot decode, Internal.
+        retake_client::Error::Rejected(detail) | retake_client::Error::Internal(detail)
+            if later =>
+        {
+            tracing::warn!(%detail, "review queue: a page token Temporal refused");
+            ValidationError::single("page", "is not a page of this queue").into()
+        }
+        e => PageError::App(AppError::from(e)),
+    })?;
     let now = now_ms();
     let mut policies: BTreeMap<String, RetryPolicy> = BTreeMap::new();
-    let mut rows = Vec::with_capacity(listed.len());
-    for run in listed {
+    let mut rows = Vec::with_capacity(page.runs.len());
+    for run in page.runs {
         if !policies.contains_key(&run.scene_type) {
             let p = policy_of(&s, &run.scene_type).await?;
             policies.insert(run.scene_type.clone(), p);
@@ -243,14 +279,46 @@ pub(crate) async fn queue(
             .collect();
         rows.push(views::queue_row(&run, pending, &attempts, policy, now));
     }
-    rows.sort_by_key(|r| std::cmp::Reverse(r.since_ms));
+    let project = project.map(|p| p.to_string()).unwrap_or_default();
+    let scene_type = scene.map(|t| t.to_string()).unwrap_or_default();
+    let link = |page: Option<&[u8]>| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if !project.is_empty() {
+            q.append_pair("project", &project);
+        }
+        if !scene_type.is_empty() {
+            q.append_pair("scene_type", &scene_type);
+        }
+        if per_page != QUEUE_PAGE {
+            q.append_pair("per_page", &per_page.to_string());
+        }
+        if let Some(p) = page {
+            q.append_pair("page", &hex::encode(p));
+        }
+        format!("/ui/review?{}", q.finish())
+    };
     let page = QueuePage {
         nav: Nav::new(who.role, &who.session.csrf),
-        project: project.map(|p| p.to_string()).unwrap_or_default(),
-        scene_type: scene.map(|t| t.to_string()).unwrap_or_default(),
+        next: if page.next.is_empty() {
+            String::new()
+        } else {
+            link(Some(&page.next))
+        },
+        first: link(None),
+        later,
+        total,
+        project,
+        scene_type,
         rows,
     };
     Ok(html(StatusCode::OK, &page))
+}
+
+/// The scene type's stored policy, resolved as the workflow resolves it without an override
+/// (review window, thresholds); the disabled default when none is stored or it no longer reads.
+async fn policy_of(s: &AppState, scene_type: &str) -> Result<RetryPolicy, AppError> {
+    let stored = s.store.policy(scene_type).await?;
+    Ok(RetryPolicy::resolve(stored.as_ref(), None).unwrap_or_default())
 }
 
 // ---- a segment ------------------------------------------------------------------------------
