@@ -12,7 +12,7 @@ const CATEGORIES: [&str; 4] = [
 ];
 
 /// A worker whose `chapter` scene type writes with the fake LLM and is scored by it as judge.
-async fn chapter_app(llm: &FakeLlm, artifacts: &std::path::Path) -> TestApp {
+pub(crate) async fn chapter_app(llm: &FakeLlm, artifacts: &std::path::Path) -> TestApp {
     let config = json!({
         "artifacts_dir": artifacts,
         "scene_types": {"chapter": {
@@ -25,7 +25,7 @@ async fn chapter_app(llm: &FakeLlm, artifacts: &std::path::Path) -> TestApp {
 }
 
 /// Chapter 12 failed its quality gate at 62 (character consistency 54 the lowest).
-fn chapter_request(app: &TestApp, draft: &std::path::Path) -> Value {
+pub(crate) fn chapter_request(app: &TestApp, draft: &std::path::Path) -> Value {
     let draft_uri = url::Url::from_file_path(draft)
         .expect("absolute")
         .to_string();
@@ -43,7 +43,7 @@ fn chapter_request(app: &TestApp, draft: &std::path::Path) -> Value {
     })
 }
 
-fn scores(n: [u32; 4]) -> [(&'static str, u32); 4] {
+pub(crate) fn scores(n: [u32; 4]) -> [(&'static str, u32); 4] {
     [
         (CATEGORIES[0], n[0]),
         (CATEGORIES[1], n[1]),

@@ -526,3 +526,56 @@ async fn a_segment_with_ten_attempts_shows_every_attempt() {
     assert_eq!(page.status, StatusCode::OK);
     assert_eq!(page.body.matches("<article class=\"attempt").count(), 10);
 }
+
+#[tokio::test]
+async fn a_revised_chapter_shows_its_changes_from_the_draft_it_revised() {
+    let dir = tempfile::tempdir().unwrap();
+    let draft = dir.path().join("ch12-draft.md");
+    std::fs::write(&draft, "12화 초고\n\n이야기가 계속된다.\n").unwrap();
+    let llm = crate::harness::FakeLlm::start(vec![crate::ladder::scores([60, 60, 50, 60])]).await;
+    let app = crate::ladder::chapter_app(&llm, &dir.path().join("artifacts")).await;
+    let mut input = crate::ladder::chapter_request(&app, &draft);
+    input["policy"]["max_attempts"] = json!(2);
+    let result = app.retry(input.clone()).await;
+    assert_eq!(result.outcome, Outcome::Escalated, "{result:#?}");
+    let revises: Vec<Option<u32>> = result.attempts.iter().map(|a| a.revises).collect();
+    assert!(
+        matches!(revises[..], [Some(0), Some(_)]),
+        "both revise a draft: {revises:?}"
+    );
+    let mut b = Browser::new(&app).await;
+    b.sign_in(VIEWER).await;
+    let segment = input["segment_id"].as_str().unwrap();
+    let page = b.get(&format!("/ui/segments/{segment}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let card = |n: u32| {
+        let at = page
+            .body
+            .find(&format!("data-attempt=\"{n}\""))
+            .expect("the card");
+        let end = page.body[at..]
+            .find("</article>")
+            .map_or(page.body.len(), |e| at + e);
+        unescape(&page.body[at..end])
+    };
+    let first = card(1);
+    assert!(
+        first.contains("Changes from the original draft")
+            && first.contains("<span class=\"del\">- 12화 초고</span>")
+            && first.contains("<span class=\"ins\">+ 12화 원고 (버전 1)</span>")
+            && first.contains("<span class=\"eq\">  이야기가 계속된다.</span>"),
+        "{first}"
+    );
+    let second = card(2);
+    let (against, old) = match revises[1] {
+        Some(0) => ("the original draft".to_owned(), "12화 초고".to_owned()),
+        Some(k) => (format!("attempt {k}"), format!("12화 원고 (버전 {k})")),
+        None => unreachable!(),
+    };
+    assert!(
+        second.contains(&format!("Changes from {against}"))
+            && second.contains(&format!("<span class=\"del\">- {old}</span>"))
+            && second.contains("<span class=\"ins\">+ 12화 원고 (버전 2)</span>"),
+        "{second}"
+    );
+}

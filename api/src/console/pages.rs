@@ -21,6 +21,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use retake_activities::ports::{Budget, StoredAttempt, StoredOutcome};
 use retake_client::{Creator, ReviewFilter};
+use retake_domain::contract::AttemptRecord;
 use retake_domain::review::Phase;
 use retake_domain::status::Status;
 use retake_domain::{FieldError, ProjectId, RetryPolicy, SceneType, SegmentId, ValidationError};
@@ -582,7 +583,7 @@ async fn run_views(
         let outcome = outcomes.iter().rev().find(|o| o.run_id == run_id);
         let is_live = running == Some(run_id.as_str());
         let mut attempts = Vec::new();
-        match live.filter(|_| is_live) {
+        let records: Vec<&AttemptRecord> = match live.filter(|_| is_live) {
             Some(st) => {
                 for a in &st.attempts {
                     attempts.push(
@@ -594,13 +595,24 @@ async fn run_views(
                 {
                     attempts.push(AttemptView::in_flight(n));
                 }
+                st.attempts.iter().collect()
             }
             None => {
-                for a in stored.iter().filter(|a| a.run_id == run_id) {
-                    attempts.push(views::attempt(&a.record, a.selected, policy).await);
+                let of_run: Vec<&AttemptRecord> = stored
+                    .iter()
+                    .filter(|a| a.run_id == run_id)
+                    .map(|a| &a.record)
+                    .collect();
+                for (a, s) in of_run
+                    .iter()
+                    .zip(stored.iter().filter(|a| a.run_id == run_id))
+                {
+                    attempts.push(views::attempt(a, s.selected, policy).await);
                 }
+                of_run
             }
-        }
+        };
+        views::add_diffs(&records, &mut attempts).await;
         let decisions = match (live.filter(|_| is_live), outcome) {
             (Some(st), _) => st.decisions.iter().map(views::event).collect(),
             (None, Some(o)) => o.decisions.iter().map(views::event).collect(),

@@ -119,6 +119,103 @@ pub(crate) struct AttemptView {
     /// The worker that generated it (empty when unknown).
     pub(crate) worker: String,
     pub(crate) output: Output,
+    /// For a text attempt that revised a draft: which one ("the original draft", "attempt 2")
+    /// and the changes from it (empty when there is nothing to compare).
+    pub(crate) diff_against: String,
+    pub(crate) diff: Vec<DiffLine>,
+}
+
+/// One line of a diff: `eq` (context), `del` (only in the draft), `ins` (only in the
+/// revision) or `gap` (unchanged lines left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DiffLine {
+    pub(crate) kind: &'static str,
+    pub(crate) text: String,
+}
+
+/// Lines of context kept around each change.
+const DIFF_CONTEXT: usize = 2;
+
+/// The line changes from `draft` to `revised`, with [`DIFF_CONTEXT`] unchanged lines around each
+/// change and a `gap` where more were left out; empty when the texts are the same.
+pub(crate) fn diff_lines(draft: &str, revised: &str) -> Vec<DiffLine> {
+    // A last line without its newline is the same line to a reader.
+    let ended = |t: &str| {
+        if t.ends_with('\n') {
+            t.to_owned()
+        } else {
+            format!("{t}\n")
+        }
+    };
+    let (draft, revised) = (ended(draft), ended(revised));
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_millis(200))
+        .diff_lines(&draft, &revised);
+    let mut out = Vec::new();
+    for (i, group) in diff.grouped_ops(DIFF_CONTEXT).iter().enumerate() {
+        if i > 0 || group.first().is_some_and(|op| op.old_range().start > 0) {
+            out.push(DiffLine {
+                kind: "gap",
+                text: "…".to_owned(),
+            });
+        }
+        for op in group {
+            for change in diff.iter_changes(op) {
+                out.push(DiffLine {
+                    kind: match change.tag() {
+                        similar::ChangeTag::Equal => "eq",
+                        similar::ChangeTag::Delete => "del",
+                        similar::ChangeTag::Insert => "ins",
+                    },
+                    text: change.value().trim_end_matches(['\n', '\r']).to_owned(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Fill in the diffs of a run's text attempts: each against the draft it revised (`revises`:
+/// 0 is the failed generation the retry started from, its `output_uri` parameter; else an
+/// earlier attempt of the run, whose text the page already shows).
+pub(crate) async fn add_diffs(records: &[&AttemptRecord], views: &mut [AttemptView]) {
+    let mut original: Option<Option<String>> = None;
+    for i in 0..views.len() {
+        if views[i].output.kind != "text" {
+            continue;
+        }
+        let Some(rec) = records.iter().find(|r| r.attempt == views[i].number) else {
+            continue;
+        };
+        let (against, draft) = match rec.revises {
+            Some(0) => {
+                if original.is_none() {
+                    let uri = rec
+                        .original_params
+                        .0
+                        .get("output_uri")
+                        .and_then(Value::as_str);
+                    original = Some(match uri {
+                        Some(u) if u.starts_with("file://") => read_text(u).await,
+                        _ => None,
+                    });
+                }
+                ("the original draft".to_owned(), original.clone().flatten())
+            }
+            Some(k) => (
+                format!("attempt {k}"),
+                views
+                    .iter()
+                    .find(|v| v.number == k && v.output.kind == "text")
+                    .map(|v| v.output.text.clone()),
+            ),
+            None => continue,
+        };
+        if let Some(draft) = draft {
+            views[i].diff = diff_lines(&draft, &views[i].output.text);
+            views[i].diff_against = against;
+        }
+    }
 }
 
 impl AttemptView {
@@ -148,6 +245,8 @@ impl AttemptView {
                 kind: "none",
                 ..Output::default()
             },
+            diff_against: String::new(),
+            diff: Vec::new(),
         }
     }
 }
@@ -234,6 +333,8 @@ pub(crate) async fn attempt(
         gpu: gpu(a.gpu_ms),
         worker: a.worker.clone().unwrap_or_default(),
         output: output(a.output_uri.as_deref()).await,
+        diff_against: String::new(),
+        diff: Vec::new(),
     }
 }
 
@@ -376,6 +477,27 @@ pub(crate) fn form_value(raw: &str) -> Value {
 mod tests {
     use super::*;
     use retake_domain::ValidationError;
+
+    #[test]
+    fn a_diff_shows_the_changed_lines_with_context_and_gaps() {
+        let draft = "a\nb\nc\nd\ne\nf\ng\n";
+        let revised = "a\nb\nc\nd\nE\nf\ng\n";
+        let lines = diff_lines(draft, revised);
+        let d: Vec<(&str, &str)> = lines.iter().map(|l| (l.kind, l.text.as_str())).collect();
+        assert_eq!(
+            d,
+            [
+                ("gap", "…"),
+                ("eq", "c"),
+                ("eq", "d"),
+                ("del", "e"),
+                ("ins", "E"),
+                ("eq", "f"),
+                ("eq", "g")
+            ]
+        );
+        assert!(diff_lines("same\n", "same").is_empty());
+    }
 
     #[test]
     fn a_rejected_decision_gives_back_its_fields_as_the_domain_wrote_them() {
