@@ -336,10 +336,16 @@ pub fn now_ms() -> u64 {
 /// How long after its last announcement a worker still counts as alive for placement.
 pub const WORKER_ALIVE_MS: u64 = 15_000;
 
+/// How long after its last announcement a worker's row is deleted (by the next announcement of
+/// any worker): a fleet restarted often, each process with a new `<pid>@<host>` id, would
+/// otherwise grow the table by a row per start.
+pub const WORKER_FORGET_MS: u64 = 24 * 3600 * 1000;
+
 /// The workers of each task queue, for placing a generation on a particular one.
 #[async_trait]
 pub trait WorkerRegistry: Send + Sync {
-    /// Insert or refresh the worker's row (seen now, cooling until `cooling_until_ms`).
+    /// Insert or refresh the worker's row (seen now, cooling until `cooling_until_ms`), and
+    /// delete the rows of workers not seen for [`WORKER_FORGET_MS`] before it.
     async fn announce(&self, worker: &WorkerRow) -> Result<(), StoreError>;
     /// A worker of `task_queue` for a generation at `now_ms`: alive (seen within
     /// [`WORKER_ALIVE_MS`]), not cooling down, not in `avoid`; `prefer` when it qualifies, else
@@ -351,7 +357,7 @@ pub trait WorkerRegistry: Send + Sync {
         prefer: Option<&str>,
         now_ms: u64,
     ) -> Result<Option<WorkerRow>, StoreError>;
-    /// Every worker that ever announced itself on `task_queue`, by id.
+    /// Every worker that announced itself on `task_queue` (and is not forgotten yet), by id.
     async fn workers(&self, task_queue: &str) -> Result<Vec<WorkerRow>, StoreError>;
 }
 

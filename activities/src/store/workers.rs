@@ -4,7 +4,7 @@
 
 use super::sql::stmt;
 use super::{Backend, SqlxStore, map_sqlx, to_i64, to_u64};
-use crate::ports::{StoreError, WORKER_ALIVE_MS, WorkerRegistry, WorkerRow};
+use crate::ports::{StoreError, WORKER_ALIVE_MS, WORKER_FORGET_MS, WorkerRegistry, WorkerRow};
 use async_trait::async_trait;
 
 const UPSERT_WORKER: &str = "INSERT INTO workers (worker_id, task_queue, generate_queue, \
@@ -17,6 +17,8 @@ const UPSERT_WORKER: &str = "INSERT INTO workers (worker_id, task_queue, generat
 const CANDIDATES: &str = "SELECT worker_id, task_queue, generate_queue, seen_at_ms, \
      cooling_until_ms FROM workers WHERE task_queue = $1 AND seen_at_ms >= $2 \
      AND cooling_until_ms <= $3 ORDER BY placed_at_ms, worker_id";
+
+const FORGET: &str = "DELETE FROM workers WHERE seen_at_ms < $1";
 
 const MARK_PLACED: &str = "UPDATE workers SET placed_at_ms = $1 WHERE worker_id = $2";
 
@@ -45,8 +47,11 @@ impl<DB: Backend> WorkerRegistry for SqlxStore<DB> {
             .bind(w.generate_queue.as_str())
             .bind(to_i64(w.seen_at_ms, "seen_at_ms")?)
             .bind(to_i64(w.cooling_until_ms, "cooling_until_ms")?);
+        let forget_before = w.seen_at_ms.saturating_sub(WORKER_FORGET_MS);
+        let forget = stmt(FORGET).bind(to_i64(forget_before, "seen_at_ms")?);
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         DB::execute(&mut conn, upsert).await?;
+        DB::execute(&mut conn, forget).await?;
         Ok(())
     }
 

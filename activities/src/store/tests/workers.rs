@@ -1,7 +1,7 @@
 //! The worker registry: placement chooses a live, healthy worker other than those to avoid.
 
 use super::*;
-use crate::ports::{WORKER_ALIVE_MS, WorkerRow};
+use crate::ports::{WORKER_ALIVE_MS, WORKER_FORGET_MS, WorkerRow};
 
 fn worker(id: &str, seen_at_ms: u64, cooling_until_ms: u64) -> WorkerRow {
     WorkerRow {
@@ -77,6 +77,29 @@ async fn placement_skips_dead_cooling_and_avoided_workers_and_spreads_the_rest(d
     assert_eq!(ids, ["a", "b", "cooling", "dead"]);
 }
 
+async fn workers_not_seen_for_a_day_are_forgotten_by_the_next_announcement(db: &TestDb) {
+    let store = db.open().await;
+    let now = 10_000_000_000;
+    store
+        .announce(&worker("gone", now - WORKER_FORGET_MS - 1, 0))
+        .await
+        .unwrap();
+    store
+        .announce(&worker("quiet", now - WORKER_FORGET_MS + 1, 0))
+        .await
+        .unwrap();
+    store.announce(&worker("live", now, 0)).await.unwrap();
+    let ids: Vec<String> = store
+        .workers("q")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect();
+    assert_eq!(ids, ["live", "quiet"]);
+}
+
 store_tests! {
     #[tokio::test] placement_skips_dead_cooling_and_avoided_workers_and_spreads_the_rest,
+    #[tokio::test] workers_not_seen_for_a_day_are_forgotten_by_the_next_announcement,
 }
