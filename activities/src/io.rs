@@ -85,6 +85,23 @@ pub struct ReserveBudget {
     pub scene_type: Option<SceneType>,
 }
 
+/// Input of `reserve_attempt`: a reservation, and whether the generation would run eagerly on
+/// this worker if it has a GPU free.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReserveAttempt {
+    pub budget: ReserveBudget,
+    pub eager: bool,
+}
+
+/// Output of `reserve_attempt`: the reservation, and whether this worker promised a GPU to the
+/// attempt's generation (it is not cooling down and had one free), so the workflow schedules it
+/// on its own task queue for the server to hand back at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservedAttempt {
+    pub reservation: Reservation,
+    pub eager: bool,
+}
+
 /// Output of `reserve_budget`. A refusal is a normal result, not an error: retrying it cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
@@ -130,6 +147,10 @@ pub struct GenerateRequest {
     /// attempt when the budget refuses (absent for runs started before the budget was a cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<HeldBudget>,
+    /// Scheduled on the workflow's own task queue for the worker that promised it a GPU
+    /// (`reserve_attempt`); absent otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub eager: bool,
 }
 
 /// The reservation an attempt generates under.

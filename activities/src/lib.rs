@@ -17,8 +17,8 @@ pub mod store;
 use crate::gpu::Gpu;
 use crate::io::{
     AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, PlaceGeneration, Placement,
-    RecordAttempt, RecordOutcome, Reservation, ReserveBudget, ScoreRequest, Scored, Settings,
-    SettleBudget, Used,
+    RecordAttempt, RecordOutcome, Reservation, ReserveAttempt, ReserveBudget, ReservedAttempt,
+    ScoreRequest, Scored, Settings, SettleBudget, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
@@ -99,6 +99,23 @@ impl RetryActivities {
             workers,
             gpu: None,
         }
+    }
+
+    /// The reservation of `reserve_budget` and `reserve_attempt`.
+    async fn reserve(&self, input: ReserveBudget) -> Result<Reservation, ActivityError> {
+        let learned = match &input.scene_type {
+            Some(scene) => self
+                .reporting
+                .gpu_ms_quantile(scene.as_str(), LEARN_QUANTILE, LEARN_WINDOW)
+                .await
+                .map_err(store_failure)?,
+            None => None,
+        };
+        let gpu_ms = input.gpu_ms.max(learned.unwrap_or(0));
+        self.ledger
+            .reserve(&input.key, input.project_id.as_str(), gpu_ms)
+            .await
+            .map_err(store_failure)
     }
 
     /// The worker registry (where this worker announces itself).
@@ -354,19 +371,27 @@ impl RetryActivities {
         _ctx: ActivityContext,
         input: ReserveBudget,
     ) -> Result<Reservation, ActivityError> {
-        let learned = match &input.scene_type {
-            Some(scene) => self
-                .reporting
-                .gpu_ms_quantile(scene.as_str(), LEARN_QUANTILE, LEARN_WINDOW)
-                .await
-                .map_err(store_failure)?,
-            None => None,
-        };
-        let gpu_ms = input.gpu_ms.max(learned.unwrap_or(0));
-        self.ledger
-            .reserve(&input.key, input.project_id.as_str(), gpu_ms)
-            .await
-            .map_err(store_failure)
+        self.reserve(input).await
+    }
+
+    /// Reserve as `reserve_budget` does; then, when the attempt was granted and `eager` asks,
+    /// promise it one of this worker's GPUs if one is free and the worker is not cooling down
+    /// ([`Gpu::claim_eager`]): the workflow then schedules its generation for this worker to
+    /// take eagerly.
+    #[activity(name = "reserve_attempt")]
+    pub async fn reserve_attempt(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: ReserveAttempt,
+    ) -> Result<ReservedAttempt, ActivityError> {
+        let reservation = self.reserve(input.budget).await?;
+        let eager = input.eager
+            && matches!(reservation, Reservation::Granted { .. })
+            && self
+                .gpu
+                .as_ref()
+                .is_some_and(|g| g.claim_eager(crate::ports::now_ms()));
+        Ok(ReservedAttempt { reservation, eager })
     }
 
     /// Generate the attempt's output, heartbeating progress.
@@ -392,6 +417,12 @@ impl RetryActivities {
             last_sent: std::sync::Mutex::new(Instant::now()),
         };
         let gpu = self.gpu.as_deref();
+        if input.eager
+            && let Some(gpu) = gpu
+        {
+            // The GPU promised to it is about to be taken: the promise is kept.
+            gpu.eager_arrived();
+        }
         // A GPU first (a generation placed on this worker by name may arrive while the shared
         // queue's fill them); the metered GPU time starts once it has one.
         let _slot = match gpu {

@@ -260,3 +260,48 @@ async fn same_worker_keeps_a_segments_attempts_on_the_worker_that_generated_the_
         ]
     );
 }
+
+#[tokio::test]
+async fn a_worker_without_a_gpu_limit_takes_its_own_generations_eagerly() {
+    // The harness's worker has no `--max-concurrent-generations`: a render farm behind it.
+    let app = crate::harness::spawn_app().await;
+    let policy = json!({"enabled": true, "max_attempts": 3});
+    let (segment, planned) = find_segment(&app.tag, "eager", &policy, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+
+    let result = app.retry(request(&segment, "p1", Some(policy))).await;
+
+    assert_eq!(
+        crate::harness::comparable(&result.attempts),
+        crate::harness::comparable(&planned)
+    );
+    assert_eq!(
+        generate_queues(&app, &segment).await,
+        vec![app.task_queue.clone(); 3],
+        "each generation on the workflow's own queue, for the server to hand over eagerly"
+    );
+    let promised = app
+        .history(&segment)
+        .await
+        .into_iter()
+        .filter_map(|e| match e.attributes {
+            Some(Attributes::MarkerRecordedEventAttributes(m)) => Some(m),
+            _ => None,
+        })
+        .filter_map(|m| {
+            let result = m.details.get("result")?.payloads.first()?.data.clone();
+            let v: serde_json::Value = serde_json::from_slice(&result).ok()?;
+            v.get("eager").and_then(serde_json::Value::as_bool)
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(
+        promised, [true; 3],
+        "each reservation promised the attempt a GPU here"
+    );
+    let budget = app.store.budget("p1").await.unwrap().unwrap();
+    assert_eq!(
+        (budget.reserved_ms, budget.spent_ms),
+        (0, result.gpu_ms_total)
+    );
+}

@@ -136,6 +136,25 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "placed-rerun_elsewhere.json",
         "placed-infrastructure_any.json",
         "placed-same_worker.json",
+        "eager-passed.json",
+        "eager-escalated.json",
+        "eager-aborted.json",
+        "eager-budget_exhausted.json",
+        "eager-review_accepted.json",
+        "eager-chapter_user_intervention.json",
+        "eager-budget_stopped.json",
+        "eager-aborted_last.json",
+        "eager-adaptive.json",
+        "eager-adaptive_cold.json",
+        "eager-store_outage.json",
+        "eager-best_of_three.json",
+        "eager-first_pass_cancels.json",
+        "eager-refused_one.json",
+        "eager-aborted_three.json",
+        "eager-escalated_cancels.json",
+        "eager-rerun_elsewhere.json",
+        "eager-infrastructure_any.json",
+        "eager-same_worker.json",
     ] {
         assert!(
             names.contains(&required),
@@ -210,7 +229,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "placed-";
+const PREFIX: &str = "eager-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]
@@ -226,7 +245,10 @@ async fn record_representative_histories() {
     let eager = json!({"enabled": true, "ladder": ["reseed", "adaptive"],
         "adaptive": {"min_evidence": 1}});
     // Attempt 1 (a plain reseed on both ladders) fails, so attempt 2 is adaptive.
-    let (seg, _) = find_segment(&app.tag, "adaptive", &policy, |a| !a[0].passed);
+    // (with a second attempt: a first one failing on a kind not retried stops there)
+    let (seg, _) = find_segment(&app.tag, "adaptive", &policy, |a| {
+        a.len() >= 2 && !a[0].passed
+    });
     let result = app.retry(request(&seg, "p1", Some(eager))).await;
     assert!(
         result.attempts.iter().any(|a| a

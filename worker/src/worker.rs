@@ -10,7 +10,6 @@ use retake_activities::sim::Simulator;
 use retake_workflows::SegmentRetryWorkflow;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use temporalio_client::Client;
 use temporalio_sdk::runtime::PollerBehavior;
@@ -158,7 +157,13 @@ pub async fn run_with(
         .map_or(SDK_DEFAULT_SLOTS, |n| {
             usize::try_from(n.max(1)).unwrap_or(usize::MAX)
         });
-    let gpu = Arc::new(Gpu::new(&worker_id, slots, setup.cool_down_after));
+    // A worker without a GPU limit takes its own generations eagerly (no poll of the shared
+    // queue between the workflow task and the generation); one with a limit leaves them all to
+    // the shared queue's pollers, which take one only while a GPU is free.
+    let gpu = Arc::new(
+        Gpu::new(&worker_id, slots, setup.cool_down_after)
+            .eager(setup.max_concurrent_generations.is_none()),
+    );
     let registry = activities.workers();
     let activities = activities.on_gpu(gpu.clone());
     let cached = usize::try_from(setup.max_cached_workflows.max(1)).unwrap_or(usize::MAX);
@@ -194,7 +199,6 @@ pub async fn run_with(
     let shared_queue = retake_domain::generate_queue(task_queue);
     let own_queue = retake_domain::worker_generate_queue(task_queue, &worker_id);
     let own = generations(&own_queue)?;
-    let cooling_until = AtomicU64::new(0);
     let (stop, stopped) = watch::channel(false);
     let stop_on_error = |ran: anyhow::Result<()>| {
         if ran.is_err() {
@@ -210,7 +214,7 @@ pub async fn run_with(
                 return Ok(());
             };
             let until = now_ms().saturating_add(millis(setup.cool_down));
-            cooling_until.store(until, Ordering::SeqCst);
+            gpu.set_cooling_until(until);
             tracing::warn!(
                 worker = %worker_id,
                 infrastructure_failures_in_row = cooled,
@@ -229,7 +233,7 @@ pub async fn run_with(
     let announcing = async {
         let mut watch_stop = stopped.clone();
         loop {
-            let until = cooling_until.load(Ordering::SeqCst);
+            let until = gpu.cooling_until();
             if let Err(e) = announce(&*registry, task_queue, &worker_id, &own_queue, until).await {
                 tracing::warn!("announcing the worker in the registry failed: {e}");
             }

@@ -8,7 +8,8 @@ use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{
     AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, PlaceGeneration,
-    RecordAttempt, Reservation, ReserveBudget, Review, ScoreRequest, Scored, SettleBudget,
+    RecordAttempt, Reservation, ReserveAttempt, ReserveBudget, Review, ScoreRequest, Scored,
+    SettleBudget,
 };
 use retake_domain::RetryPolicy;
 use retake_domain::adapt::EvidenceQuery;
@@ -50,6 +51,9 @@ pub(crate) struct Run {
     parallel: bool,
     /// Whether this run places its generations ([`PLACEMENT_PATCH`]).
     placed: bool,
+    /// Whether an attempt's first generation may run eagerly on the worker that reserved it
+    /// ([`EAGER_PATCH`]).
+    eager: bool,
 }
 
 /// The earlier runs of one attempt's generation: the workers that failed it and why, the GPU
@@ -99,6 +103,15 @@ pub(crate) const PARALLEL_PATCH: &str = "parallel-attempts";
 /// Histories without its marker replay generations on the workflow's task queue.
 pub(crate) const PLACEMENT_PATCH: &str = "generation-placement";
 
+/// Patch id of eager generation (`ctx.patched`, taken with the others): the local activity
+/// `reserve_attempt` reserves the budget and asks the worker holding the workflow task whether
+/// it has a GPU free (and is not cooling down); if so the attempt's first generation is
+/// scheduled on the workflow's own task queue, which the server hands back to that worker in
+/// its answer to the workflow task (eager execution) instead of through the shared generate
+/// queue's poll. The answer is in the history (the local activity's marker), so replay takes the
+/// same queue. Histories without its marker replay `reserve_budget` and the shared queue.
+pub(crate) const EAGER_PATCH: &str = "eager-generation";
+
 /// How often one attempt's generation is re-run on another worker after infrastructure
 /// failures before the attempt is recorded as an error.
 pub(crate) const MAX_RERUNS: usize = 2;
@@ -108,6 +121,23 @@ pub(crate) const MAX_RERUNS: usize = 2;
 /// ten minutes of waiting for a GPU, before the attempt is recorded as an error.
 pub(crate) const MAX_PLACED_WAITS: u32 = 20;
 
+/// What a reservation means for attempt `k`: the GPU ms granted, or why to stop.
+fn granted(k: u32, answer: Reservation) -> Result<u64, Stop> {
+    match answer {
+        Reservation::Granted { gpu_ms } => Ok(gpu_ms),
+        Reservation::Refused {
+            limit_ms,
+            committed_ms,
+            requested_ms,
+        } => Err(Stop::BudgetRefused {
+            attempt: k,
+            detail: format!(
+                "{requested_ms} GPU ms requested, {committed_ms} of {limit_ms} already committed"
+            ),
+        }),
+    }
+}
+
 /// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Patches {
@@ -115,6 +145,7 @@ pub(crate) struct Patches {
     variations: bool,
     parallel: bool,
     placement: bool,
+    eager: bool,
 }
 
 impl Patches {
@@ -124,6 +155,7 @@ impl Patches {
             variations: ctx.patched(VARIATIONS_PATCH),
             parallel: ctx.patched(PARALLEL_PATCH),
             placement: ctx.patched(PLACEMENT_PATCH),
+            eager: ctx.patched(EAGER_PATCH),
         }
     }
 }
@@ -150,6 +182,7 @@ impl Run {
             steps,
             parallel: patches.parallel,
             placed: patches.placement,
+            eager: patches.eager && patches.placement && steps == StoreSteps::Local,
         }
     }
 
@@ -372,7 +405,12 @@ impl Run {
         if self.creator_stop().is_some() {
             return Ok(());
         }
-        let reserved_ms = match self.reserve(&attempt).await? {
+        let reserved = if self.eager {
+            self.reserve_attempt(&attempt).await?
+        } else {
+            self.reserve(&attempt).await?.map(|ms| (ms, false))
+        };
+        let (reserved_ms, eager) = match reserved {
             Ok(granted) => granted,
             Err(stop) => {
                 self.ctx.state_mut(|s| {
@@ -391,7 +429,7 @@ impl Run {
         let token = self.ctx.cancellation_token().child_token();
         self.ctx.state_mut(|s| s.running.push((k, token.clone())));
         let record = self
-            .generate_and_score(attempt, reserved_ms, &token)
+            .generate_and_score(attempt, reserved_ms, eager, &token)
             .await?;
         self.ctx.state_mut(|s| {
             s.running.retain(|(r, _)| *r != k);
@@ -466,7 +504,7 @@ impl Run {
             let token = self.ctx.cancellation_token().child_token();
             self.ctx.state_mut(|s| s.running = vec![(k, token.clone())]);
             let record = self
-                .generate_and_score(attempt, reserved_ms, &token)
+                .generate_and_score(attempt, reserved_ms, false, &token)
                 .await?;
             self.ctx.state_mut(|s| s.running.clear());
             self.record(k, &record).await?;
@@ -536,19 +574,40 @@ impl Run {
                 ),
             )
             .await?;
-        Ok(match answer {
-            Reservation::Granted { gpu_ms } => Ok(gpu_ms),
-            Reservation::Refused {
-                limit_ms,
-                committed_ms,
-                requested_ms,
-            } => Err(Stop::BudgetRefused {
-                attempt: k,
-                detail: format!(
-                    "{requested_ms} GPU ms requested, {committed_ms} of {limit_ms} already committed"
+        Ok(granted(k, answer))
+    }
+
+    /// Reserve attempt `k`'s budget as [`Run::reserve`] does and, unless its generation must go
+    /// to a particular worker, ask the worker running this step whether it takes the generation
+    /// eagerly ([`EAGER_PATCH`]): the amount granted and that answer, or why to stop.
+    async fn reserve_attempt(
+        &self,
+        attempt: &AttemptPlan,
+    ) -> WorkflowResult<Result<(u64, bool), Stop>> {
+        let k = attempt.attempt;
+        let wanted =
+            !(self.policy.placement == Placement::SameWorker && self.previous_worker(k).is_some());
+        let answer = self
+            .steps
+            .run(
+                &self.ctx,
+                RetryActivities::reserve_attempt,
+                ReserveAttempt {
+                    budget: ReserveBudget {
+                        key: self.key(k),
+                        project_id: self.req.project_id.clone(),
+                        gpu_ms: self.policy.est_gpu_ms_per_attempt,
+                        scene_type: Some(self.req.scene_type.clone()),
+                    },
+                    eager: wanted,
+                },
+                format!(
+                    "attempt {k} · reserve {} GPU ms",
+                    self.policy.est_gpu_ms_per_attempt
                 ),
-            }),
-        })
+            )
+            .await?;
+        Ok(granted(k, answer.reservation).map(|ms| (ms, answer.eager)))
     }
 
     async fn release(&self, k: u32) -> WorkflowResult<()> {
@@ -569,9 +628,12 @@ impl Run {
         &self,
         attempt: AttemptPlan,
         reserved_ms: u64,
+        eager: bool,
         token: &WorkflowCancellationToken,
     ) -> WorkflowResult<AttemptRecord> {
-        let (generated, reruns) = self.placed_generation(&attempt, reserved_ms, token).await?;
+        let (generated, reruns) = self
+            .placed_generation(&attempt, reserved_ms, eager, token)
+            .await?;
         let mut attempt = attempt;
         attempt.note = retake_domain::report::rerun_note(attempt.note.take(), &reruns.failed);
         let mut generated = match generated {
@@ -626,6 +688,7 @@ impl Run {
         &self,
         attempt: &AttemptPlan,
         reserved_ms: u64,
+        eager: bool,
         token: &WorkflowCancellationToken,
     ) -> WorkflowResult<(Result<Generated, ActivityExecutionError>, Reruns)> {
         let mut reruns = Reruns::default();
@@ -633,6 +696,8 @@ impl Run {
             let generated = self.generate(attempt, reserved_ms, token, None).await;
             return Ok((generated, reruns));
         }
+        // The first run on the workflow's own queue, handed to the worker that promised a GPU.
+        let mut eager = eager;
         let k = attempt.attempt;
         let shared = Queue::Shared(retake_domain::generate_queue(self.ctx.task_queue()));
         let mut queue = shared.clone();
@@ -650,11 +715,16 @@ impl Run {
         loop {
             reruns.target = match &queue {
                 Queue::Worker { worker, .. } => Some(worker.clone()),
-                Queue::Shared(_) => None,
+                Queue::Shared(_) | Queue::Eager => None,
             };
             let by_name = reruns.target.is_some();
             let left_ms = reserved_ms.saturating_sub(reruns.used_ms);
-            let generated = self.generate(attempt, left_ms, token, Some(queue)).await;
+            let on = if std::mem::take(&mut eager) {
+                Some(Queue::Eager)
+            } else {
+                Some(queue.clone())
+            };
+            let generated = self.generate(attempt, left_ms, token, on).await;
             let Err(e) = &generated else {
                 return Ok((generated, reruns));
             };
@@ -774,6 +844,7 @@ impl Run {
                     prompt: attempt.prompt.clone(),
                     revise_uri: attempt.revise_uri.clone(),
                     budget,
+                    eager: queue == Some(Queue::Eager),
                 },
                 options::generate_on(
                     match &queue {

@@ -74,7 +74,7 @@ pub(crate) fn generate_on(
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .summary(summary);
     match queue {
-        None => options.build(),
+        None | Some(Queue::Eager) => options.build(),
         Some(Queue::Shared(q)) => options.task_queue(q).build(),
         Some(Queue::Worker { queue, .. }) => options
             .task_queue(queue)
@@ -88,6 +88,9 @@ pub(crate) fn generate_on(
 pub(crate) enum Queue {
     /// `<task_queue>/generate`: whichever worker is free.
     Shared(String),
+    /// The workflow's own task queue, for the worker that promised a GPU to take eagerly (see
+    /// `attempts::EAGER_PATCH`).
+    Eager,
     /// A worker's own queue: that worker.
     Worker { worker: String, queue: String },
 }

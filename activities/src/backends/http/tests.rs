@@ -26,6 +26,7 @@ pub(in crate::backends) fn request() -> GenerateRequest {
         prompt: None,
         revise_uri: None,
         budget: None,
+        eager: false,
     }
 }
 

@@ -31,6 +31,7 @@ fn request(params: Value) -> GenerateRequest {
         prompt: None,
         revise_uri: None,
         budget: None,
+        eager: false,
     }
 }
 
