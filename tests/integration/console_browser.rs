@@ -191,30 +191,58 @@ async fn escalated(app: &TestApp) -> String {
     segment
 }
 
+/// A segment escalated on a render farm whose jobs take `polls` polls, the console served for
+/// it, and a browser window signed in with `token` on the segment's page.
+struct OnSegment {
+    c: Client,
+    app: TestApp,
+    segment: String,
+    _farm: FakeJobs,
+    _profile: tempfile::TempDir,
+}
+
+impl OnSegment {
+    async fn open(chromium: &Chromium, polls: u32, token: &str) -> Self {
+        let farm = FakeJobs::render_farm(polls).await;
+        let app = http_app(&farm).await;
+        let segment = escalated(&app).await;
+        let store = retake::connect::store(&app.db_url).await.unwrap();
+        let base = serve_with(&app, store).await;
+        let profile = tempfile::tempdir().unwrap();
+        let c = chromium.window(profile.path()).await;
+        sign_in(&c, &base, token).await;
+        c.goto(&format!("{base}/ui/segments/{segment}"))
+            .await
+            .unwrap();
+        Self {
+            c,
+            app,
+            segment,
+            _farm: farm,
+            _profile: profile,
+        }
+    }
+
+    /// What the page shows once both attempts' images have loaded.
+    async fn with_images(&self) -> Value {
+        eval_until(&self.c, SHOWN, 20, |v| {
+            v["images"].as_array().is_some_and(|i| {
+                i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0))
+            })
+        })
+        .await
+    }
+}
+
 #[tokio::test]
 async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_and_accepts() {
     let Some(chromium) = Chromium::start().await else {
         return;
     };
     // 15 polls of 200 ms: an attempt takes about 3 s, long enough to be seen in flight.
-    let farm = FakeJobs::render_farm(15).await;
-    let app = http_app(&farm).await;
-    let segment = escalated(&app).await;
-    let store = retake::connect::store(&app.db_url).await.unwrap();
-    let base = serve_with(&app, store).await;
-    let profile = tempfile::tempdir().unwrap();
-    let c = chromium.window(profile.path()).await;
-
-    sign_in(&c, &base, CREATOR).await;
-    c.goto(&format!("{base}/ui/segments/{segment}"))
-        .await
-        .unwrap();
-    let shown = eval_until(&c, SHOWN, 20, |v| {
-        v["images"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0)))
-    })
-    .await;
+    let on = OnSegment::open(&chromium, 15, CREATOR).await;
+    let (c, app, segment) = (&on.c, &on.app, &on.segment);
+    let shown = on.with_images().await;
     assert_eq!(shown["phase"], "awaiting_review", "{shown}");
     assert_eq!(
         shown["cards"],
@@ -232,7 +260,7 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
         first.contains("the face melts") && first.contains("cfg_scale"),
         "scores with their feedback, and the params: {first}"
     );
-    screenshot(&c, "console-escalated.png").await;
+    screenshot(c, "console-escalated.png").await;
 
     // Retry with a lower CFG scale and two more attempts.
     let cfg = c.find(Locator::Css("#param-cfg_scale")).await.unwrap();
@@ -258,18 +286,18 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
         .for_element(Locator::Css("#runs[data-live]"))
         .await
         .expect("the page follows the running retry");
-    eval(&c, "window.__mark = 'set before the retry'; return null;").await;
+    eval(c, "window.__mark = 'set before the retry'; return null;").await;
 
     // The new attempts appear while the page stays the same page (no reload).
-    let live = eval_until(&c, SHOWN, 60, |v| {
+    let live = eval_until(c, SHOWN, 60, |v| {
         v["same_page"] == true && v["cards"].as_array().is_some_and(|c| c.len() >= 3)
     })
     .await;
     assert_eq!(live["cards"][2][0], 3, "attempt 3 appears live: {live}");
-    screenshot(&c, "console-retrying.png").await;
+    screenshot(c, "console-retrying.png").await;
 
     // Once both failed, the page reloads itself into review with the new attempts.
-    let reviewed = eval_until(&c, SHOWN, 60, |v| {
+    let reviewed = eval_until(c, SHOWN, 60, |v| {
         v["phase"] == "awaiting_review" && v["can_accept"] == true
     })
     .await;
@@ -292,7 +320,7 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
         .send_keys(&format!("best face of four{}", char::from(Key::Tab)))
         .await
         .unwrap();
-    let focused = eval(&c, "return document.activeElement.textContent;").await;
+    let focused = eval(c, "return document.activeElement.textContent;").await;
     assert_eq!(focused, "Accept", "Tab moves from the reason to the button");
     c.active_element()
         .await
@@ -300,13 +328,13 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
         .send_keys(&char::from(Key::Enter).to_string())
         .await
         .unwrap();
-    let done = eval_until(&c, SHOWN, 30, |v| {
+    let done = eval_until(c, SHOWN, 30, |v| {
         v["phase"].as_str().is_some_and(|p| p != "awaiting_review")
     })
     .await;
-    screenshot(&c, "console-accepted.png").await;
+    screenshot(c, "console-accepted.png").await;
 
-    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    let id = retake_domain::SegmentId::parse(segment).unwrap();
     let result = retake::retries::result(&retake::retries::handle(&app.client, &id))
         .await
         .unwrap();
@@ -337,7 +365,7 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
             ("accept", "api:creator", "best face of four")
         ]
     );
-    c.close().await.unwrap();
+    c.clone().close().await.unwrap();
 }
 
 #[tokio::test]
@@ -345,30 +373,15 @@ async fn a_viewer_sees_every_attempt_and_no_way_to_decide() {
     let Some(chromium) = Chromium::start().await else {
         return;
     };
-    let farm = FakeJobs::render_farm(1).await;
-    let app = http_app(&farm).await;
-    let segment = escalated(&app).await;
-    let store = retake::connect::store(&app.db_url).await.unwrap();
-    let base = serve_with(&app, store).await;
-    let profile = tempfile::tempdir().unwrap();
-    let c = chromium.window(profile.path()).await;
-
-    sign_in(&c, &base, VIEWER).await;
-    c.goto(&format!("{base}/ui/segments/{segment}"))
-        .await
-        .unwrap();
-    let shown = eval_until(&c, SHOWN, 20, |v| {
-        v["images"]
-            .as_array()
-            .is_some_and(|i| i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0)))
-    })
-    .await;
+    let on = OnSegment::open(&chromium, 1, VIEWER).await;
+    let (c, app, segment) = (&on.c, &on.app, &on.segment);
+    let shown = on.with_images().await;
     assert_eq!(shown["can_accept"], false, "{shown}");
-    let forms = eval(&c, "return document.querySelectorAll('main form').length;").await;
+    let forms = eval(c, "return document.querySelectorAll('main form').length;").await;
     assert_eq!(forms, 0, "no decision or steering form for a viewer");
-    screenshot(&c, "console-viewer.png").await;
-    c.close().await.unwrap();
-    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    screenshot(c, "console-viewer.png").await;
+    c.clone().close().await.unwrap();
+    let id = retake_domain::SegmentId::parse(segment).unwrap();
     let still = retake::retries::status(&app.client, &id).await.unwrap();
     assert_eq!(still.phase, Phase::AwaitingReview, "nothing decided");
 }
@@ -477,5 +490,5 @@ async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_inpu
         saved.prompts, stored.prompts,
         "what the form has no input for is kept"
     );
-    c.close().await.unwrap();
+    c.clone().close().await.unwrap();
 }

@@ -75,6 +75,52 @@ impl ThresholdRow {
     }
 }
 
+/// A row of named inputs: its name input and the inputs named `.<part>` after it.
+trait Row {
+    fn name(&self) -> &Input;
+    /// The input of `part` (`min`, `range`, …), else the name input.
+    fn part(&mut self, part: &str) -> &mut Input;
+}
+
+impl Row for ThresholdRow {
+    fn name(&self) -> &Input {
+        &self.metric
+    }
+    fn part(&mut self, part: &str) -> &mut Input {
+        match part {
+            "min" => &mut self.min,
+            "failure" => &mut self.failure,
+            _ => &mut self.metric,
+        }
+    }
+}
+
+impl Row for VaryRow {
+    fn name(&self) -> &Input {
+        &self.param
+    }
+    fn part(&mut self, part: &str) -> &mut Input {
+        match part {
+            "range" => &mut self.range,
+            "min" => &mut self.min,
+            "max" => &mut self.max,
+            _ => &mut self.param,
+        }
+    }
+}
+
+/// The input `<name>[.<part>]` names among `rows` (a name may itself hold a dot: the longest
+/// matching name wins).
+fn row_input<'r, R: Row>(rows: &'r mut [R], field: &str) -> Option<&'r mut Input> {
+    let row = rows
+        .iter_mut()
+        .filter(|r| !r.name().value.is_empty() && field.starts_with(&r.name().value))
+        .max_by_key(|r| r.name().value.len())?;
+    let rest = &field[row.name().value.len()..];
+    let part = rest.strip_prefix('.').unwrap_or(rest).to_owned();
+    Some(row.part(&part))
+}
+
 /// One jittered parameter: its name, the ± range and the optional bounds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct VaryRow {
@@ -402,35 +448,16 @@ impl PolicyForm {
             return add(&mut self.ladder);
         }
         // `thresholds.<metric>[.min|.failure]` and `vary.<param>[.range|.min|.max]`: the row
-        // of that name (a metric or parameter name may itself hold a dot: longest match wins).
-        if let Some(rest) = e.field.strip_prefix("thresholds.") {
-            let row = self
-                .thresholds
-                .iter_mut()
-                .filter(|r| !r.metric.value.is_empty() && rest.starts_with(&r.metric.value))
-                .max_by_key(|r| r.metric.value.len());
-            if let Some(r) = row {
-                return match &rest[r.metric.value.len()..] {
-                    ".min" => add(&mut r.min),
-                    ".failure" => add(&mut r.failure),
-                    _ => add(&mut r.metric),
-                };
-            }
+        // of that name.
+        if let Some(rest) = e.field.strip_prefix("thresholds.")
+            && let Some(i) = row_input(&mut self.thresholds, rest)
+        {
+            return add(i);
         }
-        if let Some(rest) = e.field.strip_prefix("vary.") {
-            let row = self
-                .vary
-                .iter_mut()
-                .filter(|r| !r.param.value.is_empty() && rest.starts_with(&r.param.value))
-                .max_by_key(|r| r.param.value.len());
-            if let Some(r) = row {
-                return match &rest[r.param.value.len()..] {
-                    ".range" => add(&mut r.range),
-                    ".min" => add(&mut r.min),
-                    ".max" => add(&mut r.max),
-                    _ => add(&mut r.param),
-                };
-            }
+        if let Some(rest) = e.field.strip_prefix("vary.")
+            && let Some(i) = row_input(&mut self.vary, rest)
+        {
+            return add(i);
         }
         false
     }
