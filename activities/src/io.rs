@@ -195,6 +195,13 @@ pub struct RecordAttempt {
     pub record: AttemptRecord,
 }
 
+/// Input of `record_settled`: the attempt to record and the GPU time its reservation settles to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordSettled {
+    pub attempt: RecordAttempt,
+    pub gpu_ms: u64,
+}
+
 /// Human review state of a run, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -17,8 +17,8 @@ pub mod store;
 use crate::gpu::Gpu;
 use crate::io::{
     AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, PlaceGeneration, Placement,
-    RecordAttempt, RecordOutcome, Reservation, ReserveAttempt, ReserveBudget, ReservedAttempt,
-    ScoreRequest, Scored, Settings, SettleBudget, Used,
+    RecordAttempt, RecordOutcome, RecordSettled, Reservation, ReserveAttempt, ReserveBudget,
+    ReservedAttempt, ScoreRequest, Scored, Settings, SettleBudget, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
@@ -557,6 +557,22 @@ impl RetryActivities {
             .await
             .map_err(store_failure)?;
         log::attempt_recorded(&input);
+        Ok(())
+    }
+
+    /// Settle the attempt's reservation to the GPU time it used and record it, in one store
+    /// transaction: `settle_budget` and `record_attempt` as one step.
+    #[activity(name = "record_settled")]
+    pub async fn record_settled(
+        self: Arc<Self>,
+        _ctx: ActivityContext,
+        input: RecordSettled,
+    ) -> Result<(), ActivityError> {
+        self.attempts
+            .record_settled(&input.attempt, input.gpu_ms)
+            .await
+            .map_err(store_failure)?;
+        log::attempt_recorded(&input.attempt);
         Ok(())
     }
 

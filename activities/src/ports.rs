@@ -246,6 +246,10 @@ pub struct StoredOutcome {
 pub trait AttemptStore: Send + Sync {
     /// Insert or replace the attempt (unique per workflow id, run id and attempt).
     async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError>;
+    /// Settle the attempt's reservation to `gpu_ms` (as [`BudgetLedger::settle`]) and record it
+    /// (as [`AttemptStore::record_attempt`]) in one transaction: both or neither. Idempotent as
+    /// each of them is.
+    async fn record_settled(&self, rec: &RecordAttempt, gpu_ms: u64) -> Result<(), StoreError>;
     /// Upsert the run's outcome, mark its selected attempt, flag escalations for review.
     async fn record_outcome(&self, out: &RecordOutcome) -> Result<(), StoreError>;
     /// Every attempt of a segment, oldest run first, then by attempt number.

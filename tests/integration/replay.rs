@@ -155,6 +155,25 @@ async fn every_stored_history_replays_against_the_current_workflow() {
         "eager-rerun_elsewhere.json",
         "eager-infrastructure_any.json",
         "eager-same_worker.json",
+        "folded-passed.json",
+        "folded-escalated.json",
+        "folded-aborted.json",
+        "folded-budget_exhausted.json",
+        "folded-review_accepted.json",
+        "folded-chapter_user_intervention.json",
+        "folded-budget_stopped.json",
+        "folded-aborted_last.json",
+        "folded-adaptive.json",
+        "folded-adaptive_cold.json",
+        "folded-store_outage.json",
+        "folded-best_of_three.json",
+        "folded-first_pass_cancels.json",
+        "folded-refused_one.json",
+        "folded-aborted_three.json",
+        "folded-escalated_cancels.json",
+        "folded-rerun_elsewhere.json",
+        "folded-infrastructure_any.json",
+        "folded-same_worker.json",
     ] {
         assert!(
             names.contains(&required),
@@ -229,7 +248,7 @@ async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
 }
 
 /// Prefix of the histories the recorder writes: those of the newest workflow patch.
-const PREFIX: &str = "eager-";
+const PREFIX: &str = "folded-";
 
 #[tokio::test]
 #[ignore = "regenerates tests/histories: run only when the workflow changed on purpose"]

@@ -8,8 +8,8 @@ use crate::store_steps::StoreSteps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{
     AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, PlaceGeneration,
-    RecordAttempt, Reservation, ReserveAttempt, ReserveBudget, Review, ScoreRequest, Scored,
-    SettleBudget,
+    RecordAttempt, RecordSettled, Reservation, ReserveAttempt, ReserveBudget, Review, ScoreRequest,
+    Scored, SettleBudget,
 };
 use retake_domain::RetryPolicy;
 use retake_domain::adapt::EvidenceQuery;
@@ -54,6 +54,8 @@ pub(crate) struct Run {
     /// Whether an attempt's first generation may run eagerly on the worker that reserved it
     /// ([`EAGER_PATCH`]).
     eager: bool,
+    /// Whether a scored attempt is settled and recorded in one step ([`FOLDED_PATCH`]).
+    folded: bool,
 }
 
 /// The earlier runs of one attempt's generation: the workers that failed it and why, the GPU
@@ -112,6 +114,12 @@ pub(crate) const PLACEMENT_PATCH: &str = "generation-placement";
 /// same queue. Histories without its marker replay `reserve_budget` and the shared queue.
 pub(crate) const EAGER_PATCH: &str = "eager-generation";
 
+/// Patch id of the folded record (`ctx.patched`, taken with the others): a scored attempt's
+/// reservation is settled and its record written by one local activity, `record_settled`, in
+/// one store transaction, instead of `settle_budget` and then `record_attempt`. Histories
+/// without its marker replay the two steps.
+pub(crate) const FOLDED_PATCH: &str = "settle-with-record";
+
 /// How often one attempt's generation is re-run on another worker after infrastructure
 /// failures before the attempt is recorded as an error.
 pub(crate) const MAX_RERUNS: usize = 2;
@@ -146,6 +154,7 @@ pub(crate) struct Patches {
     parallel: bool,
     placement: bool,
     eager: bool,
+    folded: bool,
 }
 
 impl Patches {
@@ -156,6 +165,7 @@ impl Patches {
             parallel: ctx.patched(PARALLEL_PATCH),
             placement: ctx.patched(PLACEMENT_PATCH),
             eager: ctx.patched(EAGER_PATCH),
+            folded: ctx.patched(FOLDED_PATCH),
         }
     }
 }
@@ -183,6 +193,7 @@ impl Run {
             parallel: patches.parallel,
             placed: patches.placement,
             eager: patches.eager && patches.placement && steps == StoreSteps::Local,
+            folded: patches.folded && steps == StoreSteps::Local,
         }
     }
 
@@ -428,7 +439,7 @@ impl Run {
         }
         let token = self.ctx.cancellation_token().child_token();
         self.ctx.state_mut(|s| s.running.push((k, token.clone())));
-        let record = self
+        let (record, unsettled) = self
             .generate_and_score(attempt, reserved_ms, eager, &token)
             .await?;
         self.ctx.state_mut(|s| {
@@ -446,12 +457,50 @@ impl Run {
                 s.cancel_reason = Some(why);
             }
         });
-        self.record(k, &record).await?;
+        self.finish(k, &record, unsettled).await?;
         self.ctx.state_mut(|s| {
             let at = s.attempts.partition_point(|a| a.attempt < k);
             s.attempts.insert(at, record);
         });
         Ok(())
+    }
+
+    /// Record attempt `k`; with `unsettled` GPU ms, settle its reservation to them in the same
+    /// step (activity `record_settled`, [`FOLDED_PATCH`]).
+    async fn finish(
+        &self,
+        k: u32,
+        record: &AttemptRecord,
+        unsettled: Option<u64>,
+    ) -> WorkflowResult<()> {
+        let Some(gpu_ms) = unsettled else {
+            return self.record(k, record).await;
+        };
+        self.steps
+            .run(
+                &self.ctx,
+                RetryActivities::record_settled,
+                RecordSettled {
+                    attempt: self.record_input(k, record),
+                    gpu_ms,
+                },
+                format!(
+                    "attempt {k} · settle {gpu_ms} GPU ms · record · {}",
+                    record.status.as_str()
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn record_input(&self, k: u32, record: &AttemptRecord) -> RecordAttempt {
+        RecordAttempt {
+            key: self.key(k),
+            segment_id: self.req.segment_id.clone(),
+            project_id: self.req.project_id.clone(),
+            scene_type: self.req.scene_type.clone(),
+            record: record.clone(),
+        }
     }
 
     /// Record attempt `k` in the store (activity `record_attempt`).
@@ -460,13 +509,7 @@ impl Run {
             .run(
                 &self.ctx,
                 RetryActivities::record_attempt,
-                RecordAttempt {
-                    key: self.key(k),
-                    segment_id: self.req.segment_id.clone(),
-                    project_id: self.req.project_id.clone(),
-                    scene_type: self.req.scene_type.clone(),
-                    record: record.clone(),
-                },
+                self.record_input(k, record),
                 format!("attempt {k} · record · {}", record.status.as_str()),
             )
             .await?;
@@ -503,11 +546,11 @@ impl Run {
             }
             let token = self.ctx.cancellation_token().child_token();
             self.ctx.state_mut(|s| s.running = vec![(k, token.clone())]);
-            let record = self
+            let (record, unsettled) = self
                 .generate_and_score(attempt, reserved_ms, false, &token)
                 .await?;
             self.ctx.state_mut(|s| s.running.clear());
-            self.record(k, &record).await?;
+            self.finish(k, &record, unsettled).await?;
             self.ctx.state_mut(|s| s.attempts.push(record));
         }
     }
@@ -622,15 +665,17 @@ impl Run {
         Ok(())
     }
 
-    /// Generate and score; settle (or release) the reservation with the GPU time used. An abort
-    /// cancels generation and scoring through `token`.
+    /// Generate and score; settle (or release) the reservation with the GPU time used — or,
+    /// with [`FOLDED_PATCH`], leave a scored attempt's settlement to the step that records it:
+    /// the GPU ms still to settle are the second value. An abort cancels generation and
+    /// scoring through `token`.
     async fn generate_and_score(
         &self,
         attempt: AttemptPlan,
         reserved_ms: u64,
         eager: bool,
         token: &WorkflowCancellationToken,
-    ) -> WorkflowResult<AttemptRecord> {
+    ) -> WorkflowResult<(AttemptRecord, Option<u64>)> {
         let (generated, reruns) = self
             .placed_generation(&attempt, reserved_ms, eager, token)
             .await?;
@@ -641,7 +686,7 @@ impl Run {
             Err(e) => {
                 let mut record = self.generation_failed(attempt, &e, reruns.used_ms).await?;
                 record.worker = failure::worker(&e).or(reruns.target);
-                return Ok(record);
+                return Ok((record, None));
             }
         };
         generated.gpu_ms = generated.gpu_ms.saturating_add(reruns.used_ms);
@@ -652,7 +697,12 @@ impl Run {
             self.req.segment_id, self.policy.max_attempts
         ));
         let scored = self.score(&attempt, &generated, token).await;
-        self.settle(k, generated.gpu_ms).await?;
+        let unsettled = if self.folded {
+            Some(generated.gpu_ms)
+        } else {
+            self.settle(k, generated.gpu_ms).await?;
+            None
+        };
         let mut record = match (scored, self.aborted_by(), self.cancel_reason()) {
             (Ok(qa), _, _) => attempt.scored(
                 &self.policy,
@@ -678,7 +728,7 @@ impl Run {
             }
         };
         record.worker = worker;
-        Ok(record)
+        Ok((record, unsettled))
     }
 
     /// Generate, and for runs with placement re-run a generation that failed because of its

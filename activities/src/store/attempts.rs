@@ -4,7 +4,7 @@
 //! `segment_retries` upsert then serializes two calls for the same run, so the outcome and the
 //! selected mark always come from the same call.
 
-use super::budget::release_abandoned;
+use super::budget::{release_abandoned, settle_in};
 use super::sql::{Db, stmt};
 use super::{Backend, SqlxStore, from_json, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
 use crate::io::{RecordAttempt, RecordOutcome};
@@ -253,26 +253,42 @@ fn outcome_from_row<DB: Db>(row: &DB::Row) -> Result<StoredOutcome, StoreError> 
     })
 }
 
+/// Insert or replace the attempt `rec` within the caller's write transaction `tx`.
+async fn record_in<DB: Backend>(
+    tx: &mut DB::Connection,
+    rec: &RecordAttempt,
+) -> Result<(), StoreError> {
+    if rec.key.attempt != rec.record.attempt {
+        return Err(StoreError::Invalid(format!(
+            "attempt key {} does not match the record's attempt {}",
+            rec.key.idempotency_key(),
+            rec.record.attempt
+        )));
+    }
+    let owner = Owner {
+        segment_id: rec.segment_id.as_str(),
+        project_id: rec.project_id.as_str(),
+        scene_type: rec.scene_type.as_str(),
+        workflow_id: &rec.key.workflow_id,
+        run_id: &rec.key.run_id,
+    };
+    insert_attempt::<DB>(tx, &owner, &rec.record, REPLACE_DATA, &now()).await?;
+    count_arms::<DB>(tx, &owner, &rec.record, true).await
+}
+
 #[async_trait]
 impl<DB: Backend> AttemptStore for SqlxStore<DB> {
     async fn record_attempt(&self, rec: &RecordAttempt) -> Result<(), StoreError> {
-        if rec.key.attempt != rec.record.attempt {
-            return Err(StoreError::Invalid(format!(
-                "attempt key {} does not match the record's attempt {}",
-                rec.key.idempotency_key(),
-                rec.record.attempt
-            )));
-        }
-        let owner = Owner {
-            segment_id: rec.segment_id.as_str(),
-            project_id: rec.project_id.as_str(),
-            scene_type: rec.scene_type.as_str(),
-            workflow_id: &rec.key.workflow_id,
-            run_id: &rec.key.run_id,
-        };
         let mut tx = DB::begin_write(&self.pool).await?;
-        insert_attempt::<DB>(&mut tx, &owner, &rec.record, REPLACE_DATA, &now()).await?;
-        count_arms::<DB>(&mut tx, &owner, &rec.record, true).await?;
+        record_in::<DB>(&mut tx, rec).await?;
+        tx.commit().await.map_err(map_sqlx)
+    }
+
+    async fn record_settled(&self, rec: &RecordAttempt, gpu_ms: u64) -> Result<(), StoreError> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        // The project's lock first, then the attempt's rows: the order `record_outcome` takes.
+        settle_in::<DB>(&mut tx, &rec.key, gpu_ms).await?;
+        record_in::<DB>(&mut tx, rec).await?;
         tx.commit().await.map_err(map_sqlx)
     }
 

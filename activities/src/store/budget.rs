@@ -266,20 +266,42 @@ async fn close_reservation<DB: Backend>(
     spent_ms: Option<i64>,
 ) -> Result<(), StoreError> {
     let mut tx = DB::begin_write(pool).await?;
-    let Some(stored) = reservation::<DB>(&mut tx, key).await? else {
-        return tx.commit().await.map_err(map_sqlx);
+    close_in::<DB>(&mut tx, key, status, spent_ms).await?;
+    tx.commit().await.map_err(map_sqlx)
+}
+
+/// Settle the attempt's reservation to `gpu_ms` within the caller's write transaction `tx`
+/// (nothing when it is not reserved any more).
+pub(super) async fn settle_in<DB: Backend>(
+    tx: &mut DB::Connection,
+    key: &AttemptKey,
+    gpu_ms: u64,
+) -> Result<(), StoreError> {
+    let spent = to_i64(gpu_ms, "settled gpu_ms")?;
+    close_in::<DB>(tx, key, SETTLED, Some(spent)).await
+}
+
+/// Close the attempt's reservation as `status` within the caller's write transaction `tx`.
+async fn close_in<DB: Backend>(
+    tx: &mut DB::Connection,
+    key: &AttemptKey,
+    status: &str,
+    spent_ms: Option<i64>,
+) -> Result<(), StoreError> {
+    let Some(stored) = reservation::<DB>(tx, key).await? else {
+        return Ok(());
     };
     if stored.status != RESERVED {
-        return tx.commit().await.map_err(map_sqlx);
+        return Ok(());
     }
-    DB::lock_project(&mut tx, &stored.project_id).await?;
+    DB::lock_project(tx, &stored.project_id).await?;
     // Read again under the lock: a settle, release or recorded outcome of the same attempt
     // may have closed it while this one waited.
-    let Some(stored) = reservation::<DB>(&mut tx, key).await? else {
-        return tx.commit().await.map_err(map_sqlx);
+    let Some(stored) = reservation::<DB>(tx, key).await? else {
+        return Ok(());
     };
     if stored.status != RESERVED {
-        return tx.commit().await.map_err(map_sqlx);
+        return Ok(());
     }
     let now = now();
     let close = stmt(CLOSE_RESERVATION)
@@ -290,15 +312,15 @@ async fn close_reservation<DB: Backend>(
         .bind(key.run_id.as_str())
         .bind(i64::from(key.attempt))
         .bind(RESERVED);
-    if DB::execute(&mut tx, close).await? == 1 {
+    if DB::execute(tx, close).await? == 1 {
         let spend = stmt(MOVE_TO_SPENT)
             .bind(stored.reserved_ms)
             .bind(spent_ms.unwrap_or(0))
             .bind(now.as_str())
             .bind(stored.project_id.as_str());
-        DB::execute(&mut tx, spend).await?;
+        DB::execute(tx, spend).await?;
     }
-    tx.commit().await.map_err(map_sqlx)
+    Ok(())
 }
 
 #[async_trait]

@@ -320,7 +320,44 @@ async fn an_outcome_racing_a_settle_takes_the_reservation_off_once(db: &TestDb) 
     assert_eq!((b.reserved_ms, b.spent_ms), (0, 60 * settled));
 }
 
+/// `record_settled`: the settlement and the record in one transaction, both or neither.
+async fn recording_settled_settles_and_records_together_once_or_not_at_all(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 300).await.unwrap();
+    store.reserve(&key("r1", 2), "p1", 300).await.unwrap();
+    let first = record_attempt("r1", record(1, 0.5));
+    store.record_settled(&first, 250).await.unwrap();
+    store.record_settled(&first, 250).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (300, 250), "settled once");
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM retry_attempts").await,
+        1,
+        "recorded once"
+    );
+
+    // A record the store refuses (its attempt is not the key's) settles nothing either.
+    let mut wrong = record_attempt("r1", record(3, 0.5));
+    wrong.key = key("r1", 2);
+    assert!(matches!(
+        store.record_settled(&wrong, 200).await,
+        Err(StoreError::Invalid(_))
+    ));
+    let b = budget(&store, "p1").await;
+    assert_eq!(
+        (b.reserved_ms, b.spent_ms),
+        (300, 250),
+        "attempt 2 still held"
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM retry_attempts").await,
+        1
+    );
+}
+
 store_tests! {
+    #[tokio::test] recording_settled_settles_and_records_together_once_or_not_at_all,
     #[tokio::test] a_reservation_within_the_limit_is_granted_and_held,
     #[tokio::test] a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal,
     #[tokio::test] a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked,
