@@ -263,24 +263,10 @@ async fn a_creator_compares_images_retries_with_new_params_watches_them_arrive_a
     screenshot(c, "console-escalated.png").await;
 
     // Retry with a lower CFG scale and two more attempts.
-    let cfg = c.find(Locator::Css("#param-cfg_scale")).await.unwrap();
-    cfg.clear().await.unwrap();
-    cfg.send_keys("5.5").await.unwrap();
-    let attempts = c.find(Locator::Css("#attempts")).await.unwrap();
-    attempts.clear().await.unwrap();
-    attempts.send_keys("2").await.unwrap();
-    c.find(Locator::Css("#retry-reason"))
-        .await
-        .unwrap()
-        .send_keys("less guidance")
-        .await
-        .unwrap();
-    c.find(Locator::Css("#retry-with-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    fill(c, "#param-cfg_scale", "5.5").await;
+    fill(c, "#attempts", "2").await;
+    fill(c, "#retry-reason", "less guidance").await;
+    click(c, "#retry-with-form button[type=submit]").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css("#runs[data-live]"))
@@ -386,6 +372,16 @@ async fn a_viewer_sees_every_attempt_and_no_way_to_decide() {
     assert_eq!(still.phase, Phase::AwaitingReview, "nothing decided");
 }
 
+/// Click the element `css`.
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Replace the text of the input `css` by `text`.
 async fn fill(c: &Client, css: &str, text: &str) {
     let field = c.find(Locator::Css(css)).await.unwrap();
@@ -418,12 +414,7 @@ async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_inpu
 
     fill(&c, "#max_attempts", "11").await;
     fill(&c, "#parallelism", "0").await;
-    c.find(Locator::Css("#policy-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#policy-form button[type=submit]").await;
     let refused = eval_until(
         &c,
         "return Array.from(document.querySelectorAll('[aria-invalid=true]')).map(i => [i.id,
@@ -464,12 +455,7 @@ async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_inpu
     fill(&c, &format!("input[name='{row}.param']"), "temperature").await;
     fill(&c, &format!("input[name='{row}.range']"), "0.2").await;
     fill(&c, &format!("input[name='{row}.max']"), "1.5").await;
-    c.find(Locator::Css("#policy-form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&c, "#policy-form button[type=submit]").await;
     c.wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css(".flash"))

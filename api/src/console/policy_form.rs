@@ -199,11 +199,19 @@ fn vary_row(i: usize, param: &str, range: String, min: String, max: String) -> V
     }
 }
 
+/// `rows` and, unless one of them is blank already, a blank row (`blank(i)`) to add one.
+fn with_blank<R: Row>(mut rows: Vec<R>, blank: impl Fn(usize) -> R) -> Vec<R> {
+    if rows.iter().all(|r| !r.name().value.is_empty()) {
+        rows.push(blank(rows.len()));
+    }
+    rows
+}
+
 impl PolicyForm {
     /// The form filled in from `policy`, with a blank threshold and jitter row to add one.
     pub(crate) fn of(policy: &RetryPolicy) -> Self {
         let v = serde_json::to_value(policy).unwrap_or_default();
-        let mut thresholds: Vec<ThresholdRow> = v["thresholds"]
+        let thresholds = v["thresholds"]
             .as_object()
             .into_iter()
             .flatten()
@@ -212,13 +220,7 @@ impl PolicyForm {
                 threshold_row(i, metric, shown(t.get("min")), shown(t.get("failure")))
             })
             .collect();
-        thresholds.push(threshold_row(
-            thresholds.len(),
-            "",
-            String::new(),
-            String::new(),
-        ));
-        let mut vary: Vec<VaryRow> = v["vary"]
+        let vary = v["vary"]
             .as_object()
             .into_iter()
             .flatten()
@@ -233,37 +235,15 @@ impl PolicyForm {
                 )
             })
             .collect();
-        vary.push(vary_row(
-            vary.len(),
-            "",
-            String::new(),
-            String::new(),
-            String::new(),
-        ));
-        Self {
-            enabled: policy.enabled,
-            numbers: NUMBERS
-                .iter()
-                .map(|(name, label, hint)| Labelled {
-                    label,
-                    hint,
-                    input: input(*name, shown(v.get(*name))),
-                })
-                .collect(),
-            choices: CHOICES
-                .iter()
-                .map(|(name, label, options)| Choice {
-                    label,
-                    options,
-                    input: input(*name, shown(v.get(*name))),
-                })
-                .collect(),
-            retry_on: input("retry_on", list(v.get("retry_on"))),
-            ladder: input("ladder", list(v.get("ladder"))),
+        Self::with(
+            policy.enabled,
+            |name| match name {
+                "retry_on" | "ladder" => list(v.get(name)),
+                _ => shown(v.get(name)),
+            },
             thresholds,
             vary,
-            general: Vec::new(),
-        }
+        )
     }
 
     /// The form as submitted (rows as many as were sent, plus a blank one if none is blank).
@@ -278,43 +258,42 @@ impl PolicyForm {
                 })
                 .count()
         };
-        let mut thresholds: Vec<ThresholdRow> = (0..rows("thresholds"))
+        let thresholds = (0..rows("thresholds"))
             .map(|i| {
                 let f = |part: &str| fields.get(&format!("thresholds.{i}.{part}")).to_owned();
                 threshold_row(i, &f("metric"), f("min"), f("failure"))
             })
             .collect();
-        if thresholds.iter().all(|r| !r.metric.value.is_empty()) {
-            thresholds.push(threshold_row(
-                thresholds.len(),
-                "",
-                String::new(),
-                String::new(),
-            ));
-        }
-        let mut vary: Vec<VaryRow> = (0..rows("vary"))
+        let vary = (0..rows("vary"))
             .map(|i| {
                 let f = |part: &str| fields.get(&format!("vary.{i}.{part}")).to_owned();
                 vary_row(i, &f("param"), f("range"), f("min"), f("max"))
             })
             .collect();
-        if vary.iter().all(|r| !r.param.value.is_empty()) {
-            vary.push(vary_row(
-                vary.len(),
-                "",
-                String::new(),
-                String::new(),
-                String::new(),
-            ));
-        }
+        Self::with(
+            !fields.get("enabled").is_empty(),
+            |name| fields.get(name).to_owned(),
+            thresholds,
+            vary,
+        )
+    }
+
+    /// The form with the value `value(name)` in each named input, and `thresholds` and `vary`
+    /// rows with a blank one each.
+    fn with(
+        enabled: bool,
+        value: impl Fn(&str) -> String,
+        thresholds: Vec<ThresholdRow>,
+        vary: Vec<VaryRow>,
+    ) -> Self {
         Self {
-            enabled: !fields.get("enabled").is_empty(),
+            enabled,
             numbers: NUMBERS
                 .iter()
                 .map(|(name, label, hint)| Labelled {
                     label,
                     hint,
-                    input: input(*name, fields.get(name)),
+                    input: input(*name, value(name)),
                 })
                 .collect(),
             choices: CHOICES
@@ -322,13 +301,17 @@ impl PolicyForm {
                 .map(|(name, label, options)| Choice {
                     label,
                     options,
-                    input: input(*name, fields.get(name)),
+                    input: input(*name, value(name)),
                 })
                 .collect(),
-            retry_on: input("retry_on", fields.get("retry_on")),
-            ladder: input("ladder", fields.get("ladder")),
-            thresholds,
-            vary,
+            retry_on: input("retry_on", value("retry_on")),
+            ladder: input("ladder", value("ladder")),
+            thresholds: with_blank(thresholds, |i| {
+                threshold_row(i, "", String::new(), String::new())
+            }),
+            vary: with_blank(vary, |i| {
+                vary_row(i, "", String::new(), String::new(), String::new())
+            }),
             general: Vec::new(),
         }
     }
