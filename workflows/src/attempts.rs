@@ -596,6 +596,24 @@ impl Run {
         Ok(ladder::adapt(&self.policy, plan, &evidence))
     }
 
+    /// What attempt `k` reserves: the policy's estimate, learning from the scene type's records
+    /// in runs since `truthful-records`.
+    fn reserve_input(&self, k: u32) -> ReserveBudget {
+        ReserveBudget {
+            key: self.key(k),
+            project_id: self.req.project_id.clone(),
+            gpu_ms: self.policy.est_gpu_ms_per_attempt,
+            scene_type: self.truthful.then(|| self.req.scene_type.clone()),
+        }
+    }
+
+    fn reserve_summary(&self, k: u32) -> String {
+        format!(
+            "attempt {k} · reserve {} GPU ms",
+            self.policy.est_gpu_ms_per_attempt
+        )
+    }
+
     /// Reserve the attempt's estimated GPU time: what was granted, or why to stop when the budget
     /// refuses.
     async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Result<u64, Stop>> {
@@ -605,16 +623,8 @@ impl Run {
             .run(
                 &self.ctx,
                 RetryActivities::reserve_budget,
-                ReserveBudget {
-                    key: self.key(k),
-                    project_id: self.req.project_id.clone(),
-                    gpu_ms: self.policy.est_gpu_ms_per_attempt,
-                    scene_type: self.truthful.then(|| self.req.scene_type.clone()),
-                },
-                format!(
-                    "attempt {k} · reserve {} GPU ms",
-                    self.policy.est_gpu_ms_per_attempt
-                ),
+                self.reserve_input(k),
+                self.reserve_summary(k),
             )
             .await?;
         Ok(granted(k, answer))
@@ -636,18 +646,10 @@ impl Run {
                 &self.ctx,
                 RetryActivities::reserve_attempt,
                 ReserveAttempt {
-                    budget: ReserveBudget {
-                        key: self.key(k),
-                        project_id: self.req.project_id.clone(),
-                        gpu_ms: self.policy.est_gpu_ms_per_attempt,
-                        scene_type: Some(self.req.scene_type.clone()),
-                    },
+                    budget: self.reserve_input(k),
                     eager: wanted,
                 },
-                format!(
-                    "attempt {k} · reserve {} GPU ms",
-                    self.policy.est_gpu_ms_per_attempt
-                ),
+                self.reserve_summary(k),
             )
             .await?;
         Ok(granted(k, answer.reservation).map(|ms| (ms, answer.eager)))

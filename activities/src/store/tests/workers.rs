@@ -13,6 +13,17 @@ fn worker(id: &str, seen_at_ms: u64, cooling_until_ms: u64) -> WorkerRow {
     }
 }
 
+/// The ids of the workers the registry lists on queue `q`.
+async fn ids_on_q(store: &AnyStore) -> Vec<String> {
+    store
+        .workers("q")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.worker_id)
+        .collect()
+}
+
 async fn placement_skips_dead_cooling_and_avoided_workers_and_spreads_the_rest(db: &TestDb) {
     let store = db.open().await;
     let now = 1_000_000_000;
@@ -67,13 +78,7 @@ async fn placement_skips_dead_cooling_and_avoided_workers_and_spreads_the_rest(d
         .await
         .unwrap();
     assert_eq!(back.unwrap().worker_id, "cooling");
-    let ids: Vec<String> = store
-        .workers("q")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.worker_id)
-        .collect();
+    let ids = ids_on_q(&store).await;
     assert_eq!(ids, ["a", "b", "cooling", "dead"]);
 }
 
@@ -89,13 +94,7 @@ async fn workers_not_seen_for_a_day_are_forgotten_by_the_next_announcement(db: &
         .await
         .unwrap();
     store.announce(&worker("live", now, 0)).await.unwrap();
-    let ids: Vec<String> = store
-        .workers("q")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|w| w.worker_id)
-        .collect();
+    let ids = ids_on_q(&store).await;
     assert_eq!(ids, ["live", "quiet"]);
 }
 
