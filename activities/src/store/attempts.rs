@@ -43,6 +43,10 @@ const SELECT_ATTEMPTS: &str = "SELECT a.segment_id, a.project_id, a.scene_type, 
      ORDER BY (SELECT MIN(b.id) FROM retry_attempts b \
      WHERE b.workflow_id = a.workflow_id AND b.run_id = a.run_id), a.attempt";
 
+/// The attempt numbers of a run that are recorded.
+const RECORDED_ATTEMPTS: &str =
+    "SELECT attempt FROM retry_attempts WHERE workflow_id = $1 AND run_id = $2";
+
 const UPSERT_OUTCOME: &str = "INSERT INTO segment_retries (workflow_id, run_id, \
      segment_id, project_id, scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, \
      review, decisions, created_at, updated_at) \
@@ -311,8 +315,20 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
         if released > 0 {
             tracing::warn!(workflow_id = %out.workflow_id, run_id = %out.run_id, released, "released abandoned reservations");
         }
-        // Attempts whose record_attempt was lost; recorded ones are kept as they are.
+        // Attempts whose record_attempt was lost; recorded ones are kept as they are (one read
+        // of which are there instead of an insert that changes nothing per attempt).
+        let recorded = stmt(RECORDED_ATTEMPTS)
+            .bind(out.workflow_id.as_str())
+            .bind(out.run_id.as_str());
+        let recorded = DB::fetch_all(&mut tx, recorded)
+            .await?
+            .iter()
+            .map(|row| DB::get::<i64>(row, "attempt"))
+            .collect::<Result<Vec<i64>, StoreError>>()?;
         for rec in &result.attempts {
+            if recorded.contains(&i64::from(rec.attempt)) {
+                continue;
+            }
             insert_attempt::<DB>(&mut tx, &owner, rec, KEEP_EXISTING, &now).await?;
             count_arms::<DB>(&mut tx, &owner, rec, false).await?;
         }

@@ -297,12 +297,17 @@ async fn close_in<DB: Backend>(
     DB::lock_project(tx, &stored.project_id).await?;
     // Read again under the lock: a settle, release or recorded outcome of the same attempt
     // may have closed it while this one waited.
-    let Some(stored) = reservation::<DB>(tx, key).await? else {
-        return Ok(());
+    let stored = if DB::WRITES_SERIALIZED {
+        stored
+    } else {
+        let Some(stored) = reservation::<DB>(tx, key).await? else {
+            return Ok(());
+        };
+        if stored.status != RESERVED {
+            return Ok(());
+        }
+        stored
     };
-    if stored.status != RESERVED {
-        return Ok(());
-    }
     let now = now();
     let close = stmt(CLOSE_RESERVATION)
         .bind(status)
@@ -343,7 +348,9 @@ impl<DB: Backend> BudgetLedger for SqlxStore<DB> {
         // Held to commit: no other reserve, settle or release of this project can interleave.
         DB::lock_project(&mut tx, project_id).await?;
         // A call for the same key that held the lock before this one has answered it.
-        if let Some(stored) = reservation::<DB>(&mut tx, key).await? {
+        if !DB::WRITES_SERIALIZED
+            && let Some(stored) = reservation::<DB>(&mut tx, key).await?
+        {
             tx.commit().await.map_err(map_sqlx)?;
             return stored.answer();
         }

@@ -88,6 +88,12 @@ trait Backend: sql::Db {
     /// The store's name in `Debug` output, the alias callers know it by.
     const STORE: &'static str;
 
+    /// Whether [`begin_write`](Self::begin_write) holds the whole database from the first
+    /// statement (SQLite's `BEGIN IMMEDIATE`): then nothing a transaction read can change before
+    /// it commits, and a row read before [`lock_project`](Self::lock_project) need not be read
+    /// again after it.
+    const WRITES_SERIALIZED: bool;
+
     /// Begin a transaction for a write that reads before it writes. Dropping it without commit
     /// rolls back.
     fn begin_write(

@@ -71,6 +71,7 @@ impl SqlxStore<Postgres> {
 
 impl Backend for Postgres {
     const STORE: &'static str = "PgStore";
+    const WRITES_SERIALIZED: bool = false;
 
     /// Begin a READ COMMITTED transaction. Dropping it without commit rolls back; so does
     /// dropping the call itself ([`begin_detached`]).

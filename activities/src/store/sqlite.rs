@@ -23,6 +23,9 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections a worker keeps to its SQLite file (sqlx's default is 10).
+const SQLITE_CONNECTIONS: u32 = 4;
+
 /// How a [`SqlStore`] waits for the database. Only tests that lock the database on purpose
 /// change them.
 #[derive(Debug, Clone, Copy)]
@@ -70,7 +73,15 @@ impl SqlxStore<Sqlite> {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(waits.busy)
             .foreign_keys(true);
-        let mut pool = SqlitePoolOptions::new().acquire_timeout(waits.busy * 3);
+        // A few connections: writers take turns on SQLite's one write lock anyway, and each
+        // connection is a thread of its own (sqlx runs SQLite off the async runtime), so more
+        // connections only add threads to wake. No ping before handing one out: a connection
+        // to a local file cannot go stale the way a network connection does, and the ping is
+        // a round trip to that thread on every acquire.
+        let mut pool = SqlitePoolOptions::new()
+            .max_connections(SQLITE_CONNECTIONS)
+            .test_before_acquire(false)
+            .acquire_timeout(waits.busy * 3);
         if !waits.keep_connections {
             pool = pool.max_lifetime(Duration::ZERO);
         }
@@ -83,6 +94,7 @@ impl SqlxStore<Sqlite> {
 
 impl Backend for Sqlite {
     const STORE: &'static str = "SqlStore";
+    const WRITES_SERIALIZED: bool = true;
 
     /// Begin a write transaction that holds the database's write lock from its first statement
     /// (see the module documentation). Dropping it without commit rolls back; so does dropping

@@ -14,12 +14,21 @@ const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GRO
 const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
 const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
 const COOLING: &str = "SELECT COUNT(*) AS n FROM workers WHERE cooling_until_ms > $1";
-/// Newest first by insertion (`id`), which, unlike `created_at`, does not depend on the clocks
-/// of the workers that recorded the attempts.
-const RECENT_GPU_MS: &str = "SELECT gpu_ms FROM retry_attempts WHERE scene_type = $1 \
-     AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0 \
-     AND COALESCE(error_type, '') <> 'BudgetExhausted')) \
-     ORDER BY id DESC LIMIT $2";
+/// The nearest-rank quantile of the GPU time of the scene type's latest `$2` attempts that
+/// generated (newest first by insertion, `id`, which, unlike `created_at`, does not depend on the
+/// clocks of the workers that recorded them): the value at the smallest rank `r` with
+/// `r ≥ q × n`, `q` given in billionths as `$3`, so the comparison is exact in integers (0.3 × 10
+/// is rank 3, where floating point says 3.0000000000000004). Computed in the database, so one
+/// row comes back instead of the whole window.
+const GPU_MS_QUANTILE: &str = "WITH recent AS (SELECT gpu_ms FROM retry_attempts \
+     WHERE scene_type = $1 AND (status IN ('passed', 'failed') OR (status = 'error' AND gpu_ms > 0 \
+     AND COALESCE(error_type, '') <> 'BudgetExhausted')) ORDER BY id DESC LIMIT $2), \
+     ranked AS (SELECT gpu_ms, ROW_NUMBER() OVER (ORDER BY gpu_ms) AS r, COUNT(*) OVER () AS n \
+     FROM recent) \
+     SELECT gpu_ms FROM ranked WHERE r * 1000000000 >= $3 * n ORDER BY r LIMIT 1";
+
+/// Billionths in one, the unit `GPU_MS_QUANTILE` takes its quantile in.
+const BILLION: f64 = 1e9;
 
 /// Per failure kind and arm, the counts over the scene type's latest `$3` scored attempts with a
 /// variation in scope `$2` (newest by `retry_attempts.id`, see `RECENT_GPU_MS`).
@@ -44,21 +53,6 @@ fn check_quantile(q: f64) -> Result<(), StoreError> {
             "a quantile must be between 0 and 1, not {q}"
         )))
     }
-}
-
-/// The nearest-rank `q`-quantile (`q` in `0..=1`) of `values`, in any order: the value at rank
-/// `ceil(q * n)` (at least 1) of the sorted values. The product is nudged down by far less than
-/// one rank, so that e.g. 0.3 × 10, which is 3.0000000000000004 in floating point, is rank 3
-/// and not 4.
-pub(crate) fn nearest_rank(mut values: Vec<u64>, q: f64) -> Option<u64> {
-    if values.is_empty() {
-        return None;
-    }
-    values.sort_unstable();
-    let n = values.len();
-    // q is in 0..=1 and n a row count: the rank is in 0..=n, so the casts lose nothing.
-    let rank = ((q * n as f64 - 1e-9).ceil() as usize).clamp(1, n);
-    Some(values[rank - 1])
 }
 
 fn count(v: i64) -> u64 {
@@ -108,19 +102,19 @@ impl<DB: Backend> Reporting for SqlxStore<DB> {
         last: u32,
     ) -> Result<Option<u64>, StoreError> {
         check_quantile(q)?;
-        let recent = stmt(RECENT_GPU_MS).bind(scene_type).bind(i64::from(last));
+        let select = stmt(GPU_MS_QUANTILE)
+            .bind(scene_type)
+            .bind(i64::from(last))
+            // q is in 0..=1 (checked above): 0..=10⁹ fits an i64.
+            .bind((q * BILLION).round() as i64);
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        let values = DB::fetch_all(&mut conn, recent)
-            .await?
-            .iter()
-            .map(|row| {
-                let ms: i64 = DB::get(row, "gpu_ms")?;
-                u64::try_from(ms).map_err(|_| {
-                    StoreError::Invalid(format!("retry_attempts.gpu_ms is negative: {ms}"))
-                })
-            })
-            .collect::<Result<Vec<u64>, StoreError>>()?;
-        Ok(nearest_rank(values, q))
+        let Some(row) = DB::fetch_optional(&mut conn, select).await? else {
+            return Ok(None);
+        };
+        let ms: i64 = DB::get(&row, "gpu_ms")?;
+        u64::try_from(ms)
+            .map(Some)
+            .map_err(|_| StoreError::Invalid(format!("retry_attempts.gpu_ms is negative: {ms}")))
     }
 
     async fn evidence(

@@ -1,7 +1,6 @@
 //! Reporting: statistics over recorded attempts.
 
 use super::*;
-use crate::store::stats::nearest_rank;
 use retake_domain::adapt::{ArmStats, EvidenceQuery, Variation};
 
 /// Record attempt `n` of run `run` with the given status and GPU time for `scene_type`.
@@ -43,6 +42,9 @@ async fn the_gpu_time_quantile_counts_the_latest_attempts_that_generated(db: &Te
     assert_eq!(q(0.8, 100).await, Some(400));
     assert_eq!(q(0.9, 100).await, Some(9000));
     assert_eq!(q(1.0, 100).await, Some(9000));
+    // Nearest rank, exactly: 0.6 × 5 is rank 3, a billionth more is rank 4.
+    assert_eq!(q(0.6, 100).await, Some(300));
+    assert_eq!(q(0.600_000_001, 100).await, Some(400));
     // Only the 4 most recent of the counted attempts (recorded after the 9000 ms one).
     assert_eq!(q(1.0, 4).await, Some(400));
     assert_eq!(q(0.5, 2).await, Some(100));
@@ -182,18 +184,4 @@ store_tests! {
     #[tokio::test] evidence_counts_the_latest_scored_attempts_per_failure_kind_and_arm,
     #[tokio::test] the_gpu_time_quantile_counts_the_latest_attempts_that_generated,
     #[tokio::test] a_quantile_outside_zero_to_one_is_invalid,
-}
-
-#[test]
-fn nearest_rank_takes_the_smallest_value_covering_the_quantile() {
-    let values: Vec<u64> = (1..=10).map(|v| v * 10).collect();
-    // 0.3 × 10 is 3.0000000000000004 in floating point: still rank 3.
-    assert_eq!(nearest_rank(values.clone(), 0.3), Some(30));
-    assert_eq!(nearest_rank(values.clone(), 0.31), Some(40));
-    assert_eq!(nearest_rank(values.clone(), 0.7), Some(70));
-    assert_eq!(nearest_rank(values.clone(), 0.0), Some(10));
-    assert_eq!(nearest_rank(values, 1.0), Some(100));
-    assert_eq!(nearest_rank(vec![5, 1, 3], 0.5), Some(3));
-    assert_eq!(nearest_rank(vec![7], 0.99), Some(7));
-    assert_eq!(nearest_rank(Vec::new(), 0.5), None);
 }
