@@ -24,7 +24,8 @@ use retake_domain::stop::Stop;
 use retake_domain::strategy::Strategy;
 use std::time::Duration;
 use temporalio_sdk::{
-    ActivityExecutionError, WorkflowCancellationToken, WorkflowContext, WorkflowResult,
+    ActivityExecutionError, TimerOptions, WorkflowCancellationToken, WorkflowContext,
+    WorkflowResult,
 };
 
 /// One run's inputs (the base parameters and policy change when a reviewer retries with new
@@ -272,10 +273,21 @@ impl Run {
             s.phase = Phase::AwaitingReview;
             s.result = Some(result.clone());
         });
+        // The window's timer gets a token of its own, held here until the wait ends. On the
+        // workflow's own token (the SDK's default) a timer dropped before it fires (a decision
+        // came first, or the worker evicted the parked run) stays registered with a handle to
+        // the workflow's context, which holds that token: a cycle that kept every such run's
+        // context in memory for good (temporalio-workflow 1.1.1). The workflow's cancellation
+        // still reaches the timer: this token is a child of the workflow's. No command changes.
+        let window = self.ctx.cancellation_token().child_token();
+        let timer = TimerOptions::builder(Duration::from_secs(window_secs))
+            .cancellation_token(window.clone())
+            .build();
         let decided = temporalio_sdk::workflows::select! {
-            _ = self.ctx.timer(Duration::from_secs(window_secs)) => false,
+            _ = self.ctx.timer(timer) => false,
             _ = self.ctx.wait_condition(|s: &SegmentRetryWorkflow| s.decision.is_some() || s.abort.is_some()) => true,
         };
+        drop(window);
         self.ctx.state_mut(|s| s.review_closed = true);
         if !decided {
             return Ok(ReviewEnd::Final(
