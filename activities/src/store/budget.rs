@@ -281,6 +281,17 @@ pub(super) async fn settle_in<DB: Backend>(
     close_in::<DB>(tx, key, SETTLED, Some(spent)).await
 }
 
+/// The attempt's reservation while it is still `reserved` (none once settled, released or
+/// refused, or when there is none).
+async fn reserved<DB: Backend>(
+    tx: &mut DB::Connection,
+    key: &AttemptKey,
+) -> Result<Option<Stored>, StoreError> {
+    Ok(reservation::<DB>(tx, key)
+        .await?
+        .filter(|stored| stored.status == RESERVED))
+}
+
 /// Close the attempt's reservation as `status` within the caller's write transaction `tx`.
 async fn close_in<DB: Backend>(
     tx: &mut DB::Connection,
@@ -288,24 +299,18 @@ async fn close_in<DB: Backend>(
     status: &str,
     spent_ms: Option<i64>,
 ) -> Result<(), StoreError> {
-    let Some(stored) = reservation::<DB>(tx, key).await? else {
+    let Some(stored) = reserved::<DB>(tx, key).await? else {
         return Ok(());
     };
-    if stored.status != RESERVED {
-        return Ok(());
-    }
     DB::lock_project(tx, &stored.project_id).await?;
-    // Read again under the lock: a settle, release or recorded outcome of the same attempt
-    // may have closed it while this one waited.
+    // Read again under the lock unless the transaction holds the whole database: a settle,
+    // release or recorded outcome of the same attempt may have closed it while this one waited.
     let stored = if DB::WRITES_SERIALIZED {
         stored
     } else {
-        let Some(stored) = reservation::<DB>(tx, key).await? else {
+        let Some(stored) = reserved::<DB>(tx, key).await? else {
             return Ok(());
         };
-        if stored.status != RESERVED {
-            return Ok(());
-        }
         stored
     };
     let now = now();

@@ -31,7 +31,7 @@ const GPU_MS_QUANTILE: &str = "WITH recent AS (SELECT gpu_ms FROM retry_attempts
 const BILLION: f64 = 1e9;
 
 /// Per failure kind and arm, the counts over the scene type's latest `$3` scored attempts with a
-/// variation in scope `$2` (newest by `retry_attempts.id`, see `RECENT_GPU_MS`).
+/// variation in scope `$2` (newest by `retry_attempts.id`, see `GPU_MS_QUANTILE`).
 const EVIDENCE: &str = "SELECT failure_kind, arm, COUNT(*) AS n, \
      CAST(SUM(CASE WHEN passed THEN 1 ELSE 0 END) AS BIGINT) AS passes, \
      CAST(COALESCE(SUM(gain_e4), 0) AS BIGINT) AS gain_e4 \
