@@ -45,6 +45,13 @@ struct Row {
     decision_ms_max: f64,
 }
 
+/// The Rust worker's workflow cache: its default, or what `RETAKE_MAX_CACHED_WORKFLOWS` (which
+/// the worker processes inherit) sets.
+fn rust_cache() -> String {
+    std::env::var("RETAKE_MAX_CACHED_WORKFLOWS")
+        .unwrap_or_else(|_| retake::worker::DEFAULT_MAX_CACHED_WORKFLOWS.to_string())
+}
+
 /// Every attempt fails (a metric no scorer reports), then a one-hour review wait.
 fn parking_policy() -> serde_json::Value {
     json!({"enabled": true, "max_attempts": 3, "thresholds": {"bench_never": 0.5},
@@ -82,7 +89,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
     }));
     let doc = json!({"scenario": "open", "machine": machine(), "workflows": args.workflows,
         "runs": args.live.runs,
-        "rust_max_cached_workflows": retake::worker::DEFAULT_MAX_CACHED_WORKFLOWS,
+        "rust_max_cached_workflows": rust_cache(),
         "python_max_cached_workflows": 1000,
         "parked_on": "the human-review wait (durable timer + condition) after 3 failed attempts",
         "rows": rows, "rust_to_python_rss": ratio});
@@ -95,7 +102,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         args.workflows,
         args.live.runs,
-        retake::worker::DEFAULT_MAX_CACHED_WORKFLOWS
+        rust_cache()
     );
     for worker in ["rust", "python"] {
         let mine: Vec<&Row> = rows.iter().filter(|r| r.worker == worker).collect();
