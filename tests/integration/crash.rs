@@ -135,6 +135,27 @@ async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
 }
 
 #[tokio::test]
+async fn retries_in_flight_beyond_the_workers_cache_are_recorded_and_charged_once() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    // Two workflows in memory and a dozen retries mid-attempt at once: the SDK evicts runs
+    // between their tasks (about 70 times in a run here) and they replay at the next.
+    let _worker = app
+        .worker_process()
+        .sim_gpu_ms(100)
+        .env("RETAKE_MAX_CACHED_WORKFLOWS", "2")
+        .spawn()
+        .expect("start a retake worker process");
+    let mut runs = Vec::new();
+    for i in 0..12 {
+        runs.push(start(&app, &format!("cache{i}")).await);
+    }
+    for (segment, project, predicted, handle) in &runs {
+        let result = retries::result(handle).await.unwrap();
+        assert_exactly_once(&app, segment, project, predicted, &result, 100).await;
+    }
+}
+
+#[tokio::test]
 async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
     let app = TestApp::builder().without_worker().spawn().await;
     let mut workers: Vec<_> = (0..3).map(|_| app.spawn_worker(300, 0)).collect();
