@@ -119,6 +119,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "RETAKE_COOL_DOWN_SECS", default_value_t = crate::worker::DEFAULT_COOL_DOWN.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub cool_down_secs: u64,
+    /// Seconds between giving memory the worker freed back to the system (glibc keeps freed
+    /// pages resident otherwise; see `worker/src/memory.rs`). 0: never.
+    #[arg(long, env = "RETAKE_RELEASE_MEMORY_EVERY_SECS", default_value_t = crate::memory::DEFAULT_RELEASE_EVERY.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub release_memory_every_secs: u64,
     /// Simulator: every generation fails after its first step with this infrastructure error
     /// (e.g. "CUDA out of memory"), as a broken GPU would; for trying placement.
     #[arg(long, env = "RETAKE_SIM_INFRASTRUCTURE_FAILURE")]

@@ -9,7 +9,7 @@ pub mod policy;
 pub mod retry;
 
 use crate::cli::{ApiArgs, Global, SweepArgs, WorkerArgs};
-use crate::{connect, sweep, worker};
+use crate::{connect, memory, sweep, worker};
 use anyhow::Context;
 use retake_activities::sim::Simulator;
 use std::sync::Arc;
@@ -70,9 +70,17 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         cool_down_after: args.cool_down_after,
         cool_down: std::time::Duration::from_secs(args.cool_down_secs),
     };
+    // And: give back what the worker freed (evicted workflows, finished activities).
+    let releasing = async {
+        match args.release_memory_every_secs {
+            0 => std::future::pending().await,
+            secs => memory::release_freed_every(std::time::Duration::from_secs(secs)).await,
+        }
+    };
     tokio::select! {
         ran = worker::run_with(client.clone(), &g.task_queue, &setup, activities, shutdown_signal()) => ran?,
         () = sweeping => {}
+        () = releasing => {}
     }
     tracing::info!("worker stopped");
     Ok(())
