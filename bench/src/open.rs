@@ -19,12 +19,15 @@ pub(crate) struct Args {
     #[command(flatten)]
     live: Live,
     /// Retries to park.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = DEFAULT_WORKFLOWS)]
     workflows: u64,
     /// Only the Rust worker.
     #[arg(long)]
     skip_python: bool,
 }
+
+/// Retries parked unless `--workflows` says otherwise.
+const DEFAULT_WORKFLOWS: u64 = 1000;
 
 /// Parked retries a decision is sent to, one after another, after all are parked.
 const DECISIONS: u64 = 10;
@@ -128,7 +131,13 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
             ratio.show(2, 1.0)
         ));
     }
-    write(&args.live.out, "open", &doc, &md)
+    // `open.*` holds the default 1,000; other counts get files of their own (`open-10000.*`).
+    let name = if args.workflows == DEFAULT_WORKFLOWS {
+        "open".to_owned()
+    } else {
+        format!("open-{}", args.workflows)
+    };
+    write(&args.live.out, &name, &doc, &md)
 }
 
 async fn park(
@@ -171,7 +180,10 @@ async fn park(
     }
     bar.set_message("waiting until every retry awaits review");
     let query = format!("TaskQueue = '{queue}' AND RetryOutcome = 'awaiting_review'");
-    let deadline = Instant::now() + Duration::from_secs(900);
+    // 15 minutes, or a quarter of a second per retry if longer: on the 2-core machines
+    // here the dev server parks 7–13 retries a second, so 10,000 take 13–22 minutes.
+    let limit = Duration::from_secs(900.max(n / 4));
+    let deadline = Instant::now() + limit;
     loop {
         let parked = server.count(&query).await?;
         bar.set_position(parked);
@@ -180,7 +192,8 @@ async fn park(
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {parked} of {n} retries parked in 15 minutes"
+            "only {parked} of {n} retries parked in {} s",
+            limit.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
