@@ -19,6 +19,7 @@ from datetime import timedelta
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from temporalio.client import Client  # noqa: E402
+from temporalio.service import GrpcCompression  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 from temporalio.worker.workflow_sandbox import (  # noqa: E402
     SandboxedWorkflowRunner,
@@ -41,6 +42,13 @@ def parse_args() -> argparse.Namespace:
         help="simulated GPU time per attempt in ms (the Rust worker's RETAKE_SIM_GPU_MS)",
     )
     p.add_argument(
+        "--grpc-compression",
+        choices=["none", "gzip"],
+        default=os.environ.get("RETAKE_GRPC_COMPRESSION", "none"),
+        help="gRPC compression to and from Temporal (the Rust worker's --grpc-compression,"
+        " default none there too; the Python SDK's own default is gzip)",
+    )
+    p.add_argument(
         "--db",
         required=True,
         help="SQLite file the store steps write (created with the Rust worker's schema)",
@@ -50,7 +58,12 @@ def parse_args() -> argparse.Namespace:
 
 async def main() -> int:
     args = parse_args()
-    client = await Client.connect(args.address, namespace=args.namespace)
+    compression = {"none": GrpcCompression.NONE, "gzip": GrpcCompression.GZIP}
+    client = await Client.connect(
+        args.address,
+        namespace=args.namespace,
+        grpc_compression=compression[args.grpc_compression],
+    )
     activities = Activities(max(args.gpu_ms, 0), args.db)
     # The SDK's default sandboxed runner; the pure domain module is passed through (imported
     # once, not per workflow run), the recommended practice for deterministic helper modules.

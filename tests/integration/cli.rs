@@ -124,6 +124,9 @@ async fn retake_retry_prints_the_report_and_history_lists_every_attempt() {
         "face_melt",
         "--policy",
         &policy_arg,
+        // The SDK's default, off by default here: the server takes gzipped requests too.
+        "--grpc-compression",
+        "gzip",
     ];
 
     let out = retake(&app, &args).await;
@@ -188,6 +191,14 @@ async fn retake_refuses_bad_input_with_the_field_named_and_a_failing_exit_code()
     let id = retake(&app, &["budget", "set", "bad project", "--limit-ms", "5"]).await;
     assert!(!id.status.success());
     assert!(stderr(&id).contains("project_id"), "{}", stderr(&id));
+
+    let codec = retake(&app, &["status", "x", "--grpc-compression", "brotli"]).await;
+    assert!(!codec.status.success());
+    assert!(
+        stderr(&codec).contains("--grpc-compression") && stderr(&codec).contains("gzip"),
+        "{}",
+        stderr(&codec)
+    );
 }
 
 #[tokio::test]

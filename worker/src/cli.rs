@@ -31,6 +31,10 @@ pub struct Global {
     /// else localhost:7233.
     #[arg(long, global = true)]
     pub temporal_address: Option<String>,
+    /// Compression of the gRPC messages to and from Temporal.
+    #[arg(long, global = true, env = "RETAKE_GRPC_COMPRESSION", value_enum,
+          default_value_t = crate::connect::Compression::default())]
+    pub grpc_compression: crate::connect::Compression,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,14 +7,57 @@ use retake_activities::ports::Store;
 use std::path::Path;
 use std::sync::Arc;
 use temporalio_client::envconfig::LoadClientConfigProfileOptions;
-use temporalio_client::{Client, ClientOptions, Connection, NamespacedClient, tonic};
+use temporalio_client::{
+    Client, ClientOptions, Connection, GrpcCompression, NamespacedClient, tonic,
+};
 use temporalio_protos::protos::temporal::api::enums::v1::IndexedValueType;
 use temporalio_protos::protos::temporal::api::operatorservice::v1::{
     AddSearchAttributesRequest, ListSearchAttributesRequest,
 };
 
+/// How the gRPC messages between a client or worker and Temporal are compressed
+/// (`--grpc-compression`).
+///
+/// `none` by default, where the Temporal SDK's own default is gzip: retake's messages are small
+/// (a segment's parameters and scores, histories of a few dozen events), and compressing each
+/// costs CPU on both ends (a worker at full load spent 7 % of its CPU inside gzip in a `perf`
+/// profile, and about 15 % less CPU per retry without it; `docs/benchmarks.md`) to save bytes
+/// that matter only on a slow or metered link. Choose `gzip` for such a link, e.g. to a
+/// Temporal server in another region.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// Send messages as they are, and ask for responses the same way.
+    #[default]
+    None,
+    /// Gzip every request and accept gzipped responses (the SDK's default).
+    Gzip,
+}
+
+impl From<Compression> for GrpcCompression {
+    fn from(c: Compression) -> Self {
+        match c {
+            Compression::None => GrpcCompression::None,
+            Compression::Gzip => GrpcCompression::Gzip,
+        }
+    }
+}
+
+/// Connect to Temporal as the command line says: `--temporal-address` and
+/// `--grpc-compression`.
+pub async fn temporal_for(g: &crate::cli::Global) -> anyhow::Result<Client> {
+    temporal_with(g.temporal_address.as_deref(), g.grpc_compression).await
+}
+
 /// Connect to Temporal. `address` (e.g. from `--temporal-address`) overrides the configuration.
 pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
+    temporal_with(address, Compression::default()).await
+}
+
+/// [`temporal`] with the messages compressed as `compression` says.
+pub async fn temporal_with(
+    address: Option<&str>,
+    compression: Compression,
+) -> anyhow::Result<Client> {
     let (mut conn_opts, client_opts) =
         ClientOptions::load_from_config(LoadClientConfigProfileOptions::default())
             .map_err(|e| anyhow::anyhow!("reading the Temporal client configuration: {e}"))?;
@@ -28,6 +71,7 @@ pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
             .parse()
             .with_context(|| format!("invalid Temporal address {addr:?}"))?;
     }
+    conn_opts.grpc_compression = compression.into();
     let target = conn_opts.target.to_string();
     let connection = Connection::connect(conn_opts).await.with_context(|| {
         format!("connecting to Temporal at {target} (is the server running? set TEMPORAL_ADDRESS)")

@@ -30,7 +30,7 @@ pub struct SignalArgs {
 pub(crate) async fn signal(g: &Global, action: Creator, args: SignalArgs) -> anyhow::Result<()> {
     let segment = SegmentId::parse(&args.segment)?;
     let by = who(args.by);
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     retries::signal(&client, &segment, action, &args.reason, &by).await?;
     println!("sent {action:?} for segment {segment} (by {by})");
     Ok(())
@@ -115,7 +115,7 @@ fn decision(args: &DecideArgs) -> anyhow::Result<Value> {
 pub(crate) async fn decide(g: &Global, args: DecideArgs) -> anyhow::Result<()> {
     let segment = SegmentId::parse(&args.segment)?;
     let d = decision(&args)?;
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let answer = retries::decide(&client, &segment, d).await?;
     println!(
         "decision {} by {} accepted for segment {segment}",
@@ -134,7 +134,7 @@ pub struct StatusArgs {
 
 pub(crate) async fn status(g: &Global, args: StatusArgs) -> anyhow::Result<()> {
     let segment = SegmentId::parse(&args.segment)?;
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let s = retries::status(&client, &segment).await?;
     if args.out.json {
         println!("{}", serde_json::to_string_pretty(&s)?);

@@ -111,7 +111,7 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
             p
         }
     };
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let tag = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -34,7 +34,7 @@ pub(crate) async fn shutdown_signal() {
 }
 
 pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let store = connect::store(&g.database_url).await?;
     let backends = args
         .backends
@@ -87,7 +87,7 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn sweep_reservations(g: &Global, args: SweepArgs) -> anyhow::Result<()> {
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let store = connect::store(&g.database_url).await?;
     let min_age = std::time::Duration::from_secs(args.older_than_secs);
     let swept = sweep::sweep(&client, store.as_ref(), min_age).await?;
@@ -103,7 +103,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         "RETAKE_API_TOKENS is not set: give at least one token, e.g. admin=<token>,creator=<token>,viewer=<token>",
     )?;
     let tokens = retake_api::Tokens::parse(&spec)?;
-    let temporal = connect::temporal(g.temporal_address.as_deref()).await?;
+    let temporal = connect::temporal_for(g).await?;
     let store = connect::store(&g.database_url).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -109,7 +109,7 @@ pub(crate) async fn run(g: &Global, args: RetryArgs) -> anyhow::Result<()> {
     if let Err(e) = retake_domain::RetryRequest::parse(&input) {
         bail!("{e}");
     }
-    let client = connect::temporal(g.temporal_address.as_deref()).await?;
+    let client = connect::temporal_for(g).await?;
     let handle = retries::start(&client, &g.task_queue, input).await?;
     let result = match retries::settled(&handle).await? {
         retries::Settled::Finished(result) => result,
