@@ -1,16 +1,23 @@
 //! `retake`: the worker and the command line of retake. All logic lives in the library.
 
 use clap::Parser;
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = retake::cli::Cli::parse();
     retake::telemetry::init(cli.command.default_log_filter());
-    match retake::cli::run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let runtime = match cli.command.runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(retake::cli::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
