@@ -54,10 +54,7 @@ pub async fn temporal(address: Option<&str>) -> anyhow::Result<Client> {
 }
 
 /// [`temporal`] with the messages compressed as `compression` says.
-pub async fn temporal_with(
-    address: Option<&str>,
-    compression: Compression,
-) -> anyhow::Result<Client> {
+async fn temporal_with(address: Option<&str>, compression: Compression) -> anyhow::Result<Client> {
     let (mut conn_opts, client_opts) =
         ClientOptions::load_from_config(LoadClientConfigProfileOptions::default())
             .map_err(|e| anyhow::anyhow!("reading the Temporal client configuration: {e}"))?;
