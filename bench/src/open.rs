@@ -181,7 +181,7 @@ async fn park(
     bar.set_message("waiting until every retry awaits review");
     let query = format!("TaskQueue = '{queue}' AND RetryOutcome = 'awaiting_review'");
     // 15 minutes, or a quarter of a second per retry if longer: on the 2-core machines
-    // here the dev server parks 7–13 retries a second, so 10,000 take 13–22 minutes.
+    // here the dev server parks 7–17 retries a second, so 10,000 take 10–22 minutes.
     let limit = Duration::from_secs(900.max(n / 4));
     let deadline = Instant::now() + limit;
     loop {
