@@ -5,6 +5,7 @@
 //! are retried by Temporal, invalid data and rejected requests are not.
 
 pub mod backends;
+pub mod files;
 pub mod gpu;
 pub mod io;
 mod log;

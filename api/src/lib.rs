@@ -34,6 +34,9 @@ pub struct AppState {
     pub tokens: Arc<Tokens>,
     /// The review console's settings and sessions (`/ui`).
     pub console: Console,
+    /// The only folders whose files the API opens (text outputs, drafts), and under which a
+    /// creator's `file://` `params.output_uri` must lie.
+    pub files: retake_activities::files::FileRoots,
 }
 
 /// The router with every endpoint, the body limit and the state.

@@ -31,6 +31,7 @@ pub async fn serve_with(app: &TestApp, store: Arc<dyn Store>) -> String {
         task_queue: app.task_queue.clone(),
         tokens: Arc::new(tokens),
         console: retake_api::Console::default(),
+        files: app.files.clone(),
     };
     tokio::spawn(retake_api::serve(listener, state, std::future::pending()));
     base

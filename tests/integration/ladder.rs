@@ -12,9 +12,12 @@ const CATEGORIES: [&str; 4] = [
 ];
 
 /// A worker whose `chapter` scene type writes with the fake LLM and is scored by it as judge.
+/// Drafts are read from the folder above `artifacts` (where the tests put them), as an operator
+/// names a pipeline's drafts folder in `file_roots`.
 pub(crate) async fn chapter_app(llm: &FakeLlm, artifacts: &std::path::Path) -> TestApp {
     let config = json!({
         "artifacts_dir": artifacts,
+        "file_roots": [artifacts.parent().expect("a folder above the artifacts")],
         "scene_types": {"chapter": {
             "generate": {"kind": "openai", "base_url": llm.base_url, "model": "novelist-7b"},
             "score": {"kind": "llm_judge", "base_url": llm.base_url, "model": "judge-7b"}

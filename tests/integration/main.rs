@@ -28,6 +28,9 @@ mod console_browser;
 mod controls;
 /// SIGKILLed worker processes: nothing lost, nothing charged twice.
 mod crash;
+/// Only files under the configured roots are opened: the API refuses a creator's draft elsewhere,
+/// the worker never reads or sends one.
+mod file_roots;
 /// Real backends end to end: a chapter revised by an OpenAI-compatible model and scored by an LLM
 /// judge up the text ladder to user intervention; an HTTP-contract job polled, and cancelled on abort.
 mod ladder;

@@ -579,3 +579,92 @@ async fn a_revised_chapter_shows_its_changes_from_the_draft_it_revised() {
         "{second}"
     );
 }
+
+/// An attempt of `segment` recorded straight into the store: `output_uri` as a backend named it,
+/// revising the run's original draft `draft` (its `params.output_uri`) when `revises` is 0.
+async fn record_text_attempt(
+    app: &TestApp,
+    segment: &str,
+    attempt: u32,
+    output_uri: &str,
+    draft: &str,
+) {
+    use retake_activities::io::{AttemptKey, RecordAttempt};
+    use retake_domain::contract::{AttemptRecord, AttemptStatus};
+    use retake_domain::params::Params;
+    let params = Params::parse(&json!({"seed": 7, "output_uri": draft})).unwrap();
+    let record = AttemptRecord {
+        attempt,
+        seed: 7,
+        params: params.clone(),
+        original_params: params,
+        jitter: vec![],
+        scores: [("overall".to_owned(), 0.5)].into(),
+        passed: false,
+        failures: vec!["below_threshold".into()],
+        gpu_ms: 10,
+        status: AttemptStatus::Failed,
+        output_uri: Some(output_uri.to_owned()),
+        error: None,
+        error_type: None,
+        note: None,
+        strategy: None,
+        prompt: None,
+        revises: Some(0),
+        breakdown: vec![],
+        variation: None,
+        worker: None,
+    };
+    app.store
+        .record_attempt(&RecordAttempt {
+            key: AttemptKey {
+                workflow_id: retake_domain::workflow_id(&segment.parse().unwrap()),
+                run_id: "r1".into(),
+                attempt,
+            },
+            segment_id: segment.parse().unwrap(),
+            project_id: "p1".parse().unwrap(),
+            scene_type: "chapter".parse().unwrap(),
+            record,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_viewer_never_sees_a_local_file_outside_the_folders_retake_may_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().join("artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let secret = dir.path().join("tokens.md");
+    std::fs::write(&secret, "RETAKE_API_TOKENS=admin=leaked-admin-token").unwrap();
+    let inside = artifacts.join("attempt-2.md");
+    std::fs::write(&inside, "12화 원고").unwrap();
+    let config = retake_activities::backends::BackendsConfig::parse(
+        "test",
+        &json!({"artifacts_dir": artifacts}).to_string(),
+    )
+    .unwrap();
+    let app = TestApp::builder()
+        .backends(config)
+        .without_worker()
+        .spawn()
+        .await;
+    let segment = format!("{}-leak", app.tag);
+    let uri = |p: &std::path::Path| url::Url::from_file_path(p).unwrap().to_string();
+    // A backend named a file outside the roots as its output; a creator (through a raw client)
+    // named the process environment as the draft both attempts revise.
+    let environ = "file:///proc/self/environ";
+    record_text_attempt(&app, &segment, 1, &uri(&secret), environ).await;
+    record_text_attempt(&app, &segment, 2, &uri(&inside), environ).await;
+
+    let mut b = Browser::new(&app).await;
+    b.sign_in(VIEWER).await;
+    let page = b.get(&format!("/ui/segments/{segment}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let body = unescape(&page.body);
+    assert!(!body.contains("leaked-admin-token"), "{body}");
+    assert!(!body.contains("PATH="), "the environment was read: {body}");
+    assert!(body.contains(&uri(&secret)), "shown as its URI: {body}");
+    assert!(body.contains("12화 원고"), "a file inside is shown: {body}");
+}

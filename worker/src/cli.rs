@@ -35,6 +35,28 @@ pub struct Global {
     #[arg(long, global = true, env = "RETAKE_GRPC_COMPRESSION", value_enum,
           default_value_t = crate::connect::Compression::default())]
     pub grpc_compression: crate::connect::Compression,
+    /// A folder whose files retake may read (text outputs, drafts to revise); repeat it, or give
+    /// a comma-separated list in the variable. No other local file is ever opened, and the API
+    /// refuses a `file://` `params.output_uri` outside them. Default: `.retake/artifacts`; a
+    /// worker always adds its backends' `artifacts_dir`.
+    #[arg(
+        long = "file-root",
+        global = true,
+        env = "RETAKE_FILE_ROOTS",
+        value_delimiter = ','
+    )]
+    pub file_roots: Vec<PathBuf>,
+}
+
+impl Global {
+    /// The folders this process may read files from ([`Global::file_roots`], or the default).
+    pub fn files(&self) -> retake_activities::files::FileRoots {
+        if self.file_roots.is_empty() {
+            retake_activities::files::FileRoots::default()
+        } else {
+            retake_activities::files::FileRoots::new(self.file_roots.iter().cloned())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

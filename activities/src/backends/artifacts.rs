@@ -1,19 +1,40 @@
 //! Where text outputs live: files under a directory, referenced by `file://` URIs, so Temporal
 //! payloads carry a reference and never the text.
 
+use crate::files::{FileError, FileRoots};
 use crate::io::AttemptKey;
 use crate::ports::BackendError;
 use std::path::{Path, PathBuf};
 
-/// A directory of outputs, one file per attempt.
+/// The largest text read back (a draft to revise, a chapter to judge): far beyond a chapter,
+/// small enough that a wrong file cannot fill the worker's memory or an LLM request.
+pub const TEXT_LIMIT: u64 = 4 * 1024 * 1024;
+
+/// A directory of outputs, one file per attempt, and the folders text may be read from.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     dir: PathBuf,
+    roots: FileRoots,
 }
 
 impl Artifacts {
+    /// Outputs written to `dir`, and read back only from `dir`.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        let dir = dir.into();
+        Self {
+            roots: FileRoots::new([dir.clone()]),
+            dir,
+        }
+    }
+
+    /// Outputs written to `dir`, read back from `dir` and `roots` (drafts a pipeline keeps
+    /// elsewhere, in folders the operator named).
+    pub fn with_roots(dir: impl Into<PathBuf>, roots: FileRoots) -> Self {
+        let dir = dir.into();
+        Self {
+            roots: roots.with(dir.clone()),
+            dir,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -90,19 +111,14 @@ impl Artifacts {
         let url = url::Url::parse(uri)
             .map_err(|e| BackendError::Rejected(format!("{uri:?} is not a URI: {e}")))?;
         match url.scheme() {
-            "file" => {
-                let path = url
-                    .to_file_path()
-                    .map_err(|()| BackendError::Rejected(format!("{uri} is not a local file")))?;
-                tokio::fs::read_to_string(&path)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::NotFound => {
-                            BackendError::Rejected(format!("{uri}: no such output"))
-                        }
-                        _ => BackendError::Transient(format!("reading {uri}: {e}")),
-                    })
-            }
+            "file" => match self.roots.open_text(uri, TEXT_LIMIT).await {
+                Ok((_, true)) => Err(BackendError::Rejected(format!(
+                    "{uri} is larger than {TEXT_LIMIT} bytes"
+                ))),
+                Ok((text, false)) => Ok(text),
+                Err(e @ FileError::Io { .. }) => Err(BackendError::Transient(e.to_string())),
+                Err(e) => Err(BackendError::Rejected(e.to_string())),
+            },
             "http" | "https" => {
                 let client = crate::backends::wire::client(std::time::Duration::from_secs(60))
                     .map_err(BackendError::Transient)?;
@@ -170,6 +186,24 @@ mod tests {
         );
         let uri = a.put_complete(&key, "md", b"whole", 1234).await.unwrap();
         assert_eq!(a.existing(&key, "md").await, Some((uri, 1234)));
+    }
+
+    #[tokio::test]
+    async fn a_draft_outside_the_roots_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Artifacts::new(dir.path().join("artifacts"));
+        let err = a.get_text("file:///proc/self/environ").await.unwrap_err();
+        assert!(
+            matches!(&err, BackendError::Rejected(m) if m.contains("outside the folders")),
+            "{err}"
+        );
+        let drafts = dir.path().join("drafts");
+        std::fs::create_dir_all(&drafts).unwrap();
+        std::fs::write(drafts.join("ch12.md"), "draft").unwrap();
+        let uri = String::from(url::Url::from_file_path(drafts.join("ch12.md")).unwrap());
+        assert!(a.get_text(&uri).await.is_err());
+        let a = Artifacts::with_roots(dir.path().join("artifacts"), FileRoots::new([drafts]));
+        assert_eq!(a.get_text(&uri).await.unwrap(), "draft");
     }
 
     #[tokio::test]

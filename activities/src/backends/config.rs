@@ -57,6 +57,10 @@ pub struct BackendsConfig {
     /// Where text outputs are written (default `.retake/artifacts`).
     #[serde(default)]
     pub artifacts_dir: Option<PathBuf>,
+    /// Other folders whose files may be read as drafts to revise (`params.output_uri`); the
+    /// artifacts folder is always one. No other local file is ever opened.
+    #[serde(default)]
+    pub file_roots: Vec<PathBuf>,
     /// The route of scene types not listed (default: the simulator for both).
     #[serde(default)]
     pub default: Option<Route>,

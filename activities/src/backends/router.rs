@@ -31,11 +31,12 @@ impl Router {
     /// configuration stops the worker at start-up, not at the first attempt). `sim` serves the
     /// `simulator` routes.
     pub fn from_config(config: &BackendsConfig, sim: Simulator) -> Result<Self, ConfigError> {
-        let artifacts = Artifacts::new(
+        let artifacts = Artifacts::with_roots(
             config
                 .artifacts_dir
                 .clone()
-                .unwrap_or_else(|| ".retake/artifacts".into()),
+                .unwrap_or_else(|| crate::files::DEFAULT_ROOT.into()),
+            crate::files::FileRoots::new(config.file_roots.iter().cloned()),
         );
         let sim = Arc::new(sim);
         let build_generator = |route: &Route| -> Result<Arc<dyn GenerationBackend>, ConfigError> {

@@ -587,7 +587,8 @@ async fn run_views(
             Some(st) => {
                 for a in &st.attempts {
                     attempts.push(
-                        views::attempt(a, st.selected_attempt == Some(a.attempt), policy).await,
+                        views::attempt(a, st.selected_attempt == Some(a.attempt), policy, &s.files)
+                            .await,
                     );
                 }
                 if let Some(n) = st.running_attempt
@@ -603,16 +604,16 @@ async fn run_views(
                     .filter(|a| a.run_id == run_id)
                     .map(|a| &a.record)
                     .collect();
-                for (a, s) in of_run
+                for (a, row) in of_run
                     .iter()
                     .zip(stored.iter().filter(|a| a.run_id == run_id))
                 {
-                    attempts.push(views::attempt(a, s.selected, policy).await);
+                    attempts.push(views::attempt(a, row.selected, policy, &s.files).await);
                 }
                 of_run
             }
         };
-        views::add_diffs(&records, &mut attempts).await;
+        views::add_diffs(&records, &mut attempts, &s.files).await;
         let decisions = match (live.filter(|_| is_live), outcome) {
             (Some(st), _) => st.decisions.iter().map(views::event).collect(),
             (None, Some(o)) => o.decisions.iter().map(views::event).collect(),

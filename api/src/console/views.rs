@@ -2,6 +2,7 @@
 //! flags, so templates only lay them out (and escape them). Pure functions, unit-tested.
 
 use super::time::{gpu, human_ms, parse_rfc3339_ms};
+use retake_activities::files::FileRoots;
 use retake_activities::ports::{StoredAttempt, StoredOutcome};
 use retake_client::AwaitingReview;
 use retake_domain::contract::AttemptRecord;
@@ -31,9 +32,10 @@ fn extension(uri: &str) -> String {
 }
 
 /// How to show `uri`: media a browser can fetch (`http(s)`, `data:`) inline by extension; local
-/// text files (`file://`, what text backends write) read here, up to [`TEXT_LIMIT`]; anything
-/// else (`sim://`, `file://` media) as the URI itself.
-pub(crate) async fn output(uri: Option<&str>) -> Output {
+/// text files (`file://`, what text backends write) read here, up to [`TEXT_LIMIT`], when they lie
+/// under `files`' roots; anything else (`sim://`, `file://` media, files elsewhere) as the URI
+/// itself, never read.
+pub(crate) async fn output(uri: Option<&str>, files: &FileRoots) -> Output {
     let Some(uri) = uri.filter(|u| !u.is_empty()) else {
         return Output {
             kind: "none",
@@ -46,7 +48,7 @@ pub(crate) async fn output(uri: Option<&str>) -> Output {
         "png" | "jpg" | "jpeg" | "webp" | "gif" | "avif" | "svg" if fetchable => "image",
         "mp4" | "webm" | "mov" | "ogv" if fetchable => "video",
         "txt" | "md" | "json" if uri.starts_with("file://") => {
-            if let Some(text) = read_text(uri).await {
+            if let Some(text) = read_text(uri, files).await {
                 return Output {
                     kind: "text",
                     uri: uri.to_owned(),
@@ -65,16 +67,9 @@ pub(crate) async fn output(uri: Option<&str>) -> Output {
     }
 }
 
-async fn read_text(uri: &str) -> Option<String> {
-    let path = url::Url::parse(uri).ok()?.to_file_path().ok()?;
-    let meta = tokio::fs::metadata(&path).await.ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    let bytes = tokio::fs::read(&path).await.ok()?;
-    let cut = bytes.len().min(TEXT_LIMIT as usize);
-    let mut text = String::from_utf8_lossy(&bytes[..cut]).into_owned();
-    if meta.len() > TEXT_LIMIT {
+async fn read_text(uri: &str, files: &FileRoots) -> Option<String> {
+    let (mut text, cut) = files.open_text(uri, TEXT_LIMIT).await.ok()?;
+    if cut {
         text.push_str("\n… (cut)");
     }
     Some(text)
@@ -178,7 +173,11 @@ pub(crate) fn diff_lines(draft: &str, revised: &str) -> Vec<DiffLine> {
 /// Fill in the diffs of a run's text attempts: each against the draft it revised (`revises`:
 /// 0 is the failed generation the retry started from, its `output_uri` parameter; else an
 /// earlier attempt of the run, whose text the page already shows).
-pub(crate) async fn add_diffs(records: &[&AttemptRecord], views: &mut [AttemptView]) {
+pub(crate) async fn add_diffs(
+    records: &[&AttemptRecord],
+    views: &mut [AttemptView],
+    files: &FileRoots,
+) {
     let mut original: Option<Option<String>> = None;
     for i in 0..views.len() {
         if views[i].output.kind != "text" {
@@ -196,7 +195,7 @@ pub(crate) async fn add_diffs(records: &[&AttemptRecord], views: &mut [AttemptVi
                         .get("output_uri")
                         .and_then(Value::as_str);
                     original = Some(match uri {
-                        Some(u) if u.starts_with("file://") => read_text(u).await,
+                        Some(u) if u.starts_with("file://") => read_text(u, files).await,
                         _ => None,
                     });
                 }
@@ -263,6 +262,7 @@ pub(crate) async fn attempt(
     a: &AttemptRecord,
     selected: bool,
     policy: &RetryPolicy,
+    files: &FileRoots,
 ) -> AttemptView {
     let scored = !a.scores.is_empty();
     AttemptView {
@@ -332,7 +332,7 @@ pub(crate) async fn attempt(
         prompt: a.prompt.clone().unwrap_or_default(),
         gpu: gpu(a.gpu_ms),
         worker: a.worker.clone().unwrap_or_default(),
-        output: output(a.output_uri.as_deref()).await,
+        output: output(a.output_uri.as_deref(), files).await,
         diff_against: String::new(),
         diff: Vec::new(),
     }
@@ -533,22 +533,55 @@ mod tests {
 
     #[tokio::test]
     async fn outputs_show_inline_only_where_a_browser_can_load_them() {
+        let dir = tempfile_dir();
+        let files = FileRoots::new([dir.clone()]);
+        let output = |u: Option<&'static str>| {
+            let files = files.clone();
+            async move { output(u, &files).await }
+        };
         assert_eq!(output(Some("https://cdn/x/a.PNG?v=1")).await.kind, "image");
         assert_eq!(output(Some("https://cdn/x/a.mp4")).await.kind, "video");
         assert_eq!(output(Some("sim://5/1234.mp4")).await.kind, "uri");
         assert_eq!(output(Some("file:///nonexistent/a.png")).await.kind, "uri");
         assert_eq!(output(None).await.kind, "none");
-        let dir = tempfile_dir();
         let path = dir.join("attempt-1.md");
         std::fs::write(&path, "Chapter <one>").unwrap();
         let uri = url::Url::from_file_path(&path).unwrap().to_string();
-        let out = output(Some(&uri)).await;
+        let out = super::output(Some(&uri), &files).await;
         assert_eq!((out.kind, out.text.as_str()), ("text", "Chapter <one>"));
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    #[tokio::test]
+    async fn a_text_file_outside_the_roots_is_shown_as_its_uri_and_never_read() {
+        let dir = tempfile_dir().join("roots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = FileRoots::new([dir.clone()]);
+        for uri in [
+            "file:///proc/self/environ.txt",
+            "file:///etc/os-release.txt",
+            "file:///proc/self/environ",
+        ] {
+            let out = output(Some(uri), &files).await;
+            assert_eq!((out.kind, out.text.as_str()), ("uri", ""), "{uri}");
+        }
+        // The diff against "the original draft" reads the run's `params.output_uri`: refused too.
+        let secret = dir.parent().unwrap().join("secret.md");
+        std::fs::write(&secret, "RETAKE_API_TOKENS=admin=x").unwrap();
+        let secret_uri = url::Url::from_file_path(&secret).unwrap().to_string();
+        assert_eq!(output(Some(&secret_uri), &files).await.kind, "uri");
+        assert_eq!(read_text(&secret_uri, &files).await, None);
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
     fn tempfile_dir() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("retake-console-{}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let d = std::env::temp_dir().join(format!(
+            "retake-console-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         std::fs::create_dir_all(&d).unwrap();
         d
     }

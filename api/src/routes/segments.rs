@@ -52,6 +52,26 @@ async fn running_run(s: &AppState, segment: &SegmentId, what: &str) -> Result<St
     }
 }
 
+/// A creator's `params.output_uri` (the draft a text retry revises, which the worker reads and
+/// the console shows) may name a local file only under the configured roots: anything else is a
+/// 422, before the worker or the console could open it. Other schemes are not files and pass.
+fn check_output_uri(
+    s: &AppState,
+    params: Option<&Map<String, Value>>,
+    field: &str,
+) -> Result<(), ValidationError> {
+    let Some(Value::String(uri)) = params.and_then(|p| p.get("output_uri")) else {
+        return Ok(());
+    };
+    let is_file = url::Url::parse(uri).is_ok_and(|u| u.scheme() == "file");
+    if !is_file {
+        return Ok(());
+    }
+    s.files
+        .admits_uri(uri)
+        .map_err(|e| ValidationError::single(field, e.to_string()))
+}
+
 /// Start a retry of a failed segment. The body is the workflow argument; its `segment_id` may be
 /// left out, and if given must name the segment of the path. The policy override is merged over
 /// the scene type's stored policy and checked before anything starts. Idempotent: while the
@@ -81,6 +101,7 @@ pub(crate) async fn start(
     obj.entry("segment_id")
         .or_insert_with(|| json!(segment.as_str()));
     let req = RetryRequest::parse(&body)?;
+    check_output_uri(&s, Some(&req.params.0), "params.output_uri")?;
     // Compared as parsed: `"segment_id": 77` names segment `77`, as the workflow reads it.
     if req.segment_id != segment {
         return Err(ValidationError::single(
@@ -316,6 +337,7 @@ pub(crate) async fn decide_as(
     body: Value,
 ) -> Result<DecisionAccepted, AppError> {
     let mut decision: DecisionRequest = from_json(body)?;
+    check_output_uri(s, decision.params.as_ref(), "params.output_uri")?;
     decision.by = Some(by_or_role(decision.by, role));
     let over = "its review is over";
     running_run(s, segment, over).await?;

@@ -3,6 +3,7 @@
 use super::server::dev_server;
 use retake::{connect, retries, worker};
 use retake_activities::backends::BackendsConfig;
+use retake_activities::files::{DEFAULT_ROOT, FileRoots};
 use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
 use retake_domain::SegmentId;
@@ -28,6 +29,9 @@ pub struct TestApp {
     /// Prefix that makes this test's segment ids (and so workflow ids) unique on the shared server.
     pub tag: String,
     pub address: String,
+    /// The folders the API the test serves may read: those the worker reads (its backends'
+    /// `artifacts_dir` and `file_roots`), else the default.
+    pub files: FileRoots,
     // Dropped before `_dir`: the worker stops before its database file is deleted.
     _worker: Option<WorkerThread>,
     _dir: tempfile::TempDir,
@@ -171,6 +175,11 @@ impl<'s> TestAppBuilder<'s> {
         let task_queue = format!("segment-retry-{tag}");
         let store = connect::store(&db_url).await.expect("store");
         let client = connect::temporal(Some(&address)).await.expect("client");
+        let files = match &self.backends {
+            Some(b) => FileRoots::new(b.file_roots.iter().cloned())
+                .with(b.artifacts_dir.clone().unwrap_or(DEFAULT_ROOT.into())),
+            None => FileRoots::default(),
+        };
         let worker = self.with_worker.then(|| {
             WorkerThread::start(
                 address.clone(),
@@ -187,6 +196,7 @@ impl<'s> TestAppBuilder<'s> {
             db_url,
             tag,
             address,
+            files,
             _worker: worker,
             _dir: dir,
         }

@@ -40,7 +40,11 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         .backends
         .as_deref()
         .map(retake_activities::backends::BackendsConfig::load)
-        .transpose()?;
+        .transpose()?
+        .map(|mut config| {
+            config.file_roots.extend(g.file_roots.iter().cloned());
+            config
+        });
     let activities = worker::configured_activities(
         store.clone(),
         {
@@ -115,6 +119,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         task_queue: g.task_queue.clone(),
         tokens: Arc::new(tokens),
         console: retake_api::Console::new(&args.temporal_ui),
+        files: g.files(),
     };
     tracing::info!(console = %format!("http://{}/ui", args.listen), "review console");
     retake_api::serve(listener, state, shutdown_signal()).await?;
