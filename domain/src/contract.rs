@@ -258,6 +258,15 @@ pub struct AttemptRecord {
     pub worker: Option<String>,
 }
 
+impl AttemptRecord {
+    /// Whether a creator may accept it as the segment's result: only an attempt with an output
+    /// (a cancelled or failed-to-generate one has none, and accepting it would finish the
+    /// segment "passed" with nothing to use). The one rule the workflow and the console share.
+    pub fn acceptable(&self) -> bool {
+        self.output_uri.as_deref().is_some_and(|u| !u.is_empty())
+    }
+}
+
 /// The workflow result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -81,6 +81,16 @@ struct RawDecision {
     attempt: Option<u32>,
 }
 
+/// Whether parameter `k` is a number the generator expects as one: the policy jitters it, or the
+/// attempts so far had it as a number. A word there ("nine" for `cfg_scale`) would reach the
+/// generator, be billed and become the next pre-fill.
+fn numeric(k: &str, policy: &RetryPolicy, attempts: &[AttemptRecord]) -> bool {
+    policy.vary.contains_key(k)
+        || attempts
+            .iter()
+            .any(|a| a.original_params.0.get(k).is_some_and(Value::is_number))
+}
+
 impl Decision {
     /// Validate a `decide` argument against the attempts recorded so far. Returns the decision
     /// and the event to record.
@@ -111,14 +121,16 @@ impl Decision {
                 {
                     errs.push("params.seed", "must be a non-negative integer");
                 }
-                for (k, v) in &params {
-                    if v.is_null() {
-                        errs.push(format!("params.{k}"), "must not be null");
-                    }
-                }
                 let vary = raw.vary.clone().unwrap_or_default();
                 let mut merged = policy.clone();
                 merged.vary.extend(vary.clone());
+                for (k, v) in &params {
+                    if v.is_null() {
+                        errs.push(format!("params.{k}"), "must not be null");
+                    } else if !v.is_number() && numeric(k, &merged, attempts) {
+                        errs.push(format!("params.{k}"), format!("must be a number, got {v}"));
+                    }
+                }
                 if let Err(e) = merged.validate() {
                     for fe in e
                         .errors
@@ -145,17 +157,23 @@ impl Decision {
                 })
             }
             "accept" => match raw.attempt {
-                Some(k)
-                    if attempts.iter().any(|a| {
-                        a.attempt == k && a.status != crate::contract::AttemptStatus::Error
-                    }) =>
-                {
-                    Decision::Accept { attempt: k }
-                }
-                Some(k) => {
-                    errs.push("attempt", format!("no generated attempt {k} to accept"));
-                    Decision::Reject
-                }
+                Some(k) => match attempts.iter().find(|a| a.attempt == k) {
+                    Some(a) if a.acceptable() => Decision::Accept { attempt: k },
+                    Some(a) => {
+                        errs.push(
+                            "attempt",
+                            format!(
+                                "attempt {k} was {} and has no output to accept",
+                                a.status.as_str()
+                            ),
+                        );
+                        Decision::Reject
+                    }
+                    None => {
+                        errs.push("attempt", format!("no generated attempt {k} to accept"));
+                        Decision::Reject
+                    }
+                },
                 None => {
                     errs.push("attempt", "accept needs the attempt to accept");
                     Decision::Reject
@@ -247,6 +265,55 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.first_field(), "attempt");
+    }
+
+    #[test]
+    fn accepting_an_attempt_without_an_output_is_rejected() {
+        let p = policy();
+        let mut cancelled = crate::select::tests::attempt(3, 0.0, 0.0, &p);
+        cancelled.status = crate::contract::AttemptStatus::Cancelled;
+        cancelled.output_uri = None;
+        let passed = crate::select::tests::attempt(2, 0.9, 0.9, &p);
+        let attempts = [passed, cancelled];
+        let accept = |k: u32| json!({"decision": "accept", "by": "x", "attempt": k});
+        let err = Decision::parse(&accept(3), &p, &attempts).unwrap_err();
+        assert_eq!(err.first_field(), "attempt");
+        assert_eq!(
+            err.errors[0].message,
+            "attempt 3 was cancelled and has no output to accept"
+        );
+        assert!(Decision::parse(&accept(2), &p, &attempts).is_ok());
+    }
+
+    #[test]
+    fn a_word_where_a_jittered_or_numeric_parameter_goes_is_rejected() {
+        let p = policy();
+        let mut a = crate::select::tests::attempt(1, 0.4, 0.9, &p);
+        a.original_params =
+            Params::parse(&json!({"seed": 1, "steps": 30, "sampler": "euler"})).unwrap();
+        let attempts = [a];
+        let retry = |params: Value| json!({"decision": "retry_with", "by": "x", "params": params});
+        // Jittered by the policy (`cfg_scale`), or a number in the run so far (`steps`).
+        for (field, params) in [
+            ("params.cfg_scale", json!({"cfg_scale": "nine"})),
+            ("params.steps", json!({"steps": "30"})),
+            ("params.steps", json!({"steps": true})),
+        ] {
+            let err = Decision::parse(&retry(params.clone()), &p, &attempts).unwrap_err();
+            assert_eq!(err.first_field(), field, "{params}");
+        }
+        // A jitter added by the decision itself counts too.
+        let v = json!({"decision": "retry_with", "by": "x", "params": {"eta": "high"},
+                       "vary": {"eta": {"range": 0.1}}});
+        assert_eq!(
+            Decision::parse(&v, &p, &attempts)
+                .unwrap_err()
+                .first_field(),
+            "params.eta"
+        );
+        // Words stay words; numbers stay numbers.
+        let ok = json!({"cfg_scale": 9, "steps": 40, "sampler": "dpm", "prompt": "a cat"});
+        assert!(Decision::parse(&retry(ok), &p, &attempts).is_ok());
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub fn select(policy: &RetryPolicy, attempts: &[AttemptRecord]) -> Option<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::contract::{AttemptStatus, Params};
     use serde_json::json;
@@ -88,7 +88,7 @@ mod tests {
             } else {
                 AttemptStatus::Failed
             },
-            output_uri: None,
+            output_uri: Some(format!("sim://{k}.mp4")),
             error: None,
             strategy: None,
             prompt: None,

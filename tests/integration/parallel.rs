@@ -380,3 +380,85 @@ async fn escalating_a_parallel_retry_cancels_its_attempts_in_flight() {
     }
     assert_eq!(result.attempts.len(), 2, "no attempt started after it");
 }
+
+#[tokio::test]
+async fn a_cancelled_attempt_is_not_offered_or_taken_for_acceptance() {
+    use crate::api::{CREATOR, api_for};
+    use retake_domain::review::Phase;
+    let app = TestApp::builder()
+        .simulator(retake_activities::sim::Simulator::new(30_000))
+        .spawn()
+        .await;
+    let segment = format!("{}-esc-accept", app.tag);
+    let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4,
+                        "review_window_secs": 3600});
+    app.start(request(&segment, "p1", Some(policy))).await;
+    app.wait_for(&segment, "two attempts running", |s| {
+        s.running_attempts == [1, 2]
+    })
+    .await;
+    retries::signal(
+        &app.client,
+        &SegmentId::parse(&segment).unwrap(),
+        retries::Creator::Escalate,
+        "faces keep melting",
+        "mina",
+    )
+    .await
+    .unwrap();
+    let status = app
+        .wait_for(&segment, "awaiting review", |s| {
+            s.phase == Phase::AwaitingReview
+        })
+        .await;
+    assert!(
+        status
+            .attempts
+            .iter()
+            .all(|a| a.status == AttemptStatus::Cancelled && a.output_uri.is_none()),
+        "{:#?}",
+        status.attempts
+    );
+
+    let api = api_for(&app).await;
+    let (code, body) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/segments/{segment}/retries/decision"),
+            Some(CREATOR),
+            Some(json!({"decision": "accept", "attempt": 1, "reason": "looks fine"})),
+        )
+        .await;
+    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("attempt 1 was cancelled and has no output to accept"),
+        "{body}"
+    );
+    // A word where the policy jitters a number is refused before anything is generated.
+    let (code, body) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/segments/{segment}/retries/decision"),
+            Some(CREATOR),
+            Some(json!({"decision": "retry_with", "params": {"cfg_scale": "nine"}})),
+        )
+        .await;
+    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(r#"params.cfg_scale: must be a number, got "nine""#),
+        "{body}"
+    );
+    // Still in review: a creator can reject or retry with new settings.
+    let status = app
+        .wait_for(&segment, "still awaiting review", |s| {
+            s.phase == Phase::AwaitingReview
+        })
+        .await;
+    assert_eq!(status.selected_attempt, None, "{status:#?}");
+}

@@ -514,7 +514,13 @@ async fn segment_page(
         .runs
         .iter()
         .find(|r| r.live)
-        .map(|r| r.attempts.iter().map(|a| a.number).collect())
+        .map(|r| {
+            r.attempts
+                .iter()
+                .filter(|a| a.acceptable)
+                .map(|a| a.number)
+                .collect()
+        })
         .unwrap_or_default();
     let form = submitted.unwrap_or_else(|| prefill(seen.live.as_ref(), &seen.policy));
     let page = SegmentPage {

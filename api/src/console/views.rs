@@ -97,6 +97,8 @@ pub(crate) struct AttemptView {
     pub(crate) status: &'static str,
     pub(crate) selected: bool,
     pub(crate) running: bool,
+    /// Whether a creator may accept it ([`AttemptRecord::acceptable`]: it has an output).
+    pub(crate) acceptable: bool,
     pub(crate) seed: String,
     pub(crate) strategy: String,
     pub(crate) why: String,
@@ -225,6 +227,7 @@ impl AttemptView {
             status: "running",
             selected: false,
             running: true,
+            acceptable: false,
             seed: String::new(),
             strategy: String::new(),
             why: String::new(),
@@ -270,6 +273,7 @@ pub(crate) async fn attempt(
         status: a.status.as_str(),
         selected,
         running: false,
+        acceptable: a.acceptable(),
         seed: a.seed.to_string(),
         strategy: a
             .strategy
