@@ -151,6 +151,27 @@ pub struct GenerateRequest {
     /// (`reserve_attempt`); absent otherwise.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub eager: bool,
+    /// Which run of the attempt's generation this is: 0 the first, n after n runs failed on
+    /// their machine and were re-run (policy `placement`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl GenerateRequest {
+    /// The key backends deduplicate this run by: the attempt's key, and `/run-<n>` for a re-run.
+    /// A re-run is a new job, not the failed one found again; and what an adapter finds of its
+    /// own earlier tries under this key (a Temporal retry of the same run, a worker that died
+    /// mid-prompt) belongs to this run alone, since the workflow bills each failed run itself.
+    pub fn idempotency_key(&self) -> String {
+        match self.run {
+            0 => self.key.idempotency_key(),
+            n => format!("{}/run-{}", self.key.idempotency_key(), n + 1),
+        }
+    }
 }
 
 /// The reservation an attempt generates under.

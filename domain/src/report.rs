@@ -76,13 +76,14 @@ pub fn summary(
     line
 }
 
-/// What an attempt's `note` says when its generation was re-run on another worker after an
-/// infrastructure failure (see [`rerun_note`]).
-const RERUN: &str = "re-run on another worker after ";
+/// What an attempt's `note` says when its generation was re-run after an infrastructure failure
+/// (see [`rerun_note`]). Not "on another worker": with no other worker alive the re-run goes to
+/// the shared queue and may land on the same one; the report says where it ran.
+const RERUN: &str = "re-run after ";
 
 /// The note of an attempt whose generation failed on each of `failed` (worker, why) and was
-/// re-run on another worker, after the plan's own note if any: `re-run on another worker after
-/// InfrastructureFailure: CUDA out of memory on 41@gpu-a`.
+/// re-run, after the plan's own note if any: `re-run after InfrastructureFailure: CUDA out of
+/// memory on 41@gpu-a`.
 pub fn rerun_note(note: Option<String>, failed: &[(String, String)]) -> Option<String> {
     let told: Vec<String> = failed
         .iter()
@@ -207,9 +208,7 @@ mod tests {
         rerun.worker = Some("gpu-b".to_owned());
         assert_eq!(
             rerun.note.as_deref(),
-            Some(
-                "re-run on another worker after InfrastructureFailure: CUDA out of memory on gpu-a"
-            )
+            Some("re-run after InfrastructureFailure: CUDA out of memory on gpu-a")
         );
         assert_eq!(
             progress("5", &policy, &[broken, rerun], &[3]),

@@ -108,9 +108,8 @@ async fn a_generation_a_broken_gpu_failed_is_re_run_on_a_healthy_worker_and_neve
             );
             let note = a.note.as_deref().unwrap_or_default();
             assert!(
-                note.starts_with(&format!(
-                    "re-run on another worker after {INFRASTRUCTURE_FAILURE}: {OOM}"
-                )) && note.ends_with(" on gpu-broken"),
+                note.starts_with(&format!("re-run after {INFRASTRUCTURE_FAILURE}: {OOM}"))
+                    && note.ends_with(" on gpu-broken"),
                 "{note}"
             );
             assert_eq!(a.gpu_ms, 1500 + 60, "the broken GPU's step is billed too");

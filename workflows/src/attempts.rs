@@ -757,7 +757,7 @@ impl Run {
     ) -> WorkflowResult<(Result<Generated, ActivityExecutionError>, Reruns)> {
         let mut reruns = Reruns::default();
         if !self.placed {
-            let generated = self.generate(attempt, reserved_ms, token, None).await;
+            let generated = self.generate(attempt, reserved_ms, token, None, 0).await;
             return Ok((generated, reruns));
         }
         // The first run on the workflow's own queue, handed to the worker that promised a GPU.
@@ -788,7 +788,10 @@ impl Run {
             } else {
                 Some(queue.clone())
             };
-            let generated = self.generate(attempt, left_ms, token, on).await;
+            // Each failed run is billed by this loop (`used_ms`); the re-run is a run of its own,
+            // under its own key, so the backend's count of it never includes an earlier one.
+            let run = u32::try_from(reruns.failed.len()).unwrap_or(u32::MAX);
+            let generated = self.generate(attempt, left_ms, token, on, run).await;
             let Err(e) = &generated else {
                 return Ok((generated, reruns));
             };
@@ -881,6 +884,7 @@ impl Run {
         reserved_ms: u64,
         token: &WorkflowCancellationToken,
         queue: Option<Queue>,
+        run: u32,
     ) -> Result<Generated, ActivityExecutionError> {
         let k = attempt.attempt;
         let how = attempt
@@ -909,6 +913,7 @@ impl Run {
                     revise_uri: attempt.revise_uri.clone(),
                     budget,
                     eager: queue == Some(Queue::Eager),
+                    run,
                 },
                 options::generate_on(
                     match &queue {

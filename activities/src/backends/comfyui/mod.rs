@@ -384,7 +384,7 @@ impl GenerationBackend for ComfyUi {
         req: &GenerateRequest,
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
-        let key = req.key.idempotency_key();
+        let key = req.idempotency_key();
         let started = Instant::now();
         let (earlier, spent) = wire::heartbeating(progress, self.find(&key)).await?;
         with_spent(self.run(req, &key, earlier, started, progress).await, spent)

@@ -292,6 +292,38 @@ async fn a_prompt_interrupted_by_someone_else_and_queued_again_is_billed_for_bot
 }
 
 #[tokio::test]
+async fn a_rerun_after_an_out_of_memory_run_bills_only_its_own_run() {
+    // The workflow re-runs a generation whose machine failed, and bills the failed run itself
+    // (`used_gpu_ms` of its failure). ComfyUI keeps the failed prompt in its history under the
+    // attempt's key, as the real one does; the re-run must not find and bill it again.
+    let failed = stopped("error", "execution_error", 10_131);
+    let (url, fake) = serve(vec![
+        ("GET /queue", vec![empty_queue()]),
+        ("GET /history", vec![failed]),
+        ("POST /prompt", vec![queued()]),
+        (
+            "GET /history/p-1",
+            vec![stopped("success", "execution_success", 4_232)],
+        ),
+    ])
+    .await;
+    let (config, _dir) = config(&url, &workflow().to_string());
+    let mut rerun = request();
+    rerun.run = 1;
+    let generated = ComfyUi::new(config)
+        .unwrap()
+        .generate(&rerun, &Beats::default())
+        .await
+        .unwrap();
+    assert_eq!(generated.gpu_ms, 4_232, "only the re-run's own execution");
+    assert_eq!(
+        fake.to("POST /prompt")[0].body["client_id"],
+        format!("{KEY}/run-2"),
+        "a run of its own, not the failed prompt found again"
+    );
+}
+
+#[tokio::test]
 async fn an_earlier_prompt_of_the_same_attempt_is_polled_instead_of_queued_again() {
     let running = json!({"queue_running": [[7, "p-1", {}, {"client_id": KEY}, ["9"]]],
                          "queue_pending": [[8, "p-2", {}, {"client_id": "someone-else"}, ["9"]]]});

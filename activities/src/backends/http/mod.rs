@@ -304,7 +304,7 @@ impl GenerationBackend for HttpBackend {
         req: &GenerateRequest,
         progress: &dyn Progress,
     ) -> Result<Generated, BackendError> {
-        let key = req.key.idempotency_key();
+        let key = req.idempotency_key();
         let body = GenerateBody {
             idempotency_key: &key,
             segment_id: req.segment_id.as_str(),

@@ -27,6 +27,7 @@ pub(in crate::backends) fn request() -> GenerateRequest {
         revise_uri: None,
         budget: None,
         eager: false,
+        run: 0,
     }
 }
 

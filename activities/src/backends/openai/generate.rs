@@ -138,7 +138,7 @@ impl GenerationBackend for OpenAiGenerator {
                 stream: false,
             };
             self.endpoint
-                .complete(WHAT, &body, &req.key.idempotency_key())
+                .complete(WHAT, &body, &req.idempotency_key())
                 .await
         })
         .await?;

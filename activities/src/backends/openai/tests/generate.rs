@@ -32,6 +32,7 @@ fn request(params: Value) -> GenerateRequest {
         revise_uri: None,
         budget: None,
         eager: false,
+        run: 0,
     }
 }
 
