@@ -25,6 +25,14 @@ fn parse_id(field: &str, raw: &str) -> Result<String, ValidationError> {
             format!("contains {bad:?}; allowed are ASCII letters, digits and - _ . :"),
         ));
     }
+    // `.` and `..` are path segments: a link to `/ui/segments/..` resolves to `/ui/`, and a
+    // folder named after the id would be its parent.
+    if raw.chars().all(|c| c == '.') {
+        return Err(ValidationError::single(
+            field,
+            format!("{raw:?} is not an id: it must have a character other than ."),
+        ));
+    }
     Ok(raw.to_owned())
 }
 
@@ -100,6 +108,18 @@ id_type!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot_and_dot_dot_are_not_ids() {
+        for raw in [".", "..", "..."] {
+            assert_eq!(
+                SegmentId::parse(raw).unwrap_err().first_field(),
+                "segment_id",
+                "{raw}"
+            );
+        }
+        assert!(SegmentId::parse("..a").is_ok());
+    }
 
     #[test]
     fn an_ordinary_segment_id_is_accepted() {

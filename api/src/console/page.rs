@@ -31,26 +31,28 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self' 'unsa
      img-src 'self' http: https: data:; media-src 'self' http: https: data:; object-src 'none'; \
      base-uri 'none'; frame-ancestors 'none'; form-action 'self'";
 
+/// The headers every console answer carries, error pages included: pages show reviews and
+/// decisions that change under the user (never from a cache); scripts only from here
+/// (console.js), no framing, forms only to here, images and video from wherever the backends
+/// put their outputs; no content-type sniffing.
+fn secured(mut r: Response) -> Response {
+    let headers = r.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 /// Render `page` with `status`; a template that fails to render (a bug) is a 500 page.
 pub(crate) fn html(status: StatusCode, page: &impl Template) -> Response {
     match page.render() {
-        Ok(body) => {
-            let mut r = (status, Html(body)).into_response();
-            // Pages show reviews and decisions that change under the user: never from a cache.
-            let headers = r.headers_mut();
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            // Scripts only from here (console.js), no framing, forms only to here; images and
-            // video from wherever the backends put their outputs.
-            headers.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(CSP),
-            );
-            headers.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            r
-        }
+        Ok(body) => secured((status, Html(body)).into_response()),
         Err(e) => PageError::App(AppError::Internal(format!("template: {e}"))).into_response(),
     }
 }
@@ -122,10 +124,10 @@ impl IntoResponse for PageError {
             message,
             fields,
         };
-        match page.render() {
+        secured(match page.render() {
             Ok(body) => (status, Html(body)).into_response(),
             Err(_) => (status, page.message).into_response(),
-        }
+        })
     }
 }
 
@@ -134,5 +136,27 @@ fn capitalised(s: &str) -> String {
     match c.next() {
         Some(first) => first.to_uppercase().chain(c).collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_pages_carry_the_same_security_headers_as_pages() {
+        for e in [
+            PageError::Csrf,
+            PageError::App(AppError::NotFound("segment x has no retry".into())),
+            PageError::App(AppError::Invalid(retake_domain::ValidationError::single(
+                "attempt", "bad",
+            ))),
+        ] {
+            let r = e.into_response();
+            let h = r.headers();
+            assert_eq!(h[header::CACHE_CONTROL], "no-store");
+            assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+            assert_eq!(h[header::CONTENT_SECURITY_POLICY], CSP);
+        }
     }
 }

@@ -179,9 +179,16 @@ pub(crate) struct SignalSent {
     by: String,
 }
 
+/// Who is recorded as deciding: always the role the token carries (`api:creator`), with the name
+/// the caller gives after it (`api:creator mina`). The name is the caller's word; the role is what
+/// the API checked, so a creator can never be recorded as `api:admin`.
 fn by_or_role(by: Option<String>, role: Role) -> String {
-    by.filter(|b| !b.trim().is_empty())
-        .unwrap_or_else(|| format!("api:{}", role.as_str()))
+    let role = format!("api:{}", role.as_str());
+    match by.as_deref().map(str::trim) {
+        None | Some("") => role,
+        Some(name) if name == role => role,
+        Some(name) => format!("{role} {name}"),
+    }
 }
 
 /// Send `abort` or `escalate` for `role`: the one path of the JSON endpoints and the console's
@@ -415,4 +422,28 @@ pub(crate) async fn history(
         per_page,
         total_attempts,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_decider_always_carries_the_tokens_role() {
+        assert_eq!(by_or_role(None, Role::Creator), "api:creator");
+        assert_eq!(by_or_role(Some("  ".into()), Role::Creator), "api:creator");
+        assert_eq!(
+            by_or_role(Some("mina".into()), Role::Creator),
+            "api:creator mina"
+        );
+        assert_eq!(
+            by_or_role(Some("api:admin".into()), Role::Creator),
+            "api:creator api:admin",
+            "a creator never passes for an admin"
+        );
+        assert_eq!(
+            by_or_role(Some("api:admin".into()), Role::Admin),
+            "api:admin"
+        );
+    }
 }
