@@ -40,6 +40,19 @@ async fn failure_of_payloads(app: &TestApp, id: &str, payloads: Vec<Payload>) ->
 }
 
 #[tokio::test]
+async fn a_run_whose_workflow_id_names_another_segment_fails_naming_segment_id() {
+    let app = spawn_app().await;
+    let a = format!("{}-wid-a", app.tag);
+    let b = format!("{}-wid-b", app.tag);
+    // Started as segment A's retry, for segment B.
+    let msg = failure_of(&app, &a, request(&b, "p1", None)).await;
+    assert!(
+        msg.contains("segment_id") && msg.contains(&format!("runs as workflow segment-retry-{b}")),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_seed_fails_the_workflow_naming_the_field() {
     let app = spawn_app().await;
     let id = format!("{}-noseed", app.tag);

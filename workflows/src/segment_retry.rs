@@ -85,6 +85,21 @@ impl SegmentRetryWorkflow {
     ) -> WorkflowResult<RetryResult> {
         let input = json_argument(&input).map_err(invalid)?;
         let req = RetryRequest::parse(&input).map_err(invalid)?;
+        // A segment's retry is found by its workflow id (the console's link, the API's controls,
+        // the idempotent start): a run under another id would be attributed to a segment whose
+        // page links elsewhere.
+        let expected = retake_domain::workflow_id(&req.segment_id);
+        if ctx.workflow_id() != expected {
+            return Err(invalid(ValidationError::single(
+                "segment_id",
+                format!(
+                    "segment {} runs as workflow {expected}, not {}",
+                    req.segment_id,
+                    ctx.workflow_id()
+                ),
+            ))
+            .into());
+        }
         ctx.state_mut(|s| {
             s.segment_id = req.segment_id.to_string();
             s.project_id = req.project_id.to_string();
