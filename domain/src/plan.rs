@@ -250,9 +250,7 @@ pub fn conclude(
 ) -> RetryResult {
     let selected = select(policy, &attempts);
     let (outcome, reason) = match (stop, selected) {
-        (Stop::Aborted { by, reason }, _) => {
-            (Outcome::Aborted, format!("aborted by {by}: {reason}"))
-        }
+        (Stop::Aborted { by, reason }, _) => (Outcome::Aborted, said("aborted", by, reason)),
         (_, Some(k)) => (
             Outcome::Passed,
             match policy.selection {
@@ -273,7 +271,10 @@ pub fn conclude(
         ),
         (Stop::Escalated { by, reason }, None) => (
             Outcome::Escalated,
-            format!("escalated by {by}: {reason}; flagged for human review"),
+            format!(
+                "{}; flagged for human review",
+                said("escalated", by, reason)
+            ),
         ),
         (Stop::UserIntervention { message, .. }, None) => (Outcome::Escalated, message.clone()),
         (
@@ -365,6 +366,15 @@ pub fn review_expired(mut result: RetryResult, window_secs: u64) -> RetryResult 
         ));
     }
     result
+}
+
+/// `escalated by mina: looks off`, or `escalated by mina` when no reason was given (not
+/// `escalated by mina: ;`).
+fn said(what: &str, by: &str, reason: &str) -> String {
+    match reason.trim() {
+        "" => format!("{what} by {by}"),
+        reason => format!("{what} by {by}: {reason}"),
+    }
 }
 
 #[cfg(test)]
@@ -689,6 +699,12 @@ mod tests {
             "{}",
             r.reason
         );
+        let silent = Stop::Escalated {
+            by: "mina".into(),
+            reason: " ".into(),
+        };
+        let r = conclude(&request(), &p, vec![scored(&p, 1, 0.5, 0.9)], &silent);
+        assert_eq!(r.reason, "escalated by mina; flagged for human review");
     }
 
     #[test]

@@ -303,3 +303,37 @@ async fn retake_demo_runs_a_batch_with_a_mix_of_fixed_and_escalated_segments() {
     assert!(!totals.starts_with("totals: 0 fixed"), "{totals}");
     let _ = Outcome::Passed;
 }
+
+#[tokio::test]
+async fn a_reader_that_goes_away_ends_a_printing_command_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let app = spawn_app().await;
+    let segment = format!("{}-pipe", app.tag);
+    app.retry(request(
+        &segment,
+        "p1",
+        Some(json!({"enabled": true, "max_attempts": 3})),
+    ))
+    .await;
+    // `retake history … | head -0`: the reading end is closed before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args(["history", &segment, "--task-queue", &app.task_queue])
+        .env("RETAKE_DATABASE_URL", &app.db_url)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        // Not `output()`: tokio's pipes stdout whatever was configured.
+        .spawn()
+        .expect("run retake")
+        .wait_with_output()
+        .await
+        .expect("run retake");
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}

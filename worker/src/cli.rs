@@ -209,6 +209,12 @@ impl Command {
     /// finished more retries per second; with 20 attempts finishing at once, each waited about
     /// 18 ms longer for the one thread (`overhead`: 139 against 121 ms per attempt). Other
     /// commands (the API, the CLI) keep the multi-threaded runtime.
+    /// Whether it runs as a service until stopped (`worker`, `api`), rather than printing an
+    /// answer to a reader that may go away (`status … | head`).
+    pub fn is_service(&self) -> bool {
+        matches!(self, Command::Worker(_) | Command::Api(_))
+    }
+
     pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         let mut builder = match self {
             Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod connect;
 pub mod memory;
+pub mod pipe;
 /// Starting and steering retries (re-exported from `retake-client`).
 pub use retake_client as retries;
 /// The custom search attributes the workflow keeps current (for dev servers the tests and the

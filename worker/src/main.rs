@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = retake::cli::Cli::parse();
+    if !cli.command.is_service() {
+        retake::pipe::die_quietly_on_closed_pipe();
+    }
     retake::telemetry::init(cli.command.default_log_filter());
     let runtime = match cli.command.runtime() {
         Ok(runtime) => runtime,

@@ -25,7 +25,7 @@ pub const DEFAULT_RELEASE_EVERY: Duration = Duration::from_secs(10);
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[expect(
     unsafe_code,
-    reason = "malloc_trim is a C function; the workspace's only unsafe block"
+    reason = "malloc_trim is a C function (the other unsafe block is in pipe.rs)"
 )]
 pub fn release_freed() -> bool {
     // SAFETY: `malloc_trim` takes no pointer and touches only the allocator's own state, under
