@@ -133,14 +133,18 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     let arm = |v: &retake_activities::stats::VariationCount| {
         format!(
             "{{scene_type=\"{}\",failure_kind=\"{}\",arm=\"{}\"}}",
-            v.scene_type, v.failure_kind, v.arm
+            label(&v.scene_type),
+            label(&v.failure_kind),
+            label(&v.arm)
         )
     };
+    let variations = bounded(st.variations, MAX_VARIATION_SERIES);
     family(
         "retake_variation_attempts_total",
         "counter",
-        "Scored attempts per scene type, failure kind they set out to fix and variation.",
-        st.variations
+        "Scored attempts per scene type, failure kind they set out to fix and variation \
+         (the most tried; the rest summed under \"other\").",
+        variations
             .iter()
             .map(|v| (arm(v), v.attempts.to_string()))
             .collect(),
@@ -149,7 +153,7 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "retake_variation_passes_total",
         "counter",
         "Of those, the attempts that passed.",
-        st.variations
+        variations
             .iter()
             .map(|v| (arm(v), v.passes.to_string()))
             .collect(),
@@ -157,7 +161,83 @@ pub(crate) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
+/// How many (scene type, failure kind, variation) series `/metrics` shows. Callers choose scene
+/// types and failure kinds (a retry request may name 1,500 failure kinds), and every series costs
+/// the scraper memory for good: the most tried are shown, the rest summed into one `other`.
+pub(crate) const MAX_VARIATION_SERIES: usize = 100;
+
+/// The `cap - 1` most tried of `variations` (ties by name, so scrapes agree), and the rest summed
+/// under `other` labels; all of them when they fit.
+fn bounded(
+    mut variations: Vec<retake_activities::stats::VariationCount>,
+    cap: usize,
+) -> Vec<retake_activities::stats::VariationCount> {
+    if variations.len() <= cap {
+        return variations;
+    }
+    variations.sort_by(|a, b| {
+        b.attempts.cmp(&a.attempts).then_with(|| {
+            (&a.scene_type, &a.failure_kind, &a.arm).cmp(&(&b.scene_type, &b.failure_kind, &b.arm))
+        })
+    });
+    let rest = variations.split_off(cap.saturating_sub(1));
+    variations.push(retake_activities::stats::VariationCount {
+        scene_type: "other".to_owned(),
+        failure_kind: "other".to_owned(),
+        arm: "other".to_owned(),
+        attempts: rest.iter().map(|v| v.attempts).sum(),
+        passes: rest.iter().map(|v| v.passes).sum(),
+    });
+    variations
+}
+
+/// A label value as the exposition format needs it: `\`, `"` and line feeds escaped.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// The OpenAPI document, generated from the handlers.
 pub(crate) async fn openapi() -> impl IntoResponse {
     Json(crate::openapi::document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use retake_activities::stats::VariationCount;
+
+    fn count(failure_kind: &str, attempts: u64) -> VariationCount {
+        VariationCount {
+            scene_type: "action".into(),
+            failure_kind: failure_kind.into(),
+            arm: "cfg_scale".into(),
+            attempts,
+            passes: attempts / 2,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_failure_kinds_adds_one_other_series_not_thousands() {
+        let flood: Vec<_> = (0..1_500).map(|i| count(&format!("kind-{i}"), 1)).collect();
+        let mut all = vec![count("face_melt", 40)];
+        all.extend(flood);
+        let shown = bounded(all, 100);
+        assert_eq!(shown.len(), 100);
+        assert_eq!(shown[0].failure_kind, "face_melt", "the most tried is kept");
+        let other = shown.last().unwrap();
+        assert_eq!(
+            (other.failure_kind.as_str(), other.attempts),
+            ("other", 1_500 - 98)
+        );
+        let few = vec![count("a", 1), count("b", 2)];
+        assert_eq!(bounded(few.clone(), 100), few);
+    }
+
+    #[test]
+    fn label_values_cannot_break_the_exposition_format() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
