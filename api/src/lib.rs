@@ -23,7 +23,7 @@ use std::sync::Arc;
 use temporalio_client::Client;
 
 /// Largest accepted request body.
-pub const BODY_LIMIT: usize = 64 * 1024;
+pub const BODY_LIMIT: usize = retake_domain::contract::MAX_REQUEST_BYTES;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

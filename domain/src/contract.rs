@@ -128,6 +128,27 @@ fn parse_failed_qa(value: Option<&Value>, errs: &mut Errors) -> Option<FailedQa>
 /// the project's limit refused more, so it was cancelled (and billed what it used).
 pub const BUDGET_EXHAUSTED: &str = "BudgetExhausted";
 
+/// The largest retry request, as JSON: the API's body limit and the workflow's argument limit.
+/// The request's parameters are copied into every attempt (`params`, `original_params`) and the
+/// result carries every attempt, so an unbounded request builds a result beyond Temporal's 2 MiB
+/// payload limit, which the server refuses, and the workflow task then retries forever.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// The most of an error's text an attempt records (characters); longer texts are cut with a
+/// note of how much was left out. A backend's error page can be megabytes.
+pub const MAX_ERROR_CHARS: usize = 4 * 1024;
+
+/// `text`, or its first [`MAX_ERROR_CHARS`] characters and how many more there were.
+pub fn bounded_error(text: String) -> String {
+    match text.char_indices().nth(MAX_ERROR_CHARS) {
+        None => text,
+        Some((cut, _)) => {
+            let more = text[cut..].chars().count();
+            format!("{}… ({more} more characters)", &text[..cut])
+        }
+    }
+}
+
 /// Failure type (`error_type`) of a generation that failed because of the machine, not the
 /// request: CUDA out of memory, a lost device, NaN or empty output. Re-run on another worker
 /// (policy `placement`).
@@ -291,6 +312,20 @@ pub struct RetryResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_error_is_cut_saying_how_much_was_left_out() {
+        let short = "CUDA out of memory".to_owned();
+        assert_eq!(bounded_error(short.clone()), short);
+        let long = "é".repeat(MAX_ERROR_CHARS + 10);
+        let cut = bounded_error(long);
+        assert!(
+            cut.ends_with("… (10 more characters)"),
+            "{}",
+            &cut[cut.len() - 40..]
+        );
+        assert_eq!(cut.chars().filter(|c| *c == 'é').count(), MAX_ERROR_CHARS);
+    }
     use serde_json::json;
 
     #[test]

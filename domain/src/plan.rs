@@ -178,7 +178,7 @@ impl AttemptPlan {
             gpu_ms,
             status,
             output_uri,
-            error,
+            error: error.map(crate::contract::bounded_error),
             strategy: self.strategy,
             prompt: self.prompt,
             revises: self.revises,

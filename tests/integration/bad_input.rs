@@ -53,6 +53,16 @@ async fn a_run_whose_workflow_id_names_another_segment_fails_naming_segment_id()
 }
 
 #[tokio::test]
+async fn a_request_of_a_megabyte_fails_the_workflow_instead_of_looping_its_task() {
+    let app = spawn_app().await;
+    let id = format!("{}-big", app.tag);
+    let mut input = request(&id, "p1", Some(json!({"enabled": true, "max_attempts": 3})));
+    input["params"]["prompt"] = json!("x".repeat(1_000_000));
+    let msg = failure_of(&app, &id, input).await;
+    assert!(msg.contains("at most 65536 bytes"), "{msg}");
+}
+
+#[tokio::test]
 async fn a_missing_seed_fails_the_workflow_naming_the_field() {
     let app = spawn_app().await;
     let id = format!("{}-noseed", app.tag);

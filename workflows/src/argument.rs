@@ -7,6 +7,7 @@
 //! becomes a [`ValidationError`] and so a non-retryable workflow failure that says what was wrong.
 
 use retake_domain::ValidationError;
+use retake_domain::contract::MAX_REQUEST_BYTES;
 use serde_json::Value;
 use temporalio_common::data_converters::RawValue;
 
@@ -25,6 +26,17 @@ pub(crate) fn json_argument(input: &RawValue) -> Result<Value, ValidationError> 
             ),
         ));
     };
+    if payload.data.len() > MAX_REQUEST_BYTES {
+        return Err(ValidationError::single(
+            "",
+            format!(
+                "the argument is {} bytes; a retry request is at most {MAX_REQUEST_BYTES} bytes \
+                 (its parameters are copied into every attempt of the result, which Temporal \
+                 limits to 2 MiB)",
+                payload.data.len()
+            ),
+        ));
+    }
     match payload.metadata.get(ENCODING).map(Vec::as_slice) {
         Some(JSON) => serde_json::from_slice(&payload.data).map_err(|e| {
             ValidationError::single("", format!("the argument is not valid JSON: {e}"))
@@ -66,6 +78,16 @@ mod tests {
         assert_eq!(
             read(vec![payload("json/plain", br#"{"a":1}"#)]).unwrap(),
             serde_json::json!({"a": 1})
+        );
+    }
+
+    #[test]
+    fn an_argument_over_the_request_limit_is_rejected_with_its_size() {
+        let big = format!(r#"{{"params": {{"prompt": "{}"}}}}"#, "x".repeat(400_000));
+        let err = read(vec![payload("json/plain", big.as_bytes())]).unwrap_err();
+        assert!(
+            err.contains("is 400") && err.contains("at most 65536 bytes"),
+            "{err}"
         );
     }
 
