@@ -382,7 +382,7 @@ async fn escalating_a_parallel_retry_cancels_its_attempts_in_flight() {
 }
 
 #[tokio::test]
-async fn a_cancelled_attempt_is_not_offered_or_taken_for_acceptance() {
+async fn in_review_a_cancelled_attempt_cannot_be_accepted_nor_the_run_escalated_again() {
     use crate::api::{CREATOR, api_for};
     use retake_domain::review::Phase;
     let app = TestApp::builder()
@@ -435,6 +435,23 @@ async fn a_cancelled_attempt_is_not_offered_or_taken_for_acceptance() {
             .as_str()
             .unwrap()
             .contains("attempt 1 was cancelled and has no output to accept"),
+        "{body}"
+    );
+    // Escalating a run already in review does nothing, and says so instead of 202.
+    let (code, body) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/segments/{segment}/retries/escalate"),
+            Some(CREATOR),
+            Some(json!({"reason": "again"})),
+        )
+        .await;
+    assert_eq!(code, reqwest::StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("already awaiting review"),
         "{body}"
     );
     // A word where the policy jitters a number is refused before anything is generated.

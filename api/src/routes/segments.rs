@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use retake_activities::ports::{StoredAttempt, StoredOutcome};
 use retake_client::{Creator, RunState};
 use retake_domain::policy::JitterSpec;
+use retake_domain::review::Phase;
 use retake_domain::status::Status;
 use retake_domain::{RetryPolicy, RetryRequest, SegmentId, ValidationError};
 use serde::{Deserialize, Serialize};
@@ -207,6 +208,16 @@ pub(crate) async fn signal(
         Creator::Escalate => "there is nothing to escalate",
     };
     let run_id = running_run(s, segment, what).await?;
+    // The workflow ignores an escalation of a run already in review (there is nothing more to
+    // stop); answering 202 for it would say something happened that did not.
+    if matches!(action, Creator::Escalate)
+        && retake_client::status(&s.temporal, segment).await?.phase == Phase::AwaitingReview
+    {
+        return Err(AppError::Finished(format!(
+            "segment {segment} is already awaiting review: decide it (accept, reject or \
+             retry_with) instead"
+        )));
+    }
     match retake_client::signal(&s.temporal, segment, action, &body.reason, &by).await {
         Ok(()) => {}
         Err(retake_client::Error::AlreadyFinished(_)) => {
@@ -253,7 +264,7 @@ pub(crate) async fn abort(
               (status = 401, description = "No or an unknown token", body = ErrorBody),
               (status = 403, description = "Needs the creator role", body = ErrorBody),
               (status = 404, description = "The segment never had a retry", body = ErrorBody),
-              (status = 409, description = "The retry has already finished", body = ErrorBody),
+              (status = 409, description = "The retry has already finished, or is already awaiting review", body = ErrorBody),
               (status = 422, description = "Invalid body", body = ErrorBody),
               (status = 503, description = "Temporal is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
