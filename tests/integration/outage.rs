@@ -162,6 +162,39 @@ async fn retries_pause_while_postgres_refuses_connections_and_finish_once_it_is_
     assert_finished_as_predicted(&app, started).await;
 }
 
+/// Longer than every store-step limit the SDK would apply by default (a local activity gets
+/// 100 s from its first schedule unless told otherwise): the retries must wait it out.
+const LONG_OUTAGE: Duration = Duration::from_secs(125);
+
+#[tokio::test]
+async fn retries_wait_out_a_postgres_outage_longer_than_any_store_step_timeout() {
+    let Some(db) = fresh_postgres().await else {
+        return;
+    };
+    let app = TestApp::builder()
+        .simulator(Simulator::new(GPU_MS))
+        .database(db.url.clone())
+        .spawn()
+        .await;
+    let started = start_retries(&app, "pglong").await;
+
+    db.refuse_connections().await;
+    wait_until_all_paused(&app, &started).await;
+    // A fixed duration on purpose: the outage itself is what is tested.
+    tokio::time::sleep(LONG_OUTAGE).await;
+    for (segment, _, handle) in &started.runs {
+        let settled =
+            tokio::time::timeout(Duration::from_millis(100), retries::result(handle)).await;
+        assert!(
+            settled.is_err(),
+            "segment {segment} ended during the outage: {settled:?}"
+        );
+    }
+    db.allow_connections().await;
+
+    assert_finished_as_predicted(&app, started).await;
+}
+
 #[tokio::test]
 async fn retries_pause_while_another_connection_locks_sqlite_and_finish_once_it_is_unlocked() {
     let app = TestApp::builder()

@@ -43,15 +43,23 @@ pub(crate) fn store(summary: String) -> ActivityOptions {
 /// Local store steps: the same tries and backoff as [`store`]. Retries waiting longer than
 /// [`LOCAL_RETRY_THRESHOLD`] wait on a durable timer (with a failure marker in the history)
 /// rather than in the worker, so an outage is visible in the history and a long one holds no
-/// workflow task open.
+/// workflow task open. They keep trying for [`STORE_OUTAGE_LIMIT`].
 pub(crate) fn store_local(summary: String) -> LocalActivityOptions {
     LocalActivityOptions::builder()
+        .schedule_to_close_timeout(STORE_OUTAGE_LIMIT)
         .start_to_close_timeout(Duration::from_secs(30))
         .retry_policy(retry(0, 30))
         .timer_backoff_threshold(LOCAL_RETRY_THRESHOLD)
         .summary(summary)
         .build()
 }
+
+/// How long a local store step keeps retrying a store that is down: in practice for ever (a
+/// review window or an operator's abort ends a run sooner). Without it the SDK gives a local
+/// activity 100 s from its first schedule (`temporalio-workflow`'s default), and every retry in
+/// flight failed "Local Activity timed out" ~102 s into a database outage, its GPU work done but
+/// not recorded. Store steps on the server's activity queue ([`store`]) have no such limit.
+pub(crate) const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The longest backoff a local store step waits inside the worker before its retries move to
 /// durable timers: one quick retry (the first backoff, 0.5 s) for a blip, then timers.
