@@ -67,9 +67,17 @@ pub struct Settings {
 
 /// GPU time a generation used before it stopped (cancelled, failed, or stopped by the budget),
 /// as the backend reported it; the `details` of the activity's failure or cancellation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Used {
     pub gpu_ms: u64,
+    /// The worker that ran it: a cancellation carries no worker identity of Temporal's, and an
+    /// aborted attempt's record must still say where it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// What it produced before it stopped, when it finished anyway (an abort landing in
+    /// ComfyUI's last node pays for a finished prompt, whose output is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_uri: Option<String>,
 }
 
 /// Input of `reserve_budget`.

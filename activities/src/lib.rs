@@ -172,7 +172,10 @@ fn failure_after(
         ApplicationFailure::builder(message)
             .type_name(type_name.to_owned())
             .non_retryable(non_retryable)
-            .details(Used { gpu_ms })
+            .details(Used {
+                gpu_ms,
+                ..Used::default()
+            })
             .build(),
     )
 }
@@ -189,11 +192,21 @@ fn store_failure(e: StoreError) -> ActivityError {
 /// The failure's message is the adapter's own (its type says whether it was transient or a
 /// rejection), so the attempt's record quotes the backend, not a wrapper.
 fn backend_failure(e: BackendError) -> ActivityError {
+    generation_failure(e, None)
+}
+
+/// [`backend_failure`] of a generation that ran on `worker`: a cancellation carries the worker,
+/// the GPU time and any output the backend finished anyway in its [`Used`] details (Temporal
+/// records no worker identity for a cancellation).
+fn generation_failure(e: BackendError, worker: Option<&str>) -> ActivityError {
+    let output_uri = e.output_uri().map(str::to_owned);
     match e.split() {
-        (BackendError::Cancelled, None) => ActivityError::cancelled(),
-        (BackendError::Cancelled, Some(gpu_ms)) => {
-            ActivityError::cancelled_with_details(Used { gpu_ms })
-        }
+        (BackendError::Cancelled, None) if worker.is_none() => ActivityError::cancelled(),
+        (BackendError::Cancelled, gpu_ms) => ActivityError::cancelled_with_details(Used {
+            gpu_ms: gpu_ms.unwrap_or(0),
+            worker: worker.map(str::to_owned),
+            output_uri,
+        }),
         (BackendError::Transient(m), used) => {
             failure_after(failure_types::BACKEND_TRANSIENT, false, m, used)
         }
@@ -485,7 +498,7 @@ impl RetryActivities {
                     Some(used),
                 ))
             }
-            (result, _) => result.map_err(backend_failure),
+            (result, _) => result.map_err(|e| generation_failure(e, gpu.map(|g| g.worker_id()))),
         }
     }
 

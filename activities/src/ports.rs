@@ -30,11 +30,13 @@ pub enum BackendError {
     #[error("cancelled")]
     Cancelled,
     /// `error`, after the backend had used `gpu_ms` of GPU time, as it reported: billed although
-    /// the attempt produced nothing (see [`BackendError::after`]).
+    /// the attempt produced nothing (see [`BackendError::after`]), or kept `output_uri` when it
+    /// finished anyway (see [`BackendError::with_output`]).
     #[error("{error}")]
     Spent {
         gpu_ms: u64,
         error: Box<BackendError>,
+        output_uri: Option<String>,
     },
 }
 
@@ -43,18 +45,49 @@ impl BackendError {
     /// time, a cancelled job's reported `gpu_ms`).
     pub fn after(self, gpu_ms: u64) -> Self {
         match self {
-            BackendError::Spent { error, .. } => BackendError::Spent { gpu_ms, error },
+            BackendError::Spent {
+                error, output_uri, ..
+            } => BackendError::Spent {
+                gpu_ms,
+                error,
+                output_uri,
+            },
             error => BackendError::Spent {
                 gpu_ms,
                 error: Box::new(error),
+                output_uri: None,
             },
+        }
+    }
+
+    /// This error, with the output the backend produced anyway (`None`: it produced none).
+    pub fn with_output(self, uri: Option<String>) -> Self {
+        match self {
+            BackendError::Spent { gpu_ms, error, .. } => BackendError::Spent {
+                gpu_ms,
+                error,
+                output_uri: uri,
+            },
+            error => BackendError::Spent {
+                gpu_ms: 0,
+                error: Box::new(error),
+                output_uri: uri,
+            },
+        }
+    }
+
+    /// The output the backend produced before the error, if any.
+    pub fn output_uri(&self) -> Option<&str> {
+        match self {
+            BackendError::Spent { output_uri, .. } => output_uri.as_deref(),
+            _ => None,
         }
     }
 
     /// The error without the GPU time, and that time (when the backend reported it).
     pub fn split(self) -> (BackendError, Option<u64>) {
         match self {
-            BackendError::Spent { gpu_ms, error } => (error.split().0, Some(gpu_ms)),
+            BackendError::Spent { gpu_ms, error, .. } => (error.split().0, Some(gpu_ms)),
             e => (e, None),
         }
     }

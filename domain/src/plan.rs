@@ -131,13 +131,13 @@ impl AttemptPlan {
     }
 
     /// The record of an attempt cancelled by a creator's abort, with the GPU time it used before
-    /// it stopped.
-    pub fn aborted(self, by: &str, gpu_ms: u64) -> AttemptRecord {
+    /// it stopped and its output when generation had finished anyway.
+    pub fn aborted(self, by: &str, gpu_ms: u64, output_uri: Option<String>) -> AttemptRecord {
         let mut r = self.record(
             Default::default(),
             vec![],
             gpu_ms,
-            None,
+            output_uri,
             Some(format!("aborted by {by}")),
         );
         r.status = AttemptStatus::Aborted;

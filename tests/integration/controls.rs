@@ -113,6 +113,11 @@ async fn aborting_during_generation_cancels_the_attempt_and_bills_what_it_used()
         "no further attempts after an abort"
     );
     assert_eq!(result.attempts[0].status, AttemptStatus::Aborted);
+    assert!(
+        result.attempts[0].worker.is_some(),
+        "an aborted attempt still says where it ran: {:?}",
+        result.attempts[0]
+    );
     assert_eq!(result.reason, "aborted by mina: wrong prompt");
     assert_eq!(result.decisions.len(), 1);
     assert_eq!(

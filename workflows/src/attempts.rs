@@ -725,7 +725,7 @@ impl Run {
                 Some(generated.output_uri),
             ),
             (Err(ActivityExecutionError::Cancelled(_)), Some(by), _) => {
-                attempt.aborted(&by, generated.gpu_ms)
+                attempt.aborted(&by, generated.gpu_ms, Some(generated.output_uri))
             }
             (Err(ActivityExecutionError::Cancelled(_)), None, Some(why)) => {
                 attempt.cancelled(why, generated.gpu_ms, Some(generated.output_uri))
@@ -953,10 +953,15 @@ impl Run {
         } else {
             self.release(k).await?;
         }
+        // An output the backend finished anyway (an abort landing in ComfyUI's last node) is
+        // kept: it was paid for.
+        let output = failure::used(e).and_then(|u| u.output_uri);
         Ok(match (self.aborted_by(), self.cancel_reason(), e) {
-            (Some(by), _, ActivityExecutionError::Cancelled(_)) => attempt.aborted(&by, used),
+            (Some(by), _, ActivityExecutionError::Cancelled(_)) => {
+                attempt.aborted(&by, used, output)
+            }
             (None, Some(why), ActivityExecutionError::Cancelled(_)) => {
-                attempt.cancelled(why, used, None)
+                attempt.cancelled(why, used, output)
             }
             _ => {
                 let cause = failure::of(e);

@@ -35,25 +35,30 @@ pub(crate) fn of(e: &ActivityExecutionError) -> Cause {
 /// The GPU time a failed or cancelled generation used, as its backend reported it (the
 /// [`Used`] details of the failure or cancellation); `None` when it reported none.
 pub(crate) fn used_gpu_ms(e: &ActivityExecutionError) -> Option<u64> {
-    let used = match e {
+    used(e).map(|u| u.gpu_ms)
+}
+
+/// What the generation reported of itself when it failed or was cancelled ([`Used`]).
+pub(crate) fn used(e: &ActivityExecutionError) -> Option<Used> {
+    match e {
         ActivityExecutionError::Cancelled(c) => c.details::<Used>().ok().flatten(),
         ActivityExecutionError::Failed(_) => match e.cause() {
             Some(IncomingError::Application(app)) => app.details::<Used>().ok().flatten(),
             _ => None,
         },
         _ => None,
-    };
-    used.map(|u| u.gpu_ms)
+    }
 }
 
-/// The worker that ran the failed or cancelled activity, as Temporal recorded it (the identity
-/// in the activity failure; empty when no worker ever started it).
+/// The worker that ran the failed or cancelled activity: as Temporal recorded it (the identity
+/// in the activity failure; empty when no worker ever started it), else as the activity itself
+/// reported it (a cancellation carries no identity).
 pub(crate) fn worker(e: &ActivityExecutionError) -> Option<String> {
-    match &e.failure()?.failure_info {
+    match e.failure().and_then(|f| f.failure_info.as_ref()) {
         Some(FailureInfo::ActivityFailureInfo(info)) if !info.identity.is_empty() => {
             Some(info.identity.clone())
         }
-        _ => None,
+        _ => used(e).and_then(|u| u.worker),
     }
 }
 

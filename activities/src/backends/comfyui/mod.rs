@@ -256,21 +256,26 @@ impl ComfyUi {
                 file: Some(file),
                 elapsed,
             } => {
-                let mut uri = self.url(&["view"]);
-                uri.query_pairs_mut()
-                    .append_pair("filename", &file.filename)
-                    .append_pair("subfolder", &file.subfolder)
-                    .append_pair("type", &file.kind);
                 let gpu = elapsed.unwrap_or_else(|| started.elapsed());
                 let gpu_ms = u64::try_from(gpu.as_millis()).unwrap_or(u64::MAX);
                 Ok(Some(Generated {
-                    output_uri: uri.into(),
+                    output_uri: self.view_uri(&file),
                     gpu_ms,
                     worker: None,
                 }))
             }
             other => Err(history::failure(what, other)),
         }
+    }
+
+    /// The `/view` URL of an output file.
+    fn view_uri(&self, file: &history::FileRef) -> String {
+        let mut uri = self.url(&["view"]);
+        uri.query_pairs_mut()
+            .append_pair("filename", &file.filename)
+            .append_pair("subfolder", &file.subfolder)
+            .append_pair("type", &file.kind);
+        uri.into()
     }
 
     /// Fail transiently when the prompt is neither queued nor (any longer) in the history.
@@ -303,8 +308,9 @@ impl ComfyUi {
     /// finishes anyway, and an interrupted one ran until the node in progress ended; both are in
     /// `/history` with their execution timestamps, read for up to [`CANCEL_WAIT`]. A prompt
     /// that never ran used nothing; one that ran but left no timestamps is billed the wall time
-    /// the worker waited since `started`.
-    async fn cancel(&self, prompt_id: &str, started: Instant) -> u64 {
+    /// the worker waited since `started`. A prompt that finished anyway also gives its output,
+    /// which the attempt keeps.
+    async fn cancel(&self, prompt_id: &str, started: Instant) -> (u64, Option<String>) {
         let queue = self
             .client
             .get(self.url(&["queue"]))
@@ -334,7 +340,7 @@ impl ComfyUi {
             }
         }
         if !running {
-            return 0;
+            return (0, None);
         }
         let waited = millis(started.elapsed());
         let url = self.url(&["history", prompt_id]);
@@ -346,7 +352,13 @@ impl ComfyUi {
             {
                 let entry = history::entry(e);
                 if entry != Entry::Running {
-                    return entry.elapsed().map_or(waited, millis);
+                    let output = match &entry {
+                        Entry::Success {
+                            file: Some(file), ..
+                        } => Some(self.view_uri(file)),
+                        _ => None,
+                    };
+                    return (entry.elapsed().map_or(waited, millis), output);
                 }
             }
             tokio::time::sleep(CANCEL_POLL).await;
@@ -355,7 +367,7 @@ impl ComfyUi {
             prompt_id,
             "no execution time after cancelling; billing the wall time"
         );
-        waited
+        (waited, None)
     }
 }
 
@@ -448,8 +460,8 @@ impl ComfyUi {
         };
         match self.poll(&prompt_id, started, progress).await {
             Err(e) if e.is_cancelled() => {
-                let used = self.cancel(&prompt_id, started).await;
-                Err(BackendError::Cancelled.after(used))
+                let (used, output) = self.cancel(&prompt_id, started).await;
+                Err(BackendError::Cancelled.after(used).with_output(output))
             }
             other => other,
         }

@@ -263,6 +263,11 @@ async fn a_prompt_that_finished_its_last_node_after_the_interrupt_is_billed_in_f
         cancelled_while_running(stopped("success", "execution_success", 17_000)).await;
     let Err(e) = result else { panic!("{result:?}") };
     assert!(e.is_cancelled());
+    assert!(
+        e.output_uri()
+            .is_some_and(|u| u.contains("/view?filename=retake_00001_.png")),
+        "the finished prompt's output is kept: {e:?}"
+    );
     assert_eq!(e.split().1, Some(17_000));
 }
 
