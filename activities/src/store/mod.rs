@@ -190,6 +190,7 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
         sqlx::Error::Migrate(m) => return map_migrate(*m),
         e => e,
     };
+    sqlite::note_read_only(&e);
     if unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
