@@ -3,7 +3,7 @@
 //! roles.
 
 use crate::api::{ADMIN, Api, CREATOR, VIEWER, api_for, serve_with, start_body};
-use crate::harness::{TestApp, find_segment, request, spawn_app};
+use crate::harness::{TcpProxy, TestApp, find_segment, fresh_postgres, request, spawn_app};
 use reqwest::{Method, StatusCode};
 use retake_activities::sim::Simulator;
 use retake_activities::store::SqlStore;
@@ -11,6 +11,7 @@ use retake_domain::SegmentId;
 use retake_domain::review::Phase;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_numeric_segment_id_in_the_body_matches_the_same_segment_in_the_path() {
@@ -270,6 +271,44 @@ async fn a_closed_database_is_a_503_with_retry_after_on_every_endpoint_that_need
             .unwrap(),
         None,
         "nothing starts without the policy check"
+    );
+}
+
+/// Postgres going down under the API: a call answers `503` within seconds, not after the 30 s a
+/// worker's store step waits for a connection. The server goes away for real: the API's store
+/// (opened as `retake api` opens it) reaches it through a proxy that is stopped, and the port
+/// then refuses connections, which sqlx keeps trying until the store's acquire timeout.
+#[tokio::test]
+async fn the_api_answers_503_within_seconds_while_postgres_refuses_connections() {
+    let Some(db) = fresh_postgres().await else {
+        return;
+    };
+    let app = spawn_app().await;
+    let mut url = url::Url::parse(&db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let proxy = TcpProxy::start(upstream).await;
+    let (host, port) = proxy.address.rsplit_once(':').unwrap();
+    url.set_host(Some(host)).unwrap();
+    url.set_port(Some(port.parse().unwrap())).unwrap();
+    let store = retake::connect::api_store(url.as_str()).await.unwrap();
+    let api = Api {
+        base: serve_with(&app, store).await,
+        http: reqwest::Client::new(),
+    };
+    let budget = "/projects/p1/budget";
+    let (status, body) = api.get(budget, Some(VIEWER)).await;
+    assert_ne!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    proxy.stop().await;
+    let asked = Instant::now();
+    let (status, body) = api.get(budget, Some(VIEWER)).await;
+    let waited = asked.elapsed();
+
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["unavailable"], json!(["database"]), "{body}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "the 503 came after {waited:?}"
     );
 }
 

@@ -4,8 +4,10 @@
 
 use anyhow::Context;
 use retake_activities::ports::Store;
+use retake_activities::store::StoreOptions;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use temporalio_client::envconfig::LoadClientConfigProfileOptions;
 use temporalio_client::{
     Client, ClientOptions, Connection, GrpcCompression, NamespacedClient, tonic,
@@ -76,9 +78,35 @@ async fn temporal_with(address: Option<&str>, compression: Compression) -> anyho
     Client::new(connection, client_opts).context("creating the Temporal client")
 }
 
+/// How long a call of `retake api` waits for a database connection before it fails, and the API
+/// answers `503` with `Retry-After`.
+///
+/// A worker's store steps wait the store's default (30 s): a step that fails is retried by
+/// Temporal anyway, and a short wait would fail them spuriously whenever the pool is busy. An
+/// HTTP client, though, should hear "unavailable, retry later" at once rather than hang: with
+/// the worker's wait, every API call blocked 30 s while Postgres refused connections. A second
+/// is still far longer than a query of the API takes, or than opening a connection to a
+/// server that is up.
+pub const API_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Open the store (`postgres://...`, `sqlite://PATH` or a file path), creating a SQLite file's
 /// parent directory when needed.
 pub async fn store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    store_with(url, StoreOptions::default()).await
+}
+
+/// Open the store as `retake api` does: [`store`] whose calls wait [`API_ACQUIRE_TIMEOUT`] for a
+/// connection (connecting still waits for the first one as long as a worker does).
+pub async fn api_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+    store_with(
+        url,
+        StoreOptions::default().acquire_timeout(API_ACQUIRE_TIMEOUT),
+    )
+    .await
+}
+
+/// [`store`] with the waits of `options`.
+pub async fn store_with(url: &str, options: StoreOptions) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(path) = url
         .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
@@ -91,7 +119,7 @@ pub async fn store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    retake_activities::store::connect_any(url)
+    retake_activities::store::connect_any_with(url, options)
         .await
         .with_context(|| format!("opening the store at {}", redact(url)))
 }

@@ -115,12 +115,56 @@ trait Backend: sql::Db {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// How a store waits for its database once it is connected: [`StoreOptions::default`] for a
+/// worker, whose store steps may wait, a short wait for an API, which should rather answer `503`
+/// soon. Give it to [`connect_any_with`] or [`PgStore::connect_with_options`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// How long a call may wait for a connection from the pool before failing as
+    /// [`StoreError::Unavailable`]: for a free one, or, on Postgres, for the server to accept a
+    /// new one (a server that refuses connections is tried again until then). Connecting, the
+    /// first connection is waited for [`FIRST_CONNECT`] however short this is: a worker and an
+    /// API started beside their database wait for it to come up. SQLite ignores it: there a
+    /// call waits for the file's locks, up to its busy timeout.
+    /// Default: [`FIRST_CONNECT`] (30 s).
+    pub acquire_timeout: Duration,
+}
+
+/// How long connecting waits for the first connection, e.g. while a Postgres server starts and
+/// refuses connections.
+pub const FIRST_CONNECT: Duration = Duration::from_secs(30);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            acquire_timeout: FIRST_CONNECT,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// These options with [`acquire_timeout`](Self::acquire_timeout) set.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+}
+
 /// Open the store at `url`: [`PgStore`] for `postgres://` and `postgresql://` URLs, [`SqlStore`]
 /// for anything else (`sqlite://PATH`, `sqlite:PATH` or a bare file path; other schemes are
 /// refused as [`StoreError::Invalid`]).
 pub async fn connect_any(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    connect_any_with(url, StoreOptions::default()).await
+}
+
+/// [`connect_any`] waiting for the database as `options` say.
+pub async fn connect_any_with(
+    url: &str,
+    options: StoreOptions,
+) -> Result<Arc<dyn Store>, StoreError> {
     if is_postgres_url(url) {
-        Ok(Arc::new(PgStore::connect(url).await?))
+        Ok(Arc::new(PgStore::connect_with_options(url, options).await?))
     } else if url.contains("://") && !url.starts_with("sqlite:") {
         Err(StoreError::Invalid(format!(
             "unsupported store URL {url:?}: use postgres://, postgresql://, sqlite:// or a file path"
@@ -190,6 +234,7 @@ pub(crate) fn map_sqlx(e: sqlx::Error) -> StoreError {
         sqlx::Error::Migrate(m) => return map_migrate(*m),
         e => e,
     };
+    sqlite::note_read_only(&e);
     if unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {

@@ -15,14 +15,15 @@
 
 use super::sql::{Db, stmt};
 use super::{
-    Backend, PgStore, SqlxStore, begin_detached, is_postgres_url, map_migrate, map_sqlx, migrate,
+    Backend, FIRST_CONNECT, PgStore, SqlxStore, StoreOptions, begin_detached, is_postgres_url,
+    map_migrate, map_sqlx, migrate,
 };
 use crate::ports::StoreError;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Pool, Postgres, Transaction};
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The embedded Postgres migrations (`activities/migrations/postgres`).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -30,10 +31,6 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// How long a statement waits for a row lock (e.g. a project's, held by another reservation)
 /// before failing with `Unavailable`.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How long getting a connection from the pool may take, the first connect included (which
-/// waits that long for a server that refuses connections, e.g. while it starts).
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Lock, in a fixed order, every project a run holds reservations in.
 const LOCK_RUN_PROJECTS: &str = "SELECT project_id FROM project_budgets \
@@ -45,20 +42,30 @@ impl SqlxStore<Postgres> {
     /// Connect to the PostgreSQL database at `url` (`postgres://` or `postgresql://`, with the
     /// usual libpq-style parameters) and run the pending migrations. The database must exist.
     pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+        Self::connect_with_options(url, StoreOptions::default()).await
+    }
+
+    /// [`connect`](Self::connect), then wait for the database as `options` say.
+    pub async fn connect_with_options(
+        url: &str,
+        options: StoreOptions,
+    ) -> Result<PgStore, StoreError> {
         if !is_postgres_url(url) {
             return Err(StoreError::Invalid(format!(
                 "unsupported store URL {url:?}: PgStore needs a postgres:// or postgresql:// URL"
             )));
         }
         let lock_timeout = format!("{}ms", LOCK_TIMEOUT.as_millis());
-        let options = PgConnectOptions::from_str(url)
+        let connect = PgConnectOptions::from_str(url)
             .map_err(map_sqlx)?
             .options([("lock_timeout", lock_timeout.as_str())]);
         let pool = PgPoolOptions::new()
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
-            .await
-            .map_err(map_sqlx)?;
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect);
+        if let Err(e) = first_connection(&pool).await {
+            pool.close().await;
+            return Err(map_sqlx(e));
+        }
         // sqlx holds an advisory lock while it applies migrations, but two processes creating
         // its bookkeeping table at once may still collide.
         if let Err(e) = migrate(|| MIGRATOR.run(&pool)).await {
@@ -66,6 +73,21 @@ impl SqlxStore<Postgres> {
             return Err(map_migrate(e));
         }
         Ok(SqlxStore { pool })
+    }
+}
+
+/// Wait for the pool's first connection up to [`FIRST_CONNECT`], whatever the pool's acquire
+/// timeout: each acquire tries again while the server refuses connections (e.g. while it starts)
+/// and gives up as `PoolTimedOut` at that timeout, so a short one is tried again here. Any
+/// other error (a missing database, a refused login) ends the wait at once, as sqlx does.
+async fn first_connection(pool: &Pool<Postgres>) -> Result<(), sqlx::Error> {
+    let deadline = Instant::now() + FIRST_CONNECT;
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::PoolTimedOut) if Instant::now() < deadline => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

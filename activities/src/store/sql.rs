@@ -254,9 +254,28 @@ where
     for arg in args {
         query = match arg {
             Arg::Int(v) => query.bind(v),
-            Arg::Text(v) => query.bind(v),
+            Arg::Text(v) => query.bind(v.map(storable)),
             Arg::Flag(v) => query.bind(v),
         };
     }
     query
+}
+
+/// `text` as every text column stores it, on both backends alike: each NUL (U+0000) becomes the
+/// visible escape `\0`, the rest is kept as it is.
+///
+/// Postgres refuses NUL in `TEXT` (`invalid byte sequence for encoding "UTF8": 0x00`, a data
+/// error, so `Invalid`), and text from outside carries it: a backend's error message, an output
+/// URI, a creator's abort reason. Refused, the attempt or outcome would not be recorded at all
+/// although GPU time was spent, and the workflow would fail. SQLite would keep the NUL, so the
+/// escape is applied here, where every argument of either backend is bound, for records to read
+/// back the same from both. Lookups by a key go through here too, so they find what was stored.
+/// JSON columns never reach this with a NUL: serde_json writes it as `\u0000`, and such
+/// columns read back exactly.
+pub(super) fn storable(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\\0")
+    } else {
+        text
+    }
 }

@@ -15,7 +15,9 @@ use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Pool, Sqlite, Transaction};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// The embedded SQLite migrations (`activities/migrations/sqlite`).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -85,6 +87,9 @@ impl SqlxStore<Sqlite> {
         if !waits.keep_connections {
             pool = pool.max_lifetime(Duration::ZERO);
         }
+        let pool = pool.before_acquire(|_, meta| {
+            Box::pin(async move { Ok(!opened_before_read_only(meta.age)) })
+        });
         let pool = pool.connect_with(options).await.map_err(map_sqlx)?;
         // Two processes opening a fresh file at once may both try to apply a migration.
         migrate(|| MIGRATOR.run(&pool)).await.map_err(map_migrate)?;
@@ -117,6 +122,56 @@ impl Backend for Sqlite {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+/// When a connection last reported the database read-only, in nanoseconds since [`EPOCH`]
+/// (0: never).
+///
+/// SQLite opens a file it may not write read-only, without an error, and the connection stays
+/// read-only when the file becomes writable again (permissions restored after a backup, a
+/// read-only mount remounted); a connection to a file that was replaced under it reports
+/// `SQLITE_READONLY_DBMOVED` for good. Kept in the pool, such connections fail every write
+/// until the process restarts. So a connection opened before the last read-only error is closed
+/// instead of handed out ([`opened_before_read_only`], the pool's `before_acquire`), and the
+/// retry of the refused write gets a fresh connection, which is writable once the file is.
+///
+/// One instant for the whole process, not one per store: errors are classified by
+/// [`map_sqlx`](super::map_sqlx), far from the pool they came from. Another store in the
+/// process then reopens its connections once too, which costs a few file opens; an error that
+/// is not about read-only connections never sets it. Connections opened while the file is
+/// still read-only fail their first write and set it again.
+static READ_ONLY_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// The process's reference instant for [`READ_ONLY_SEEN`].
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Note `e` if it says the database is read-only (`SQLITE_READONLY` or one of its extended
+/// codes, e.g. 1032 `SQLITE_READONLY_DBMOVED`).
+pub(super) fn note_read_only(e: &sqlx::Error) {
+    const READONLY: i32 = 8;
+    let read_only = match e {
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+            .and_then(|e| sqlx::error::DatabaseError::code(e)?.parse::<i32>().ok())
+            .is_some_and(|code| code & 0xff == READONLY),
+        _ => false,
+    };
+    if read_only {
+        let since = u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // Never 0, which means "never".
+        READ_ONLY_SEEN.fetch_max(since.max(1), Ordering::Relaxed);
+    }
+}
+
+/// Whether a connection `age` old was opened before the last read-only error (see
+/// [`READ_ONLY_SEEN`]), and so may be read-only itself.
+fn opened_before_read_only(age: Duration) -> bool {
+    let seen = READ_ONLY_SEEN.load(Ordering::Relaxed);
+    if seen == 0 {
+        return false;
+    }
+    let opened = EPOCH.elapsed().saturating_sub(age);
+    opened.as_nanos() <= u128::from(seen)
 }
 
 /// Whether a SQLite (extended) result code means "try again later": the database is busy or

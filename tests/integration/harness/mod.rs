@@ -8,6 +8,7 @@ mod fake_http;
 mod fake_jobs;
 mod fake_llm;
 mod postgres;
+mod proxy;
 mod server;
 mod sim;
 
@@ -16,5 +17,6 @@ pub use crash::{pending_activities, wait_for_activity};
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
 pub use postgres::fresh_postgres;
+pub use proxy::TcpProxy;
 pub use server::{dev_server, own_dev_server};
 pub use sim::{comparable, find_segment, predict, predict_retry_with, request};

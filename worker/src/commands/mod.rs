@@ -108,7 +108,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     )?;
     let tokens = retake_api::Tokens::parse(&spec)?;
     let temporal = connect::temporal_for(g).await?;
-    let store = connect::store(&g.database_url).await?;
+    let store = connect::api_store(&g.database_url).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

@@ -1,6 +1,8 @@
 //! Attempts and outcomes.
 
 use super::*;
+use crate::store::sql::storable;
+use retake_domain::event::CreatorEvent;
 
 async fn recording_an_attempt_twice_keeps_one_row_with_the_latest_data(db: &TestDb) {
     let store = db.open().await;
@@ -229,6 +231,104 @@ async fn attempts_come_oldest_run_first_then_by_attempt_number(db: &TestDb) {
     assert!(store.attempts("6").await.unwrap().is_empty());
 }
 
+/// Text from outside (a backend's error message, an output URI, an abort reason) may hold NUL
+/// bytes, which Postgres refuses in `TEXT` (`invalid byte sequence for encoding "UTF8": 0x00`):
+/// the attempt and the outcome would be lost although GPU time was spent. Both backends store
+/// every NUL of a text column as the visible escape `\0`; JSON columns keep it as written
+/// (`\u0000` in the JSON text), so params and decisions read back exactly.
+async fn text_with_nul_bytes_is_recorded_with_them_escaped_and_json_exactly(db: &TestDb) {
+    let store = db.open().await;
+    let nul = |s: &str| s.replace('~', "\\0");
+    let mut recorded = record(1, 0.4);
+    recorded.params = params(json!({"seed": 1001, "prompt": "a\u{0}b"}));
+    recorded.output_uri = Some("s3://out/1\u{0}.mp4".to_owned());
+    recorded.error = Some("CUDA error\u{0}\u{0}: device lost".to_owned());
+    recorded.error_type = Some("Backend\u{0}".to_owned());
+    recorded.note = Some("\u{0}note".to_owned());
+    recorded.prompt = Some("prompt\u{0}".to_owned());
+    recorded.worker = Some("gpu\u{0}0".to_owned());
+    let mut lost = record(2, 0.9);
+    lost.error = Some("lost\u{0}".to_owned());
+    store
+        .record_attempt(&record_attempt("r1", recorded.clone()))
+        .await
+        .unwrap();
+    let mut out = outcome(
+        "r1",
+        Outcome::Aborted,
+        None,
+        vec![recorded.clone(), lost.clone()],
+    );
+    out.result.reason = "aborted by api:creator: stop\u{0}".to_owned();
+    out.result.report = "Segment 5\u{0}".to_owned();
+    out.result.decisions = vec![CreatorEvent {
+        action: "abort".to_owned(),
+        by: "api:creator".to_owned(),
+        reason: "stop\u{0}".to_owned(),
+        detail: json!({"params": {"prompt": "x\u{0}y"}}),
+    }];
+    store.record_outcome(&out).await.unwrap();
+
+    let mut expected = recorded;
+    expected.output_uri = Some(nul("s3://out/1~.mp4"));
+    expected.error = Some(nul("CUDA error~~: device lost"));
+    expected.error_type = Some(nul("Backend~"));
+    expected.note = Some(nul("~note"));
+    expected.prompt = Some(nul("prompt~"));
+    expected.worker = Some(nul("gpu~0"));
+    let mut expected_lost = lost;
+    expected_lost.error = Some(nul("lost~"));
+    let rows: Vec<AttemptRecord> = store
+        .attempts("5")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.record)
+        .collect();
+    assert_eq!(rows, [expected, expected_lost]);
+    let outcomes = store.outcomes("5").await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!(outcomes[0].reason, nul("aborted by api:creator: stop~"));
+    assert_eq!(outcomes[0].report, nul("Segment 5~"));
+    assert_eq!(outcomes[0].decisions, out.result.decisions);
+}
+
+/// Every string over a few telling characters, up to five long: the escape removes each NUL,
+/// leaves text without one as it is, and keeps everything else in order.
+#[test]
+fn storable_text_has_no_nul_and_keeps_everything_else_in_order() {
+    let alphabet = ['a', '\0', '\\', '0', 'é'];
+    let mut texts = vec![String::new()];
+    for _ in 0..5 {
+        let longer: Vec<String> = texts
+            .iter()
+            .flat_map(|t| alphabet.iter().map(move |c| format!("{t}{c}")))
+            .collect();
+        texts.extend(longer);
+    }
+    texts.sort();
+    texts.dedup();
+    for text in texts {
+        let stored = storable(text.clone());
+        assert!(!stored.contains('\0'), "{text:?} -> {stored:?}");
+        if !text.contains('\0') {
+            assert_eq!(stored, text);
+        }
+        let nuls = text.matches('\0').count();
+        assert_eq!(
+            stored.matches("\\0").count(),
+            text.matches("\\0").count() + nuls,
+            "{text:?} -> {stored:?}"
+        );
+        assert_eq!(stored.chars().count(), text.chars().count() + nuls);
+        assert_eq!(
+            stored.replace("\\0", "\0"),
+            text.replace("\\0", "\0"),
+            "only NULs changed: {text:?} -> {stored:?}"
+        );
+    }
+}
+
 store_tests! {
     #[tokio::test] recording_an_attempt_twice_keeps_one_row_with_the_latest_data,
     #[tokio::test] an_attempt_round_trips_with_every_field,
@@ -237,4 +337,5 @@ store_tests! {
     #[tokio::test] an_escalated_outcome_awaits_review_and_selects_nothing,
     #[tokio::test] recording_an_outcome_fills_in_attempts_whose_record_was_lost,
     #[tokio::test] attempts_come_oldest_run_first_then_by_attempt_number,
+    #[tokio::test] text_with_nul_bytes_is_recorded_with_them_escaped_and_json_exactly,
 }

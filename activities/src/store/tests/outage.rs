@@ -122,6 +122,165 @@ async fn a_sqlite_file_that_cannot_be_opened_is_unavailable() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
 }
 
+/// A worker that opened its SQLite file while the file was read-only (permissions not yet
+/// restored after a backup, a read-only mount remounted) got connections SQLite had opened
+/// read-only: it falls back to that, silently, when it cannot open the file for writing, and the
+/// connection stays so. Kept in the pool, they failed every write with `SQLITE_READONLY` after
+/// the file was writable again, until the worker restarted. A write refused as read-only is
+/// `Unavailable` (retried), and the retry gets a fresh connection.
+#[tokio::test]
+async fn a_sqlite_store_opened_while_its_file_was_read_only_writes_once_the_file_is_writable() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    store
+        .set_policy("dialogue", &json!({"max_attempts": 2}))
+        .await
+        .unwrap();
+    store.close().await;
+    let TestDb::Sqlite(dir) = &db else {
+        unreachable!("a SQLite TestDb");
+    };
+    // SQLite would reuse a descriptor the first store opened for writing.
+    closed_by_this_process(&db_path(dir)).await;
+    let read_only = match Unwritable::make(&db_path(dir)) {
+        Ok(read_only) => read_only,
+        Err(why) => {
+            eprintln!("skipped: cannot make a file read-only here: {why}");
+            return;
+        }
+    };
+
+    let store = SqlStore::connect(&db.urls()[0]).await.unwrap();
+    assert_eq!(
+        store.policy("dialogue").await.unwrap(),
+        Some(json!({"max_attempts": 2}))
+    );
+    let err = store
+        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Unavailable(m) if m.contains("readonly")),
+        "{err:?}"
+    );
+    read_only.end();
+
+    store
+        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .await
+        .unwrap();
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 100).await.unwrap();
+    store
+        .record_attempt(&record_attempt("r1", record(1, 0.9)))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.policy("dialogue").await.unwrap(),
+        Some(json!({"max_attempts": 3}))
+    );
+    store.close().await;
+}
+
+/// Wait until no file descriptor of this process refers to `path` (Linux): a closed pool's
+/// connections close on their own threads, after `close` returns.
+async fn closed_by_this_process(path: &std::path::Path) {
+    let open = || {
+        std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .any(|target| target == path)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} is still open",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A file this process cannot open for writing until [`Unwritable::end`] (or drop): by its
+/// permission bits, or, where they do not stop this process (root), by the immutable attribute
+/// (`chattr +i`, which needs `CAP_LINUX_IMMUTABLE` and a filesystem that has it).
+struct Unwritable {
+    path: PathBuf,
+    restore: Option<Restore>,
+}
+
+enum Restore {
+    Mode(std::fs::Permissions),
+    Immutable,
+}
+
+impl Unwritable {
+    fn make(path: &std::path::Path) -> Result<Unwritable, String> {
+        let writable =
+            |path: &std::path::Path| std::fs::OpenOptions::new().write(true).open(path).is_ok();
+        let before = std::fs::metadata(path)
+            .map_err(|e| e.to_string())?
+            .permissions();
+        let mut read_only = before.clone();
+        read_only.set_readonly(true);
+        std::fs::set_permissions(path, read_only).map_err(|e| e.to_string())?;
+        let mut made = Unwritable {
+            path: path.to_owned(),
+            restore: Some(Restore::Mode(before)),
+        };
+        if !writable(path) {
+            return Ok(made);
+        }
+        made.restore_now();
+        let chattr = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("chattr: {e}"))?;
+        if !chattr.status.success() {
+            return Err(format!(
+                "permissions do not stop this process and chattr +i failed: {}",
+                String::from_utf8_lossy(&chattr.stderr).trim()
+            ));
+        }
+        made.restore = Some(Restore::Immutable);
+        if writable(path) {
+            return Err("the file is still writable with chattr +i".to_owned());
+        }
+        Ok(made)
+    }
+
+    /// Make the file writable again.
+    fn end(mut self) {
+        self.restore_now();
+    }
+
+    fn restore_now(&mut self) {
+        match self.restore.take() {
+            Some(Restore::Mode(before)) => {
+                std::fs::set_permissions(&self.path, before).expect("restore the permissions");
+            }
+            Some(Restore::Immutable) => {
+                let done = std::process::Command::new("chattr")
+                    .arg("-i")
+                    .arg(&self.path)
+                    .status()
+                    .expect("chattr -i");
+                assert!(done.success(), "chattr -i {}", self.path.display());
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Unwritable {
+    /// Also on a failed test: an immutable file would outlive its temporary directory.
+    fn drop(&mut self) {
+        self.restore_now();
+    }
+}
+
 /// A missing database (not restored yet) and a role that cannot log in (a rotated password) are
 /// outages an operator ends, not bad data: `Unavailable` when the pool connects.
 #[tokio::test]

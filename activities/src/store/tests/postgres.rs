@@ -2,7 +2,7 @@
 
 use super::harness::with_database;
 use super::*;
-use crate::store::map_sqlx;
+use crate::store::{StoreOptions, map_sqlx};
 
 #[tokio::test]
 async fn pg_store_refuses_urls_of_other_databases() {
@@ -61,6 +61,73 @@ async fn postgres_error_codes_map_to_unavailable_or_invalid() {
             );
         }
         store.close().await;
+    }))
+    .await;
+    db.finish(result).await;
+}
+
+/// A short acquire timeout (the API's) is for calls once connected: connecting still waits for
+/// a server that refuses connections, e.g. one that is starting, as long as a worker does. The
+/// server here is a relay to the test server on a port that refuses connections until the relay
+/// listens on it.
+#[tokio::test]
+async fn connecting_with_a_short_acquire_timeout_still_waits_for_a_server_that_is_starting() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        let TestDb::Postgres { url, .. } = &db else {
+            unreachable!("a Postgres TestDb");
+        };
+        let (scheme, rest) = url.split_once("://").expect("a URL");
+        let (authority, path) = rest.split_once('/').expect("a database");
+        let (user, upstream) = authority
+            .rsplit_once('@')
+            .map_or(("", authority), |(user, host)| (user, host));
+        let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let user = if user.is_empty() {
+            String::new()
+        } else {
+            format!("{user}@")
+        };
+        let relayed = format!("{scheme}://{user}127.0.0.1:{port}/{path}");
+        let short = Duration::from_millis(200);
+        let connecting =
+            PgStore::connect_with_options(&relayed, StoreOptions::default().acquire_timeout(short));
+        tokio::pin!(connecting);
+
+        let waited = tokio::time::timeout(short * 5, &mut connecting).await;
+        assert!(
+            waited.is_err(),
+            "gave up while the server was starting: {waited:?}"
+        );
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("the port again");
+        let upstream = upstream.to_owned();
+        let relay = tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.expect("accept");
+                let mut server = tokio::net::TcpStream::connect(&upstream)
+                    .await
+                    .expect("the test server");
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+            }
+        });
+        let store = connecting.await.expect("connected once the server is up");
+        store
+            .set_policy("dialogue", &json!({"max_attempts": 2}))
+            .await
+            .unwrap();
+        store.close().await;
+        relay.abort();
     }))
     .await;
     db.finish(result).await;
