@@ -534,6 +534,23 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_refused_beside_a_passing_attempt_stays_in_the_report() {
+        // Parallel slots: attempt 1's reservation refused, attempt 2 ran and passed.
+        let p = enabled();
+        let stop = Stop::BudgetRefused {
+            attempt: 1,
+            detail: "limit 8000 ms".into(),
+        };
+        let r = conclude(&request(), &p, vec![scored(&p, 2, 0.9, 0.9)], &stop);
+        assert_eq!((r.outcome, r.selected_attempt), (Outcome::Passed, Some(2)));
+        assert!(
+            r.report.ends_with("; the project budget refused attempt 1"),
+            "{}",
+            r.report
+        );
+    }
+
+    #[test]
     fn an_attempt_that_errored_counts_and_retrying_continues() {
         let p = enabled();
         let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(

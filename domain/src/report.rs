@@ -60,6 +60,17 @@ pub fn summary(
                     "; selected attempt {k} (best of {passing} passing)"
                 ));
             }
+            // With parallel attempts the budget may refuse one slot's reservation while another
+            // attempt passes: that attempt never started, and nothing else would say so.
+            match stop {
+                Stop::BudgetRefused { attempt, .. } => {
+                    line.push_str(&format!("; the project budget refused attempt {attempt}"));
+                }
+                Stop::BudgetExceeded { attempt, .. } => {
+                    line.push_str(&format!("; the project budget stopped attempt {attempt}"));
+                }
+                _ => {}
+            }
         }
         (Outcome::Escalated, _) => line.push_str("; escalated for human review"),
         (_, Stop::BudgetRefused { attempt, .. }) => {

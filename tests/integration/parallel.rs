@@ -2,7 +2,9 @@
 //! cancelling the rest, a budget refusing one of them, an abort with several in flight, and a
 //! worker killed under one of them.
 
-use crate::harness::{TestApp, find_segment, pending_activities, request, wait_for_activity};
+use crate::harness::{
+    TestApp, find_segment, pending_activities, request, spawn_app, wait_for_activity,
+};
 use retake::retries;
 use retake_domain::SegmentId;
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome};
@@ -478,4 +480,37 @@ async fn in_review_a_cancelled_attempt_cannot_be_accepted_nor_the_run_escalated_
         })
         .await;
     assert_eq!(status.selected_attempt, None, "{status:#?}");
+}
+
+#[tokio::test]
+async fn a_reservation_refused_beside_a_passing_attempt_is_reported_not_lost() {
+    let app = spawn_app().await;
+    let policy = json!({"enabled": true, "parallelism": 2, "est_gpu_ms_per_attempt": 5000});
+    // Attempts 1 and 2 both pass, so whichever slot the budget grants passes (seeds and scores
+    // depend on the attempt number only, so a best-of-two prediction tells).
+    let both = json!({"enabled": true, "selection": "best_of_n", "max_attempts": 2});
+    let (segment, _) = find_segment(&app.tag, "vanish", &both, |a| {
+        a.len() == 2 && a.iter().all(|x| x.passed)
+    });
+    let project = format!("{}-vanish", app.tag);
+    app.store.set_limit(&project, Some(8_000)).await.unwrap();
+
+    let result = app.retry(request(&segment, &project, Some(policy))).await;
+
+    assert_eq!(result.outcome, Outcome::Passed, "{}", result.report);
+    assert_eq!(result.attempts.len(), 1, "{}", result.report);
+    let made = result.attempts[0].attempt;
+    let refused = if made == 1 { 2 } else { 1 };
+    assert!(
+        result
+            .report
+            .ends_with(&format!("; the project budget refused attempt {refused}")),
+        "{}",
+        result.report
+    );
+    let outcome = &app.store.outcomes(&segment).await.unwrap()[0];
+    assert_eq!(
+        outcome.report, result.report,
+        "the stored report says it too"
+    );
 }
