@@ -2,6 +2,7 @@
 //! client: the JSON body, typed ids from the path, and the query string.
 
 use crate::error::AppError;
+use crate::json::JsonError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
@@ -11,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// A JSON request body, any shape. An empty body is `{}` (so `POST .../abort` needs none); a
-/// non-empty one must be declared JSON (415) and parse (422 naming `body`).
+/// non-empty one must be declared JSON (415) and parse (422 naming `body`) with no key twice in
+/// one object (422 naming the key's path, see [`crate::json`]).
 pub(crate) struct JsonBody(pub(crate) Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -36,12 +38,15 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if !declared_json {
             return Err(AppError::UnsupportedMediaType);
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            AppError::Invalid(ValidationError::single(
-                "body",
-                format!("not valid JSON: {e}"),
-            ))
-        })
+        match crate::json::parse_unique(&bytes) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(JsonError::DuplicateKey { path }) => {
+                Err(ValidationError::single(path, crate::json::DUPLICATE).into())
+            }
+            Err(e @ JsonError::Syntax(_)) => {
+                Err(ValidationError::single("body", e.to_string()).into())
+            }
+        }
     }
 }
 

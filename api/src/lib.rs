@@ -8,6 +8,7 @@ mod auth;
 pub mod console;
 mod error;
 mod extract;
+mod json;
 mod openapi;
 mod routes;
 

@@ -172,6 +172,42 @@ async fn hostile_requests_get_the_documented_status_and_json_error_body() {
             says: Fields(&["body"]),
         },
         Case {
+            what: "a reason sent twice",
+            method: Method::POST,
+            path: format!("/segments/{}/retries/abort", seg("twice")),
+            token: Some(CREATOR),
+            body: Raw(
+                Some("application/json"),
+                r#"{"reason": "a", "reason": "b"}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["reason"]),
+        },
+        Case {
+            what: "a limit sent twice",
+            method: Method::PUT,
+            path: budget.clone(),
+            token: Some(ADMIN),
+            body: Raw(
+                Some("application/json"),
+                r#"{"limit_ms": 5, "limit_ms": 6}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["limit_ms"]),
+        },
+        Case {
+            what: "a nested policy key sent twice",
+            method: Method::PUT,
+            path: policy.clone(),
+            token: Some(ADMIN),
+            body: Raw(
+                Some("application/json"),
+                r#"{"enabled": true, "vary": {"cfg_scale": {"range": 1, "range": 2}}}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["vary.cfg_scale.range"]),
+        },
+        Case {
             what: "JSON sent as text/plain",
             method: Method::PUT,
             path: budget.clone(),
