@@ -25,13 +25,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge
-            } else {
-                AppError::Invalid(ValidationError::single("body", e.body_text()))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(JsonBody(Value::Object(Default::default())));
         }
@@ -48,6 +42,46 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             }
         }
     }
+}
+
+/// When the request's body must have arrived, stamped on each request by [`crate::serve_with`]
+/// as its headers arrive ([`crate::ServeOptions::body_timeout`] later). Without it (a router
+/// driven in-process) bodies are awaited as long as they take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyDeadline(pub(crate) tokio::time::Instant);
+
+/// The whole body of `req`, up to [`crate::BODY_LIMIT`], or why not. Every handler that reads a
+/// body reads it here, after its role check, so that:
+/// - a declared `Content-Length` over the limit is 413 before a byte is read (awaiting a body of
+///   10^12 bytes, even only to count them, would hold the connection for as long as the client
+///   likes);
+/// - a body still incomplete at its [`BodyDeadline`] is 408 (a client sending half a body would
+///   otherwise hold the connection and its task forever);
+/// - a body that turns out longer than the limit is 413.
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > crate::BODY_LIMIT as u64) {
+        return Err(AppError::TooLarge);
+    }
+    let deadline = req.extensions().get::<BodyDeadline>().copied();
+    let read = Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read)
+            .await
+            .map_err(|_| AppError::BodyTimeout)?,
+        None => read.await,
+    };
+    read.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge
+        } else {
+            AppError::Invalid(ValidationError::single("body", e.body_text()))
+        }
+    })
 }
 
 /// `application/json`, with or without parameters, or any `application/*+json`.

@@ -15,10 +15,9 @@ use super::page::PageError;
 use crate::AppState;
 use crate::auth::{Need, Role};
 use crate::error::AppError;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -185,13 +184,13 @@ pub(crate) struct Posted<N> {
     pub(crate) fields: Fields,
 }
 
-/// The form body of `req`, up to the body limit (413 page beyond).
+/// The form body of `req`, read as the JSON API reads bodies (413 or 408 page when it is too large
+/// or too slow); a body that cannot be read otherwise is refused as a form.
 pub(crate) async fn read_fields(req: Request, state: &AppState) -> Result<Fields, PageError> {
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        PageError::App(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::TooLarge
-        } else {
-            AppError::Rejected("the form could not be read".to_owned())
+    let bytes = crate::extract::read_body(req, state).await.map_err(|e| {
+        PageError::App(match e {
+            AppError::TooLarge | AppError::BodyTimeout => e,
+            _ => AppError::Rejected("the form could not be read".to_owned()),
         })
     })?;
     let text = String::from_utf8_lossy(&bytes);
