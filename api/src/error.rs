@@ -65,7 +65,11 @@ pub enum AppError {
     /// The retry has already finished, so it cannot be steered or decided any more: 409.
     #[error("{0}")]
     Finished(String),
-    /// The body is over [`crate::BODY_LIMIT`]: 413.
+    /// The body did not arrive within [`crate::ServeOptions::body_timeout`]: 408, and the
+    /// connection closes.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    /// The body is over [`crate::BODY_LIMIT`] (declared or sent): 413.
     #[error("the request body is larger than {} bytes", crate::BODY_LIMIT)]
     TooLarge,
     /// A body that is not declared as JSON: 415.
@@ -105,6 +109,7 @@ impl AppError {
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Finished(_) => StatusCode::CONFLICT,
+            AppError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             AppError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Invalid(_) | AppError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,

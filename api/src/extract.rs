@@ -2,6 +2,7 @@
 //! client: the JSON body, typed ids from the path, and the query string.
 
 use crate::error::AppError;
+use crate::json::JsonError;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request};
 use axum::http::request::Parts;
@@ -11,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// A JSON request body, any shape. An empty body is `{}` (so `POST .../abort` needs none); a
-/// non-empty one must be declared JSON (415) and parse (422 naming `body`).
+/// non-empty one must be declared JSON (415) and parse (422 naming `body`) with no key twice in
+/// one object (422 naming the key's path, see [`crate::json`]).
 pub(crate) struct JsonBody(pub(crate) Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -23,26 +25,63 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(is_json);
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                AppError::TooLarge
-            } else {
-                AppError::Invalid(ValidationError::single("body", e.body_text()))
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Ok(JsonBody(Value::Object(Default::default())));
         }
         if !declared_json {
             return Err(AppError::UnsupportedMediaType);
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            AppError::Invalid(ValidationError::single(
-                "body",
-                format!("not valid JSON: {e}"),
-            ))
-        })
+        match crate::json::parse_unique(&bytes) {
+            Ok(value) => Ok(JsonBody(value)),
+            Err(JsonError::DuplicateKey { path }) => {
+                Err(ValidationError::single(path, crate::json::DUPLICATE).into())
+            }
+            Err(e @ JsonError::Syntax(_)) => {
+                Err(ValidationError::single("body", e.to_string()).into())
+            }
+        }
     }
+}
+
+/// When the request's body must have arrived, stamped on each request by [`crate::serve_with`]
+/// as its headers arrive ([`crate::ServeOptions::body_timeout`] later). Without it (a router
+/// driven in-process) bodies are awaited as long as they take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyDeadline(pub(crate) tokio::time::Instant);
+
+/// The whole body of `req`, up to [`crate::BODY_LIMIT`], or why not. Every handler that reads a
+/// body reads it here, after its role check, so that:
+/// - a declared `Content-Length` over the limit is 413 before a byte is read (awaiting a body of
+///   10^12 bytes, even only to count them, would hold the connection for as long as the client
+///   likes);
+/// - a body still incomplete at its [`BodyDeadline`] is 408 (a client sending half a body would
+///   otherwise hold the connection and its task forever);
+/// - a body that turns out longer than the limit is 413.
+pub(crate) async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, AppError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > crate::BODY_LIMIT as u64) {
+        return Err(AppError::TooLarge);
+    }
+    let deadline = req.extensions().get::<BodyDeadline>().copied();
+    let read = Bytes::from_request(req, state);
+    let read = match deadline {
+        Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read)
+            .await
+            .map_err(|_| AppError::BodyTimeout)?,
+        None => read.await,
+    };
+    read.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            AppError::TooLarge
+        } else {
+            AppError::Invalid(ValidationError::single("body", e.body_text()))
+        }
+    })
 }
 
 /// `application/json`, with or without parameters, or any `application/*+json`.

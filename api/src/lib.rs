@@ -2,18 +2,22 @@
 //! retries, their history, health, metrics and the OpenAPI document.
 //!
 //! [`app`] builds the router (testable in-process); [`serve`] runs it on a bound listener until
-//! a shutdown future resolves.
+//! a shutdown future resolves, with time limits on slow clients and a cap on connections
+//! ([`ServeOptions`]).
 
 mod auth;
 pub mod console;
 mod error;
 mod extract;
+mod json;
 mod openapi;
 mod routes;
+mod server;
 
 pub use auth::{Role, Tokens, TokensError};
 pub use console::Console;
 pub use error::{AppError, Dependency, ErrorBody, RETRY_AFTER_SECS};
+pub use server::{DEFAULT_MAX_CONNECTIONS, ServeOptions};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -46,13 +50,22 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serve on `listener` until `shutdown` resolves, then finish in-flight requests.
+/// Serve on `listener` with the default [`ServeOptions`] until `shutdown` resolves, then finish
+/// in-flight requests.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, state, shutdown, ServeOptions::default()).await
+}
+
+/// Serve on `listener` with `options` until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: ServeOptions,
+) -> std::io::Result<()> {
+    server::run(listener, app(state), shutdown, options).await
 }

@@ -172,6 +172,42 @@ async fn hostile_requests_get_the_documented_status_and_json_error_body() {
             says: Fields(&["body"]),
         },
         Case {
+            what: "a reason sent twice",
+            method: Method::POST,
+            path: format!("/segments/{}/retries/abort", seg("twice")),
+            token: Some(CREATOR),
+            body: Raw(
+                Some("application/json"),
+                r#"{"reason": "a", "reason": "b"}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["reason"]),
+        },
+        Case {
+            what: "a limit sent twice",
+            method: Method::PUT,
+            path: budget.clone(),
+            token: Some(ADMIN),
+            body: Raw(
+                Some("application/json"),
+                r#"{"limit_ms": 5, "limit_ms": 6}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["limit_ms"]),
+        },
+        Case {
+            what: "a nested policy key sent twice",
+            method: Method::PUT,
+            path: policy.clone(),
+            token: Some(ADMIN),
+            body: Raw(
+                Some("application/json"),
+                r#"{"enabled": true, "vary": {"cfg_scale": {"range": 1, "range": 2}}}"#.into(),
+            ),
+            status: 422,
+            says: Fields(&["vary.cfg_scale.range"]),
+        },
+        Case {
             what: "JSON sent as text/plain",
             method: Method::PUT,
             path: budget.clone(),
@@ -403,5 +439,62 @@ async fn hostile_requests_get_the_documented_status_and_json_error_body() {
         app.store.budget("p1").await.unwrap(),
         None,
         "no rejected limit was stored"
+    );
+}
+
+/// Send `head` (a request's head and the first bytes of its body) over raw TCP and return the
+/// status line, which must come within 5 s.
+async fn status_of_raw(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !got.windows(2).any(|w| w == b"\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("answered at once, not after a timeout");
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_body_declared_over_the_limit_gets_413_at_once_from_the_api_and_the_console() {
+    let app = spawn_app().await;
+    let api = api_for(&app).await;
+    let huge = "Content-Length: 1000000000000\r\n\r\n{}";
+    let put = format!(
+        "PUT /projects/p1/budget HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\n{huge}"
+    );
+    assert_eq!(
+        status_of_raw(&api.base, &put).await,
+        "HTTP/1.1 413 Payload Too Large"
+    );
+    let sign_in = format!(
+        "POST /ui/sign-in HTTP/1.1\r\nHost: t\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\n{huge}"
+    );
+    assert_eq!(
+        status_of_raw(&api.base, &sign_in).await,
+        "HTTP/1.1 413 Payload Too Large"
+    );
+    let anonymous = format!(
+        "PUT /projects/p1/budget HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{huge}"
+    );
+    assert_eq!(
+        status_of_raw(&api.base, &anonymous).await,
+        "HTTP/1.1 401 Unauthorized",
+        "the role is still checked first"
     );
 }

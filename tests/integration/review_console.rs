@@ -47,8 +47,13 @@ fn unescape(html: &str) -> String {
 impl Browser {
     async fn new(app: &TestApp) -> Self {
         let store = retake::connect::store(&app.db_url).await.unwrap();
+        Self::at(serve_with(app, store).await)
+    }
+
+    /// Another browser, of the console served at `base`.
+    fn at(base: String) -> Self {
         Self {
-            base: serve_with(app, store).await,
+            base,
             http: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
@@ -179,7 +184,10 @@ async fn signing_in_sets_an_http_only_same_site_cookie_and_the_token_goes_nowher
     assert!(wrong.body.contains("That token is not known here."));
     assert!(!wrong.body.contains("not-a-known-token-at-all"));
 
-    let anonymous = b.cookie.clone().expect("the sign-in form has a session");
+    let anonymous = b
+        .cookie
+        .clone()
+        .expect("the sign-in form sets its CSRF cookie");
     let signed = b.sign_in(CREATOR).await;
     let cookie = &signed.set_cookie[0];
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -213,6 +221,69 @@ async fn signing_in_sets_an_http_only_same_site_cookie_and_the_token_goes_nowher
         StatusCode::SEE_OTHER,
         "the signed-out session id is worth nothing"
     );
+}
+
+#[tokio::test]
+async fn a_flood_of_anonymous_sign_in_pages_does_not_stop_a_sign_in_and_forged_tokens_still_fail() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let mut b = Browser::new(&app).await;
+    let form = b.get("/ui/sign-in").await;
+    assert_eq!(form.status, StatusCode::OK);
+    let (cookie, token) = (b.cookie.clone(), b.csrf.clone());
+
+    // More anonymous loads than the console ever kept sessions (10,000), each without a cookie:
+    // when each made server-side state, this evicted the form above.
+    let flood = reqwest::Client::new();
+    let mut loads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (http, url) = (flood.clone(), format!("{}/ui/sign-in", b.base));
+        loads.spawn(async move {
+            for _ in 0..1_300 {
+                let status = http.get(&url).send().await.expect("flood").status();
+                assert_eq!(status, StatusCode::OK);
+            }
+        });
+    }
+    while let Some(done) = loads.join_next().await {
+        done.unwrap();
+    }
+
+    let mut forger = Browser::at(b.base.clone());
+    forger.get("/ui/sign-in").await;
+    let mismatched = forger
+        .post("/ui/sign-in", &[("token", ADMIN), ("csrf", &token)])
+        .await;
+    assert_eq!(
+        mismatched.status,
+        StatusCode::FORBIDDEN,
+        "another browser's token does not pass with this cookie"
+    );
+    let forged = forger
+        .post(
+            "/ui/sign-in",
+            &[("token", ADMIN), ("csrf", &"0".repeat(64))],
+        )
+        .await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN);
+    forger.cookie = None;
+    let cookieless = forger
+        .post("/ui/sign-in", &[("token", ADMIN), ("csrf", &token)])
+        .await;
+    assert_eq!(
+        cookieless.status,
+        StatusCode::FORBIDDEN,
+        "no cookie, no sign-in"
+    );
+
+    assert_eq!((b.cookie.clone(), b.csrf.clone()), (cookie, token));
+    let signed = b.post("/ui/sign-in", &[("token", CREATOR)]).await;
+    assert_eq!(
+        (signed.status, signed.location.as_str()),
+        (StatusCode::SEE_OTHER, "/ui/review"),
+        "the form fetched before the flood still signs in: {}",
+        signed.body
+    );
+    assert_eq!(b.get("/ui/review").await.status, StatusCode::OK);
 }
 
 #[tokio::test]

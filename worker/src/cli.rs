@@ -100,6 +100,34 @@ pub struct ApiArgs {
     /// Base URL of the Temporal web UI, which the review console (`/ui`) links workflows to.
     #[arg(long, env = "RETAKE_TEMPORAL_UI_URL", default_value = retake_api::console::DEFAULT_TEMPORAL_UI)]
     pub temporal_ui: String,
+    /// Seconds a client may take to send a request's headers; the connection is closed then, so
+    /// this is also how long an idle kept-alive connection stays open.
+    #[arg(long, env = "RETAKE_API_HEADER_TIMEOUT_SECS",
+          default_value_t = retake_api::ServeOptions::default().header_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request's body after its headers; 408 then.
+    #[arg(long, env = "RETAKE_API_BODY_TIMEOUT_SECS",
+          default_value_t = retake_api::ServeOptions::default().body_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_timeout_secs: u64,
+    /// Connections served at once; a further one waits, unanswered, until one closes. Keep it
+    /// below the process's open-file limit (`ulimit -n`), which the database and Temporal share.
+    #[arg(long, env = "RETAKE_API_MAX_CONNECTIONS",
+          default_value_t = retake_api::DEFAULT_MAX_CONNECTIONS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+}
+
+impl ApiArgs {
+    /// How `retake api` treats clients, from the flags.
+    pub fn serve_options(&self) -> retake_api::ServeOptions {
+        retake_api::ServeOptions {
+            header_timeout: std::time::Duration::from_secs(self.header_timeout_secs),
+            body_timeout: std::time::Duration::from_secs(self.body_timeout_secs),
+            max_connections: self.max_connections as usize,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -241,5 +269,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => commands::control::status(&g, args).await,
         Command::Sweep(args) => commands::sweep_reservations(&g, args).await,
         Command::Api(args) => commands::api(&g, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn api_args(args: &[&str]) -> Result<ApiArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["retake", "api"].iter().chain(args))?;
+        match cli.command {
+            Command::Api(a) => Ok(a),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retake_api_serves_with_the_librarys_limits_unless_told_otherwise() {
+        let defaults = retake_api::ServeOptions::default();
+        let got = api_args(&[]).unwrap().serve_options();
+        assert_eq!(
+            (got.header_timeout, got.body_timeout, got.max_connections),
+            (
+                defaults.header_timeout,
+                defaults.body_timeout,
+                defaults.max_connections
+            )
+        );
+        let set = api_args(&[
+            "--header-timeout-secs",
+            "3",
+            "--body-timeout-secs",
+            "4",
+            "--max-connections",
+            "5",
+        ])
+        .unwrap()
+        .serve_options();
+        assert_eq!(
+            (
+                set.header_timeout.as_secs(),
+                set.body_timeout.as_secs(),
+                set.max_connections
+            ),
+            (3, 4, 5)
+        );
+        for zero in [
+            "--header-timeout-secs",
+            "--body-timeout-secs",
+            "--max-connections",
+        ] {
+            assert!(api_args(&[zero, "0"]).is_err(), "{zero} 0 is refused");
+        }
     }
 }

@@ -12,6 +12,7 @@ mod page;
 mod pages;
 mod policy_form;
 mod session;
+mod sign_in_csrf;
 mod time;
 mod views;
 
@@ -19,6 +20,7 @@ use crate::AppState;
 use axum::Router;
 use axum::routing::{get, post};
 use session::Sessions;
+use sign_in_csrf::SignInCsrf;
 use std::sync::Arc;
 
 /// Where the Temporal web UI is by default (the dev server's).
@@ -30,15 +32,18 @@ pub struct Console {
     /// Base URL of the Temporal web UI the segment page links a workflow to.
     pub temporal_ui: String,
     sessions: Arc<Sessions>,
+    /// This process's key for the sign-in form's CSRF token.
+    sign_in: Arc<SignInCsrf>,
 }
 
 impl Console {
     /// A console linking to the Temporal web UI at `temporal_ui` (trailing `/` ignored), with no
-    /// sessions yet.
+    /// sessions yet and a fresh sign-in key.
     pub fn new(temporal_ui: impl Into<String>) -> Self {
         Self {
             temporal_ui: temporal_ui.into().trim_end_matches('/').to_owned(),
             sessions: Arc::default(),
+            sign_in: Arc::default(),
         }
     }
 }

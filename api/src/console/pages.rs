@@ -4,7 +4,8 @@
 
 use super::page::{Nav, PageError, html};
 use super::policy_form::PolicyForm;
-use super::session::{self, Posted, Signed, clear_cookie, csrf_ok, read_fields, set_cookie};
+use super::session::{self, Posted, Signed, clear_cookie, read_fields, set_cookie};
+use super::sign_in_csrf;
 use super::time::{gpu, now_ms};
 use super::views::{
     self, AttemptView, EventView, Input, QueueRow, errors_of, form_value, rejected_fields,
@@ -108,26 +109,32 @@ struct SignInPage {
     error: String,
 }
 
-/// The sign-in form, under an anonymous session whose CSRF token the form carries.
+/// The sign-in form, whose CSRF token is derived from the browser's sign-in cookie (reused while
+/// live, so two tabs' forms both work; otherwise a new one): nothing is kept on the server.
 pub(crate) async fn sign_in_form(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let current = session::from_headers(&headers, &s);
-    if current.as_ref().is_some_and(|c| c.role.is_some()) {
+    if session::from_headers(&headers, &s).is_some() {
         return see_other("/ui/review");
     }
-    let (anonymous, new) = match current {
-        Some(c) => (c, false),
-        None => (s.console.sessions.create(None), true),
+    let csrf = &s.console.sign_in;
+    let live = sign_in_csrf::cookie_of(&headers).and_then(|c| csrf.token_for(c));
+    let (token, new_cookie) = match live {
+        Some(token) => (token, None),
+        None => {
+            let cookie = csrf.issue();
+            let token = csrf.token_for(&cookie).unwrap_or_default();
+            (token, Some(cookie))
+        }
     };
     let page = SignInPage {
         nav: Nav {
             role: None,
-            csrf: anonymous.csrf.clone(),
+            csrf: token,
         },
         error: String::new(),
     };
     let mut r = html(StatusCode::OK, &page);
-    if new {
-        set(&mut r, &set_cookie(&anonymous));
+    if let Some(cookie) = new_cookie {
+        set(&mut r, &sign_in_csrf::set_cookie(&cookie));
     }
     r
 }
@@ -138,29 +145,29 @@ fn set(r: &mut Response, cookie: &str) {
     }
 }
 
-/// Check the token (constant time, as the bearer check) and replace the anonymous session by a
-/// new signed-in one (a fresh id, so an id known before sign-in is worth nothing after).
+/// Check the form's CSRF token against the sign-in cookie, then the token (constant time, as the
+/// bearer check), and create a signed-in session with a fresh id.
 pub(crate) async fn sign_in(
     State(s): State<AppState>,
     req: Request,
 ) -> Result<Response, PageError> {
-    let anonymous = session::from_headers(req.headers(), &s).ok_or(PageError::Csrf)?;
+    let headers = req.headers().clone();
     let fields = read_fields(req, &s).await?;
-    if !csrf_ok(&anonymous, &fields) {
+    let csrf = fields.get("csrf");
+    if !s.console.sign_in.check(&headers, csrf) {
         return Err(PageError::Csrf);
     }
     let Some(role) = s.tokens.role_of(fields.get("token").as_bytes()) else {
         let page = SignInPage {
             nav: Nav {
                 role: None,
-                csrf: anonymous.csrf.clone(),
+                csrf: csrf.to_owned(),
             },
             error: "That token is not known here.".to_owned(),
         };
         return Ok(html(StatusCode::UNAUTHORIZED, &page));
     };
-    s.console.sessions.remove(&anonymous.id);
-    let signed = s.console.sessions.create(Some(role));
+    let signed = s.console.sessions.create(role);
     let mut r = see_other("/ui/review");
     set(&mut r, &set_cookie(&signed));
     Ok(r)

@@ -3,6 +3,10 @@
 //! in a hidden field. The token itself is only ever read from a POST body, compared by
 //! [`Tokens`](crate::Tokens) and forgotten: it never reaches a URL, a cookie or a log.
 //!
+//! Only signing in with a valid token creates a session: the sign-in form's CSRF token lives in
+//! a signed cookie ([`super::sign_in_csrf`]), so anonymous visitors cost no server-side state and
+//! cannot crowd anyone out.
+//!
 //! In memory, because one `retake api` process serves the console: a restart signs everyone out,
 //! which costs a creator one paste of their token. Several replicas behind a load balancer would
 //! need sticky sessions (docs/console.md).
@@ -11,10 +15,9 @@ use super::page::PageError;
 use crate::AppState;
 use crate::auth::{Need, Role};
 use crate::error::AppError;
-use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use rand::RngCore;
 use std::collections::HashMap;
 use std::marker::PhantomData;
@@ -26,10 +29,9 @@ use subtle::ConstantTimeEq;
 pub(crate) const COOKIE: &str = "retake_session";
 /// How long a signed-in session lasts (a working day), from sign-in.
 const SIGNED_IN_FOR: Duration = Duration::from_secs(12 * 3600);
-/// How long the anonymous session of the sign-in form lasts.
-const SIGNING_IN_FOR: Duration = Duration::from_secs(3600);
-/// At most this many sessions are kept: beyond it, anonymous ones (anyone can make one by loading
-/// the sign-in page) are dropped first, so a flood costs bounded memory and no signed-in user.
+/// At most this many sessions are kept, so memory stays bounded even if a token holder signs in
+/// in a loop; beyond it the session closest to expiry (the oldest) is ended. Only token holders
+/// can create sessions, so no anonymous visitor can sign anyone out.
 const MAX_SESSIONS: usize = 10_000;
 
 /// One browser's session.
@@ -37,9 +39,8 @@ const MAX_SESSIONS: usize = 10_000;
 pub(crate) struct Session {
     /// The opaque id in the cookie.
     pub(crate) id: String,
-    /// `None` until signed in: the sign-in form has a session too, so its POST carries a CSRF
-    /// token (a forged sign-in would otherwise put a victim in the attacker's session).
-    pub(crate) role: Option<Role>,
+    /// The role of the token signed in with.
+    pub(crate) role: Role,
     /// The hidden `csrf` field every POST form of this session must echo.
     pub(crate) csrf: String,
     expires: Instant,
@@ -69,24 +70,23 @@ impl Sessions {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session (anonymous with `role` `None`), with fresh id and CSRF token.
-    pub(crate) fn create(&self, role: Option<Role>) -> Session {
+    /// A new signed-in session of `role`, with fresh id and CSRF token.
+    pub(crate) fn create(&self, role: Role) -> Session {
         let now = Instant::now();
         let session = Session {
             id: random_hex(),
             role,
             csrf: random_hex(),
-            expires: now
-                + if role.is_some() {
-                    SIGNED_IN_FOR
-                } else {
-                    SIGNING_IN_FOR
-                },
+            expires: now + SIGNED_IN_FOR,
         };
         let mut map = self.lock();
         map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS {
-            map.retain(|_, s| s.role.is_some());
+        while map.len() >= MAX_SESSIONS {
+            let oldest = map.values().min_by_key(|s| s.expires).map(|s| s.id.clone());
+            match oldest {
+                Some(id) => map.remove(&id),
+                None => break,
+            };
         }
         map.insert(session.id.clone(), session.clone());
         session
@@ -98,7 +98,7 @@ impl Sessions {
         map.get(id).filter(|s| s.expires > Instant::now()).cloned()
     }
 
-    /// End a session (sign-out, or the anonymous one replaced at sign-in).
+    /// End a session (sign-out).
     pub(crate) fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -106,15 +106,10 @@ impl Sessions {
 
 /// The `Set-Cookie` value that gives the browser `session`.
 pub(crate) fn set_cookie(session: &Session) -> String {
-    let max_age = if session.role.is_some() {
-        SIGNED_IN_FOR
-    } else {
-        SIGNING_IN_FOR
-    };
     format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         session.id,
-        max_age.as_secs()
+        SIGNED_IN_FOR.as_secs()
     )
 }
 
@@ -146,7 +141,7 @@ pub(crate) struct Signed<N> {
 impl<N: Need> Signed<N> {
     fn check(session: Option<Session>) -> Result<Self, PageError> {
         let session = session.ok_or(PageError::SignIn)?;
-        let role = session.role.ok_or(PageError::SignIn)?;
+        let role = session.role;
         if role < N::ROLE {
             return Err(PageError::App(AppError::Forbidden(N::ROLE)));
         }
@@ -189,13 +184,13 @@ pub(crate) struct Posted<N> {
     pub(crate) fields: Fields,
 }
 
-/// The form body of `req`, up to the body limit (413 page beyond).
+/// The form body of `req`, read as the JSON API reads bodies (413 or 408 page when it is too large
+/// or too slow); a body that cannot be read otherwise is refused as a form.
 pub(crate) async fn read_fields(req: Request, state: &AppState) -> Result<Fields, PageError> {
-    let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-        PageError::App(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            AppError::TooLarge
-        } else {
-            AppError::Rejected("the form could not be read".to_owned())
+    let bytes = crate::extract::read_body(req, state).await.map_err(|e| {
+        PageError::App(match e {
+            AppError::TooLarge | AppError::BodyTimeout => e,
+            _ => AppError::Rejected("the form could not be read".to_owned()),
         })
     })?;
     let text = String::from_utf8_lossy(&bytes);
@@ -228,12 +223,12 @@ mod tests {
     #[test]
     fn sessions_have_distinct_unguessable_ids_and_can_be_ended() {
         let sessions = Sessions::default();
-        let a = sessions.create(Some(Role::Creator));
-        let b = sessions.create(None);
+        let a = sessions.create(Role::Creator);
+        let b = sessions.create(Role::Creator);
         assert_ne!(a.id, b.id);
         assert_ne!(a.id, a.csrf);
         assert_eq!(a.id.len(), 64);
-        assert_eq!(sessions.get(&a.id).unwrap().role, Some(Role::Creator));
+        assert_eq!(sessions.get(&a.id).unwrap().role, Role::Creator);
         sessions.remove(&a.id);
         assert!(sessions.get(&a.id).is_none());
         assert!(sessions.get("not-a-session").is_none());
@@ -242,7 +237,7 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_and_same_site_strict() {
         let sessions = Sessions::default();
-        let s = sessions.create(Some(Role::Viewer));
+        let s = sessions.create(Role::Viewer);
         let c = set_cookie(&s);
         assert!(c.starts_with(&format!("{COOKIE}={}", s.id)), "{c}");
         for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -253,7 +248,7 @@ mod tests {
     #[test]
     fn a_form_without_the_sessions_csrf_token_is_refused() {
         let sessions = Sessions::default();
-        let s = sessions.create(Some(Role::Admin));
+        let s = sessions.create(Role::Admin);
         let with = |v: &str| Fields(vec![("csrf".into(), v.into())]);
         assert!(csrf_ok(&s, &with(&s.csrf)));
         assert!(!csrf_ok(&s, &with("")));

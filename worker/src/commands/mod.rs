@@ -122,6 +122,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         files: g.files(),
     };
     tracing::info!(console = %format!("http://{}/ui", args.listen), "review console");
-    retake_api::serve(listener, state, shutdown_signal()).await?;
+    let options = args.serve_options();
+    retake_api::serve_with(listener, state, shutdown_signal(), options).await?;
     Ok(())
 }
