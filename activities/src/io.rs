@@ -63,6 +63,10 @@ pub struct Settings {
     /// seeds below `2^min(policy seed_bits, this)`, so the seed it records is the seed the backend
     /// generated with (llama.cpp, for one, keeps only the low 32 bits).
     pub seed_bits: u32,
+    /// The parameters the scene type's generator sends on, when it sends only some (see
+    /// `GenerationBackend::params_taken`); absent: every one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params_taken: Option<Vec<String>>,
 }
 
 /// GPU time a generation used before it stopped (cancelled, failed, or stopped by the budget),

@@ -356,6 +356,7 @@ impl RetryActivities {
         Ok(Settings {
             policy,
             seed_bits: self.generator.seed_bits(input.scene_type.as_str()),
+            params_taken: self.generator.params_taken(input.scene_type.as_str()),
         })
     }
 

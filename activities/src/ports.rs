@@ -151,6 +151,13 @@ pub trait GenerationBackend: Send + Sync {
     fn seed_bits(&self, _scene_type: &str) -> u32 {
         64
     }
+
+    /// The attempt parameters the generator of `scene_type` sends on, when it sends only some
+    /// (a ComfyUI graph takes those its `inputs` map): the workflow jitters no other, so no
+    /// attempt records a variation the backend never received. Default: `None`, every one.
+    fn params_taken(&self, _scene_type: &str) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// Scores one output.

@@ -284,6 +284,16 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Jitter only the parameters the generator sends on (`taken`; `None`: every one). A varied
+    /// parameter the backend never receives (a ComfyUI graph whose `inputs` do not map it) would
+    /// be recorded and shown as a variation that never happened.
+    pub fn vary_only(&mut self, taken: Option<&[String]>) {
+        if let Some(taken) = taken {
+            self.vary
+                .retain(|param, _| taken.iter().any(|t| t == param));
+        }
+    }
+
     /// The defaults of a profile (`media` is [`RetryPolicy::default`]).
     pub fn for_profile(profile: Profile) -> Self {
         match profile {
@@ -666,6 +676,17 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_parameters_the_generator_takes_are_jittered() {
+        let mut p = RetryPolicy::default();
+        assert!(p.vary.contains_key("denoise_strength") && p.vary.contains_key("cfg_scale"));
+        p.vary_only(Some(&["cfg_scale".to_owned(), "steps".to_owned()]));
+        assert_eq!(p.vary.keys().collect::<Vec<_>>(), ["cfg_scale"]);
+        let mut every = RetryPolicy::default();
+        every.vary_only(None);
+        assert_eq!(every.vary, RetryPolicy::default().vary);
+    }
     use serde_json::json;
 
     #[test]

@@ -36,6 +36,9 @@ pub(crate) struct Run {
     run_id: String,
     req: RetryRequest,
     policy: RetryPolicy,
+    /// The parameters the generator sends on, when only some (`load_settings`): a creator's
+    /// `retry_with` may widen `vary`, and is fitted to them as the stored policy was.
+    params_taken: Option<Vec<String>>,
     /// Whether this run plans with the strategy ladder ([`LADDER_PATCH`]); runs started before
     /// it keep reseeding with jitter on every attempt.
     ladder: bool,
@@ -179,12 +182,14 @@ impl Run {
         truthful: bool,
         steps: StoreSteps,
         patches: Option<Patches>,
+        params_taken: Option<Vec<String>>,
     ) -> Self {
         let patches = patches.unwrap_or_else(|| Patches::decide(ctx));
         Self {
             ctx: ctx.clone(),
             workflow_id: ctx.workflow_id().to_owned(),
             run_id: ctx.run_id().to_owned(),
+            params_taken,
             req,
             policy,
             ladder: patches.ladder,
@@ -234,7 +239,8 @@ impl Run {
                 ReviewEnd::Final(result, review) => return Ok((result, review)),
                 ReviewEnd::Retry(retry) => {
                     let made = u32::try_from(self.attempts_so_far().len()).unwrap_or(u32::MAX);
-                    let (p, policy) = retry.apply(&self.req.params, &self.policy, made);
+                    let (p, mut policy) = retry.apply(&self.req.params, &self.policy, made);
+                    policy.vary_only(self.params_taken.as_deref());
                     self.req.params = p;
                     self.policy = policy.clone();
                     round_start = made;

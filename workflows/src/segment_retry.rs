@@ -122,7 +122,7 @@ impl SegmentRetryWorkflow {
         let scene = LoadPolicy {
             scene_type: req.scene_type.clone(),
         };
-        let (stored, seed_bits) = if truthful {
+        let (stored, seed_bits, params_taken) = if truthful {
             let settings = steps
                 .run(
                     ctx,
@@ -131,7 +131,11 @@ impl SegmentRetryWorkflow {
                     format!("load settings · {}", req.scene_type),
                 )
                 .await?;
-            (settings.policy, Some(settings.seed_bits))
+            (
+                settings.policy,
+                Some(settings.seed_bits),
+                settings.params_taken,
+            )
         } else {
             let policy = steps
                 .run(
@@ -141,7 +145,7 @@ impl SegmentRetryWorkflow {
                     format!("load policy · {}", req.scene_type),
                 )
                 .await?;
-            (policy, None)
+            (policy, None, None)
         };
         let mut policy =
             RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref()).map_err(invalid)?;
@@ -151,6 +155,7 @@ impl SegmentRetryWorkflow {
             // Runs started before `mixed_failures` existed retried mixed failures.
             None => policy.mixed_failures = MixedFailures::Retry,
         }
+        policy.vary_only(params_taken.as_deref());
         ctx.state_mut(|s| {
             s.policy = Some(policy.clone());
             s.phase = Phase::Retrying;
@@ -158,7 +163,7 @@ impl SegmentRetryWorkflow {
         let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
             Err(reason) => (plan::not_retried(&req, reason), Review::None),
             Ok(()) => {
-                Run::new(ctx, req, policy, truthful, steps, patches)
+                Run::new(ctx, req, policy, truthful, steps, patches, params_taken)
                     .retry_and_review()
                     .await?
             }

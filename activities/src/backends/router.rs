@@ -100,6 +100,10 @@ impl GenerationBackend for Router {
     fn seed_bits(&self, scene_type: &str) -> u32 {
         self.route(scene_type).0.seed_bits(scene_type)
     }
+
+    fn params_taken(&self, scene_type: &str) -> Option<Vec<String>> {
+        self.route(scene_type).0.params_taken(scene_type)
+    }
 }
 
 #[async_trait]

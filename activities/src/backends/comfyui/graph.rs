@@ -103,6 +103,11 @@ impl Workflow {
     /// A copy of the graph with `seed` and the mapped parameters present in `params` written into
     /// every sampler node. The seed goes to `seed`, or to `noise_seed` when the node has that and
     /// no `seed`; a fractional `steps` (or `start_at_step`, `end_at_step`) is rounded.
+    /// The attempt parameters this graph takes (the keys of `inputs`): the only ones sent.
+    pub(super) fn params_taken(&self) -> Vec<String> {
+        self.inputs.keys().cloned().collect()
+    }
+
     pub(super) fn prepare(&self, seed: u64, params: &Params) -> Value {
         let mut graph = self.graph.clone();
         for id in &self.samplers {

@@ -391,6 +391,10 @@ impl GenerationBackend for ComfyUi {
         self.seed_bits
     }
 
+    fn params_taken(&self, _scene_type: &str) -> Option<Vec<String>> {
+        Some(self.workflow.params_taken())
+    }
+
     async fn generate(
         &self,
         req: &GenerateRequest,

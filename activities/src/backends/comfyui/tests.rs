@@ -440,3 +440,21 @@ async fn a_brief_outage_while_polling_is_retried_in_place() {
     assert_eq!(result.unwrap().gpu_ms, 4250);
     assert_eq!(fake.to("POST /prompt").len(), 1);
 }
+
+#[test]
+fn only_the_parameters_a_graph_maps_are_taken() {
+    use crate::ports::GenerationBackend as _;
+    let (mut mapped, _dir) = config("http://127.0.0.1:8188", &workflow().to_string());
+    mapped.inputs = Some(std::collections::BTreeMap::from([(
+        "strength".to_owned(),
+        "denoise".to_owned(),
+    )]));
+    let comfy = ComfyUi::new(mapped).unwrap();
+    assert_eq!(comfy.params_taken("any"), Some(vec!["strength".to_owned()]));
+    // The default mapping.
+    let (default, _dir2) = config("http://127.0.0.1:8188", &workflow().to_string());
+    let taken = ComfyUi::new(default).unwrap().params_taken("any").unwrap();
+    assert!(
+        taken.contains(&"cfg_scale".to_owned()) && taken.contains(&"denoise_strength".to_owned())
+    );
+}
