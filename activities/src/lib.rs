@@ -44,7 +44,7 @@ pub mod failure_types {
     /// A backend failed temporarily; retried.
     pub const BACKEND_TRANSIENT: &str = "BackendTransient";
     /// A backend rejected the request; not retried.
-    pub const BACKEND_REJECTED: &str = "BackendRejected";
+    pub const BACKEND_REJECTED: &str = retake_domain::contract::BACKEND_REJECTED;
     /// The budget refused the GPU time an attempt needed to finish; it was stopped. Not retried.
     pub const BUDGET_EXHAUSTED: &str = retake_domain::contract::BUDGET_EXHAUSTED;
     /// The machine failed, not the request (CUDA out of memory, a lost device): not retried on

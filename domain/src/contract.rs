@@ -154,6 +154,10 @@ pub fn bounded_error(text: String) -> String {
 /// (policy `placement`).
 pub const INFRASTRUCTURE_FAILURE: &str = "InfrastructureFailure";
 
+/// Failure type (`error_type`) of a request the backend refused (a validation error, a
+/// parameter out of range): not retried as it is; see [`crate::stop::Stop::Rejected`].
+pub const BACKEND_REJECTED: &str = "BackendRejected";
+
 /// How a retry workflow ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

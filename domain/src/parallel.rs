@@ -18,7 +18,9 @@
 //! arrive out of order: one that passed under `first_pass`, one that failed on a kind the policy
 //! does not retry on, or one the budget stopped mid-generation.
 
-use crate::contract::{AttemptRecord, AttemptStatus, BUDGET_EXHAUSTED, RetryRequest};
+use crate::contract::{
+    AttemptRecord, AttemptStatus, BACKEND_REJECTED, BUDGET_EXHAUSTED, RetryRequest,
+};
 use crate::ladder;
 use crate::plan::AttemptPlan;
 use crate::policy::{RetryPolicy, Selection};
@@ -85,13 +87,29 @@ pub fn next(
 
 /// Why the round must start no further attempt, judging every finished attempt of it (those
 /// numbered above `round_start`) in attempt order: a pass under `first_pass`, a failure on a kind
-/// the policy does not retry on, an attempt the budget stopped mid-generation.
+/// the policy does not retry on, an attempt the budget stopped mid-generation, two attempts in a
+/// row the backend refused with the same error.
 pub fn decided(policy: &RetryPolicy, attempts: &[AttemptRecord], round_start: u32) -> Option<Stop> {
     let round = attempts.iter().filter(|a| a.attempt > round_start);
     if policy.selection == Selection::FirstPass && round.clone().any(|a| a.passed) {
         return Some(Stop::Passed);
     }
+    // The first refusal may be the jitter's doing (a value out of range); the same refusal of
+    // the next attempt, with another seed and jitter, is not.
+    let mut refused: Option<(u32, &str)> = None;
     for a in round {
+        let rejected = (a.error_type.as_deref() == Some(BACKEND_REJECTED))
+            .then(|| refusal(a.error.as_deref().unwrap_or("")));
+        match (refused, rejected) {
+            (Some((first, before)), Some(now)) if before == now => {
+                return Some(Stop::Rejected {
+                    first,
+                    attempt: a.attempt,
+                    message: now.to_owned(),
+                });
+            }
+            _ => refused = rejected.map(|m| (a.attempt, m)),
+        }
         let blocking = policy.blocking(&a.failures);
         if a.status == AttemptStatus::Failed && !blocking.is_empty() {
             return Some(Stop::NotRetryable {
@@ -107,6 +125,20 @@ pub fn decided(policy: &RetryPolicy, attempts: &[AttemptRecord], round_start: u3
         }
     }
     None
+}
+
+/// A refusal as compared between attempts: the message without the request it answered, which
+/// an adapter adds at the end and which names the attempt's own job (`… (GET
+/// http://farm/jobs/job-7)`).
+fn refusal(message: &str) -> &str {
+    for request in [" (GET ", " (POST "] {
+        if let Some(at) = message.rfind(request)
+            && message.ends_with(')')
+        {
+            return &message[..at];
+        }
+    }
+    message
 }
 
 #[cfg(test)]

@@ -278,6 +278,20 @@ pub fn conclude(
         ),
         (Stop::UserIntervention { message, .. }, None) => (Outcome::Escalated, message.clone()),
         (
+            Stop::Rejected {
+                first,
+                attempt,
+                message,
+            },
+            None,
+        ) => (
+            Outcome::Escalated,
+            format!(
+                "the backend refused attempts {first} and {attempt} with the same error, which \
+                 other seeds and jitter do not change ({message}); flagged for human review"
+            ),
+        ),
+        (
             Stop::NotWorthIt {
                 attempt,
                 chance,

@@ -20,6 +20,16 @@ async fn a_failed_generation_records_the_backends_message_type_and_gpu_time() {
     let result = app.retry(action_request(&app, "rejected")).await;
 
     assert_eq!(result.outcome, Outcome::Escalated);
+    // The same refusal of attempt 2, with another seed and jitter: retrying stops there and says
+    // why (the default policy allows 5), rather than sending the request 5 times.
+    assert_eq!(result.attempts.len(), 2, "{}", result.report);
+    assert!(
+        result
+            .reason
+            .starts_with("the backend refused attempts 1 and 2 with the same error"),
+        "{}",
+        result.reason
+    );
     let a = &result.attempts[0];
     assert_eq!(a.status, AttemptStatus::Error);
     assert_eq!(a.error_type.as_deref(), Some("BackendRejected"));

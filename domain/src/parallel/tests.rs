@@ -145,3 +145,44 @@ fn a_round_after_review_counts_only_its_own_attempts() {
     assert_eq!(decided(&p, std::slice::from_ref(&earlier), 1), None);
     assert_eq!(started(next(&req, &p, &[earlier], 0, 1)).attempt, 2);
 }
+
+#[test]
+fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not() {
+    let (req, p) = (request(), policy(json!({"max_attempts": 5})));
+    let refused = |k: u32, message: &str| {
+        let mut plan = started(next(&req, &p, &[], 0, 0));
+        plan.attempt = k;
+        plan.errored(
+            0,
+            BACKEND_REJECTED,
+            format!("generation failed: {message}"),
+            None,
+        )
+    };
+    let out_of_range = "cfg 31.2 is out of range";
+    // A refusal the jitter may have caused is retried once.
+    let a1 = refused(1, out_of_range);
+    assert!(decided(&p, std::slice::from_ref(&a1), 0).is_none());
+    // Another refusal: the jitter changed what was refused, keep going.
+    let a2 = refused(2, "cfg 29.8 is out of range (GET http://farm/jobs/job-2)");
+    assert!(decided(&p, &[a1.clone(), a2.clone()], 0).is_none());
+    // The same refusal twice in a row: stop, saying so.
+    let a3 = refused(3, "cfg 29.8 is out of range (GET http://farm/jobs/job-3)");
+    let stop = decided(&p, &[a1, a2, a3.clone()], 0).expect("a stop");
+    assert_eq!(
+        stop,
+        Stop::Rejected {
+            first: 2,
+            attempt: 3,
+            message: "generation failed: cfg 29.8 is out of range".to_owned()
+        }
+    );
+    let r = crate::plan::conclude(&req, &p, vec![a3], &stop);
+    assert_eq!(r.outcome, crate::contract::Outcome::Escalated);
+    assert!(
+        r.reason
+            .starts_with("the backend refused attempts 2 and 3 with the same error"),
+        "{}",
+        r.reason
+    );
+}
