@@ -7,7 +7,7 @@
 use super::budget::{release_abandoned, settle_in};
 use super::sql::{Db, stmt};
 use super::{Backend, SqlxStore, from_json, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
-use crate::io::{RecordAttempt, RecordOutcome};
+use crate::io::{AttemptKey, RecordAttempt, RecordOutcome};
 use crate::ports::{AttemptStore, StoreError, StoredAttempt, StoredOutcome};
 use async_trait::async_trait;
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Params};
@@ -310,6 +310,17 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
             run_id: &out.run_id,
         };
         let mut tx = DB::begin_write(&self.pool).await?;
+        // An attempt in the result used its GPU time: bill it (a settle that happened already
+        // changes nothing) before the safety net below gives back what is still held. Whatever
+        // a crash re-ran or lost, the run's spent time is then its attempts' GPU time.
+        for rec in result.attempts.iter().filter(|rec| rec.gpu_ms > 0) {
+            let key = AttemptKey {
+                workflow_id: out.workflow_id.clone(),
+                run_id: out.run_id.clone(),
+                attempt: rec.attempt,
+            };
+            settle_in::<DB>(&mut tx, &key, rec.gpu_ms).await?;
+        }
         let released =
             release_abandoned::<DB>(&mut tx, &out.workflow_id, &out.run_id, &now).await?;
         if released > 0 {

@@ -43,7 +43,7 @@ const RAISE_RESERVATION: &str = "UPDATE budget_reservations \
      SET reserved_ms = $1, updated_at = $2 \
      WHERE workflow_id = $3 AND run_id = $4 AND attempt = $5 AND status = $6";
 
-/// Move a reservation that is still `reserved` to another status.
+/// Move a reservation from the status it was read with (`$7`) to another.
 const CLOSE_RESERVATION: &str = "UPDATE budget_reservations \
      SET status = $1, spent_ms = $2, updated_at = $3 \
      WHERE workflow_id = $4 AND run_id = $5 AND attempt = $6 AND status = $7";
@@ -281,25 +281,39 @@ pub(super) async fn settle_in<DB: Backend>(
     close_in::<DB>(tx, key, SETTLED, Some(spent)).await
 }
 
-/// The attempt's reservation while it is still `reserved` (none once settled, released or
-/// refused, or when there is none).
-async fn reserved<DB: Backend>(
+/// The attempt's reservation if closing it as `status` with `spent_ms` changes it: while it is
+/// still `reserved`, or, to settle GPU time that was used, once `released` (see [`close_in`]).
+/// None once settled or refused, or when there is none.
+async fn closable<DB: Backend>(
     tx: &mut DB::Connection,
     key: &AttemptKey,
+    status: &str,
+    spent_ms: Option<i64>,
 ) -> Result<Option<Stored>, StoreError> {
+    let bills = status == SETTLED && spent_ms.is_some_and(|ms| ms > 0);
     Ok(reservation::<DB>(tx, key)
         .await?
-        .filter(|stored| stored.status == RESERVED))
+        .filter(|stored| stored.status == RESERVED || (bills && stored.status == RELEASED)))
 }
 
 /// Close the attempt's reservation as `status` within the caller's write transaction `tx`.
+///
+/// Settling GPU time also settles a reservation that was already released: the time was used,
+/// and a release must not make it free. A release comes before the settle when the run's
+/// recorded outcome (`release_abandoned`) or the sweeper took back a hold whose attempt was
+/// still running: after a worker is killed, the next one replays the run and runs again the
+/// local store steps whose results the history lacks, so a `record_outcome` of the previous
+/// review round runs again after the next round's `reserve` and releases its reservation,
+/// whose attempt then generates, is recorded and settles. Settling it then adds the time to
+/// `spent` (its hold is off `reserved` already), which keeps `spent` equal to the recorded
+/// attempts' GPU time. A release with nothing used (no `spent_ms`) stays a release.
 async fn close_in<DB: Backend>(
     tx: &mut DB::Connection,
     key: &AttemptKey,
     status: &str,
     spent_ms: Option<i64>,
 ) -> Result<(), StoreError> {
-    let Some(stored) = reserved::<DB>(tx, key).await? else {
+    let Some(stored) = closable::<DB>(tx, key, status, spent_ms).await? else {
         return Ok(());
     };
     DB::lock_project(tx, &stored.project_id).await?;
@@ -308,7 +322,7 @@ async fn close_in<DB: Backend>(
     let stored = if DB::WRITES_SERIALIZED {
         stored
     } else {
-        let Some(stored) = reserved::<DB>(tx, key).await? else {
+        let Some(stored) = closable::<DB>(tx, key, status, spent_ms).await? else {
             return Ok(());
         };
         stored
@@ -321,10 +335,16 @@ async fn close_in<DB: Backend>(
         .bind(key.workflow_id.as_str())
         .bind(key.run_id.as_str())
         .bind(i64::from(key.attempt))
-        .bind(RESERVED);
+        .bind(stored.status.as_str());
     if DB::execute(tx, close).await? == 1 {
+        // A released reservation's hold is off the project's reserved time already.
+        let held = if stored.status == RESERVED {
+            stored.reserved_ms
+        } else {
+            0
+        };
         let spend = stmt(MOVE_TO_SPENT)
-            .bind(stored.reserved_ms)
+            .bind(held)
             .bind(spent_ms.unwrap_or(0))
             .bind(now.as_str())
             .bind(stored.project_id.as_str());

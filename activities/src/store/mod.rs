@@ -42,7 +42,7 @@ use sqlx::{Database, Pool, Postgres, Sqlite, Transaction};
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The SQL store on SQLite: policies, budgets and reservations, attempts and outcomes.
 pub type SqlStore = SqlxStore<Sqlite>;
@@ -199,6 +199,66 @@ where
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Run `step` (opening a store, running its migrations) again while it fails because another
+/// connection holds what it needs ([`contended`]), for up to `within`, then fail as
+/// [`StoreError::Unavailable`] saying so. Opening is where several processes meet a new
+/// database at once: started together, they all connect, turn the file to WAL and migrate at
+/// the same moment, and all but one wait on its locks; a wait that ends in a lock error is
+/// theirs to try again, as a store step's would be. Other errors end the wait at once: a
+/// database that cannot be reached or refuses the login is reported, not waited for here.
+async fn while_contended<T, F, Fut>(within: Duration, mut step: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match step().await {
+            Ok(done) => return Ok(done),
+            Err(e) if contended(&e) && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the database is locked by another connection, trying again");
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) if contended(&e) => {
+                return Err(StoreError::Unavailable(format!(
+                    "another connection kept the database locked for {within:?} while the store \
+                     opened: {e}"
+                )));
+            }
+            Err(e) => return Err(map_sqlx(e)),
+        }
+    }
+}
+
+/// Whether `e` means another connection holds a lock this one waited for in vain: SQLite's
+/// `BUSY` and `LOCKED` (any extended code), Postgres' serialization failures, deadlocks and
+/// lock timeouts, a pool that timed out waiting for a connection, and migrations that failed
+/// with any of those.
+fn contended(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        sqlx::Error::Migrate(m) => match m.as_ref() {
+            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) => contended(e),
+            _ => false,
+        },
+        sqlx::Error::Database(db) => {
+            if let Some(sqlite) = db.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                const BUSY: i32 = 5;
+                const LOCKED: i32 = 6;
+                return sqlx::error::DatabaseError::code(sqlite)
+                    .and_then(|code| code.parse::<i32>().ok())
+                    .is_some_and(|code| matches!(code & 0xff, BUSY | LOCKED));
+            }
+            db.code()
+                .is_some_and(|code| matches!(code.as_ref(), "40001" | "40P01" | "55P03"))
+        }
+        _ => false,
     }
 }
 

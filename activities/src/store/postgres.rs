@@ -16,7 +16,7 @@
 use super::sql::{Db, stmt};
 use super::{
     Backend, FIRST_CONNECT, PgStore, SqlxStore, StoreOptions, begin_detached, is_postgres_url,
-    map_migrate, map_sqlx, migrate,
+    map_sqlx, migrate, while_contended,
 };
 use crate::ports::StoreError;
 use sqlx::migrate::Migrator;
@@ -66,11 +66,19 @@ impl SqlxStore<Postgres> {
             pool.close().await;
             return Err(map_sqlx(e));
         }
-        // sqlx holds an advisory lock while it applies migrations, but two processes creating
-        // its bookkeeping table at once may still collide.
-        if let Err(e) = migrate(|| MIGRATOR.run(&pool)).await {
+        // sqlx holds an advisory lock while it applies migrations, so processes migrating a
+        // new database at once take turns; a turn that waits longer than `lock_timeout`, or a
+        // deadlock with whatever else runs, is tried again until `FIRST_CONNECT` has passed.
+        // The bookkeeping table may still collide (see `migrate`).
+        let migrated = while_contended(FIRST_CONNECT, || async {
+            migrate(|| MIGRATOR.run(&pool))
+                .await
+                .map_err(sqlx::Error::from)
+        })
+        .await;
+        if let Err(e) = migrated {
             pool.close().await;
-            return Err(map_migrate(e));
+            return Err(e);
         }
         Ok(SqlxStore { pool })
     }

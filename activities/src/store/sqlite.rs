@@ -9,11 +9,13 @@
 //! deferred transaction in WAL mode would do without waiting). The write lock covers every row,
 //! so the row locks Postgres needs ([`Backend::lock_project`]) are nothing to do here.
 
-use super::{Backend, SqlStore, SqlxStore, begin_detached, map_migrate, map_sqlx, migrate};
+use super::{
+    Backend, FIRST_CONNECT, SqlStore, SqlxStore, begin_detached, map_sqlx, while_contended,
+};
 use crate::ports::StoreError;
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Pool, Sqlite, Transaction};
+use sqlx::{Connection, Pool, Sqlite, Transaction};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,10 @@ pub(crate) struct Waits {
     /// connection in WAL mode holds a shared lock that would keep another process from locking
     /// the whole database. Default: true.
     pub(crate) keep_connections: bool,
+    /// How long opening the store tries again while another connection holds the file (e.g.
+    /// another process migrating it), before failing as [`StoreError::Unavailable`]. Default:
+    /// [`FIRST_CONNECT`].
+    pub(crate) open: Duration,
 }
 
 impl Default for Waits {
@@ -47,6 +53,7 @@ impl Default for Waits {
         Waits {
             busy: BUSY_TIMEOUT,
             keep_connections: true,
+            open: FIRST_CONNECT,
         }
     }
 }
@@ -90,11 +97,38 @@ impl SqlxStore<Sqlite> {
         let pool = pool.before_acquire(|_, meta| {
             Box::pin(async move { Ok(!opened_before_read_only(meta.age)) })
         });
-        let pool = pool.connect_with(options).await.map_err(map_sqlx)?;
-        // Two processes opening a fresh file at once may both try to apply a migration.
-        migrate(|| MIGRATOR.run(&pool)).await.map_err(map_migrate)?;
+        // Several processes opening a new file at once contend for it: the first turns it to
+        // WAL and migrates it while the others' connects and migrations wait on its locks, and
+        // some of those waits end in `SQLITE_BUSY` at once, whatever the busy timeout (SQLite
+        // skips the busy handler where waiting could deadlock, e.g. changing the journal mode
+        // or upgrading a read to a write). So opening starts over while the file is busy, as a
+        // store step would be retried, up to `waits.open`.
+        let pool = while_contended(waits.open, || async {
+            let pool = pool.clone().connect_with(options.clone()).await?;
+            match migrate_alone(&pool).await {
+                Ok(()) => Ok(pool),
+                Err(e) => {
+                    pool.close().await;
+                    Err(e)
+                }
+            }
+        })
+        .await?;
         Ok(SqlxStore { pool })
     }
+}
+
+/// Run the pending migrations holding the database's write lock (`BEGIN IMMEDIATE`, waited
+/// for up to the busy timeout), the lock sqlx takes on Postgres but not on SQLite. Without it
+/// two processes could both read that a migration is pending and both apply it; the second
+/// then failed ("duplicate column name") and had to start over, once per migration it lost.
+/// With it they take turns, and each sees what the ones before applied. sqlx's own
+/// transaction per migration becomes a savepoint inside this one.
+async fn migrate_alone(pool: &Pool<Sqlite>) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    MIGRATOR.run_direct(&mut *tx).await?;
+    tx.commit().await
 }
 
 impl Backend for Sqlite {

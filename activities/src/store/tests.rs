@@ -50,6 +50,7 @@ macro_rules! store_tests {
 mod attempts;
 mod budget;
 mod harness;
+mod opening;
 mod outage;
 mod postgres;
 mod raise;

@@ -110,8 +110,6 @@ async fn releasing_gives_the_reservation_back_once(db: &TestDb) {
     store.reserve(&key("r1", 2), "p1", 300).await.unwrap();
     store.release(&key("r1", 1)).await.unwrap();
     store.release(&key("r1", 1)).await.unwrap();
-    // Nor does a late settle of the released attempt count.
-    store.settle(&key("r1", 1), 600).await.unwrap();
     let b = budget(&store, "p1").await;
     assert_eq!((b.reserved_ms, b.spent_ms), (300, 0));
     // The released time can be reserved again.
@@ -236,9 +234,90 @@ async fn recording_a_runs_outcome_releases_a_reservation_it_abandoned(db: &TestD
 
     let b = budget(&store, "p1").await;
     assert_eq!((b.reserved_ms, b.spent_ms), (200, 0));
-    // Settling the released reservation later changes nothing.
-    store.settle(&key("r1", 1), 300).await.unwrap();
-    assert_eq!(budget(&store, "p1").await.spent_ms, 0);
+    // Releasing without use, again, changes nothing.
+    store.release(&key("r1", 1)).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (200, 0));
+}
+
+/// The report: a worker killed 50 ms after creators' `retry_with` decisions left attempts
+/// recorded with their GPU time whose reservations were `released`, never settled, and `spent`
+/// short of the recorded attempts' sum. The store calls as the next worker made them, replaying
+/// the run and running again the local store steps whose results the history lacked: the
+/// outcome of review round 1 (attempts 1 and 2) is recorded again after round 2 reserved
+/// attempt 3, which releases that reservation; attempt 3's reserve, run again, is answered
+/// from its row; the attempt generates, and is settled and recorded in one step.
+async fn an_attempt_whose_reservation_a_replayed_outcome_released_is_still_billed(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(10_000)).await.unwrap();
+    let round_one = vec![record(1, 0.1), record(2, 0.2)];
+    for rec in &round_one {
+        store
+            .reserve(&key("r1", rec.attempt), "p1", 500)
+            .await
+            .unwrap();
+        store
+            .record_settled(&record_attempt("r1", rec.clone()), rec.gpu_ms)
+            .await
+            .unwrap();
+    }
+    let escalated = || outcome("r1", Outcome::Escalated, None, round_one.clone());
+    store.record_outcome(&escalated()).await.unwrap();
+    // Round 2, on the worker that is then killed: attempt 3 reserves.
+    store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    // The next worker: round 1's outcome again, attempt 3's reserve again, then attempt 3.
+    store.record_outcome(&escalated()).await.unwrap();
+    let again = store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    assert_eq!(again, Reservation::Granted { gpu_ms: 500 });
+    let third = record(3, 0.3);
+    store
+        .record_settled(&record_attempt("r1", third.clone()), third.gpu_ms)
+        .await
+        .unwrap();
+
+    let recorded: u64 = store
+        .attempts("5")
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.record.gpu_ms)
+        .sum();
+    assert_eq!(recorded, 100 + 200 + 300);
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, recorded));
+    // Settling or recording again bills nothing twice.
+    store.settle(&key("r1", 3), third.gpu_ms).await.unwrap();
+    store.record_outcome(&escalated()).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, recorded));
+}
+
+/// Whatever released an attempt's hold before its settle (the run's recorded outcome, the
+/// sweeper), an outcome that lists the attempt bills the GPU time it recorded, once; an
+/// attempt that used nothing stays released.
+async fn an_outcome_bills_its_attempts_whose_reservations_were_not_settled(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(10_000)).await.unwrap();
+    for k in 1..=3 {
+        store.reserve(&key("r1", k), "p1", 500).await.unwrap();
+    }
+    // Attempt 1 still held, attempt 2 released; attempt 3 used nothing.
+    store.release(&key("r1", 2)).await.unwrap();
+    let mut nothing = record(3, 0.3);
+    nothing.gpu_ms = 0;
+    let attempts = vec![record(1, 0.1), record(2, 0.2), nothing];
+    let escalated = outcome("r1", Outcome::Escalated, None, attempts);
+    store.record_outcome(&escalated).await.unwrap();
+    store.record_outcome(&escalated).await.unwrap();
+
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 100 + 200));
+    assert_eq!(
+        store
+            .text("SELECT status FROM budget_reservations WHERE attempt = 3")
+            .await,
+        "released"
+    );
 }
 
 /// Twenty calls for one attempt key at once, from two stores, and then ten settles at once.
@@ -274,8 +353,9 @@ async fn concurrent_calls_for_the_same_attempt_reserve_and_settle_once(db: &Test
     assert_eq!((b.reserved_ms, b.spent_ms), (0, 250));
 }
 
-/// A run's outcome (which releases what the run still holds) racing the settle of its attempt:
-/// the reservation is taken off the project's reserved time exactly once, either way.
+/// A run's outcome (which bills its attempts and releases what the run still holds) racing the
+/// settle of its attempt: the reservation is taken off the project's reserved time and its GPU
+/// time billed exactly once, either way.
 async fn an_outcome_racing_a_settle_takes_the_reservation_off_once(db: &TestDb) {
     let first = db.open().await;
     let second = db.open().await;
@@ -292,12 +372,7 @@ async fn an_outcome_racing_a_settle_takes_the_reservation_off_once(db: &TestDb) 
         let (store, run) = (second.clone(), run.clone());
         tasks.push(tokio::spawn(async move {
             store
-                .record_outcome(&outcome(
-                    &run,
-                    Outcome::Passed,
-                    Some(1),
-                    vec![record(1, 0.9)],
-                ))
+                .record_outcome(&outcome(&run, Outcome::Passed, Some(1), vec![used_60()]))
                 .await
         }));
     }
@@ -314,10 +389,16 @@ async fn an_outcome_racing_a_settle_takes_the_reservation_off_once(db: &TestDb) 
         "SELECT COUNT(*) FROM budget_reservations WHERE status = 'released'",
     )
     .await;
-    assert_eq!(settled + released, 20);
+    assert_eq!((settled, released), (20, 0));
     let b = budget(&first, "p1").await;
-    let settled = u64::try_from(settled).unwrap();
-    assert_eq!((b.reserved_ms, b.spent_ms), (0, 60 * settled));
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 60 * 20));
+}
+
+/// Attempt 1, passed, having used the 60 ms its settle says.
+fn used_60() -> AttemptRecord {
+    let mut rec = record(1, 0.9);
+    rec.gpu_ms = 60;
+    rec
 }
 
 /// `record_settled`: the settlement and the record in one transaction, both or neither.
@@ -367,6 +448,8 @@ store_tests! {
     #[tokio::test] settling_or_releasing_an_attempt_without_a_reservation_does_nothing,
     #[tokio::test] setting_a_limit_keeps_reserved_and_spent_time,
     #[tokio::test] recording_a_runs_outcome_releases_a_reservation_it_abandoned,
+    #[tokio::test] an_attempt_whose_reservation_a_replayed_outcome_released_is_still_billed,
+    #[tokio::test] an_outcome_bills_its_attempts_whose_reservations_were_not_settled,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     forty_concurrent_reservations_from_two_stores_never_exceed_the_limit,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

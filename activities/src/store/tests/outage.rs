@@ -14,6 +14,7 @@ async fn outage_store(db: &TestDb) -> AnyStore {
             let waits = Waits {
                 busy: Duration::from_millis(100),
                 keep_connections: false,
+                ..Waits::default()
             };
             let store = SqlStore::connect_with(&db.urls()[0], waits).await;
             AnyStore::Sqlite(store.expect("connect to SQLite"))
@@ -418,6 +419,7 @@ async fn sqlite_errors_are_classified_by_their_result_code() {
     let waits = Waits {
         busy: Duration::from_millis(100),
         keep_connections: true,
+        ..Waits::default()
     };
     let store = SqlStore::connect_with(&db.urls()[0], waits).await.unwrap();
     let insert =
