@@ -124,11 +124,33 @@ impl SqlxStore<Sqlite> {
 /// then failed ("duplicate column name") and had to start over, once per migration it lost.
 /// With it they take turns, and each sees what the ones before applied. sqlx's own
 /// transaction per migration becomes a savepoint inside this one.
+///
+/// Only when a migration is pending: a process opening a migrated file takes no write lock, so
+/// it opens while another connection holds one (a long write, a backup), as before.
 async fn migrate_alone(pool: &Pool<Sqlite>) -> Result<(), sqlx::Error> {
+    if !pending(pool).await {
+        return Ok(());
+    }
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     MIGRATOR.run_direct(&mut *tx).await?;
     tx.commit().await
+}
+
+/// Whether a migration of [`MIGRATOR`] is not applied yet (read without a write lock; a
+/// database without sqlx's bookkeeping table has them all pending).
+async fn pending(pool: &Pool<Sqlite>) -> bool {
+    let applied: Vec<i64> =
+        match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+            .fetch_all(pool)
+            .await
+        {
+            Ok(applied) => applied,
+            Err(_) => return true,
+        };
+    MIGRATOR
+        .iter()
+        .any(|m| !m.migration_type.is_down_migration() && !applied.contains(&m.version))
 }
 
 impl Backend for Sqlite {
