@@ -258,6 +258,15 @@ async fn retake_policy_and_budget_commands_store_what_they_show() {
     assert_eq!(p["max_attempts"], json!(5));
     assert_eq!(p["selection"], json!("best_of_n"));
     assert_eq!(p["retry_on"], json!(["artifacting", "face_melt"]));
+    // Without --json too, every setting that changes how a retry runs is shown.
+    let text = stdout(&retake(&app, &["policy", "show", "action"]).await);
+    for line in [
+        "parallelism:   1",
+        "placement:     avoid_failed",
+        "review window: 86400 s",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 
     let budget = retake(&app, &["budget", "set", "p9", "--limit-ms", "60000"]).await;
     assert!(budget.status.success(), "{}", stderr(&budget));

@@ -529,7 +529,7 @@ async fn segment_page(
                 .collect()
         })
         .unwrap_or_default();
-    let form = submitted.unwrap_or_else(|| prefill(seen.live.as_ref(), &seen.policy));
+    let form = refill(submitted, prefill(seen.live.as_ref(), &seen.policy));
     let page = SegmentPage {
         nav: Nav::new(who.role, &who.session.csrf),
         flash,
@@ -697,6 +697,23 @@ fn prefill(live: Option<&Status>, policy: &RetryPolicy) -> DecisionForm {
             .unwrap_or_default(),
         ..DecisionForm::default()
     }
+}
+
+/// The decision forms to show: the refused one as it was submitted, every other as pre-filled
+/// (`fresh`). Without this, a refused accept emptied the retry-with form's parameters.
+fn refill(submitted: Option<DecisionForm>, fresh: DecisionForm) -> DecisionForm {
+    let Some(mut form) = submitted else {
+        return fresh;
+    };
+    if form.which != "retry_with" {
+        form.params = fresh.params;
+        form.vary = fresh.vary;
+        form.attempts = fresh.attempts;
+    }
+    if form.which != "accept" {
+        form.accept_attempt = fresh.accept_attempt;
+    }
+    form
 }
 
 /// The `decide` body the form stands for, as a JSON client would have sent it; and the form as
@@ -1123,5 +1140,40 @@ pub(crate) async fn set_budget(
             .await
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> DecisionForm {
+        DecisionForm {
+            params: vec![Input {
+                name: "cfg_scale".into(),
+                value: "7".into(),
+                error: String::new(),
+            }],
+            vary: "{}".into(),
+            attempts: "3".into(),
+            accept_attempt: "2".into(),
+            ..DecisionForm::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_accept_keeps_the_retry_with_form_filled() {
+        let refused = DecisionForm {
+            which: "accept".into(),
+            accept_attempt: "3".into(),
+            general: vec!["attempt 3 was cancelled and has no output to accept".into()],
+            ..DecisionForm::default()
+        };
+        let form = refill(Some(refused), fresh());
+        assert_eq!(form.accept_attempt, "3", "the refused form as submitted");
+        assert_eq!(form.params, fresh().params, "the others pre-filled");
+        assert_eq!((form.vary.as_str(), form.attempts.as_str()), ("{}", "3"));
+        assert_eq!(form.general.len(), 1);
+        assert_eq!(refill(None, fresh()).attempts, "3");
     }
 }

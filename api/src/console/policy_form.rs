@@ -16,7 +16,7 @@ const NUMBERS: [(&str, &str, &str); 5] = [
     (
         "parallelism",
         "Attempts at once",
-        "1–10, at most the attempts",
+        "1–10; never more run at once than there are attempts",
     ),
     (
         "est_gpu_ms_per_attempt",

@@ -113,6 +113,21 @@ fn print(scene: &SceneType, policy: &RetryPolicy, stored: bool, out: Output) -> 
             .as_str()
             .unwrap_or("?")
     );
+    let word = |v: serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    println!("  parallelism:   {}", policy.parallelism);
+    println!(
+        "  placement:     {}",
+        word(serde_json::to_value(policy.placement)?)
+    );
+    println!(
+        "  profile:       {}",
+        word(serde_json::to_value(policy.profile)?)
+    );
+    println!(
+        "  mixed_failures: {}",
+        word(serde_json::to_value(policy.mixed_failures)?)
+    );
+    println!("  review window: {} s", policy.review_window_secs);
     println!("  est GPU/attempt: {} ms", policy.est_gpu_ms_per_attempt);
     println!("  seed_bits:     {}", policy.seed_bits);
     Ok(())
