@@ -150,7 +150,13 @@ async fn retries_in_flight_beyond_the_workers_cache_are_recorded_and_charged_onc
         runs.push(start(&app, &format!("cache{i}")).await);
     }
     for (segment, project, predicted, handle) in &runs {
-        let result = retries::result(handle).await.unwrap();
+        // Bounded: a worker that died (the SDK panics on an eviction it thinks is its own bug,
+        // in debug builds) would otherwise leave this waiting for ever.
+        let result =
+            tokio::time::timeout(std::time::Duration::from_secs(120), retries::result(handle))
+                .await
+                .unwrap_or_else(|_| panic!("segment {segment} did not finish within 120 s"))
+                .unwrap();
         assert_exactly_once(&app, segment, project, predicted, &result, 100).await;
     }
 }
