@@ -739,3 +739,40 @@ async fn a_viewer_never_sees_a_local_file_outside_the_folders_retake_may_read() 
     assert!(body.contains(&uri(&secret)), "shown as its URI: {body}");
     assert!(body.contains("12화 원고"), "a file inside is shown: {body}");
 }
+
+#[tokio::test]
+async fn every_parallel_attempt_in_flight_has_its_generating_card() {
+    let app = TestApp::builder()
+        .simulator(retake_activities::sim::Simulator::new(30_000))
+        .spawn()
+        .await;
+    let segment = format!("{}-live2", app.tag);
+    let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4});
+    app.start(request(&segment, "p1", Some(policy))).await;
+    app.wait_for(&segment, "two attempts running", |s| {
+        s.running_attempts == [1, 2]
+    })
+    .await;
+
+    let mut b = Browser::new(&app).await;
+    b.sign_in(VIEWER).await;
+    let page = b.get(&format!("/ui/segments/{segment}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for n in [1, 2] {
+        assert!(
+            page.body.contains(&format!("data-attempt=\"{n}\"")),
+            "a card for attempt {n}: {}",
+            page.body
+        );
+    }
+    assert_eq!(page.body.matches("Generating…").count(), 2, "{}", page.body);
+    retake::retries::signal(
+        &app.client,
+        &segment.parse::<retake_domain::SegmentId>().unwrap(),
+        retake::retries::Creator::Abort,
+        "done looking",
+        "test",
+    )
+    .await
+    .unwrap();
+}

@@ -604,10 +604,17 @@ async fn run_views(
                             .await,
                     );
                 }
-                if let Some(n) = st.running_attempt
-                    && !st.attempts.iter().any(|a| a.attempt == n)
-                {
-                    attempts.push(AttemptView::in_flight(n));
+                // Every attempt in flight gets its card (parallel attempts run several at once;
+                // runs that predate `running_attempts` name only the lowest).
+                let running = if st.running_attempts.is_empty() {
+                    st.running_attempt.into_iter().collect()
+                } else {
+                    st.running_attempts.clone()
+                };
+                for n in running {
+                    if !st.attempts.iter().any(|a| a.attempt == n) {
+                        attempts.push(AttemptView::in_flight(n));
+                    }
                 }
                 st.attempts.iter().collect()
             }
