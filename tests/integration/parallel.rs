@@ -423,56 +423,47 @@ async fn in_review_a_cancelled_attempt_cannot_be_accepted_nor_the_run_escalated_
     );
 
     let api = api_for(&app).await;
-    let (code, body) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/segments/{segment}/retries/decision"),
-            Some(CREATOR),
-            Some(json!({"decision": "accept", "attempt": 1, "reason": "looks fine"})),
-        )
-        .await;
-    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("attempt 1 was cancelled and has no output to accept"),
-        "{body}"
-    );
+    // Each refused with its status and the reason, deciding nothing.
+    let refused = |path: &'static str, body: serde_json::Value, code, says: &'static str| {
+        let (api, segment) = (&api, &segment);
+        async move {
+            let (got, answer) = api
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/segments/{segment}/retries/{path}"),
+                    Some(CREATOR),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(got, code, "{answer}");
+            let error = answer["error"].as_str().unwrap_or_default();
+            assert!(error.contains(says), "{answer}");
+        }
+    };
+    use reqwest::StatusCode as S;
+    refused(
+        "decision",
+        json!({"decision": "accept", "attempt": 1, "reason": "looks fine"}),
+        S::UNPROCESSABLE_ENTITY,
+        "attempt 1 was cancelled and has no output to accept",
+    )
+    .await;
     // Escalating a run already in review does nothing, and says so instead of 202.
-    let (code, body) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/segments/{segment}/retries/escalate"),
-            Some(CREATOR),
-            Some(json!({"reason": "again"})),
-        )
-        .await;
-    assert_eq!(code, reqwest::StatusCode::CONFLICT, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("already awaiting review"),
-        "{body}"
-    );
+    refused(
+        "escalate",
+        json!({"reason": "again"}),
+        S::CONFLICT,
+        "already awaiting review",
+    )
+    .await;
     // A word where the policy jitters a number is refused before anything is generated.
-    let (code, body) = api
-        .call(
-            reqwest::Method::POST,
-            &format!("/segments/{segment}/retries/decision"),
-            Some(CREATOR),
-            Some(json!({"decision": "retry_with", "params": {"cfg_scale": "nine"}})),
-        )
-        .await;
-    assert_eq!(code, reqwest::StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains(r#"params.cfg_scale: must be a number, got "nine""#),
-        "{body}"
-    );
+    refused(
+        "decision",
+        json!({"decision": "retry_with", "params": {"cfg_scale": "nine"}}),
+        S::UNPROCESSABLE_ENTITY,
+        r#"params.cfg_scale: must be a number, got "nine""#,
+    )
+    .await;
     // Still in review: a creator can reject or retry with new settings.
     let status = app
         .wait_for(&segment, "still awaiting review", |s| {

@@ -120,14 +120,22 @@ pub(crate) fn clear_cookie() -> String {
 
 /// The session the request's cookie names, if it is live.
 pub(crate) fn from_headers(headers: &HeaderMap, state: &AppState) -> Option<Session> {
+    cookie_values(headers, COOKIE).find_map(|id| state.console.sessions.get(id))
+}
+
+/// The values of every cookie called `name` the request sent, in order.
+pub(crate) fn cookie_values<'a>(
+    headers: &'a HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .filter(|(name, _)| *name == COOKIE)
-        .find_map(|(_, id)| state.console.sessions.get(id))
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, value)| value)
 }
 
 /// A signed-in browser whose role is at least `N::ROLE`: otherwise a redirect to the sign-in

@@ -12,7 +12,7 @@
 //! sign-in forms (reload and sign in), and replicas need the sticky sessions the console needs
 //! anyway (docs/console.md).
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -85,14 +85,7 @@ impl SignInCsrf {
 
 /// The request's sign-in cookie value, if it sent one.
 pub(crate) fn cookie_of(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value)
+    super::session::cookie_values(headers, COOKIE).next()
 }
 
 /// The `Set-Cookie` value giving the browser `value`: sent back only to the sign-in page, never
@@ -107,7 +100,7 @@ pub(crate) fn set_cookie(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     fn with_cookie(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
