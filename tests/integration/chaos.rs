@@ -102,7 +102,10 @@ async fn retries_survive_random_kills(app: &TestApp, store: &str) {
     let started = tokio::time::Instant::now();
     let mut kills = 0;
     let results: Vec<RetryResult> = loop {
-        let pause = Duration::from_millis(500 + chaos.below(1500));
+        // 0.3–1.2 s: at least three kills land while the retries run even when they finish in
+        // a few seconds (kills that hit no store step cost little time; 0.5–2 s left a
+        // 3.6 s run with 2 kills).
+        let pause = Duration::from_millis(300 + chaos.below(900));
         tokio::select! {
             results = &mut all_done => break results,
             () = tokio::time::sleep(pause), if kills < MAX_KILLS => {
