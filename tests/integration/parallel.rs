@@ -347,27 +347,37 @@ async fn a_worker_killed_under_one_of_three_parallel_attempts_loses_nothing() {
     assert_eq!(budget.spent_ms, 9_000, "each attempt charged once");
 }
 
-#[tokio::test]
-async fn escalating_a_parallel_retry_cancels_its_attempts_in_flight() {
-    let app = TestApp::builder().without_worker().spawn().await;
-    let _workers = gpu_workers(&app, 2, 30_000);
-    let segment = format!("{}-esc2", app.tag);
-    let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4});
-    let handle = app.start(request(&segment, "p1", Some(policy))).await;
-    app.wait_for(&segment, "two attempts running", |s| {
+/// Start `segment`'s retry under `policy`, wait until attempts 1 and 2 both run, then escalate
+/// ("faces keep melting", by mina).
+async fn escalated_while_two_run(
+    app: &TestApp,
+    segment: &str,
+    policy: Value,
+) -> retries::RetryHandle {
+    let handle = app.start(request(segment, "p1", Some(policy))).await;
+    app.wait_for(segment, "two attempts running", |s| {
         s.running_attempts == [1, 2]
     })
     .await;
-
     retries::signal(
         &app.client,
-        &SegmentId::parse(&segment).unwrap(),
+        &SegmentId::parse(segment).unwrap(),
         retries::Creator::Escalate,
         "faces keep melting",
         "mina",
     )
     .await
     .unwrap();
+    handle
+}
+
+#[tokio::test]
+async fn escalating_a_parallel_retry_cancels_its_attempts_in_flight() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let _workers = gpu_workers(&app, 2, 30_000);
+    let segment = format!("{}-esc2", app.tag);
+    let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4});
+    let handle = escalated_while_two_run(&app, &segment, policy).await;
     let result = retries::result(&handle).await.unwrap();
 
     assert_eq!(result.outcome, Outcome::Escalated, "{}", result.report);
@@ -394,20 +404,7 @@ async fn in_review_a_cancelled_attempt_cannot_be_accepted_nor_the_run_escalated_
     let segment = format!("{}-esc-accept", app.tag);
     let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4,
                         "review_window_secs": 3600});
-    app.start(request(&segment, "p1", Some(policy))).await;
-    app.wait_for(&segment, "two attempts running", |s| {
-        s.running_attempts == [1, 2]
-    })
-    .await;
-    retries::signal(
-        &app.client,
-        &SegmentId::parse(&segment).unwrap(),
-        retries::Creator::Escalate,
-        "faces keep melting",
-        "mina",
-    )
-    .await
-    .unwrap();
+    escalated_while_two_run(&app, &segment, policy).await;
     let status = app
         .wait_for(&segment, "awaiting review", |s| {
             s.phase == Phase::AwaitingReview
