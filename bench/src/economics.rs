@@ -176,7 +176,9 @@ fn attempts(policy_name: &str, m: u32, s: &Segment) -> Vec<AttemptRecord> {
         "first_pass" | "best_of_n" => planned(&policy, s),
         "same_params" => (1..=m)
             .map(|k| {
-                let mut a = plan::pre_ladder_attempt(&s.req, &policy, k);
+                // The ladder's first rung with the request's own seed and parameters.
+                let rung = retake_domain::strategy::Strategy::Reseed;
+                let mut a = ladder::plan_attempt(&s.req, &policy, &[], k, rung);
                 a.seed = s.req.params.seed();
                 a.params = s.req.params.clone();
                 let scored = qa(id, a.seed, &a.params);

@@ -255,7 +255,7 @@ pub struct AttemptRecord {
     /// no category breakdown to target and used the revise prompt instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
-    /// The ladder's strategy for this attempt (absent for runs started before the ladder).
+    /// The ladder's strategy for this attempt (the workflow always records it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// The prompt sent to the generator (text strategies).
@@ -272,13 +272,13 @@ pub struct AttemptRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub breakdown: Vec<CategoryScore>,
-    /// What the attempt varied and why, as insights count it (absent for runs started before
-    /// variations were recorded).
+    /// What the attempt varied and why, as insights count it (the workflow always records it;
+    /// absent in a record written without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variation: Option<Variation>,
     /// The worker that generated it (`retake worker --worker-id`, by default `<pid>@<host>`), as
-    /// the worker itself or Temporal reported it; absent for runs started before it was recorded
-    /// and for attempts that never reached a worker.
+    /// the worker itself or Temporal reported it; absent for attempts that never reached a
+    /// worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
 }

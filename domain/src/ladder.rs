@@ -1,6 +1,6 @@
 //! Planning with the strategy ladder: which strategy attempt `k` uses, what it generates with
 //! (seed, jitter, the draft it revises and its prompt) and the user-intervention message that ends
-//! a ladder. Runs started before the ladder existed keep using [`plan::pre_ladder_attempt`].
+//! a ladder.
 
 use crate::adapt::{self, ChosenBy, Evidence, Variation};
 use crate::contract::{AttemptRecord, AttemptStatus, RetryRequest};

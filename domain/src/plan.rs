@@ -6,11 +6,9 @@ use crate::contract::{
     AttemptRecord, AttemptStatus, FailedQa, Outcome, Params, QaScores, RetryRequest, RetryResult,
 };
 use crate::event::CreatorEvent;
-use crate::jitter;
 use crate::params::ParamChange;
 use crate::policy::{RetryPolicy, Selection};
 use crate::report;
-use crate::seed;
 use crate::select::{gate, select};
 use crate::stop::Stop;
 use crate::strategy::Strategy;
@@ -51,7 +49,7 @@ pub struct AttemptPlan {
     pub params: Params,
     pub original_params: Params,
     pub jitter: Vec<ParamChange>,
-    /// The ladder's strategy (`None` on the pre-ladder path of runs started before it).
+    /// The ladder's strategy ([`crate::ladder::plan_attempt`] always sets it).
     pub strategy: Option<Strategy>,
     /// The prompt of a text strategy.
     pub prompt: Option<String>,
@@ -61,37 +59,12 @@ pub struct AttemptPlan {
     pub revise_uri: Option<String>,
     /// Why the attempt deviates from its strategy (recorded with it).
     pub note: Option<String>,
-    /// What the attempt varies, as insights count it (`None` on the pre-ladder path).
+    /// What the attempt varies, as insights count it ([`crate::ladder::plan_attempt`] always
+    /// sets it).
     pub variation: Option<Variation>,
     /// The quality (by the policy's measure) of the draft the attempt starts from, to record
     /// its gain.
     pub base_quality: f64,
-}
-
-/// Seed and parameters of attempt `attempt` (1-based) as runs started before the strategy ladder
-/// plan it: every attempt reseeds with jitter. New runs plan with [`crate::ladder::plan_attempt`].
-pub fn pre_ladder_attempt(req: &RetryRequest, policy: &RetryPolicy, attempt: u32) -> AttemptPlan {
-    let seed = seed::attempt_seed(
-        req.segment_id.as_str(),
-        req.params.seed(),
-        attempt,
-        policy.seed_bits,
-    );
-    let (params, jitter) = jitter::apply(&req.params, &policy.vary, seed);
-    AttemptPlan {
-        attempt,
-        seed,
-        params,
-        original_params: req.params.clone(),
-        jitter,
-        strategy: None,
-        prompt: None,
-        revises: None,
-        revise_uri: None,
-        note: None,
-        variation: None,
-        base_quality: 0.0,
-    }
 }
 
 impl AttemptPlan {
@@ -397,6 +370,11 @@ mod tests {
     use crate::contract::Scores;
     use serde_json::json;
 
+    /// Attempt `k` on the ladder's `reseed_jitter` rung: a derived seed and jittered parameters.
+    fn reseeded(req: &RetryRequest, policy: &RetryPolicy, k: u32) -> AttemptPlan {
+        crate::ladder::plan_attempt(req, policy, &[], k, Strategy::ReseedJitter)
+    }
+
     fn request() -> RetryRequest {
         RetryRequest::parse(&json!({
             "segment_id": "5", "project_id": "p1", "scene_type": "dialogue",
@@ -419,7 +397,7 @@ mod tests {
             failures: vec![],
             ..Default::default()
         };
-        pre_ladder_attempt(&request(), policy, k).scored(policy, qa, 100, None)
+        reseeded(&request(), policy, k).scored(policy, qa, 100, None)
     }
 
     #[test]
@@ -443,12 +421,12 @@ mod tests {
     #[test]
     fn each_attempt_uses_its_derived_seed_and_records_the_original_params() {
         let p = enabled();
-        let a1 = pre_ladder_attempt(&request(), &p, 1);
+        let a1 = reseeded(&request(), &p, 1);
         assert_eq!(a1.seed, 5_760_749_790_915_036);
         assert_eq!(a1.params.seed(), a1.seed);
         assert_eq!(a1.original_params.seed(), 1234);
         assert_eq!(a1.jitter.len(), 2);
-        assert_ne!(pre_ladder_attempt(&request(), &p, 2).seed, a1.seed);
+        assert_ne!(reseeded(&request(), &p, 2).seed, a1.seed);
     }
 
     #[test]
@@ -567,7 +545,7 @@ mod tests {
     #[test]
     fn an_attempt_that_errored_counts_and_retrying_continues() {
         let p = enabled();
-        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
+        let a = vec![reseeded(&request(), &p, 1).errored(
             0,
             "BackendTransient",
             "GPU lost".into(),
@@ -588,12 +566,7 @@ mod tests {
     fn a_long_error_is_quoted_whole_in_the_record_and_shortened_in_the_report() {
         let p = enabled();
         let long = format!("Prompt outputs failed validation; {}", "x".repeat(200));
-        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
-            0,
-            "BackendRejected",
-            long.clone(),
-            None,
-        )];
+        let a = vec![reseeded(&request(), &p, 1).errored(0, "BackendRejected", long.clone(), None)];
         assert_eq!(a[0].error.as_deref(), Some(long.as_str()));
         let r = conclude(&request(), &p, a, &Stop::AttemptsUsed);
         assert!(
@@ -627,7 +600,7 @@ mod tests {
     #[test]
     fn an_attempt_failing_a_kind_not_retried_on_stops_unless_the_policy_retries_mixed() {
         let p = enabled();
-        let mut a = pre_ladder_attempt(&request(), &p, 1).scored(
+        let mut a = reseeded(&request(), &p, 1).scored(
             &p,
             QaScores {
                 scores: [("face".into(), 0.3), ("motion".into(), 0.2)].into(),
@@ -656,7 +629,7 @@ mod tests {
     #[test]
     fn an_attempt_the_budget_stopped_ends_the_retry_as_budget_exhausted() {
         let p = enabled();
-        let a = vec![pre_ladder_attempt(&request(), &p, 1).errored(
+        let a = vec![reseeded(&request(), &p, 1).errored(
             1500,
             crate::contract::BUDGET_EXHAUSTED,
             "needed more than the 1000 GPU ms reserved".into(),

@@ -180,7 +180,6 @@ fn attempt_part(policy: &RetryPolicy, a: &AttemptRecord) -> String {
 mod tests {
     use super::*;
     use crate::contract::{INFRASTRUCTURE_FAILURE, RetryRequest};
-    use crate::plan::pre_ladder_attempt;
     use serde_json::json;
 
     fn plan(k: u32) -> crate::plan::AttemptPlan {
@@ -189,7 +188,14 @@ mod tests {
             "params": {"seed": 1}, "failed_qa": {"failures": ["face_melt"]}
         }))
         .unwrap();
-        pre_ladder_attempt(&req, &RetryPolicy::default(), k)
+        let policy = RetryPolicy::default();
+        crate::ladder::plan_attempt(
+            &req,
+            &policy,
+            &[],
+            k,
+            crate::strategy::Strategy::ReseedJitter,
+        )
     }
 
     #[test]

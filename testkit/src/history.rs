@@ -7,28 +7,13 @@ use temporalio_protos::protos::temporal::api::history::v1::HistoryEvent;
 use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
 
 /// The answers of every `load_evidence` step in `events`, in order: the evidence each adaptive
-/// attempt chose from. Runs before the `local-store-steps` patch scheduled it as an activity
-/// (its answer in `ActivityTaskCompleted`); later runs run it locally (its answer in the local
-/// activity's marker).
+/// attempt chose from. It is a local activity, so its answer is in its marker.
 pub fn load_evidence_answers(
     events: Vec<HistoryEvent>,
 ) -> Result<Vec<Evidence>, serde_json::Error> {
-    let (mut scheduled, mut found) = (Vec::new(), Vec::new());
+    let mut found = Vec::new();
     for e in events {
         let data = match e.attributes {
-            Some(Attributes::ActivityTaskScheduledEventAttributes(a))
-                if a.activity_type
-                    .as_ref()
-                    .is_some_and(|t| t.name == "load_evidence") =>
-            {
-                scheduled.push(e.event_id);
-                continue;
-            }
-            Some(Attributes::ActivityTaskCompletedEventAttributes(c))
-                if scheduled.contains(&c.scheduled_event_id) =>
-            {
-                c.result.and_then(|r| r.payloads.into_iter().next())
-            }
             Some(Attributes::MarkerRecordedEventAttributes(m))
                 if m.marker_name == LOCAL_ACTIVITY_MARKER_NAME
                     && m.failure.is_none()

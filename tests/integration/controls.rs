@@ -553,7 +553,9 @@ async fn a_segment_is_found_by_its_search_attributes() {
     app.retry(request(&segment, "p1", Some(policy))).await;
 
     // Visibility is eventually consistent: wait until the list query finds it.
-    let query = format!("SegmentId='{segment}' AND RetryOutcome='passed' AND SceneType='dialogue'");
+    let query = format!(
+        "SegmentId='{segment}' AND RetryOutcome='passed' AND SceneType='dialogue' AND RetakeBehaviour='v1'"
+    );
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let out = Command::new(dev_server().temporal())

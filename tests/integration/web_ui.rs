@@ -109,6 +109,7 @@ async fn the_web_ui_shows_a_segments_workflow_with_its_search_attributes() {
         "ProjectId",
         "SceneType",
         "RetryOutcome",
+        "RetakeBehaviour",
         segment.as_str(),
     ] {
         assert!(

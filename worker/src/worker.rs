@@ -154,7 +154,7 @@ pub fn default_worker_id() -> String {
 }
 
 /// Run a worker as `setup` says. One process polls three task queues: `task_queue` (workflow
-/// tasks, scoring, and generations of runs started before placement), the shared generate queue
+/// tasks, scoring, and the generations it promised to take eagerly), the shared generate queue
 /// `<task_queue>/generate` (left alone while cooling down) and its own
 /// `<task_queue>/generate/<worker id>` (re-runs placed on it by name). Beside them it announces
 /// itself in the store's worker registry every [`ANNOUNCE_EVERY`].

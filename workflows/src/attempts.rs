@@ -4,7 +4,7 @@ use crate::failure;
 use crate::options::{self, Queue};
 use crate::search::RETRY_OUTCOME;
 use crate::segment_retry::{SegmentRetryWorkflow, record_outcome};
-use crate::store_steps::StoreSteps;
+use crate::store_steps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{
     AttemptKey, GenerateRequest, Generated, HeldBudget, LoadEvidence, PlaceGeneration,
@@ -39,27 +39,6 @@ pub(crate) struct Run {
     /// The parameters the generator sends on, when only some (`load_settings`): a creator's
     /// `retry_with` may widen `vary`, and is fitted to them as the stored policy was.
     params_taken: Option<Vec<String>>,
-    /// Whether this run plans with the strategy ladder ([`LADDER_PATCH`]); runs started before
-    /// it keep reseeding with jitter on every attempt.
-    ladder: bool,
-    /// Whether this run records and bills what really happened ([`TRUTHFUL_PATCH`]): GPU time
-    /// of failed and aborted generations settled, the reservation a cap the activity raises.
-    truthful: bool,
-    /// Whether this run records what each attempt varied and plans `adaptive` rungs from the
-    /// evidence ([`VARIATIONS_PATCH`]).
-    variations: bool,
-    /// Where the store steps run ([`StoreSteps`]).
-    steps: StoreSteps,
-    /// Whether this run's attempts run in slots, up to the policy's `parallelism` at once
-    /// ([`PARALLEL_PATCH`]); runs started before it make one attempt after another.
-    parallel: bool,
-    /// Whether this run places its generations ([`PLACEMENT_PATCH`]).
-    placed: bool,
-    /// Whether an attempt's first generation may run eagerly on the worker that reserved it
-    /// ([`EAGER_PATCH`]).
-    eager: bool,
-    /// Whether a scored attempt is settled and recorded in one step ([`FOLDED_PATCH`]).
-    folded: bool,
 }
 
 /// The earlier runs of one attempt's generation: the workers that failed it and why, the GPU
@@ -80,49 +59,6 @@ enum ReviewEnd {
     /// A reviewer asked for another round of attempts.
     Retry(RetryWith),
 }
-
-/// Patch id of the strategy ladder (`ctx.patched`): histories without its marker replay the
-/// pre-ladder planning.
-pub(crate) const LADDER_PATCH: &str = "strategy-ladder";
-
-/// Patch id of truthful records and the budget cap (`ctx.patched`, taken at the start of a run):
-/// seeds below the generator's `seed_bits`, `mixed_failures`, billing what failed and aborted
-/// generations used, and generation under a reservation it raises. Histories without its marker
-/// replay the earlier behaviour.
-pub(crate) const TRUTHFUL_PATCH: &str = "truthful-records";
-
-/// Patch id of recorded variations and adaptive retries (`ctx.patched`, taken when the attempt
-/// loop starts): attempts carry their [`Variation`](retake_domain::adapt::Variation), and an
-/// `adaptive` rung reads the evidence (activity `load_evidence`) before it plans. Histories
-/// without its marker replay records without variations.
-pub(crate) const VARIATIONS_PATCH: &str = "adaptive-variations";
-
-/// Patch id of parallel attempts (`ctx.patched`, taken with the others): attempts run in up to
-/// `parallelism` slots ([`retake_domain::parallel`]), stop rules judge every finished attempt of a
-/// round, cancelled attempts are recorded `cancelled`. With `parallelism` 1 the commands are
-/// those of a serial run. Histories without its marker replay the serial loop.
-pub(crate) const PARALLEL_PATCH: &str = "parallel-attempts";
-
-/// Patch id of generation placement (`ctx.patched`, taken with the others): generations go to
-/// the shared generate queue `<task_queue>/generate`, attempts record their worker, and an
-/// infrastructure failure is re-run on another worker's own queue (policy `placement`).
-/// Histories without its marker replay generations on the workflow's task queue.
-pub(crate) const PLACEMENT_PATCH: &str = "generation-placement";
-
-/// Patch id of eager generation (`ctx.patched`, taken with the others): the local activity
-/// `reserve_attempt` reserves the budget and asks the worker holding the workflow task whether
-/// it has a GPU free (and is not cooling down); if so the attempt's first generation is
-/// scheduled on the workflow's own task queue, which the server hands back to that worker in
-/// its answer to the workflow task (eager execution) instead of through the shared generate
-/// queue's poll. The answer is in the history (the local activity's marker), so replay takes the
-/// same queue. Histories without its marker replay `reserve_budget` and the shared queue.
-pub(crate) const EAGER_PATCH: &str = "eager-generation";
-
-/// Patch id of the folded record (`ctx.patched`, taken with the others): a scored attempt's
-/// reservation is settled and its record written by one local activity, `record_settled`, in
-/// one store transaction, instead of `settle_budget` and then `record_attempt`. Histories
-/// without its marker replay the two steps.
-pub(crate) const FOLDED_PATCH: &str = "settle-with-record";
 
 /// How often one attempt's generation is re-run on another worker after infrastructure
 /// failures before the attempt is recorded as an error.
@@ -150,41 +86,13 @@ fn granted(k: u32, answer: Reservation) -> Result<u64, Stop> {
     }
 }
 
-/// The patches a run takes after `truthful-records` (`ctx.patched`, in this order).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Patches {
-    ladder: bool,
-    variations: bool,
-    parallel: bool,
-    placement: bool,
-    eager: bool,
-    folded: bool,
-}
-
-impl Patches {
-    pub(crate) fn decide(ctx: &WorkflowContext<SegmentRetryWorkflow>) -> Self {
-        Self {
-            ladder: ctx.patched(LADDER_PATCH),
-            variations: ctx.patched(VARIATIONS_PATCH),
-            parallel: ctx.patched(PARALLEL_PATCH),
-            placement: ctx.patched(PLACEMENT_PATCH),
-            eager: ctx.patched(EAGER_PATCH),
-            folded: ctx.patched(FOLDED_PATCH),
-        }
-    }
-}
-
 impl Run {
     pub(crate) fn new(
         ctx: &WorkflowContext<SegmentRetryWorkflow>,
         req: RetryRequest,
         policy: RetryPolicy,
-        truthful: bool,
-        steps: StoreSteps,
-        patches: Option<Patches>,
         params_taken: Option<Vec<String>>,
     ) -> Self {
-        let patches = patches.unwrap_or_else(|| Patches::decide(ctx));
         Self {
             ctx: ctx.clone(),
             workflow_id: ctx.workflow_id().to_owned(),
@@ -192,14 +100,6 @@ impl Run {
             params_taken,
             req,
             policy,
-            ladder: patches.ladder,
-            truthful,
-            variations: patches.variations,
-            steps,
-            parallel: patches.parallel,
-            placed: patches.placement,
-            eager: patches.eager && patches.placement && steps == StoreSteps::Local,
-            folded: patches.folded && steps == StoreSteps::Local,
         }
     }
 
@@ -226,7 +126,7 @@ impl Run {
     pub(crate) async fn retry_and_review(mut self) -> WorkflowResult<(RetryResult, Review)> {
         let mut round_start = 0;
         loop {
-            let stop = self.attempts(round_start).await?;
+            let stop = self.slots(round_start).await?;
             let result = self.conclude(&stop);
             if result.outcome != Outcome::Escalated {
                 return Ok((result, Review::None));
@@ -272,7 +172,7 @@ impl Run {
             "{} — awaiting a creator's decision (update `decide`) for up to {window_secs} s",
             result.report
         ));
-        record_outcome(&self.ctx, self.steps, &result, Review::Pending).await?;
+        record_outcome(&self.ctx, &result, Review::Pending).await?;
         // Only now, with the review pending in the store, does the query say so (and `decide`
         // accept decisions): a client that sees the phase finds the review recorded.
         self.ctx.state_mut(|s| {
@@ -319,7 +219,7 @@ impl Run {
             }
             Decision::Reject => ReviewEnd::Final(plan::rejected(result, &event), Review::Rejected),
             Decision::RetryWith(retry) => {
-                record_outcome(&self.ctx, self.steps, &result, Review::Retrying).await?;
+                record_outcome(&self.ctx, &result, Review::Retrying).await?;
                 ReviewEnd::Retry(retry)
             }
         })
@@ -341,20 +241,10 @@ impl Run {
             })
     }
 
-    /// Run the round's attempts until the plan or a creator says stop: in slots
-    /// ([`Self::slots`]) for runs with parallel attempts, else one after another
-    /// ([`Self::serial`]).
-    async fn attempts(&self, round_start: u32) -> WorkflowResult<Stop> {
-        if self.parallel {
-            self.slots(round_start).await
-        } else {
-            self.serial(round_start).await
-        }
-    }
-
-    /// Up to `parallelism` slots, each starting the attempt `parallel::next` gives it until told
-    /// to stop; then why the round ended. With `parallelism` 1 this issues a serial run's
-    /// commands.
+    /// Run the round's attempts in up to `parallelism` slots, each starting the attempt
+    /// `parallel::next` gives it until the plan, the budget or a creator says stop; then why the
+    /// round ended. With `parallelism` 1 the slot runs one attempt after another, each recorded
+    /// before the next is planned.
     async fn slots(&self, round_start: u32) -> WorkflowResult<Stop> {
         let parallelism = self.policy.parallelism.max(1);
         self.ctx.state_mut(|s| {
@@ -434,12 +324,7 @@ impl Run {
         if self.creator_stop().is_some() {
             return Ok(());
         }
-        let reserved = if self.eager {
-            self.reserve_attempt(&attempt).await?
-        } else {
-            self.reserve(&attempt).await?.map(|ms| (ms, false))
-        };
-        let (reserved_ms, eager) = match reserved {
+        let (reserved_ms, eager) = match self.reserve_attempt(&attempt).await? {
             Ok(granted) => granted,
             Err(stop) => {
                 self.ctx.state_mut(|s| {
@@ -483,8 +368,9 @@ impl Run {
         Ok(())
     }
 
-    /// Record attempt `k`; with `unsettled` GPU ms, settle its reservation to them in the same
-    /// step (activity `record_settled`, [`FOLDED_PATCH`]).
+    /// Record attempt `k`; with `unsettled` GPU ms (a scored attempt), settle its reservation to
+    /// them in the same step (activity `record_settled`), one store transaction, so the attempt
+    /// is never billed without its record or recorded without its bill.
     async fn finish(
         &self,
         k: u32,
@@ -494,20 +380,19 @@ impl Run {
         let Some(gpu_ms) = unsettled else {
             return self.record(k, record).await;
         };
-        self.steps
-            .run(
-                &self.ctx,
-                RetryActivities::record_settled,
-                RecordSettled {
-                    attempt: self.record_input(k, record),
-                    gpu_ms,
-                },
-                format!(
-                    "attempt {k} · settle {gpu_ms} GPU ms · record · {}",
-                    record.status.as_str()
-                ),
-            )
-            .await?;
+        store_steps::run(
+            &self.ctx,
+            RetryActivities::record_settled,
+            RecordSettled {
+                attempt: self.record_input(k, record),
+                gpu_ms,
+            },
+            format!(
+                "attempt {k} · settle {gpu_ms} GPU ms · record · {}",
+                record.status.as_str()
+            ),
+        )
+        .await?;
         Ok(())
     }
 
@@ -523,134 +408,46 @@ impl Run {
 
     /// Record attempt `k` in the store (activity `record_attempt`).
     async fn record(&self, k: u32, record: &AttemptRecord) -> WorkflowResult<()> {
-        self.steps
-            .run(
-                &self.ctx,
-                RetryActivities::record_attempt,
-                self.record_input(k, record),
-                format!("attempt {k} · record · {}", record.status.as_str()),
-            )
-            .await?;
+        store_steps::run(
+            &self.ctx,
+            RetryActivities::record_attempt,
+            self.record_input(k, record),
+            format!("attempt {k} · record · {}", record.status.as_str()),
+        )
+        .await?;
         Ok(())
     }
 
-    /// Run attempts one after another until the plan or a creator says stop; every attempt is
-    /// recorded before the next starts. Runs started before [`PARALLEL_PATCH`].
-    async fn serial(&self, round_start: u32) -> WorkflowResult<Stop> {
-        loop {
-            // A creator's stop wins over the plan's: an abort during the last attempt is an abort,
-            // not an escalation because the attempts ran out. Runs before `truthful-records`
-            // asked the plan first.
-            if self.truthful
-                && let Some(stop) = self.creator_stop()
-            {
-                return Ok(stop);
-            }
-            let attempt = match self.plan(round_start) {
-                Ok(attempt) => self.with_evidence(attempt).await?,
-                Err(stop) => return Ok(stop),
-            };
-            let k = attempt.attempt;
-            if let Some(stop) = self.creator_stop() {
-                return Ok(stop);
-            }
-            let reserved_ms = match self.reserve(&attempt).await? {
-                Ok(granted) => granted,
-                Err(stop) => return Ok(stop),
-            };
-            if let Some(stop @ Stop::Aborted { .. }) = self.creator_stop() {
-                self.release(k).await?;
-                return Ok(stop);
-            }
-            let token = self.ctx.cancellation_token().child_token();
-            self.ctx.state_mut(|s| s.running = vec![(k, token.clone())]);
-            let (record, unsettled) = self
-                .generate_and_score(attempt, reserved_ms, false, &token)
-                .await?;
-            self.ctx.state_mut(|s| s.running.clear());
-            self.finish(k, &record, unsettled).await?;
-            self.ctx.state_mut(|s| s.attempts.push(record));
-        }
-    }
-
-    /// The next attempt's plan, or why to stop (pure planning, so computing the plan before the
-    /// creator check issues the same commands as before the ladder).
-    fn plan(&self, round_start: u32) -> Result<AttemptPlan, Stop> {
-        let attempts = self.attempts_so_far();
-        if self.ladder {
-            ladder::next(&self.req, &self.policy, &attempts, round_start)
-        } else {
-            plan::next(&self.policy, &attempts, round_start)
-                .map(|k| plan::pre_ladder_attempt(&self.req, &self.policy, k))
-        }
-    }
-
-    /// An `adaptive` attempt re-planned with what the store's records say fixes its failure;
-    /// any other plan as it is. Runs without [`VARIATIONS_PATCH`] record no variation.
-    async fn with_evidence(&self, mut plan: AttemptPlan) -> WorkflowResult<AttemptPlan> {
-        if !self.variations {
-            plan.variation = None;
-            return Ok(plan);
-        }
+    /// An `adaptive` attempt re-planned with what the store's records say fixes its failure
+    /// (the evidence is read by a store step, so a replay chooses the same); any other plan as
+    /// it is.
+    async fn with_evidence(&self, plan: AttemptPlan) -> WorkflowResult<AttemptPlan> {
         if plan.strategy != Some(Strategy::Adaptive) {
             return Ok(plan);
         }
         let k = plan.attempt;
-        let evidence = self
-            .steps
-            .run(
-                &self.ctx,
-                RetryActivities::load_evidence,
-                LoadEvidence {
-                    scene_type: self.req.scene_type.clone(),
-                    query: EvidenceQuery {
-                        window: self.policy.adaptive.window,
-                        scope: self.policy.adaptive.scope.clone(),
-                    },
+        let evidence = store_steps::run(
+            &self.ctx,
+            RetryActivities::load_evidence,
+            LoadEvidence {
+                scene_type: self.req.scene_type.clone(),
+                query: EvidenceQuery {
+                    window: self.policy.adaptive.window,
+                    scope: self.policy.adaptive.scope.clone(),
                 },
-                format!("attempt {k} · evidence · {}", self.req.scene_type),
-            )
-            .await?;
+            },
+            format!("attempt {k} · evidence · {}", self.req.scene_type),
+        )
+        .await?;
         Ok(ladder::adapt(&self.policy, plan, &evidence))
     }
 
-    /// What attempt `k` reserves: the policy's estimate, learning from the scene type's records
-    /// in runs since `truthful-records`.
-    fn reserve_input(&self, k: u32) -> ReserveBudget {
-        ReserveBudget {
-            key: self.key(k),
-            project_id: self.req.project_id.clone(),
-            gpu_ms: self.policy.est_gpu_ms_per_attempt,
-            scene_type: self.truthful.then(|| self.req.scene_type.clone()),
-        }
-    }
-
-    fn reserve_summary(&self, k: u32) -> String {
-        format!(
-            "attempt {k} · reserve {} GPU ms",
-            self.policy.est_gpu_ms_per_attempt
-        )
-    }
-
-    /// Reserve the attempt's estimated GPU time: what was granted, or why to stop when the budget
-    /// refuses.
-    async fn reserve(&self, attempt: &AttemptPlan) -> WorkflowResult<Result<u64, Stop>> {
-        let k = attempt.attempt;
-        let answer = self
-            .steps
-            .run(
-                &self.ctx,
-                RetryActivities::reserve_budget,
-                self.reserve_input(k),
-                self.reserve_summary(k),
-            )
-            .await?;
-        Ok(granted(k, answer))
-    }
-
-    /// Reserve attempt `k`'s budget as [`Run::reserve`] does and, unless its generation must go
-    /// to a particular worker, ask the worker running this step whether it takes the generation
-    /// eagerly ([`EAGER_PATCH`]): the amount granted and that answer, or why to stop.
+    /// Reserve attempt `k`'s budget (the policy's estimate, or what the scene type's recent
+    /// attempts really took when that is more) and, unless its generation must go to a
+    /// particular worker (`same_worker` with a previous one), ask the worker running this step
+    /// whether it takes the generation eagerly: the amount granted and that answer, or why to
+    /// stop. The answer is in the history (the local activity's marker), so a replay schedules
+    /// the generation on the same queue.
     async fn reserve_attempt(
         &self,
         attempt: &AttemptPlan,
@@ -658,37 +455,41 @@ impl Run {
         let k = attempt.attempt;
         let wanted =
             !(self.policy.placement == Placement::SameWorker && self.previous_worker(k).is_some());
-        let answer = self
-            .steps
-            .run(
-                &self.ctx,
-                RetryActivities::reserve_attempt,
-                ReserveAttempt {
-                    budget: self.reserve_input(k),
-                    eager: wanted,
+        let answer = store_steps::run(
+            &self.ctx,
+            RetryActivities::reserve_attempt,
+            ReserveAttempt {
+                budget: ReserveBudget {
+                    key: self.key(k),
+                    project_id: self.req.project_id.clone(),
+                    gpu_ms: self.policy.est_gpu_ms_per_attempt,
+                    scene_type: Some(self.req.scene_type.clone()),
                 },
-                self.reserve_summary(k),
-            )
-            .await?;
+                eager: wanted,
+            },
+            format!(
+                "attempt {k} · reserve {} GPU ms",
+                self.policy.est_gpu_ms_per_attempt
+            ),
+        )
+        .await?;
         Ok(granted(k, answer.reservation).map(|ms| (ms, answer.eager)))
     }
 
     async fn release(&self, k: u32) -> WorkflowResult<()> {
-        self.steps
-            .run(
-                &self.ctx,
-                RetryActivities::release_budget,
-                self.key(k),
-                format!("attempt {k} · release budget"),
-            )
-            .await?;
+        store_steps::run(
+            &self.ctx,
+            RetryActivities::release_budget,
+            self.key(k),
+            format!("attempt {k} · release budget"),
+        )
+        .await?;
         Ok(())
     }
 
-    /// Generate and score; settle (or release) the reservation with the GPU time used — or,
-    /// with [`FOLDED_PATCH`], leave a scored attempt's settlement to the step that records it:
-    /// the GPU ms still to settle are the second value. An abort cancels generation and
-    /// scoring through `token`.
+    /// Generate and score. A failed generation's reservation is settled (or released) here; a
+    /// generated attempt's settlement is left to the step that records it: the GPU ms still to
+    /// settle are the second value. An abort cancels generation and scoring through `token`.
     async fn generate_and_score(
         &self,
         attempt: AttemptPlan,
@@ -717,12 +518,6 @@ impl Run {
             self.req.segment_id, self.policy.max_attempts
         ));
         let scored = self.score(&attempt, &generated, token).await;
-        let unsettled = if self.folded {
-            Some(generated.gpu_ms)
-        } else {
-            self.settle(k, generated.gpu_ms).await?;
-            None
-        };
         let mut record = match (scored, self.aborted_by(), self.cancel_reason()) {
             (Ok(qa), _, _) => attempt.scored(
                 &self.policy,
@@ -748,12 +543,14 @@ impl Run {
             }
         };
         record.worker = worker;
-        Ok((record, unsettled))
+        Ok((record, Some(generated.gpu_ms)))
     }
 
-    /// Generate, and for runs with placement re-run a generation that failed because of its
-    /// machine on another worker (policy `placement`), at most [`MAX_RERUNS`] times: the same
-    /// attempt, seed and parameters. What the failed runs used is billed with the attempt.
+    /// Generate on the shared generate queue (or eagerly on the workflow's own queue when
+    /// `eager`, or on the previous attempt's worker under `same_worker`), and re-run a
+    /// generation that failed because of its machine on another worker (policy `placement`),
+    /// at most [`MAX_RERUNS`] times: the same attempt, seed and parameters. What the failed runs
+    /// used is billed with the attempt.
     async fn placed_generation(
         &self,
         attempt: &AttemptPlan,
@@ -762,10 +559,6 @@ impl Run {
         token: &WorkflowCancellationToken,
     ) -> WorkflowResult<(Result<Generated, ActivityExecutionError>, Reruns)> {
         let mut reruns = Reruns::default();
-        if !self.placed {
-            let generated = self.generate(attempt, reserved_ms, token, None, 0).await;
-            return Ok((generated, reruns));
-        }
         // The first run on the workflow's own queue, handed to the worker that promised a GPU.
         let mut eager = eager;
         let k = attempt.attempt;
@@ -790,9 +583,9 @@ impl Run {
             let by_name = reruns.target.is_some();
             let left_ms = reserved_ms.saturating_sub(reruns.used_ms);
             let on = if std::mem::take(&mut eager) {
-                Some(Queue::Eager)
+                Queue::Eager
             } else {
-                Some(queue.clone())
+                queue.clone()
             };
             // Each failed run is billed by this loop (`used_ms`); the re-run is a run of its own,
             // under its own key, so the backend's count of it never includes an earlier one.
@@ -844,19 +637,17 @@ impl Run {
             (None, []) => "any worker".to_owned(),
             (None, failed) => format!("away from {}", failed.join(", ")),
         };
-        let placement = self
-            .steps
-            .run(
-                &self.ctx,
-                RetryActivities::place_generation,
-                PlaceGeneration {
-                    task_queue: self.ctx.task_queue().to_owned(),
-                    avoid: avoid.to_vec(),
-                    prefer,
-                },
-                format!("attempt {k} · place generation · {why}"),
-            )
-            .await?;
+        let placement = store_steps::run(
+            &self.ctx,
+            RetryActivities::place_generation,
+            PlaceGeneration {
+                task_queue: self.ctx.task_queue().to_owned(),
+                avoid: avoid.to_vec(),
+                prefer,
+            },
+            format!("attempt {k} · place generation · {why}"),
+        )
+        .await?;
         Ok(match (placement.worker, placement.queue) {
             (Some(worker), Some(queue)) => Some(Queue::Worker { worker, queue }),
             _ => None,
@@ -889,7 +680,7 @@ impl Run {
         attempt: &AttemptPlan,
         reserved_ms: u64,
         token: &WorkflowCancellationToken,
-        queue: Option<Queue>,
+        queue: Queue,
         run: u32,
     ) -> Result<Generated, ActivityExecutionError> {
         let k = attempt.attempt;
@@ -900,8 +691,8 @@ impl Run {
             "Segment {}: attempt {k}/{}{how} generating (seed {})",
             self.req.segment_id, self.policy.max_attempts, attempt.seed
         ));
-        // Runs before the budget was a cap generate without a reservation to raise.
-        let budget = self.truthful.then(|| HeldBudget {
+        // The reservation the activity raises as the GPU time grows, or stops the attempt at.
+        let budget = Some(HeldBudget {
             project_id: self.req.project_id.clone(),
             reserved_ms,
         });
@@ -918,12 +709,12 @@ impl Run {
                     prompt: attempt.prompt.clone(),
                     revise_uri: attempt.revise_uri.clone(),
                     budget,
-                    eager: queue == Some(Queue::Eager),
+                    eager: queue == Queue::Eager,
                     run,
                 },
                 options::generate_on(
                     match &queue {
-                        Some(Queue::Worker { worker, .. }) => format!(
+                        Queue::Worker { worker, .. } => format!(
                             "attempt {k} · generate{how} · seed {:#x} · on {worker}",
                             attempt.seed
                         ),
@@ -938,8 +729,8 @@ impl Run {
 
     /// The record of an attempt whose generation failed or was cancelled. Its reservation is
     /// settled with the GPU time the backend reported it used (an interrupted ComfyUI prompt, a
-    /// cancelled job, an attempt the budget stopped), else released; runs started before this
-    /// billing existed always release.
+    /// cancelled job, an attempt the budget stopped) plus what its earlier failed runs used
+    /// (`earlier_ms`), else released.
     async fn generation_failed(
         &self,
         attempt: AttemptPlan,
@@ -947,13 +738,9 @@ impl Run {
         earlier_ms: u64,
     ) -> WorkflowResult<AttemptRecord> {
         let k = attempt.attempt;
-        let used = if self.truthful {
-            failure::used_gpu_ms(e)
-                .unwrap_or(0)
-                .saturating_add(earlier_ms)
-        } else {
-            0
-        };
+        let used = failure::used_gpu_ms(e)
+            .unwrap_or(0)
+            .saturating_add(earlier_ms);
         if used > 0 {
             self.settle(k, used).await?;
         } else {
@@ -1008,18 +795,17 @@ impl Run {
     }
 
     async fn settle(&self, k: u32, gpu_ms: u64) -> WorkflowResult<()> {
-        self.steps
-            .run(
-                &self.ctx,
-                RetryActivities::settle_budget,
-                SettleBudget {
-                    key: self.key(k),
-                    project_id: self.req.project_id.clone(),
-                    gpu_ms,
-                },
-                format!("attempt {k} · settle {gpu_ms} GPU ms"),
-            )
-            .await?;
+        store_steps::run(
+            &self.ctx,
+            RetryActivities::settle_budget,
+            SettleBudget {
+                key: self.key(k),
+                project_id: self.req.project_id.clone(),
+                gpu_ms,
+            },
+            format!("attempt {k} · settle {gpu_ms} GPU ms"),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -1,10 +1,9 @@
 //! Activity timeouts and retry policies, chosen per kind of work.
 //!
-//! * Store activities (policy, budget, records) are quick and idempotent: 30 s per try, retried
-//!   without limit with backoff up to 30 s, so a database outage pauses the workflow instead of
-//!   losing it. Invalid data is not retried.
-//!   Runs started with the `local-store-steps` patch run them as local activities
-//!   ([`store_local`], see `store_steps`).
+//! * Store steps (settings, evidence, budget, records) are quick and idempotent local
+//!   activities ([`store_local`], see `store_steps`): 30 s per try, retried without limit with
+//!   backoff up to 30 s, so a database outage pauses the workflow instead of losing it. Invalid
+//!   data is not retried.
 //! * `generate` may run for long on a GPU: a long start-to-close timeout (1 h) with a short
 //!   heartbeat timeout (3 s), so a killed worker's attempt is retried elsewhere within seconds and
 //!   resumes from its last heartbeat. 5 tries; a rejected request is not retried.
@@ -33,17 +32,10 @@ fn retry(max_attempts: u32, max_interval_s: u64) -> RetryPolicy {
         .build()
 }
 
-pub(crate) fn store(summary: String) -> ActivityOptions {
-    ActivityOptions::with_start_to_close_timeout(Duration::from_secs(30))
-        .retry_policy(retry(0, 30))
-        .summary(summary)
-        .build()
-}
-
-/// Local store steps: the same tries and backoff as [`store`]. Retries waiting longer than
-/// [`LOCAL_RETRY_THRESHOLD`] wait on a durable timer (with a failure marker in the history)
-/// rather than in the worker, so an outage is visible in the history and a long one holds no
-/// workflow task open. They keep trying for [`STORE_OUTAGE_LIMIT`].
+/// Store steps: 30 s per try, unlimited tries, backoff 0.5 s doubling up to 30 s. Retries
+/// waiting longer than [`LOCAL_RETRY_THRESHOLD`] wait on a durable timer (with a failure marker
+/// in the history) rather than in the worker, so an outage is visible in the history and a long
+/// one holds no workflow task open. They keep trying for [`STORE_OUTAGE_LIMIT`].
 pub(crate) fn store_local(summary: String) -> LocalActivityOptions {
     LocalActivityOptions::builder()
         .schedule_to_close_timeout(STORE_OUTAGE_LIMIT)
@@ -58,7 +50,7 @@ pub(crate) fn store_local(summary: String) -> LocalActivityOptions {
 /// review window or an operator's abort ends a run sooner). Without it the SDK gives a local
 /// activity 100 s from its first schedule (`temporalio-workflow`'s default), and every retry in
 /// flight failed "Local Activity timed out" ~102 s into a database outage, its GPU work done but
-/// not recorded. Store steps on the server's activity queue ([`store`]) have no such limit.
+/// not recorded.
 pub(crate) const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// The longest backoff a local store step waits inside the worker before its retries move to
@@ -66,14 +58,13 @@ pub(crate) const STORE_OUTAGE_LIMIT: Duration = Duration::from_secs(366 * 24 * 3
 pub(crate) const LOCAL_RETRY_THRESHOLD: Duration = Duration::from_millis(500);
 
 /// Generation: cancelled by `token` (a creator's abort); the workflow waits until the activity
-/// has stopped, so the GPU is free before the reservation is released. Scheduled on `queue`
-/// (runs with placement: the shared generate queue, or a worker's own queue; `None`: the
-/// workflow's task queue, as runs before placement). On a worker's own queue it must start
-/// within [`PLACED_START_TIMEOUT`], or it is placed again: the worker is busy or gone.
+/// has stopped, so the GPU is free before the reservation is released. Scheduled on `queue`.
+/// On a worker's own queue it must start within [`PLACED_START_TIMEOUT`], or it is placed
+/// again: the worker is busy or gone.
 pub(crate) fn generate_on(
     summary: String,
     token: &WorkflowCancellationToken,
-    queue: Option<Queue>,
+    queue: Queue,
 ) -> ActivityOptions {
     let options = ActivityOptions::with_start_to_close_timeout(Duration::from_secs(3600))
         .heartbeat_timeout(HEARTBEAT_TIMEOUT)
@@ -82,22 +73,23 @@ pub(crate) fn generate_on(
         .cancellation_type(ActivityCancellationType::WaitCancellationCompleted)
         .summary(summary);
     match queue {
-        None | Some(Queue::Eager) => options.build(),
-        Some(Queue::Shared(q)) => options.task_queue(q).build(),
-        Some(Queue::Worker { queue, .. }) => options
+        Queue::Eager => options.build(),
+        Queue::Shared(q) => options.task_queue(q).build(),
+        Queue::Worker { queue, .. } => options
             .task_queue(queue)
             .schedule_to_start_timeout(PLACED_START_TIMEOUT)
             .build(),
     }
 }
 
-/// Where a generation of a run with placement is scheduled.
+/// Where a generation is scheduled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Queue {
     /// `<task_queue>/generate`: whichever worker is free.
     Shared(String),
-    /// The workflow's own task queue, for the worker that promised a GPU to take eagerly (see
-    /// `attempts::EAGER_PATCH`).
+    /// The workflow's own task queue, for the worker that promised a GPU (`reserve_attempt`) to
+    /// take eagerly: the server hands it back in its answer to the workflow task instead of
+    /// through the shared queue's poll.
     Eager,
     /// A worker's own queue: that worker.
     Worker { worker: String, queue: String },

@@ -10,6 +10,20 @@ pub(crate) const SCENE_TYPE: SearchAttributeKey<String> = SearchAttributeKey::ke
 /// `running`, `awaiting_review`, then the outcome (`passed`, `escalated`, ...).
 pub(crate) const RETRY_OUTCOME: SearchAttributeKey<String> =
     SearchAttributeKey::keyword("RetryOutcome");
+/// The behaviour version the run started with ([`crate::BEHAVIOUR`]), set once at its start:
+/// what `retake runs versions` counts open runs by, so an operator knows when no open run can
+/// still take an old path (docs/versioning.md).
+pub(crate) const BEHAVIOUR_KEY: SearchAttributeKey<String> =
+    SearchAttributeKey::keyword(BEHAVIOUR_ATTRIBUTE);
+
+/// Name of the search attribute that holds a run's behaviour version.
+pub const BEHAVIOUR_ATTRIBUTE: &str = "RetakeBehaviour";
 
 /// Names of the custom search attributes (all of type Keyword).
-pub const SEARCH_ATTRIBUTES: [&str; 4] = ["SegmentId", "ProjectId", "SceneType", "RetryOutcome"];
+pub const SEARCH_ATTRIBUTES: [&str; 5] = [
+    "SegmentId",
+    "ProjectId",
+    "SceneType",
+    "RetryOutcome",
+    BEHAVIOUR_ATTRIBUTE,
+];

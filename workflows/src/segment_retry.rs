@@ -2,15 +2,14 @@
 
 use crate::INVALID_REQUEST;
 use crate::argument::json_argument;
-use crate::attempts::{Patches, Run, TRUTHFUL_PATCH};
-use crate::search::{PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
-use crate::store_steps::StoreSteps;
+use crate::attempts::Run;
+use crate::search::{BEHAVIOUR_KEY, PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
+use crate::store_steps;
 use retake_activities::RetryActivities;
 use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
 use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
 use retake_domain::event::CreatorEvent;
 use retake_domain::plan;
-use retake_domain::policy::MixedFailures;
 use retake_domain::report;
 use retake_domain::review::{Decision, Phase};
 use retake_domain::status::Status;
@@ -39,13 +38,13 @@ pub struct SegmentRetryWorkflow {
     /// cancel them.
     pub(crate) running: Vec<(u32, WorkflowCancellationToken)>,
     /// Attempts given out to a slot and not yet recorded (planning, reserving, running,
-    /// recording): how many are in flight for `parallel::next`. Runs with parallel attempts only.
+    /// recording): how many are in flight for `parallel::next`.
     pub(crate) claimed: Vec<u32>,
     /// Why the attempts still in flight are being cancelled though nobody aborted (another one
     /// passed first, a creator escalated a parallel run): they are recorded `cancelled`.
     pub(crate) cancel_reason: Option<String>,
-    /// An escalation cancels the attempts in flight (a run with parallel attempts, `parallelism`
-    /// > 1); otherwise the attempt in flight finishes first.
+    /// An escalation cancels the attempts in flight (`parallelism` > 1); with one slot the
+    /// attempt in flight finishes first.
     pub(crate) escalate_cancels: bool,
     /// The budget refused an attempt of this round: no further attempt starts.
     pub(crate) refused: Option<Stop>,
@@ -110,51 +109,27 @@ impl SegmentRetryWorkflow {
             PROJECT_ID.value_set(req.project_id.to_string()),
             SCENE_TYPE.value_set(req.scene_type.to_string()),
             RETRY_OUTCOME.value_set("running".to_owned()),
+            BEHAVIOUR_KEY.value_set(crate::BEHAVIOUR.to_owned()),
         ]);
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
-        let truthful = ctx.patched(TRUTHFUL_PATCH);
-        let steps = StoreSteps::of(ctx);
-        // Runs with local store steps decide every later patch here, before their first local
-        // activity: a patch marker recorded after a local activity's marker, in a workflow task
-        // that a query split, failed to replay ("patch marker encountered ... but there is no
-        // corresponding change command"). Earlier runs keep the order they were recorded in.
-        let patches = (steps == StoreSteps::Local).then(|| Patches::decide(ctx));
-        let scene = LoadPolicy {
-            scene_type: req.scene_type.clone(),
-        };
-        let (stored, seed_bits, params_taken) = if truthful {
-            let settings = steps
-                .run(
-                    ctx,
-                    RetryActivities::load_settings,
-                    scene,
-                    format!("load settings · {}", req.scene_type),
-                )
-                .await?;
-            (
-                settings.policy,
-                Some(settings.seed_bits),
-                settings.params_taken,
-            )
-        } else {
-            let policy = steps
-                .run(
-                    ctx,
-                    RetryActivities::load_policy,
-                    scene,
-                    format!("load policy · {}", req.scene_type),
-                )
-                .await?;
-            (policy, None, None)
-        };
+        // A patch taken after v1 (`ctx.patched`, docs/versioning.md) is decided here, before the
+        // first local activity: a patch marker recorded after a local activity's marker, in a
+        // workflow task that a query split, fails to replay ("patch marker encountered ... but
+        // there is no corresponding change command").
+        let settings = store_steps::run(
+            ctx,
+            RetryActivities::load_settings,
+            LoadPolicy {
+                scene_type: req.scene_type.clone(),
+            },
+            format!("load settings · {}", req.scene_type),
+        )
+        .await?;
         let mut policy =
-            RetryPolicy::resolve(stored.as_ref(), req.policy.as_ref()).map_err(invalid)?;
-        match seed_bits {
-            // Seeds the generator really uses, so the recorded seed reproduces the output.
-            Some(bits) => policy.seed_bits = policy.seed_bits.min(bits),
-            // Runs started before `mixed_failures` existed retried mixed failures.
-            None => policy.mixed_failures = MixedFailures::Retry,
-        }
+            RetryPolicy::resolve(settings.policy.as_ref(), req.policy.as_ref()).map_err(invalid)?;
+        // Seeds the generator really uses, so the recorded seed reproduces the output.
+        policy.seed_bits = policy.seed_bits.min(settings.seed_bits);
+        let params_taken = settings.params_taken;
         policy.vary_only(params_taken.as_deref());
         ctx.state_mut(|s| {
             s.policy = Some(policy.clone());
@@ -163,7 +138,7 @@ impl SegmentRetryWorkflow {
         let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
             Err(reason) => (plan::not_retried(&req, reason), Review::None),
             Ok(()) => {
-                Run::new(ctx, req, policy, truthful, steps, patches, params_taken)
+                Run::new(ctx, req, policy, params_taken)
                     .retry_and_review()
                     .await?
             }
@@ -175,8 +150,7 @@ impl SegmentRetryWorkflow {
         });
         ctx.upsert_search_attributes([RETRY_OUTCOME.value_set(result.outcome.as_str().to_owned())]);
         ctx.set_current_details(result.report.clone());
-        // Only state changes moved here (no command did), so histories of earlier builds replay.
-        record_outcome(ctx, steps, &result, review).await?;
+        record_outcome(ctx, &result, review).await?;
         ctx.state_mut(|s| s.phase = Phase::Finished);
         Ok(result)
     }
@@ -196,8 +170,8 @@ impl SegmentRetryWorkflow {
         self.abort = Some(event);
     }
 
-    /// Stop retrying and go to human review: the attempt in flight finishes first, or, in a run
-    /// with parallel attempts, every attempt in flight is cancelled (recorded `cancelled`). Payload
+    /// Stop retrying and go to human review: the attempt in flight finishes first, or, with
+    /// `parallelism` > 1, every attempt in flight is cancelled (recorded `cancelled`). Payload
     /// `{"reason": "...", "by": "..."}`.
     #[signal]
     pub fn escalate(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
@@ -299,27 +273,25 @@ impl SegmentRetryWorkflow {
 /// Record the run's outcome (or standing, while in review) in the store.
 pub(crate) async fn record_outcome(
     ctx: &WorkflowContext<SegmentRetryWorkflow>,
-    steps: StoreSteps,
     result: &RetryResult,
     review: Review,
 ) -> WorkflowResult<()> {
-    steps
-        .run(
-            ctx,
-            RetryActivities::record_outcome,
-            RecordOutcome {
-                workflow_id: ctx.workflow_id().to_owned(),
-                run_id: ctx.run_id().to_owned(),
-                result: result.clone(),
-                review,
-            },
-            format!(
-                "record outcome · {} · review {}",
-                result.outcome.as_str(),
-                review.as_str()
-            ),
-        )
-        .await?;
+    store_steps::run(
+        ctx,
+        RetryActivities::record_outcome,
+        RecordOutcome {
+            workflow_id: ctx.workflow_id().to_owned(),
+            run_id: ctx.run_id().to_owned(),
+            result: result.clone(),
+            review,
+        },
+        format!(
+            "record outcome · {} · review {}",
+            result.outcome.as_str(),
+            review.as_str()
+        ),
+    )
+    .await?;
     Ok(())
 }
 
