@@ -3,8 +3,10 @@
 //! keeps its kind, so a caller can tell an unknown or finished retry from Temporal being down.
 
 mod error;
+mod versions;
 
 pub use error::Error;
+pub use versions::{BehaviourCounts, open_runs_by_behaviour};
 
 use error::chain;
 use retake_domain::contract::{RetryRequest, RetryResult};

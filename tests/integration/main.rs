@@ -59,5 +59,7 @@ mod retry_flows;
 mod review_console;
 /// The `retry_attempts` table and outcomes equal the workflow result.
 mod store_records;
+/// `retake runs versions`: the open retries counted by the behaviour version they recorded.
+mod versions;
 /// The Temporal web UI, in headless Chromium, shows a segment's workflow and search attributes.
 mod web_ui;

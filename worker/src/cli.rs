@@ -85,6 +85,9 @@ pub enum Command {
     Decide(commands::control::DecideArgs),
     /// Live status of a segment's retry: attempts so far, phase, report.
     Status(commands::control::StatusArgs),
+    /// Open retries of the task queue, counted by behaviour version (`runs versions`).
+    #[command(subcommand)]
+    Runs(commands::runs::RunsCommand),
     /// Release GPU reservations of workflows that ended without settling them (terminated, timed
     /// out). `retake worker` does this every 5 minutes.
     Sweep(SweepArgs),
@@ -267,6 +270,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Escalate(args) => commands::control::signal(&g, Creator::Escalate, args).await,
         Command::Decide(args) => commands::control::decide(&g, args).await,
         Command::Status(args) => commands::control::status(&g, args).await,
+        Command::Runs(cmd) => commands::runs::run(&g, cmd).await,
         Command::Sweep(args) => commands::sweep_reservations(&g, args).await,
         Command::Api(args) => commands::api(&g, args).await,
     }

@@ -7,6 +7,7 @@ pub mod history;
 pub mod insights;
 pub mod policy;
 pub mod retry;
+pub mod runs;
 
 use crate::cli::{ApiArgs, Global, SweepArgs, WorkerArgs};
 use crate::{connect, memory, sweep, worker};
