@@ -41,7 +41,8 @@ fn quoted(v: &str) -> String {
     format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// Open retries of `task_queue`, by behaviour version. Visibility cannot group by a custom
+/// Open retries of `task_queue`, by behaviour version; with `started_before` (an RFC 3339 time,
+/// e.g. `2027-01-10T12:00:00Z`) only those started before it. Visibility cannot group by a custom
 /// search attribute, so each known version is counted on its own (`CountWorkflowExecutions`),
 /// runs without one are counted with `IS NULL`, and runs of any other version are listed and
 /// grouped here (normally none). Visibility is eventually consistent: a run started or closed a
@@ -49,12 +50,16 @@ fn quoted(v: &str) -> String {
 pub async fn open_runs_by_behaviour(
     client: &Client,
     task_queue: &str,
+    started_before: Option<&str>,
 ) -> Result<BehaviourCounts, Error> {
-    let open = format!(
+    let mut open = format!(
         "WorkflowType = {} AND ExecutionStatus = 'Running' AND TaskQueue = {}",
         quoted(retake_domain::WORKFLOW_TYPE),
         quoted(task_queue)
     );
+    if let Some(t) = started_before {
+        open.push_str(&format!(" AND StartTime < {}", quoted(t)));
+    }
     let mut counts = BehaviourCounts::default();
     for version in BEHAVIOURS {
         let query = format!("{open} AND {BEHAVIOUR_ATTRIBUTE} = {}", quoted(version));

@@ -8,6 +8,10 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::process::Command;
 
+fn stderr_of(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 /// `retake runs versions --json` against the app's queue.
 async fn versions(app: &TestApp) -> Value {
     let out = retake(app, &["runs", "versions", "--json"]).await;
@@ -97,6 +101,30 @@ async fn runs_versions_counts_the_open_runs_of_each_behaviour_version() {
     }
     let want = json!({"versions": {"v1": 3}, "unrecorded": 0, "unknown": [], "open": 3});
     assert_eq!(counts_once(&app, &want).await, want);
+    // Only those started before a time: none before 2001, all three before 2999.
+    let before = |t: &'static str| {
+        let app = &app;
+        async move {
+            let out = retake(app, &["runs", "versions", "--json", "--started-before", t]).await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["started_before"], t);
+            v["versions"]["v1"].clone()
+        }
+    };
+    assert_eq!(before("2001-01-01T00:00:00Z").await, 0);
+    assert_eq!(before("2999-01-01T00:00:00Z").await, 3);
+    let refused = retake(&app, &["runs", "versions", "--started-before", "yesterday"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        stderr_of(&refused).contains("RFC 3339"),
+        "{}",
+        stderr_of(&refused)
+    );
 
     // A closed run is no longer counted.
     retries::decide(

@@ -14,18 +14,41 @@ pub enum RunsCommand {
     /// attribute RetakeBehaviour). An old version's path may be removed from the workflow once
     /// no open run has it.
     Versions {
+        /// Only runs started before this time (RFC 3339, e.g. 2027-01-10T12:00:00Z): those a
+        /// build deployed then did not start, for removing a `deprecate_patch` call.
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        started_before: Option<String>,
         #[command(flatten)]
         out: Output,
     },
 }
 
+/// An RFC 3339 time as visibility reads it; the server checks the calendar.
+fn parse_time(s: &str) -> Result<String, String> {
+    let shape = s.len() >= 20
+        && s.as_bytes()[4] == b'-'
+        && s.as_bytes()[10] == b'T'
+        && s.chars()
+            .all(|c| c.is_ascii_digit() || "-:T.Z+".contains(c));
+    if shape {
+        Ok(s.to_owned())
+    } else {
+        Err("must be an RFC 3339 time such as 2027-01-10T12:00:00Z".to_owned())
+    }
+}
+
 pub(crate) async fn run(g: &Global, cmd: RunsCommand) -> anyhow::Result<()> {
-    let RunsCommand::Versions { out } = cmd;
+    let RunsCommand::Versions {
+        started_before,
+        out,
+    } = cmd;
     let client = connect::temporal_for(g).await?;
-    let counts = retries::open_runs_by_behaviour(&client, &g.task_queue).await?;
+    let counts =
+        retries::open_runs_by_behaviour(&client, &g.task_queue, started_before.as_deref()).await?;
     if out.json {
         let doc = json!({
             "task_queue": g.task_queue,
+            "started_before": started_before,
             "current": BEHAVIOUR,
             "replayable": BEHAVIOURS,
             "versions": counts.versions,
@@ -36,8 +59,9 @@ pub(crate) async fn run(g: &Global, cmd: RunsCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(());
     }
+    let since = started_before.map_or_else(String::new, |t| format!(" started before {t}"));
     println!(
-        "Open retries on task queue {}, by behaviour version ({BEHAVIOUR_ATTRIBUTE}):",
+        "Open retries on task queue {}{since}, by behaviour version ({BEHAVIOUR_ATTRIBUTE}):",
         g.task_queue
     );
     let unknown = counts.unknown();
