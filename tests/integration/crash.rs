@@ -113,7 +113,7 @@ async fn a_worker_killed_between_activities_loses_nothing_and_charges_once() {
     let app = TestApp::builder().without_worker().spawn().await;
     let mut a = app.spawn_worker(200, 0);
     let (segment, project, predicted, handle) = start(&app, "kbetween").await;
-    // The moment attempt 1's reservation is committed, the workflow is between reserve_budget
+    // The moment attempt 1's reservation is committed, the workflow is between reserve_attempt
     // and generate.
     let deadline = Instant::now() + Duration::from_secs(60);
     while app

@@ -104,6 +104,11 @@ impl SegmentRetryWorkflow {
             s.project_id = req.project_id.to_string();
             s.scene_type = req.scene_type.to_string();
         });
+        // A patch taken after v1 (`ctx.patched`, docs/versioning.md) is decided here: before this
+        // upsert, which records the behaviour version the patches taken imply, and before the
+        // first local activity (a patch marker recorded after a local activity's marker, in a
+        // workflow task that a query split, fails to replay: "patch marker encountered ... but
+        // there is no corresponding change command").
         ctx.upsert_search_attributes([
             SEGMENT_ID.value_set(req.segment_id.to_string()),
             PROJECT_ID.value_set(req.project_id.to_string()),
@@ -112,10 +117,6 @@ impl SegmentRetryWorkflow {
             BEHAVIOUR_KEY.value_set(crate::BEHAVIOUR.to_owned()),
         ]);
         ctx.set_current_details(format!("Segment {}: loading policy", req.segment_id));
-        // A patch taken after v1 (`ctx.patched`, docs/versioning.md) is decided here, before the
-        // first local activity: a patch marker recorded after a local activity's marker, in a
-        // workflow task that a query split, fails to replay ("patch marker encountered ... but
-        // there is no corresponding change command").
         let settings = store_steps::run(
             ctx,
             RetryActivities::load_settings,
