@@ -41,7 +41,7 @@ pub fn next(
     let k = match plan::next(policy, attempts, round_start) {
         Ok(k) => k,
         Err(Stop::AttemptsUsed) => {
-            let k = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+            let k = plan::made(attempts);
             return Err(intervention(req, policy, attempts, k.saturating_add(1)));
         }
         Err(stop) => return Err(stop),

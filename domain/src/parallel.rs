@@ -40,30 +40,30 @@ pub enum Next {
 }
 
 /// The next step of a slot, given the finished `attempts` (in attempt order, every round) and
-/// the number of attempts `in_flight` (reserved or running). Attempt numbers are given out in
-/// order: the next is `attempts.len() + in_flight + 1`. With nothing in flight this is
-/// [`ladder::next`] after [`decided`].
+/// the numbers of the attempts `in_flight` (claimed, not yet recorded). Attempt numbers are given
+/// out in order: the next is one above the highest recorded or in flight. With nothing in flight
+/// this is [`ladder::next`] after [`decided`].
 pub fn next(
     req: &RetryRequest,
     policy: &RetryPolicy,
     attempts: &[AttemptRecord],
-    in_flight: u32,
+    in_flight: &[u32],
     round_start: u32,
 ) -> Next {
     if let Some(stop) = decided(policy, attempts, round_start) {
         return Next::Stop(stop);
     }
-    if in_flight == 0 {
+    if in_flight.is_empty() {
         return match ladder::next(req, policy, attempts, round_start) {
             Ok(plan) => Next::Start(Box::new(plan)),
             Err(stop) => Next::Stop(stop),
         };
     }
-    if in_flight >= policy.parallelism {
+    if u32::try_from(in_flight.len()).unwrap_or(u32::MAX) >= policy.parallelism {
         return Next::Wait;
     }
-    let made = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
-    let k = made.saturating_add(in_flight).saturating_add(1);
+    let highest = in_flight.iter().copied().max().unwrap_or(0);
+    let k = crate::plan::made(attempts).max(highest).saturating_add(1);
     if k > policy.max_attempts {
         return Next::Stop(Stop::AttemptsUsed);
     }

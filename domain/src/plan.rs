@@ -190,11 +190,20 @@ pub fn next(
             });
         }
     }
-    let done = u32::try_from(attempts.len()).unwrap_or(u32::MAX);
+    let done = made(attempts);
     if done >= policy.max_attempts {
         return Err(Stop::AttemptsUsed);
     }
     Ok(done + 1)
+}
+
+/// The highest attempt number recorded: where numbering goes on. Not the count: an attempt
+/// given a number and then refused by the budget, or stopped before it started, is not recorded,
+/// and when one numbered above it was, counting would give its number out twice (found by the
+/// simulator: a `retry_with` after an escalation released attempts 1 and 2 while 3 and 4 were
+/// recorded, and planned a second attempt 3).
+pub fn made(attempts: &[AttemptRecord]) -> u32 {
+    attempts.iter().map(|a| a.attempt).max().unwrap_or(0)
 }
 
 /// The result of a workflow that was not retried.

@@ -138,7 +138,7 @@ impl Run {
             match self.await_review(result, window).await? {
                 ReviewEnd::Final(result, review) => return Ok((result, review)),
                 ReviewEnd::Retry(retry) => {
-                    let made = u32::try_from(self.attempts_so_far().len()).unwrap_or(u32::MAX);
+                    let made = plan::made(&self.attempts_so_far());
                     let (p, mut policy) = retry.apply(&self.req.params, &self.policy, made);
                     policy.vary_only(self.params_taken.as_deref());
                     self.req.params = p;
@@ -264,7 +264,7 @@ impl Run {
         }
         let attempts = self.attempts_so_far();
         Ok(
-            match parallel::next(&self.req, &self.policy, &attempts, 0, round_start) {
+            match parallel::next(&self.req, &self.policy, &attempts, &[], round_start) {
                 Next::Stop(stop) => stop,
                 // Unreachable: a slot ends only on a stop, and the last to end saw none in
                 // flight. Ending the round is the safe answer.
@@ -286,14 +286,9 @@ impl Run {
             if stopping {
                 return Ok(());
             }
-            let (attempts, in_flight) = self.ctx.state(|s| {
-                (
-                    s.attempts.clone(),
-                    u32::try_from(s.claimed.len()).unwrap_or(u32::MAX),
-                )
-            });
+            let (attempts, in_flight) = self.ctx.state(|s| (s.attempts.clone(), s.claimed.clone()));
             let plan =
-                match parallel::next(&self.req, &self.policy, &attempts, in_flight, round_start) {
+                match parallel::next(&self.req, &self.policy, &attempts, &in_flight, round_start) {
                     Next::Start(plan) => *plan,
                     Next::Stop(_) => return Ok(()),
                     Next::Wait => {

@@ -41,9 +41,9 @@ fn attempt_k_is_planned_the_same_whether_attempts_run_in_parallel_or_one_by_one(
     let a1 = scored(serial_1.clone(), &p, 0.3);
     let serial_2 = ladder::next(&req, &p, std::slice::from_ref(&a1), 0).unwrap();
 
-    let parallel_1 = started(next(&req, &p, &[], 0, 0));
-    let parallel_2 = started(next(&req, &p, &[], 1, 0));
-    let parallel_3 = started(next(&req, &p, &[], 2, 0));
+    let parallel_1 = started(next(&req, &p, &[], &[], 0));
+    let parallel_2 = started(next(&req, &p, &[], &fly(&[], 1), 0));
+    let parallel_3 = started(next(&req, &p, &[], &fly(&[], 2), 0));
     assert_eq!(parallel_1, serial_1);
     assert_eq!(
         (parallel_2.attempt, parallel_2.seed, &parallel_2.params),
@@ -57,15 +57,15 @@ fn attempt_k_is_planned_the_same_whether_attempts_run_in_parallel_or_one_by_one(
 #[test]
 fn no_slot_starts_more_than_max_attempts_and_the_last_finished_attempt_ends_the_round() {
     let (req, p) = (request(), policy(json!({"max_attempts": 2})));
-    let a1 = started(next(&req, &p, &[], 0, 0));
-    let a2 = started(next(&req, &p, &[], 1, 0));
-    assert_eq!(next(&req, &p, &[], 2, 0), Next::Stop(Stop::AttemptsUsed));
+    let a1 = started(next(&req, &p, &[], &[], 0));
+    let a2 = started(next(&req, &p, &[], &fly(&[], 1), 0));
+    assert_eq!(next(&req, &p, &[], &fly(&[], 2), 0), Next::Stop(Stop::AttemptsUsed));
     let done = vec![scored(a1, &p, 0.3)];
-    assert_eq!(next(&req, &p, &done, 1, 0), Next::Stop(Stop::AttemptsUsed));
+    assert_eq!(next(&req, &p, &done, &fly(&done, 1), 0), Next::Stop(Stop::AttemptsUsed));
     let done = vec![done[0].clone(), scored(a2, &p, 0.4)];
     assert!(
         matches!(
-            next(&req, &p, &done, 0, 0),
+            next(&req, &p, &done, &[], 0),
             Next::Stop(Stop::UserIntervention { attempt: 3, .. })
         ),
         "with nothing in flight the round ends as a serial one would"
@@ -75,25 +75,25 @@ fn no_slot_starts_more_than_max_attempts_and_the_last_finished_attempt_ends_the_
 #[test]
 fn a_pass_out_of_order_ends_a_first_pass_round_but_not_a_best_of_n_one() {
     let (req, p) = (request(), policy(json!({"max_attempts": 5})));
-    let a1 = started(next(&req, &p, &[], 0, 0));
-    let a2 = started(next(&req, &p, &[], 1, 0));
+    let a1 = started(next(&req, &p, &[], &[], 0));
+    let a2 = started(next(&req, &p, &[], &fly(&[], 1), 0));
     // Attempt 2 passes while attempt 1 is still running.
     let done = vec![scored(a2.clone(), &p, 0.9)];
-    assert_eq!(next(&req, &p, &done, 1, 0), Next::Stop(Stop::Passed));
+    assert_eq!(next(&req, &p, &done, &[1], 0), Next::Stop(Stop::Passed));
     // Attempt 1 then fails: the latest record is a failure, the round still passed.
     let done = vec![scored(a1.clone(), &p, 0.3), done[0].clone()];
-    assert_eq!(next(&req, &p, &done, 0, 0), Next::Stop(Stop::Passed));
+    assert_eq!(next(&req, &p, &done, &[], 0), Next::Stop(Stop::Passed));
 
     let best = policy(json!({"max_attempts": 5, "selection": "best_of_n"}));
     let done = vec![scored(a2, &best, 0.9)];
-    assert_eq!(started(next(&req, &best, &done, 1, 0)).attempt, 3);
+    assert_eq!(started(next(&req, &best, &done, &[1], 0)).attempt, 3);
 }
 
 #[test]
 fn a_failure_the_policy_does_not_retry_on_stops_new_starts_whatever_its_position() {
     let (req, p) = (request(), policy(json!({"max_attempts": 5})));
-    let a1 = started(next(&req, &p, &[], 0, 0));
-    let a2 = started(next(&req, &p, &[], 1, 0));
+    let a1 = started(next(&req, &p, &[], &[], 0));
+    let a2 = started(next(&req, &p, &[], &fly(&[], 1), 0));
     let qa = QaScores {
         scores: Scores::from([("face".into(), 0.9), ("motion".into(), 0.1)]),
         ..Default::default()
@@ -101,7 +101,7 @@ fn a_failure_the_policy_does_not_retry_on_stops_new_starts_whatever_its_position
     let blocked = a1.scored(&p, qa, 100, None);
     let done = vec![blocked, scored(a2, &p, 0.3)];
     assert!(matches!(
-        next(&req, &p, &done, 0, 0),
+        next(&req, &p, &done, &[], 0),
         Next::Stop(Stop::NotRetryable { attempt: 1, .. })
     ));
 }
@@ -112,7 +112,7 @@ fn the_slots_never_exceed_parallelism() {
         request(),
         policy(json!({"max_attempts": 10, "parallelism": 2})),
     );
-    assert_eq!(next(&req, &p, &[], 2, 0), Next::Wait);
+    assert_eq!(next(&req, &p, &[], &fly(&[], 2), 0), Next::Wait);
 }
 
 #[test]
@@ -127,30 +127,30 @@ fn a_rung_that_revises_a_draft_waits_for_the_attempts_in_flight() {
         "enabled": true, "profile": "text", "max_attempts": 4, "parallelism": 3
     }))
     .unwrap();
-    let first = started(next(&req, &p, &[], 0, 0));
+    let first = started(next(&req, &p, &[], &[], 0));
     assert_eq!(first.strategy, Some(Strategy::Revise));
-    assert_eq!(next(&req, &p, &[], 1, 0), Next::Wait);
+    assert_eq!(next(&req, &p, &[], &fly(&[], 1), 0), Next::Wait);
     let media = policy(json!({"max_attempts": 4, "ladder": ["reseed", "revise"]}));
     assert_eq!(
-        started(next(&request(), &media, &[], 0, 0)).strategy,
+        started(next(&request(), &media, &[], &[], 0)).strategy,
         Some(Strategy::Reseed)
     );
-    assert_eq!(next(&request(), &media, &[], 1, 0), Next::Wait);
+    assert_eq!(next(&request(), &media, &[], &fly(&[], 1), 0), Next::Wait);
 }
 
 #[test]
 fn a_round_after_review_counts_only_its_own_attempts() {
     let (req, p) = (request(), policy(json!({"max_attempts": 4})));
-    let earlier = scored(started(next(&req, &p, &[], 0, 0)), &p, 0.9);
+    let earlier = scored(started(next(&req, &p, &[], &[], 0)), &p, 0.9);
     assert_eq!(decided(&p, std::slice::from_ref(&earlier), 1), None);
-    assert_eq!(started(next(&req, &p, &[earlier], 0, 1)).attempt, 2);
+    assert_eq!(started(next(&req, &p, &[earlier], &[], 1)).attempt, 2);
 }
 
 #[test]
 fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not() {
     let (req, p) = (request(), policy(json!({"max_attempts": 5})));
     let refused = |k: u32, message: &str| {
-        let mut plan = started(next(&req, &p, &[], 0, 0));
+        let mut plan = started(next(&req, &p, &[], &[], 0));
         plan.attempt = k;
         plan.errored(
             0,
@@ -185,4 +185,22 @@ fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not(
         "{}",
         r.reason
     );
+}
+
+#[test]
+fn numbering_goes_on_above_the_highest_attempt_recorded_not_the_count() {
+    // Attempts 1 and 2 were claimed, then released (an escalation came before they started);
+    // 3 and 4 ran and were recorded. A reviewer's next round must not plan a second attempt 3.
+    let (req, p) = (request(), policy(json!({"max_attempts": 6, "parallelism": 2})));
+    let a3 = ladder::plan_attempt(&req, &p, &[], 3, crate::strategy::Strategy::Reseed);
+    let a4 = ladder::plan_attempt(&req, &p, &[], 4, crate::strategy::Strategy::Reseed);
+    let done = vec![scored(a3, &p, 0.3), scored(a4, &p, 0.3)];
+    assert_eq!(started(next(&req, &p, &done, &[], 4)).attempt, 5);
+    assert_eq!(started(next(&req, &p, &done, &[5], 4)).attempt, 6);
+}
+
+/// `n` attempts in flight after `done`: the numbers right above it.
+fn fly(done: &[AttemptRecord], n: u32) -> Vec<u32> {
+    let made = crate::plan::made(done);
+    (made + 1..=made + n).collect()
 }
