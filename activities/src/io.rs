@@ -237,34 +237,8 @@ pub struct RecordSettled {
     pub gpu_ms: u64,
 }
 
-/// Human review state of a run, as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Review {
-    /// No review needed.
-    #[default]
-    None,
-    /// Escalated: waiting for (or, after the review window, still needing) a human decision.
-    Pending,
-    /// A reviewer accepted an attempt.
-    Accepted,
-    /// A reviewer rejected the segment.
-    Rejected,
-    /// A reviewer asked for more attempts with new parameters; they are running.
-    Retrying,
-}
-
-impl Review {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Review::None => "none",
-            Review::Pending => "pending",
-            Review::Accepted => "accepted",
-            Review::Rejected => "rejected",
-            Review::Retrying => "retrying",
-        }
-    }
-}
+/// Human review state of a run, as stored (decided by the workflow's decision core).
+pub use retake_domain::review::Review;
 
 /// Input of `record_outcome`: how the run ended, or where it stands while a review is pending
 /// (the same row is updated by later calls of the same run).

@@ -24,6 +24,46 @@ pub enum Phase {
     Finished,
 }
 
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Retrying => "retrying",
+            Phase::AwaitingReview => "awaiting_review",
+            Phase::Finished => "finished",
+        }
+    }
+}
+
+/// Human review state of a run, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Review {
+    /// No review needed.
+    #[default]
+    None,
+    /// Escalated: waiting for (or, after the review window, still needing) a human decision.
+    Pending,
+    /// A reviewer accepted an attempt.
+    Accepted,
+    /// A reviewer rejected the segment.
+    Rejected,
+    /// A reviewer asked for more attempts with new parameters; they are running.
+    Retrying,
+}
+
+impl Review {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Review::None => "none",
+            Review::Pending => "pending",
+            Review::Accepted => "accepted",
+            Review::Rejected => "rejected",
+            Review::Retrying => "retrying",
+        }
+    }
+}
+
 /// A validated `decide` update.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {

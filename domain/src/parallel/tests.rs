@@ -59,9 +59,15 @@ fn no_slot_starts_more_than_max_attempts_and_the_last_finished_attempt_ends_the_
     let (req, p) = (request(), policy(json!({"max_attempts": 2})));
     let a1 = started(next(&req, &p, &[], &[], 0));
     let a2 = started(next(&req, &p, &[], &fly(&[], 1), 0));
-    assert_eq!(next(&req, &p, &[], &fly(&[], 2), 0), Next::Stop(Stop::AttemptsUsed));
+    assert_eq!(
+        next(&req, &p, &[], &fly(&[], 2), 0),
+        Next::Stop(Stop::AttemptsUsed)
+    );
     let done = vec![scored(a1, &p, 0.3)];
-    assert_eq!(next(&req, &p, &done, &fly(&done, 1), 0), Next::Stop(Stop::AttemptsUsed));
+    assert_eq!(
+        next(&req, &p, &done, &fly(&done, 1), 0),
+        Next::Stop(Stop::AttemptsUsed)
+    );
     let done = vec![done[0].clone(), scored(a2, &p, 0.4)];
     assert!(
         matches!(
@@ -191,7 +197,10 @@ fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not(
 fn numbering_goes_on_above_the_highest_attempt_recorded_not_the_count() {
     // Attempts 1 and 2 were claimed, then released (an escalation came before they started);
     // 3 and 4 ran and were recorded. A reviewer's next round must not plan a second attempt 3.
-    let (req, p) = (request(), policy(json!({"max_attempts": 6, "parallelism": 2})));
+    let (req, p) = (
+        request(),
+        policy(json!({"max_attempts": 6, "parallelism": 2})),
+    );
     let a3 = ladder::plan_attempt(&req, &p, &[], 3, crate::strategy::Strategy::Reseed);
     let a4 = ladder::plan_attempt(&req, &p, &[], 4, crate::strategy::Strategy::Reseed);
     let done = vec![scored(a3, &p, 0.3), scored(a4, &p, 0.3)];
