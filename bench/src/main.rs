@@ -9,6 +9,7 @@ mod open;
 mod overhead;
 mod parallel;
 mod recovery;
+mod simulate;
 mod throughput;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ enum Scenario {
     Recovery(recovery::Args),
     /// Parallel attempts and placement: best-of-3 latency, first-pass losers' GPU, a broken GPU.
     Parallel(parallel::Args),
+    /// The decision core's simulator: a long campaign, or how fast a planted defect is caught.
+    Simulate(simulate::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,10 +49,13 @@ fn main() -> anyhow::Result<()> {
     if let Scenario::Economics(args) = &cli.scenario {
         return economics::run(args);
     }
+    if let Scenario::Simulate(args) = &cli.scenario {
+        return simulate::run(args);
+    }
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         match &cli.scenario {
-            Scenario::Economics(_) => unreachable!("handled above"),
+            Scenario::Economics(_) | Scenario::Simulate(_) => unreachable!("handled above"),
             Scenario::Overhead(a) => overhead::run(a).await,
             Scenario::Throughput(a) => throughput::run(a).await,
             Scenario::Open(a) => open::run(a).await,

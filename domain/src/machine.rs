@@ -344,7 +344,8 @@ pub struct Machine {
     abort: Option<CreatorEvent>,
     escalate: Option<CreatorEvent>,
     ending: Ending,
-    #[cfg(any(test, feature = "simulation"))]
+    /// A defect planted on purpose by the simulator's own tests and `retake-bench simulate`;
+    /// never set by the workflow.
     planted: Option<crate::simulate::Defect>,
 }
 
@@ -370,25 +371,19 @@ impl Machine {
             abort: None,
             escalate: None,
             ending: Ending::Running,
-            #[cfg(any(test, feature = "simulation"))]
             planted: None,
         }
     }
 
-    /// Plant a defect on purpose, to show the simulator catches it.
-    #[cfg(any(test, feature = "simulation"))]
+    /// Plant a defect on purpose, to show the simulator catches it (never called by the
+    /// workflow).
+    #[doc(hidden)]
     pub fn plant(&mut self, defect: crate::simulate::Defect) {
         self.planted = Some(defect);
     }
 
-    #[cfg(any(test, feature = "simulation"))]
     fn planted(&self, defect: crate::simulate::Defect) -> bool {
         self.planted == Some(defect)
-    }
-
-    #[cfg(not(any(test, feature = "simulation")))]
-    fn planted(&self, _: crate::simulate::Defect) -> bool {
-        false
     }
 
     /// Take one event; the commands it calls for, in the order they are to be issued.
@@ -653,13 +648,9 @@ impl Machine {
             return;
         }
         while !self.stopping() {
-            // An attempt being recorded is already among the attempts made.
-            let in_flight: Vec<u32> = self
-                .flights
-                .iter()
-                .filter(|f| f.stage != Stage::Recording)
-                .map(Flight::k)
-                .collect();
+            // An attempt holds its slot until the store has its record (numbering goes by the
+            // highest number, so one both recorded and in flight is not counted twice).
+            let in_flight: Vec<u32> = self.flights.iter().map(Flight::k).collect();
             let next = parallel::next(
                 self.req(),
                 self.pol(),

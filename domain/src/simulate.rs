@@ -126,6 +126,8 @@ struct Sim {
     /// Seed and parameters each attempt generated with.
     generated_with: BTreeMap<u32, (u64, crate::contract::Params)>,
     records: BTreeMap<u32, u32>,
+    /// Attempts reserved and not yet recorded, released or refused: at most `parallelism`.
+    active: std::collections::BTreeSet<u32>,
     recorded: Vec<crate::contract::AttemptRecord>,
     accepted: Vec<u32>,
     aborted: bool,
@@ -268,13 +270,9 @@ impl Sim {
             0 => u64::MAX / 4,
             _ => 200 + 100 * u64::from(t.draw(40)),
         };
-        #[cfg_attr(not(any(test, feature = "simulation")), allow(unused_mut))]
         let mut machine = Machine::new();
         if let Some(d) = defect {
-            #[cfg(any(test, feature = "simulation"))]
             machine.plant(d);
-            #[cfg(not(any(test, feature = "simulation")))]
-            let _ = d;
         }
         let mut sim = Sim {
             machine,
@@ -294,6 +292,7 @@ impl Sim {
             reported: BTreeMap::new(),
             generated_with: BTreeMap::new(),
             records: BTreeMap::new(),
+            active: Default::default(),
             recorded: vec![],
             accepted: vec![],
             aborted: false,
@@ -351,6 +350,12 @@ impl Sim {
         if self.logging {
             self.log.push(format!("  event {}", words(&event)));
         }
+        if let Event::Refused { attempt, .. }
+        | Event::Released { attempt }
+        | Event::Recorded { attempt } = &event
+        {
+            self.active.remove(attempt);
+        }
         self.events.push(event.clone());
         let commands = self.machine.on(event);
         for c in commands {
@@ -384,6 +389,13 @@ impl Sim {
                     return Err((
                         "no attempt starts after a first pass",
                         format!("attempt {attempt} reserved after an attempt passed"),
+                    ));
+                }
+                self.active.insert(attempt);
+                if self.active.len() > self.policy.parallelism as usize {
+                    return Err((
+                        "at most `parallelism` attempts hold a slot until recorded",
+                        format!("attempts {:?} at once", self.active),
                     ));
                 }
                 self.ops.push(Op::Reserve {
@@ -864,11 +876,9 @@ impl Sim {
     /// "Crash": a fresh core fed the events so far must issue the same commands.
     fn replay(&mut self) -> Result<(), Broken> {
         let mut fresh = Machine::new();
-        #[cfg(any(test, feature = "simulation"))]
         if let Some(d) = self.planted {
             fresh.plant(d);
         }
-        let _ = self.planted;
         let mut again = Vec::with_capacity(self.commands.len());
         for e in &self.events {
             again.extend(fresh.on(e.clone()));

@@ -32,12 +32,6 @@ pub(crate) fn of(e: &ActivityExecutionError) -> Cause {
     }
 }
 
-/// The GPU time a failed or cancelled generation used, as its backend reported it (the
-/// [`Used`] details of the failure or cancellation); `None` when it reported none.
-pub(crate) fn used_gpu_ms(e: &ActivityExecutionError) -> Option<u64> {
-    used(e).map(|u| u.gpu_ms)
-}
-
 /// What the generation reported of itself when it failed or was cancelled ([`Used`]).
 pub(crate) fn used(e: &ActivityExecutionError) -> Option<Used> {
     match e {

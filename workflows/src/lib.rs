@@ -4,11 +4,11 @@
 //! stays small and deterministic.
 
 mod argument;
-mod attempts;
 mod failure;
 mod options;
 mod search;
 mod segment_retry;
+mod shell;
 mod store_steps;
 
 pub use search::{BEHAVIOUR_ATTRIBUTE, SEARCH_ATTRIBUTES};

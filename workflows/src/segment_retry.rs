@@ -1,26 +1,27 @@
 //! The workflow: its state, its signals, update and query, and `run`.
+//!
+//! Every decision is the decision core's ([`retake_domain::machine`]); the state here is that
+//! core and the commands it answered a signal or an update with, and `run` is its interpreter
+//! ([`crate::shell`]).
 
 use crate::INVALID_REQUEST;
 use crate::argument::json_argument;
-use crate::attempts::Run;
 use crate::search::{BEHAVIOUR_KEY, PROJECT_ID, RETRY_OUTCOME, SCENE_TYPE, SEGMENT_ID};
 use crate::store_steps;
 use retake_activities::RetryActivities;
-use retake_activities::io::{LoadPolicy, RecordOutcome, Review};
-use retake_domain::contract::{AttemptRecord, RetryRequest, RetryResult};
+use retake_activities::io::LoadPolicy;
+use retake_domain::ValidationError;
+use retake_domain::contract::{RetryRequest, RetryResult};
 use retake_domain::event::CreatorEvent;
-use retake_domain::plan;
-use retake_domain::report;
-use retake_domain::review::{Decision, Phase};
+use retake_domain::machine::{Command, Event, Machine, Settings};
+use retake_domain::review::Decision;
 use retake_domain::status::Status;
-use retake_domain::stop::Stop;
-use retake_domain::{RetryPolicy, ValidationError};
 use serde_json::{Value, json};
+use std::collections::VecDeque;
 use temporalio_common::data_converters::RawValue;
 use temporalio_macros::{workflow, workflow_methods};
 use temporalio_sdk::{
-    ApplicationFailure, SyncWorkflowContext, WorkflowCancellationToken, WorkflowContext,
-    WorkflowContextView, WorkflowResult,
+    ApplicationFailure, SyncWorkflowContext, WorkflowContext, WorkflowContextView, WorkflowResult,
 };
 
 /// Retries a segment that failed its quality gate. Argument: the JSON of [`RetryRequest`];
@@ -28,44 +29,15 @@ use temporalio_sdk::{
 #[workflow]
 #[derive(Default)]
 pub struct SegmentRetryWorkflow {
-    pub(crate) phase: Phase,
-    pub(crate) segment_id: String,
-    pub(crate) project_id: String,
-    pub(crate) scene_type: String,
-    pub(crate) policy: Option<RetryPolicy>,
-    pub(crate) attempts: Vec<AttemptRecord>,
-    /// The attempts generating or being scored, in the order they started, and the tokens that
-    /// cancel them.
-    pub(crate) running: Vec<(u32, WorkflowCancellationToken)>,
-    /// Attempts given out to a slot and not yet recorded (planning, reserving, running,
-    /// recording): how many are in flight for `parallel::next`.
-    pub(crate) claimed: Vec<u32>,
-    /// Why the attempts still in flight are being cancelled though nobody aborted (another one
-    /// passed first, a creator escalated a parallel run): they are recorded `cancelled`.
-    pub(crate) cancel_reason: Option<String>,
-    /// An escalation cancels the attempts in flight (`parallelism` > 1); with one slot the
-    /// attempt in flight finishes first.
-    pub(crate) escalate_cancels: bool,
-    /// The budget refused an attempt of this round: no further attempt starts.
-    pub(crate) refused: Option<Stop>,
-    /// Every creator signal and decision, in order.
-    pub(crate) events: Vec<CreatorEvent>,
-    pub(crate) abort: Option<CreatorEvent>,
-    pub(crate) escalate: Option<CreatorEvent>,
-    /// A validated decision not yet acted on.
-    pub(crate) decision: Option<(Decision, CreatorEvent)>,
-    /// The provisional result while awaiting review, then the final one.
-    pub(crate) result: Option<RetryResult>,
-    /// A decision, an abort or the window's end has closed the review being waited on; the
-    /// phase changes once that is recorded, and no second decision is taken meanwhile.
-    pub(crate) review_closed: bool,
-    /// The result is final and being recorded: signals and decisions can no longer change it.
-    /// The phase becomes `Finished` only once the store holds the run, so a client that sees
-    /// `finished` finds the run in the history.
-    pub(crate) concluded: bool,
+    /// The decision core: every fact of the run and every decision.
+    pub(crate) machine: Machine,
+    /// Commands the core answered a signal or update with, for the interpreter to carry out.
+    pub(crate) queue: VecDeque<Command>,
+    /// The segment, project and scene type, for the report before the run has started.
+    pub(crate) names: (String, String, String),
 }
 
-fn invalid(e: ValidationError) -> ApplicationFailure {
+pub(crate) fn invalid(e: ValidationError) -> ApplicationFailure {
     ApplicationFailure::builder(e.to_string())
         .type_name(INVALID_REQUEST.to_owned())
         .non_retryable(true)
@@ -100,9 +72,11 @@ impl SegmentRetryWorkflow {
             .into());
         }
         ctx.state_mut(|s| {
-            s.segment_id = req.segment_id.to_string();
-            s.project_id = req.project_id.to_string();
-            s.scene_type = req.scene_type.to_string();
+            s.names = (
+                req.segment_id.to_string(),
+                req.project_id.to_string(),
+                req.scene_type.to_string(),
+            );
         });
         // A patch taken after v1 (`ctx.patched`, docs/versioning.md) is decided here: before this
         // upsert, which records the behaviour version the patches taken imply, and before the
@@ -126,69 +100,36 @@ impl SegmentRetryWorkflow {
             format!("load settings · {}", req.scene_type),
         )
         .await?;
-        let mut policy =
-            RetryPolicy::resolve(settings.policy.as_ref(), req.policy.as_ref()).map_err(invalid)?;
-        // Seeds the generator really uses, so the recorded seed reproduces the output.
-        policy.seed_bits = policy.seed_bits.min(settings.seed_bits);
-        let params_taken = settings.params_taken;
-        policy.vary_only(params_taken.as_deref());
-        ctx.state_mut(|s| {
-            s.policy = Some(policy.clone());
-            s.phase = Phase::Retrying;
-        });
-        let (mut result, review) = match plan::should_retry(&policy, &req.failed_qa) {
-            Err(reason) => (plan::not_retried(&req, reason), Review::None),
-            Ok(()) => {
-                Run::new(ctx, req, policy, params_taken)
-                    .retry_and_review()
-                    .await?
-            }
+        let started = Event::Started {
+            req: Box::new(req.clone()),
+            settings: Settings {
+                policy: settings.policy,
+                seed_bits: settings.seed_bits,
+                params_taken: settings.params_taken,
+            },
         };
-        result.decisions = ctx.state(|s| s.events.clone());
-        ctx.state_mut(|s| {
-            s.concluded = true;
-            s.result = Some(result.clone());
-        });
-        ctx.upsert_search_attributes([RETRY_OUTCOME.value_set(result.outcome.as_str().to_owned())]);
-        ctx.set_current_details(result.report.clone());
-        record_outcome(ctx, &result, review).await?;
-        ctx.state_mut(|s| s.phase = Phase::Finished);
-        Ok(result)
+        let first = ctx.state_mut(|s| s.machine.on(started));
+        crate::shell::run(ctx, req, first).await
     }
 
-    /// Stop now: the in-flight attempt is cancelled and its reservation released; finished
-    /// attempts stay recorded; outcome `aborted`. Payload `{"reason": "...", "by": "..."}`.
+    /// Stop now: the attempts in flight are cancelled (their GPU time billed, reservations
+    /// released), finished attempts stay recorded; outcome `aborted`, also from review. Payload
+    /// `{"reason": "...", "by": "..."}`. Ignored once the result is final.
     #[signal]
     pub fn abort(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
-        if self.concluded || self.abort.is_some() {
-            return;
-        }
         let event = CreatorEvent::from_signal("abort", &payload);
-        for (_, token) in &self.running {
-            token.cancel_with_reason(format!("aborted by {}", event.by));
-        }
-        self.events.push(event.clone());
-        self.abort = Some(event);
+        let commands = self.machine.on(Event::Abort(event));
+        self.queue.extend(commands);
     }
 
     /// Stop retrying and go to human review: the attempt in flight finishes first, or, with
     /// `parallelism` > 1, every attempt in flight is cancelled (recorded `cancelled`). Payload
-    /// `{"reason": "...", "by": "..."}`.
+    /// `{"reason": "...", "by": "..."}`. Ignored unless attempts are being made.
     #[signal]
     pub fn escalate(&mut self, _ctx: &mut SyncWorkflowContext<Self>, payload: Value) {
-        if self.concluded || self.phase == Phase::AwaitingReview || self.escalate.is_some() {
-            return;
-        }
         let event = CreatorEvent::from_signal("escalate", &payload);
-        if self.escalate_cancels {
-            let why = format!("cancelled: escalated by {}", event.by);
-            for (_, token) in &self.running {
-                token.cancel_with_reason(why.clone());
-            }
-            self.cancel_reason.get_or_insert(why);
-        }
-        self.events.push(event.clone());
-        self.escalate = Some(event);
+        let commands = self.machine.on(Event::Escalate(event));
+        self.queue.extend(commands);
     }
 
     #[update_validator(decide)]
@@ -197,23 +138,9 @@ impl SegmentRetryWorkflow {
         _ctx: &WorkflowContextView,
         input: &Value,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        if self.phase != Phase::AwaitingReview {
-            return Err(format!(
-                "segment {} is not awaiting review (phase {})",
-                self.segment_id,
-                json!(self.phase).as_str().unwrap_or("?")
-            )
-            .into());
-        }
-        if self.decision.is_some() || self.review_closed || self.concluded {
-            return Err(format!(
-                "segment {}'s review is already closing; no further decision is taken",
-                self.segment_id
-            )
-            .into());
-        }
-        let policy = self.policy.clone().unwrap_or_default();
-        Decision::parse(input, &policy, &self.attempts)
+        self.machine.decidable()?;
+        let policy = self.machine.policy().cloned().unwrap_or_default();
+        Decision::parse(input, &policy, self.machine.attempts())
             .map(|_| ())
             .map_err(|e| e.to_string().into())
     }
@@ -226,74 +153,24 @@ impl SegmentRetryWorkflow {
         _ctx: &mut SyncWorkflowContext<Self>,
         input: Value,
     ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
-        let policy = self.policy.clone().unwrap_or_default();
-        let (decision, event) = Decision::parse(&input, &policy, &self.attempts)?;
-        self.events.push(event.clone());
+        self.machine.decidable()?;
+        let policy = self.machine.policy().cloned().unwrap_or_default();
+        let (decision, event) = Decision::parse(&input, &policy, self.machine.attempts())?;
         let answer = json!({"accepted": event.action, "by": event.by});
-        self.decision = Some((decision, event));
+        let commands = self.machine.on(Event::Decided { decision, event });
+        self.queue.extend(commands);
         Ok(answer)
     }
 
     /// The live attempt table, phase and report text (the result shape plus `phase`).
     #[query]
     pub fn report(&self, _ctx: &WorkflowContextView) -> Status {
-        if let Some(result) = &self.result {
-            let mut status = Status::concluded(self.phase, result);
-            status.decisions = self.events.clone();
-            return status;
+        let mut status = self.machine.status();
+        if status.segment_id.is_empty() {
+            (status.segment_id, status.project_id, status.scene_type) = self.names.clone();
         }
-        let policy = self.policy.clone().unwrap_or_default();
-        let mut running: Vec<u32> = self.running.iter().map(|(k, _)| *k).collect();
-        running.sort_unstable();
-        Status {
-            phase: self.phase,
-            segment_id: self.segment_id.clone(),
-            project_id: self.project_id.clone(),
-            scene_type: self.scene_type.clone(),
-            outcome: None,
-            reason: match running.as_slice() {
-                [] => "starting".to_owned(),
-                [k] => format!("attempt {k} of {} running", policy.max_attempts),
-                ks => format!(
-                    "attempts {} of {} running",
-                    ks.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
-                    policy.max_attempts
-                ),
-            },
-            selected_attempt: None,
-            running_attempt: running.first().copied(),
-            gpu_ms_total: self.attempts.iter().map(|a| a.gpu_ms).sum(),
-            report: report::progress(&self.segment_id, &policy, &self.attempts, &running),
-            running_attempts: running,
-            attempts: self.attempts.clone(),
-            decisions: self.events.clone(),
-        }
+        status
     }
-}
-
-/// Record the run's outcome (or standing, while in review) in the store.
-pub(crate) async fn record_outcome(
-    ctx: &WorkflowContext<SegmentRetryWorkflow>,
-    result: &RetryResult,
-    review: Review,
-) -> WorkflowResult<()> {
-    store_steps::run(
-        ctx,
-        RetryActivities::record_outcome,
-        RecordOutcome {
-            workflow_id: ctx.workflow_id().to_owned(),
-            run_id: ctx.run_id().to_owned(),
-            result: result.clone(),
-            review,
-        },
-        format!(
-            "record outcome · {} · review {}",
-            result.outcome.as_str(),
-            review.as_str()
-        ),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Marker type of the run method: what client workflow handles are typed by.
