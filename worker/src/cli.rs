@@ -61,7 +61,7 @@ impl Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a worker (simulator backend) until Ctrl-C / SIGTERM.
+    /// Run a worker until Ctrl-C / SIGTERM: the simulator, or the backends of `--backends`.
     Worker(WorkerArgs),
     /// Start a retry for one failed segment, wait for it and print the report.
     Retry(commands::retry::RetryArgs),
