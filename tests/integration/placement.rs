@@ -2,8 +2,9 @@
 //! the broken one; `any` records it as the attempt's error; a worker failing in a row cools down;
 //! `same_worker` keeps a segment's attempts on one worker. Every attempt records its worker.
 
-use crate::harness::{TestApp, find_segment, request};
+use crate::harness::{FakeComfyUi, OOM_MS, RENDER_MS, TestApp, find_segment, request};
 use retake::retries;
+use retake_activities::backends::BackendsConfig;
 use retake_activities::ports::WorkerRow;
 use retake_domain::contract::{AttemptStatus, INFRASTRUCTURE_FAILURE, Outcome};
 use retake_testkit::WorkerProcess;
@@ -303,4 +304,58 @@ async fn a_worker_without_a_gpu_limit_takes_its_own_generations_eagerly() {
         (budget.reserved_ms, budget.spent_ms),
         (0, result.gpu_ms_total)
     );
+}
+
+/// A generation re-run after CUDA ran out of memory on ComfyUI is billed each run once: the
+/// failed prompt's execution time as ComfyUI recorded it plus the re-run's, on the record, the
+/// result and the budget. Before, the adapter added the attempt's earlier failed prompts to the
+/// re-run's result and the workflow added the failed run again (ComfyUI's 10,131 + 4,232 ms
+/// billed 24,494). With one worker the re-run goes back to the same ComfyUI, as it did there.
+#[tokio::test]
+async fn a_rerun_after_cuda_ran_out_of_memory_on_comfyui_bills_each_run_once() {
+    let comfy = FakeComfyUi::start().await;
+    let graph =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/comfyui/noise.json");
+    let artifacts = tempfile::tempdir().unwrap();
+    let config = json!({"artifacts_dir": artifacts.path(), "scene_types": {"comfy": {
+        "generate": {"kind": "comfyui", "base_url": comfy.base_url, "workflow": graph,
+                     "sampler_nodes": ["2"], "inputs": {"denoise_strength": "strength"},
+                     "poll_interval_ms": 50},
+        "score": {"kind": "simulator"}}}});
+    let app = TestApp::builder()
+        .backends(BackendsConfig::parse("comfy", &config.to_string()).expect("config"))
+        .spawn()
+        .await;
+    let project = format!("{}-oom", app.tag);
+    app.store
+        .set_limit(&project, Some(1_000_000))
+        .await
+        .unwrap();
+    let segment = format!("{}-oom", app.tag);
+    let result = app
+        .retry(json!({
+            "segment_id": segment, "project_id": project, "scene_type": "comfy",
+            "params": {"seed": 7, "denoise_strength": 0.5},
+            "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+            "policy": {"enabled": true, "max_attempts": 1, "review_window_secs": 0}
+        }))
+        .await;
+    let both = OOM_MS + RENDER_MS;
+    let a = &result.attempts[0];
+    assert_eq!(a.gpu_ms, both, "each run once: {}", result.report);
+    assert!(
+        a.note
+            .as_deref()
+            .is_some_and(|n| n.contains("re-run after InfrastructureFailure")),
+        "{:?}",
+        a.note
+    );
+    assert_eq!(result.gpu_ms_total, both);
+    let ids = comfy.client_ids();
+    assert_eq!(ids.len(), 2, "the failed prompt and the re-run: {ids:?}");
+    assert_ne!(ids[0], ids[1], "the re-run is a run of its own");
+    let rows = app.store.attempts(&segment).await.unwrap();
+    assert_eq!(rows[0].record.gpu_ms, both, "the record");
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, both), "the budget");
 }

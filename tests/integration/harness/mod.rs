@@ -4,6 +4,7 @@
 
 mod app;
 mod crash;
+mod fake_comfyui;
 mod fake_http;
 mod fake_jobs;
 mod fake_llm;
@@ -14,6 +15,7 @@ mod sim;
 
 pub use app::{StoreLock, TestApp, spawn_app};
 pub use crash::{pending_activities, wait_for_activity};
+pub use fake_comfyui::{FakeComfyUi, OOM_MS, RENDER_MS};
 pub use fake_jobs::{CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs};
 pub use fake_llm::FakeLlm;
 pub use postgres::fresh_postgres;
