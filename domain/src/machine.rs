@@ -218,10 +218,13 @@ pub enum Command {
     Cancel { attempt: u32, reason: String },
     /// Release the attempt's reservation: it never started.
     Release { attempt: u32 },
-    /// Store the attempt's record and settle its reservation to `settle_ms`, in one step.
+    /// Store the attempt's record and settle its reservation to `settle_ms`, in one step; or,
+    /// with `release` (its generation never finished and its runs reported no GPU time), release
+    /// the reservation and store the record.
     Record {
         record: Box<AttemptRecord>,
         settle_ms: u64,
+        release: bool,
     },
     /// Keep the `RetryOutcome` search attribute current (`running`, `awaiting_review`, the
     /// outcome).
@@ -994,17 +997,20 @@ impl Machine {
     fn record(&mut self, k: u32, record: AttemptRecord, settle_ms: u64, out: &mut Vec<Command>) {
         let Some(f) = self.flight(k) else { return };
         f.stage = Stage::Recording;
+        let release = f.generated.is_none() && settle_ms == 0;
         let at = self.attempts.partition_point(|a| a.attempt < k);
         self.attempts.insert(at, record.clone());
         let twice = self.planted(crate::simulate::Defect::RecordedTwice);
         out.push(Command::Record {
             record: Box::new(record.clone()),
             settle_ms,
+            release,
         });
         if twice {
             out.push(Command::Record {
                 record: Box::new(record),
                 settle_ms,
+                release,
             });
         }
     }

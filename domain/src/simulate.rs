@@ -468,7 +468,9 @@ impl Sim {
                 }
             }
             Command::Release { attempt } => self.ops.push(Op::Release(attempt)),
-            Command::Record { record, settle_ms } => {
+            Command::Record {
+                record, settle_ms, ..
+            } => {
                 let k = record.attempt;
                 let n = self.records.entry(k).or_default();
                 *n += 1;
@@ -1060,7 +1062,9 @@ fn command_words(c: &Command) -> String {
             "generate attempt {} run {} ({} ms left) on {:?}",
             g.plan.attempt, g.run, g.reserved_ms, g.on
         ),
-        Command::Record { record, settle_ms } => format!(
+        Command::Record {
+            record, settle_ms, ..
+        } => format!(
             "record attempt {} {:?}, billed {} ms, settle {settle_ms} ms",
             record.attempt, record.status, record.gpu_ms
         ),

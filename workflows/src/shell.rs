@@ -298,7 +298,11 @@ impl Shell {
                 self.release(attempt).await?;
                 Ok(Some(Event::Released { attempt }))
             }),
-            Command::Record { record, settle_ms } => Box::pin(async move {
+            Command::Record {
+                record,
+                settle_ms,
+                release,
+            } => Box::pin(async move {
                 let attempt = record.attempt;
                 let summary = format!(
                     "attempt {attempt} · settle {settle_ms} GPU ms · record · {}",
@@ -311,7 +315,7 @@ impl Shell {
                     scene_type: self.req.scene_type.clone(),
                     record: *record,
                 };
-                if settle_ms > 0 {
+                if !release {
                     store_steps::run(
                         ctx,
                         RetryActivities::record_settled,
@@ -323,7 +327,7 @@ impl Shell {
                     )
                     .await?;
                 } else {
-                    // Nothing used: the reservation is released, not settled to zero.
+                    // Never generated, nothing used: the reservation is released.
                     self.release(attempt).await?;
                     let summary = format!(
                         "attempt {attempt} · record · {}",

@@ -151,7 +151,10 @@ fn parallel_attempts_reserve_at_once_and_a_rerun_bills_each_run_once() {
     };
     let c = m.on(Event::Scored { attempt: 1, qa });
     // Passed first: attempt 2 (reserving) will not start; the record bills both runs once.
-    let Command::Record { record, settle_ms } = &c[0] else {
+    let Command::Record {
+        record, settle_ms, ..
+    } = &c[0]
+    else {
         panic!("{c:?}")
     };
     assert_eq!((record.gpu_ms, *settle_ms), (14_363, 14_363));
