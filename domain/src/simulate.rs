@@ -123,6 +123,9 @@ struct Sim {
     commands: Vec<Command>,
     /// GPU ms each run of each attempt reported.
     reported: BTreeMap<u32, Vec<u64>>,
+    /// The request's parameters as the current round has them (a reviewer's `retry_with`
+    /// changes them): what a reseeding rung's parameters are computed from, independently here.
+    base: crate::contract::Params,
     /// Seed and parameters each attempt generated with.
     generated_with: BTreeMap<u32, (u64, crate::contract::Params)>,
     records: BTreeMap<u32, u32>,
@@ -263,7 +266,8 @@ impl Sim {
             seed_bits: [53, 32][t.draw(2) as usize],
             params_taken: (t.draw(4) == 1).then(|| vec!["cfg_scale".to_owned()]),
         };
-        let resolved = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
+        let mut resolved = RetryPolicy::resolve(None, req.policy.as_ref()).expect("valid policy");
+        resolved.vary_only(settings.params_taken.as_deref());
         let workers: Vec<String> = (0..1 + t.draw(3)).map(|i| format!("gpu-{i}")).collect();
         let broken = workers.iter().filter(|_| t.chance(30)).cloned().collect();
         let limit_ms = match t.draw(3) {
@@ -274,7 +278,9 @@ impl Sim {
         if let Some(d) = defect {
             machine.plant(d);
         }
+        let base = req.params.clone();
         let mut sim = Sim {
+            base,
             machine,
             planted: defect,
             req,
@@ -426,6 +432,23 @@ impl Sim {
                         "attempt k's seed comes from the segment and k",
                         format!("attempt {k}: seed {} instead of {expected}", g.plan.seed),
                     ));
+                }
+                // A reseeding rung's parameters depend on the segment, k and the round's base
+                // parameters only, never on parallelism, interleaving or re-runs: computed here
+                // with the jitter alone, not the planner.
+                let rung_vary = match g.plan.strategy {
+                    Some(crate::strategy::Strategy::Reseed) => Some(BTreeMap::new()),
+                    Some(crate::strategy::Strategy::ReseedJitter) => Some(self.policy.vary.clone()),
+                    _ => None,
+                };
+                if let Some(vary) = rung_vary {
+                    let (expected, _) = crate::jitter::apply(&self.base, &vary, expected);
+                    if g.plan.params != expected {
+                        return Err((
+                            "attempt k's parameters come from the segment, k and the round",
+                            format!("attempt {k}: {:?} instead of {expected:?}", g.plan.params),
+                        ));
+                    }
                 }
                 let with = (g.plan.seed, g.plan.params.clone());
                 if let Some(before) = self.generated_with.get(&k)
@@ -606,8 +629,11 @@ impl Sim {
                 if let Decision::Accept { attempt } = decision {
                     self.accepted.push(attempt);
                 }
-                if let Decision::RetryWith(_) = decision {
+                if let Decision::RetryWith(retry) = &decision {
                     self.passed_first = false;
+                    for (name, value) in &retry.params {
+                        self.base.0.insert(name.clone(), value.clone());
+                    }
                 }
                 self.feed(Event::Decided { decision, event })
             }
