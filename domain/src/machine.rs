@@ -108,6 +108,21 @@ pub struct RunFailure {
     pub worker: Option<String>,
 }
 
+impl RunFailure {
+    /// A run the core cancelled that reported nothing of itself (it never started, or finished
+    /// anyway and its output is kept from the generation).
+    fn cancelled() -> Self {
+        Self {
+            kind: FailureKind::Cancelled,
+            error_type: "Cancelled".to_owned(),
+            message: "cancelled".to_owned(),
+            gpu_ms: 0,
+            output_uri: None,
+            worker: None,
+        }
+    }
+}
+
 /// Something that happened to the run, in the order it happened.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -787,15 +802,7 @@ impl Machine {
         };
         if f.cancelled {
             // Cancelled between runs: nothing more runs.
-            let failure = RunFailure {
-                kind: FailureKind::Cancelled,
-                error_type: "Cancelled".to_owned(),
-                message: "cancelled".to_owned(),
-                gpu_ms: 0,
-                output_uri: None,
-                worker: None,
-            };
-            self.finish_failed(k, failure, out);
+            self.finish_failed(k, RunFailure::cancelled(), out);
             return;
         }
         self.generate(k, on, out);
@@ -841,15 +848,7 @@ impl Machine {
         f.generated = Some((billed, output_uri.clone(), worker));
         if f.cancelled {
             // Cancelled while generating, finished anyway: recorded with its output, unscored.
-            let failure = RunFailure {
-                kind: FailureKind::Cancelled,
-                error_type: "Cancelled".to_owned(),
-                message: "cancelled".to_owned(),
-                gpu_ms: 0,
-                output_uri: None,
-                worker: None,
-            };
-            self.scoring_failed(k, failure, out);
+            self.scoring_failed(k, RunFailure::cancelled(), out);
             return;
         }
         f.stage = Stage::Scoring;

@@ -889,12 +889,8 @@ impl Sim {
                 "the live report shows every attempt as recorded",
                 format!(
                     "report {:?} vs recorded {:?}",
-                    status
-                        .attempts
-                        .iter()
-                        .map(|a| a.attempt)
-                        .collect::<Vec<_>>(),
-                    self.recorded.iter().map(|a| a.attempt).collect::<Vec<_>>()
+                    numbers(&status.attempts),
+                    numbers(&self.recorded)
                 ),
             ));
         }
@@ -959,12 +955,8 @@ impl Sim {
                 "the result names every attempt, in order, as recorded",
                 format!(
                     "{:?} vs {:?}",
-                    result
-                        .attempts
-                        .iter()
-                        .map(|a| a.attempt)
-                        .collect::<Vec<_>>(),
-                    self.recorded.iter().map(|a| a.attempt).collect::<Vec<_>>()
+                    numbers(&result.attempts),
+                    numbers(&self.recorded)
                 ),
             ));
         }
@@ -1016,6 +1008,10 @@ impl Sim {
         }
         Ok(())
     }
+}
+
+fn numbers(attempts: &[crate::contract::AttemptRecord]) -> Vec<u32> {
+    attempts.iter().map(|a| a.attempt).collect()
 }
 
 fn failure(kind: FailureKind, error_type: &str, message: &str, gpu_ms: u64) -> RunFailure {
