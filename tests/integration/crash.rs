@@ -185,8 +185,9 @@ async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
         runs.push((segment, predicted, handle));
     }
 
-    // Kill one worker every 1.5 s, round robin, and start a fresh one in its place, until every
-    // retry has finished (bounded: the test fails after 3 minutes).
+    // Kill one worker half a second in, then every 1.2 s, round robin, and start a fresh one
+    // in its place, until every retry has finished (bounded: the test fails after 3 minutes).
+    // Every 1.5 s from the start was too slow once: the 50 retries finished after two kills.
     let all_done = async {
         let mut results = Vec::new();
         for (_, _, h) in &runs {
@@ -198,10 +199,14 @@ async fn fifty_retries_survive_three_workers_killed_and_restarted_repeatedly() {
     let mut kills = 0;
     let deadline = tokio::time::sleep(Duration::from_secs(180));
     tokio::pin!(deadline);
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(500),
+        Duration::from_millis(1200),
+    );
     let results = loop {
         tokio::select! {
             results = &mut all_done => break results,
-            () = tokio::time::sleep(Duration::from_millis(1500)) => {
+            _ = every.tick() => {
                 let i = kills % workers.len();
                 workers[i].kill().await.expect("SIGKILL the worker");
                 workers[i] = app.spawn_worker(300, 0);
