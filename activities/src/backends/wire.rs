@@ -135,10 +135,15 @@ pub(crate) async fn heartbeating<T>(
     work: impl Future<Output = Result<T, BackendError>>,
 ) -> Result<T, BackendError> {
     tokio::pin!(work);
-    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    // One beat as the work starts, then one a period while it runs. The first beat used to be
+    // an interval's immediate tick raced against the work: on a loaded machine both became ready
+    // in one turn and the beat was skipped (the HTTP heartbeat test failed in CI).
+    progress.checkpoint(progress.resume_from(), 1).await?;
+    let mut beat = tokio::time::interval_at(
+        tokio::time::Instant::now() + HEARTBEAT_EVERY,
+        HEARTBEAT_EVERY,
+    );
     loop {
-        // A heartbeat that is due goes first: unbiased, a wait and its first beat that became
-        // ready in the same turn (a loaded machine) skipped the beat half the time.
         tokio::select! {
             biased;
             _ = beat.tick() => progress.checkpoint(progress.resume_from(), 1).await?,
