@@ -306,6 +306,14 @@ impl Flight {
         self.plan.attempt
     }
 
+    /// The attempt's plan, its note naming the runs that failed on their machine and were
+    /// re-run: what every record of it starts from.
+    fn noted_plan(&self) -> AttemptPlan {
+        let mut plan = self.plan.clone();
+        plan.note = report::rerun_note(plan.note.take(), &reruns(&self.failed));
+        plan
+    }
+
     /// GPU time the failed runs used.
     fn failed_ms(&self) -> u64 {
         self.failed.iter().map(|r| r.gpu_ms).sum()
@@ -919,26 +927,41 @@ impl Machine {
     /// Record an attempt whose generation failed for good, or was cancelled: billed what every
     /// run used.
     fn finish_failed(&mut self, k: u32, failure: RunFailure, out: &mut Vec<Command>) {
-        let aborted_by = self.abort.as_ref().map(|e| e.by.clone());
-        let why = self.cancel_reason.clone();
-        let Some(f) = self.flight(k) else { return };
-        let used = f.failed_ms().saturating_add(failure.gpu_ms);
-        let mut plan = f.plan.clone();
-        plan.note = report::rerun_note(plan.note.take(), &reruns(&f.failed));
-        let worker = failure.worker.clone().or_else(|| f.target.clone());
-        let output = failure.output_uri.clone();
-        let mut record = match (failure.kind == FailureKind::Cancelled, aborted_by, why) {
-            (true, Some(by), _) => plan.aborted(&by, used, output),
-            (true, None, Some(why)) => plan.cancelled(why, used, output),
-            _ => plan.errored(
-                used,
-                &failure.error_type,
-                format!("generation failed: {}", failure.message),
-                None,
-            ),
+        let Some(f) = self.flights.iter().find(|f| f.k() == k) else {
+            return;
         };
+        let used = f.failed_ms().saturating_add(failure.gpu_ms);
+        let worker = failure.worker.clone().or_else(|| f.target.clone());
+        let mut record = self.unfinished(
+            f.noted_plan(),
+            &failure,
+            used,
+            failure.output_uri.clone(),
+            |plan| {
+                let error = format!("generation failed: {}", failure.message);
+                plan.errored(used, &failure.error_type, error, None)
+            },
+        );
         record.worker = worker;
         self.record(k, record, used, out);
+    }
+
+    /// The record of an attempt whose run ended without a result: aborted or cancelled (with
+    /// `output`, paid for) when the core cancelled it, else what `failed` makes of it.
+    fn unfinished(
+        &self,
+        plan: AttemptPlan,
+        failure: &RunFailure,
+        used: u64,
+        output: Option<String>,
+        failed: impl FnOnce(AttemptPlan) -> AttemptRecord,
+    ) -> AttemptRecord {
+        let cancelled = failure.kind == FailureKind::Cancelled;
+        match (cancelled, &self.abort, &self.cancel_reason) {
+            (true, Some(abort), _) => plan.aborted(&abort.by, used, output),
+            (true, None, Some(why)) => plan.cancelled(why.clone(), used, output),
+            _ => failed(plan),
+        }
     }
 
     fn scored(&mut self, k: u32, qa: QaScores, out: &mut Vec<Command>) {
@@ -949,9 +972,7 @@ impl Machine {
         let Some((billed, output, worker)) = f.generated.clone() else {
             return;
         };
-        let mut plan = f.plan.clone();
-        plan.note = report::rerun_note(plan.note.take(), &reruns(&f.failed));
-        let mut record = plan.scored(&policy, qa, billed, Some(output));
+        let mut record = f.noted_plan().scored(&policy, qa, billed, Some(output));
         record.worker = worker;
         // The first pass of a `first_pass` round cancels the attempts still running.
         if record.passed
@@ -967,26 +988,19 @@ impl Machine {
     }
 
     fn scoring_failed(&mut self, k: u32, failure: RunFailure, out: &mut Vec<Command>) {
-        let aborted_by = self.abort.as_ref().map(|e| e.by.clone());
-        let why = self.cancel_reason.clone();
-        let Some(f) = self.flight(k) else { return };
+        let Some(f) = self.flights.iter().find(|f| f.k() == k) else {
+            return;
+        };
         let Some((billed, output, worker)) = f.generated.clone() else {
             return;
         };
-        let mut plan = f.plan.clone();
-        plan.note = report::rerun_note(plan.note.take(), &reruns(&f.failed));
         let output = Some(output);
-        let mut record = match (failure.kind == FailureKind::Cancelled, aborted_by, why) {
-            (true, Some(by), _) => plan.aborted(&by, billed, output),
-            (true, None, Some(why)) => plan.cancelled(why, billed, output),
-            // The output exists and was paid for: the record keeps where it is.
-            _ => plan.errored(
-                billed,
-                &failure.error_type,
-                format!("QA scoring failed: {}", failure.message),
-                output,
-            ),
-        };
+        let mut record =
+            self.unfinished(f.noted_plan(), &failure, billed, output.clone(), |plan| {
+                // The output exists and was paid for: the record keeps where it is.
+                let error = format!("QA scoring failed: {}", failure.message);
+                plan.errored(billed, &failure.error_type, error, output)
+            });
         record.worker = worker;
         self.record(k, record, billed, out);
     }

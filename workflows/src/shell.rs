@@ -250,10 +250,7 @@ impl Shell {
                 Ok(Some(Event::Placed { attempt, target }))
             }),
             Command::Generate(generation) => {
-                let token = tokens
-                    .entry(generation.plan.attempt)
-                    .or_insert_with(|| ctx.cancellation_token().child_token())
-                    .clone();
+                let token = self.token(tokens, generation.plan.attempt);
                 Box::pin(async move { Ok(Some(self.generate(*generation, &token).await)) })
             }
             Command::Score {
@@ -262,10 +259,7 @@ impl Shell {
                 params,
                 output_uri,
             } => {
-                let token = tokens
-                    .entry(attempt)
-                    .or_insert_with(|| ctx.cancellation_token().child_token())
-                    .clone();
+                let token = self.token(tokens, attempt);
                 self.details(format!("attempt {attempt}/{} scoring", self.max_attempts()));
                 Box::pin(async move {
                     let scored = ctx
@@ -365,6 +359,19 @@ impl Shell {
             | Command::Finish(_)
             | Command::Fail(_) => Box::pin(async { Ok(None) }),
         }
+    }
+
+    /// The token that cancels attempt `attempt`'s generation and scoring: one per attempt, a
+    /// child of the workflow's, kept until the attempt is recorded or released.
+    fn token(
+        &self,
+        tokens: &mut BTreeMap<u32, WorkflowCancellationToken>,
+        attempt: u32,
+    ) -> WorkflowCancellationToken {
+        tokens
+            .entry(attempt)
+            .or_insert_with(|| self.ctx.cancellation_token().child_token())
+            .clone()
     }
 
     async fn release(&self, attempt: u32) -> Result<(), ActivityExecutionError> {
