@@ -130,14 +130,6 @@ pub enum Reservation {
     },
 }
 
-/// Input of `settle_budget`: the reservation becomes `gpu_ms` actually spent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SettleBudget {
-    pub key: AttemptKey,
-    pub project_id: ProjectId,
-    pub gpu_ms: u64,
-}
-
 /// Input of `generate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {

@@ -19,7 +19,7 @@ use crate::gpu::Gpu;
 use crate::io::{
     AttemptKey, GenerateRequest, Generated, LoadEvidence, LoadPolicy, PlaceGeneration, Placement,
     RecordAttempt, RecordOutcome, RecordSettled, Reservation, ReserveAttempt, ReserveBudget,
-    ReservedAttempt, ScoreRequest, Scored, Settings, SettleBudget, Used,
+    ReservedAttempt, ScoreRequest, Scored, Settings, Used,
 };
 use crate::ports::{
     AttemptStore, BackendError, BudgetLedger, GenerationBackend, PolicyStore, Progress, QaScorer,
@@ -554,7 +554,7 @@ impl RetryActivities {
     }
 
     /// Settle the attempt's reservation to the GPU time it used and record it, in one store
-    /// transaction: `settle_budget` and `record_attempt` as one step.
+    /// transaction.
     #[activity(name = "record_settled")]
     pub async fn record_settled(
         self: Arc<Self>,
@@ -567,19 +567,6 @@ impl RetryActivities {
             .map_err(store_failure)?;
         log::attempt_recorded(&input.attempt);
         Ok(())
-    }
-
-    /// Turn the attempt's reservation into the GPU time actually used.
-    #[activity(name = "settle_budget")]
-    pub async fn settle_budget(
-        self: Arc<Self>,
-        _ctx: ActivityContext,
-        input: SettleBudget,
-    ) -> Result<(), ActivityError> {
-        self.ledger
-            .settle(&input.key, input.gpu_ms)
-            .await
-            .map_err(store_failure)
     }
 
     /// Give back a reservation that will not be settled.
