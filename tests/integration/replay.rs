@@ -151,6 +151,23 @@ async fn a_changed_workflow_is_detected_as_nondeterministic() {
     assert!(msg.to_lowercase().contains("nondetermin"), "{msg}");
 }
 
+/// A retry of a segment whose three attempts all fail, started and waiting for review.
+async fn awaiting_review(
+    app: &TestApp,
+    name: &str,
+    review: &Value,
+) -> (String, retries::RetryHandle) {
+    let (seg, _) = find_segment(&app.tag, name, review, |a| {
+        a.len() == 3 && a.iter().all(|x| !x.passed)
+    });
+    let h = app.start(request(&seg, "p1", Some(review.clone()))).await;
+    app.wait_for(&seg, "awaiting review", |s| {
+        s.phase == Phase::AwaitingReview
+    })
+    .await;
+    (seg, h)
+}
+
 async fn save(app: &crate::harness::TestApp, segment: &str, file: &str) {
     let handle = retries::handle(&app.client, &SegmentId::parse(segment).unwrap());
     let json = handle
@@ -226,14 +243,7 @@ async fn record_representative_histories() {
     save(&app, &seg, "budget_exhausted.json").await;
 
     let review = json!({"enabled": true, "review_window_secs": 3600});
-    let (seg, _) = find_segment(&app.tag, "review", &review, |a| {
-        a.len() == 3 && a.iter().all(|x| !x.passed)
-    });
-    let h = app.start(request(&seg, "p1", Some(review.clone()))).await;
-    app.wait_for(&seg, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (seg, h) = awaiting_review(&app, "review", &review).await;
     retries::decide(
         &app.client,
         &SegmentId::parse(&seg).unwrap(),
@@ -244,14 +254,7 @@ async fn record_representative_histories() {
     assert_eq!(retries::result(&h).await.unwrap().outcome, Outcome::Passed);
     save(&app, &seg, "review_accepted.json").await;
 
-    let (seg, _) = find_segment(&app.tag, "reject", &review, |a| {
-        a.len() == 3 && a.iter().all(|x| !x.passed)
-    });
-    let h = app.start(request(&seg, "p1", Some(review.clone()))).await;
-    app.wait_for(&seg, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (seg, h) = awaiting_review(&app, "reject", &review).await;
     retries::decide(
         &app.client,
         &SegmentId::parse(&seg).unwrap(),
@@ -267,14 +270,7 @@ async fn record_representative_histories() {
 
     // `retry_with` starts a second round (two more attempts); it passes and finishes, or fails
     // and waits for review again, where it is rejected.
-    let (seg, _) = find_segment(&app.tag, "again", &review, |a| {
-        a.len() == 3 && a.iter().all(|x| !x.passed)
-    });
-    let h = app.start(request(&seg, "p1", Some(review.clone()))).await;
-    app.wait_for(&seg, "awaiting review", |s| {
-        s.phase == Phase::AwaitingReview
-    })
-    .await;
+    let (seg, h) = awaiting_review(&app, "again", &review).await;
     let id = SegmentId::parse(&seg).unwrap();
     retries::decide(
         &app.client,
