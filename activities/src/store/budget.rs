@@ -24,6 +24,12 @@ const INSERT_RESERVATION: &str = "INSERT INTO budget_reservations (workflow_id, 
      run_id, attempt, project_id, reserved_ms, spent_ms, status, limit_ms, committed_ms, \
      created_at, updated_at) VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $9, $9)";
 
+/// Hold a released or refused reservation again (see [`Stored::answers_again`]): its row takes
+/// the new answer, from the status it was read with (`$10`).
+const RETAKE_RESERVATION: &str = "UPDATE budget_reservations SET project_id = $1, \
+     reserved_ms = $2, spent_ms = NULL, status = $3, limit_ms = $4, committed_ms = $5, \
+     updated_at = $6 WHERE workflow_id = $7 AND run_id = $8 AND attempt = $9 AND status = $10";
+
 /// Create the project's row (no limit) unless it exists.
 const ENSURE_PROJECT: &str = "INSERT INTO project_budgets (project_id, limit_ms, \
      reserved_ms, spent_ms, updated_at) VALUES ($1, NULL, 0, 0, $2) \
@@ -94,6 +100,25 @@ impl Stored {
             limit_ms: DB::get(row, "limit_ms")?,
             committed_ms: DB::get(row, "committed_ms")?,
         })
+    }
+
+    /// Whether `reserve` answers from this row as it is: while it holds time or spent it.
+    ///
+    /// A `released` or `refused` row is checked against the limit again. Nothing holds time
+    /// for it, and a call for its key means an attempt is about to run under that number:
+    /// - after a worker is killed, the next one replays the run and runs again the local store
+    ///   steps whose results the history lacks; a `record_outcome` of the previous review round
+    ///   releases the next round's reservation before its `reserve` runs again (issue 28.5), so
+    ///   answering `Granted` from the row would let the attempt run holding nothing;
+    /// - numbering goes on above the highest *recorded* attempt (`plan::made`), so an attempt
+    ///   stopped before it started (released) or refused by the budget gives its number to the
+    ///   next review round, whose call must not get the old round's answer (a refusal that a
+    ///   raised limit has lifted, or a grant that holds nothing).
+    ///
+    /// The workflow never saw an answer that is replaced: its history holds each `reserve`
+    /// result it used, and a call that is made again is one whose result it lacks.
+    fn answers_again(&self) -> bool {
+        self.status == RESERVED || self.status == SETTLED
     }
 
     /// The answer `reserve` gave when it created this row.
@@ -364,7 +389,8 @@ impl<DB: Backend> BudgetLedger for SqlxStore<DB> {
         let requested = to_i64(gpu_ms, "requested gpu_ms")?;
         let now = now();
         let mut tx = DB::begin_write(&self.pool).await?;
-        if let Some(stored) = reservation::<DB>(&mut tx, key).await? {
+        let mut earlier = reservation::<DB>(&mut tx, key).await?;
+        if let Some(stored) = earlier.as_ref().filter(|s| s.answers_again()) {
             tx.commit().await.map_err(map_sqlx)?;
             return stored.answer();
         }
@@ -373,11 +399,12 @@ impl<DB: Backend> BudgetLedger for SqlxStore<DB> {
         // Held to commit: no other reserve, settle or release of this project can interleave.
         DB::lock_project(&mut tx, project_id).await?;
         // A call for the same key that held the lock before this one has answered it.
-        if !DB::WRITES_SERIALIZED
-            && let Some(stored) = reservation::<DB>(&mut tx, key).await?
-        {
-            tx.commit().await.map_err(map_sqlx)?;
-            return stored.answer();
+        if !DB::WRITES_SERIALIZED {
+            earlier = reservation::<DB>(&mut tx, key).await?;
+            if let Some(stored) = earlier.as_ref().filter(|s| s.answers_again()) {
+                tx.commit().await.map_err(map_sqlx)?;
+                return stored.answer();
+            }
         }
         // Check and add in one statement, so it stays atomic even without the lock.
         let granted = add_within_limit::<DB>(&mut tx, project_id, requested, &now).await?;
@@ -393,19 +420,32 @@ impl<DB: Backend> BudgetLedger for SqlxStore<DB> {
             (REFUSED, limit, Some(committed))
         };
         // On Postgres a call for the same key under another project id holds another lock: if
-        // it inserted first, its answer stands and this transaction rolls back. (SQLite's write
+        // it wrote first, its answer stands and this transaction rolls back. (SQLite's write
         // lock lets no such call in between.)
-        let insert = stmt(format!("{INSERT_RESERVATION} ON CONFLICT DO NOTHING"))
-            .bind(key.workflow_id.as_str())
-            .bind(key.run_id.as_str())
-            .bind(i64::from(key.attempt))
-            .bind(project_id)
-            .bind(requested)
-            .bind(status)
-            .bind(limit_ms)
-            .bind(committed_ms)
-            .bind(now.as_str());
-        if DB::execute(&mut tx, insert).await? == 0 {
+        let write = match &earlier {
+            Some(stored) => stmt(RETAKE_RESERVATION)
+                .bind(project_id)
+                .bind(requested)
+                .bind(status)
+                .bind(limit_ms)
+                .bind(committed_ms)
+                .bind(now.as_str())
+                .bind(key.workflow_id.as_str())
+                .bind(key.run_id.as_str())
+                .bind(i64::from(key.attempt))
+                .bind(stored.status.as_str()),
+            None => stmt(format!("{INSERT_RESERVATION} ON CONFLICT DO NOTHING"))
+                .bind(key.workflow_id.as_str())
+                .bind(key.run_id.as_str())
+                .bind(i64::from(key.attempt))
+                .bind(project_id)
+                .bind(requested)
+                .bind(status)
+                .bind(limit_ms)
+                .bind(committed_ms)
+                .bind(now.as_str()),
+        };
+        if DB::execute(&mut tx, write).await? == 0 {
             tx.rollback().await.map_err(map_sqlx)?;
             let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
             return match reservation::<DB>(&mut conn, key).await? {

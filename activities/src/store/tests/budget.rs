@@ -14,7 +14,10 @@ async fn a_reservation_within_the_limit_is_granted_and_held(db: &TestDb) {
     );
 }
 
-async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal(
+/// A refusal is not kept for the attempt: a call for its key is made again only when the
+/// workflow lacks the first answer (or gives the number to a later round), so it is checked
+/// against the limit again (see `Stored::answers_again`).
+async fn a_reservation_over_the_limit_is_refused_and_asking_again_checks_the_limit_again(
     db: &TestDb,
 ) {
     let store = db.open().await;
@@ -29,21 +32,26 @@ async fn a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_
         store.reserve(&key("r1", 2), "p1", 400).await.unwrap(),
         refused
     );
-    // Even once the budget would allow it, the same attempt keeps its first answer...
-    store.set_limit("p1", Some(5000)).await.unwrap();
+    // Asked again with nothing changed: the same refusal, nothing held.
     assert_eq!(
         store.reserve(&key("r1", 2), "p1", 400).await.unwrap(),
         refused
     );
     assert_eq!(budget(&store, "p1").await.reserved_ms, 700);
-    // ...while a new attempt is granted.
-    let granted = store.reserve(&key("r1", 3), "p1", 400).await.unwrap();
-    assert_eq!(granted, Reservation::Granted { gpu_ms: 400 });
     // Releasing or settling a refusal changes nothing.
     store.release(&key("r1", 2)).await.unwrap();
     store.settle(&key("r1", 2), 400).await.unwrap();
     let b = budget(&store, "p1").await;
-    assert_eq!((b.reserved_ms, b.spent_ms), (1100, 0));
+    assert_eq!((b.reserved_ms, b.spent_ms), (700, 0));
+    // Once the budget allows it, the attempt is granted and held once.
+    store.set_limit("p1", Some(5000)).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            store.reserve(&key("r1", 2), "p1", 400).await.unwrap(),
+            Reservation::Granted { gpu_ms: 400 }
+        );
+    }
+    assert_eq!(budget(&store, "p1").await.reserved_ms, 1100);
 }
 
 async fn a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked(db: &TestDb) {
@@ -292,6 +300,63 @@ async fn an_attempt_whose_reservation_a_replayed_outcome_released_is_still_bille
     assert_eq!((b.reserved_ms, b.spent_ms), (0, recorded));
 }
 
+/// Issue 28.5, the hold: the same replay as above, and attempt 3's reserve, run again, holds its
+/// time again, so the budget cap counts the attempt while it runs (it answered `Granted` from
+/// the released row before, holding nothing); and when the project's time went elsewhere in
+/// between, it is refused.
+async fn a_reserve_run_again_after_its_reservation_was_released_holds_the_time_again(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    store.release(&key("r1", 3)).await.unwrap();
+    let again = store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    assert_eq!(again, Reservation::Granted { gpu_ms: 500 });
+    assert_eq!(budget(&store, "p1").await.reserved_ms, 500);
+    // Asked again while held: the same answer, held once.
+    let same = store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    assert_eq!((same, budget(&store, "p1").await.reserved_ms), (again, 500));
+
+    store.release(&key("r1", 3)).await.unwrap();
+    store.reserve(&key("r2", 1), "p1", 800).await.unwrap();
+    let refused = store.reserve(&key("r1", 3), "p1", 500).await.unwrap();
+    assert_eq!(
+        refused,
+        Reservation::Refused {
+            limit_ms: 1000,
+            committed_ms: 800,
+            requested_ms: 500
+        }
+    );
+    assert_eq!(budget(&store, "p1").await.reserved_ms, 800);
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM budget_reservations").await,
+        2
+    );
+}
+
+/// Numbering goes on above the highest recorded attempt, so a number the budget refused in one
+/// review round is asked for again in the next: after an admin raised the limit, the new round's
+/// attempt is granted, not refused with the old round's answer.
+async fn a_number_refused_in_one_round_is_checked_against_the_limit_again_in_the_next(db: &TestDb) {
+    let store = db.open().await;
+    store.set_limit("p1", Some(1000)).await.unwrap();
+    store.reserve(&key("r1", 1), "p1", 900).await.unwrap();
+    store.settle(&key("r1", 1), 900).await.unwrap();
+    let refused = store.reserve(&key("r1", 2), "p1", 500).await.unwrap();
+    assert!(
+        matches!(refused, Reservation::Refused { .. }),
+        "{refused:?}"
+    );
+    store.set_limit("p1", Some(2000)).await.unwrap();
+    let granted = store.reserve(&key("r1", 2), "p1", 500).await.unwrap();
+    assert_eq!(granted, Reservation::Granted { gpu_ms: 500 });
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (500, 900));
+    store.settle(&key("r1", 2), 450).await.unwrap();
+    let b = budget(&store, "p1").await;
+    assert_eq!((b.reserved_ms, b.spent_ms), (0, 1350));
+}
+
 /// Whatever released an attempt's hold before its settle (the run's recorded outcome, the
 /// sweeper), an outcome that lists the attempt bills the GPU time it recorded, once; an
 /// attempt that used nothing stays released.
@@ -440,7 +505,7 @@ async fn recording_settled_settles_and_records_together_once_or_not_at_all(db: &
 store_tests! {
     #[tokio::test] recording_settled_settles_and_records_together_once_or_not_at_all,
     #[tokio::test] a_reservation_within_the_limit_is_granted_and_held,
-    #[tokio::test] a_reservation_over_the_limit_is_refused_and_asking_again_gets_the_same_refusal,
+    #[tokio::test] a_reservation_over_the_limit_is_refused_and_asking_again_checks_the_limit_again,
     #[tokio::test] a_project_without_a_budget_has_no_limit_but_its_gpu_time_is_tracked,
     #[tokio::test] a_second_reservation_for_the_same_attempt_changes_nothing,
     #[tokio::test] settling_moves_the_reservation_to_spent_once_even_if_called_twice,
@@ -450,6 +515,8 @@ store_tests! {
     #[tokio::test] recording_a_runs_outcome_releases_a_reservation_it_abandoned,
     #[tokio::test] an_attempt_whose_reservation_a_replayed_outcome_released_is_still_billed,
     #[tokio::test] an_outcome_bills_its_attempts_whose_reservations_were_not_settled,
+    #[tokio::test] a_reserve_run_again_after_its_reservation_was_released_holds_the_time_again,
+    #[tokio::test] a_number_refused_in_one_round_is_checked_against_the_limit_again_in_the_next,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     forty_concurrent_reservations_from_two_stores_never_exceed_the_limit,
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
