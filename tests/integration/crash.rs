@@ -376,3 +376,94 @@ async fn the_sweeper_releases_a_terminated_workflows_reservation_and_no_other() 
         0
     );
 }
+
+/// Issue 28.5, with real kills: a worker SIGKILLed 50 ms after creators' `retry_with` decisions.
+/// The next worker replays each run and runs again the store steps whose results the history
+/// lacks (a round's recorded outcome after the next round reserved); before the fix the
+/// project was charged less than its recorded attempts (3000 of 3600). Whatever the kill cut,
+/// every recorded attempt is charged once and nothing stays reserved.
+#[tokio::test]
+async fn a_worker_killed_just_after_review_decisions_charges_every_recorded_attempt() {
+    use retake_domain::SegmentId;
+    use retake_domain::review::Phase;
+
+    let app = TestApp::builder().without_worker().spawn().await;
+    let project = format!("{}-decide-kill", app.tag);
+    app.store
+        .set_limit(&project, Some(10_000_000))
+        .await
+        .unwrap();
+    let review = json!({"enabled": true, "review_window_secs": 3600, "max_attempts": 2,
+                        "est_gpu_ms_per_attempt": 1000});
+    let mut worker = app.spawn_worker(300, 0);
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        let (segment, _) = find_segment(&app.tag, &format!("dk{n}"), &review, |a| {
+            a.iter().all(|x| !x.passed)
+        });
+        let handle = app
+            .start(request(&segment, &project, Some(review.clone())))
+            .await;
+        runs.push((segment, handle));
+    }
+    let in_review = |s: &retake_domain::status::Status| s.phase == Phase::AwaitingReview;
+    for round in 0..3_usize {
+        let mut decided = 0;
+        for (segment, _) in &runs {
+            let status = app
+                .wait_for(segment, "awaiting review or finished", |s| {
+                    in_review(s) || s.phase == Phase::Finished
+                })
+                .await;
+            if !in_review(&status) {
+                continue;
+            }
+            let retry = json!({"decision": "retry_with", "by": "jun", "attempts": 2,
+                               "params": {"cfg_scale": 7.0 + round as f64}});
+            retries::decide(&app.client, &SegmentId::parse(segment).unwrap(), retry)
+                .await
+                .unwrap();
+            decided += 1;
+        }
+        if decided == 0 {
+            break;
+        }
+        // Not a synchronisation: the kill is meant to land while the decisions are carried out,
+        // at a different point of them each round.
+        tokio::time::sleep(Duration::from_millis([5, 20, 50][round])).await;
+        worker.kill().await.expect("SIGKILL the worker");
+        worker = app.spawn_worker(300, 0);
+    }
+    for (segment, handle) in &runs {
+        let status = app
+            .wait_for(segment, "awaiting review or finished", |s| {
+                in_review(s) || s.phase == Phase::Finished
+            })
+            .await;
+        if in_review(&status) {
+            let reject = json!({"decision": "reject", "by": "jun"});
+            retries::decide(&app.client, &SegmentId::parse(segment).unwrap(), reject)
+                .await
+                .unwrap();
+        }
+        let result = retries::result(handle).await.unwrap();
+        let rows = app.store.attempts(segment).await.unwrap();
+        assert_eq!(
+            rows.len(),
+            result.attempts.len(),
+            "{segment}: one row per attempt"
+        );
+    }
+    let mut recorded = 0;
+    for (segment, _) in &runs {
+        let rows = app.store.attempts(segment).await.unwrap();
+        recorded += rows.iter().map(|r| r.record.gpu_ms).sum::<u64>();
+    }
+    let b = app.store.budget(&project).await.unwrap().unwrap();
+    assert_eq!(b.reserved_ms, 0, "nothing left reserved");
+    assert_eq!(
+        b.spent_ms, recorded,
+        "charged exactly the recorded attempts"
+    );
+    drop(worker);
+}
