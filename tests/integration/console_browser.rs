@@ -8,6 +8,7 @@
 use crate::api::{CREATOR, VIEWER, serve_with};
 use crate::harness::{FakeJobs, TestApp};
 use crate::ladder::http_app;
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::key::Key;
 use fantoccini::{Client, ClientBuilder, Locator};
 use retake_domain::contract::{AttemptStatus, Outcome};
@@ -176,7 +177,12 @@ async fn screenshot(c: &Client, name: &str) {
 
 /// A render farm's segment (images that all fail QA, 2 attempts, an hour to review), escalated.
 async fn escalated(app: &TestApp) -> String {
-    let segment = format!("{}-browser", app.tag);
+    escalated_named(app, "browser").await
+}
+
+/// [`escalated`], for the segment `<tag>-<name>`.
+async fn escalated_named(app: &TestApp, name: &str) -> String {
+    let segment = format!("{}-{name}", app.tag);
     app.start(json!({
         "segment_id": segment, "project_id": format!("{}-p", app.tag), "scene_type": "action",
         "params": {"seed": 99, "cfg_scale": 7.0},
@@ -477,4 +483,148 @@ async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_inpu
         "what the form has no input for is kept"
     );
     c.clone().close().await.unwrap();
+}
+
+/// Press and release `key` on whatever has the focus, as a person at the keyboard would.
+async fn press(c: &Client, key: char) {
+    let keys = KeyActions::new("keyboard".to_owned())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    c.perform_actions(keys).await.unwrap();
+}
+
+/// What the full-size viewer shows: whether it is open, its title, the image's source and size,
+/// and whether it shows actual pixels.
+const FULL_SIZE: &str = "const v = document.getElementById('viewer');
+    const img = v && v.querySelector('#viewer-stage img');
+    return {
+        open: !!(v && v.open),
+        title: v ? document.getElementById('viewer-title').textContent : null,
+        src: img ? img.getAttribute('src') : null,
+        natural: img && img.complete ? [img.naturalWidth, img.clientWidth] : null,
+        actual: !!(v && document.getElementById('viewer-stage').classList.contains('actual')),
+        path: window.location.pathname,
+        decided: (document.getElementById('decided') || {}).textContent || null,
+    };";
+
+#[tokio::test]
+async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_lands_on_the_next() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    let farm = FakeJobs::render_farm(1).await;
+    let app = http_app(&farm).await;
+    let first = escalated_named(&app, "kb-a").await;
+    let second = escalated_named(&app, "kb-b").await;
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+    sign_in(&c, &base, CREATOR).await;
+    c.goto(&format!("{base}/ui/segments/{first}"))
+        .await
+        .unwrap();
+    eval_until(&c, SHOWN, 20, |v| {
+        v["images"]
+            .as_array()
+            .is_some_and(|i| i.len() == 2 && i.iter().all(|w| w.as_i64().is_some_and(|w| w > 0)))
+    })
+    .await;
+    // The best attempt is marked, preselected under Accept, and has its own Accept button.
+    let marked = eval(
+        &c,
+        "return {
+            best: Array.from(document.querySelectorAll('article.attempt[data-best]'))
+                .map(a => Number(a.dataset.attempt)),
+            preselected: Number(document.getElementById('accept-attempt').value),
+            buttons: Array.from(document.querySelectorAll('form.accept-here button'))
+                .map(b => b.textContent),
+            srcs: Array.from(document.querySelectorAll('article.attempt a.full'))
+                .map(a => a.getAttribute('href')),
+        };",
+    )
+    .await;
+    let best = marked["best"][0].as_u64().expect("one best attempt") as u32;
+    assert_eq!(marked["best"].as_array().unwrap().len(), 1, "{marked}");
+    assert_eq!(marked["preselected"], best, "{marked}");
+    assert_eq!(
+        marked["buttons"],
+        json!(["Accept attempt 1", "Accept attempt 2"]),
+        "{marked}"
+    );
+    let other = 3 - best;
+    let src = |n: u32| marked["srcs"][(n - 1) as usize].clone();
+
+    // f: the best attempt at full size; j: the other one in its place; z: actual pixels;
+    // k: back to the best.
+    press(&c, 'f').await;
+    let shown = eval_until(&c, FULL_SIZE, 10, |v| v["open"] == true).await;
+    assert_eq!(shown["src"], src(best), "{shown}");
+    assert!(
+        shown["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with(&format!("Attempt {best}"))),
+        "{shown}"
+    );
+    press(&c, 'j').await;
+    let flipped = eval_until(&c, FULL_SIZE, 10, |v| v["src"] == src(other)).await;
+    assert_eq!(flipped["open"], true, "{flipped}");
+    press(&c, 'z').await;
+    let actual = eval_until(&c, FULL_SIZE, 10, |v| {
+        v["actual"] == true
+            && v["natural"]
+                .as_array()
+                .is_some_and(|n| n[0].as_i64() > Some(0))
+    })
+    .await;
+    assert_eq!(
+        actual["natural"][0], actual["natural"][1],
+        "shown at its own pixel size: {actual}"
+    );
+    screenshot(&c, "console-full-size.png").await;
+    press(&c, 'k').await;
+    eval_until(&c, FULL_SIZE, 10, |v| v["src"] == src(best)).await;
+
+    // a: accept the attempt on screen; the console moves on to the next segment in review.
+    press(&c, 'a').await;
+    let landed = eval_until(&c, FULL_SIZE, 30, |v| {
+        v["path"] == format!("/ui/segments/{second}")
+    })
+    .await;
+    assert!(
+        landed["decided"]
+            .as_str()
+            .is_some_and(|d| d.contains(&first) && d.contains("Accepted")),
+        "the page says what happened to the segment just decided: {landed}"
+    );
+    screenshot(&c, "console-next-segment.png").await;
+
+    let id = retake_domain::SegmentId::parse(&first).unwrap();
+    let result = retake::retries::result(&retake::retries::handle(&app.client, &id))
+        .await
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Passed);
+    assert_eq!(result.selected_attempt, Some(best));
+    let decisions: Vec<(&str, &str)> = result
+        .decisions
+        .iter()
+        .map(|d| (d.action.as_str(), d.by.as_str()))
+        .collect();
+    assert_eq!(decisions, [("accept", "api:creator")]);
+
+    // n on the last segment in review: the queue, saying there is no other.
+    press(&c, 'n').await;
+    let end = eval_until(
+        &c,
+        "return window.location.pathname + window.location.search;",
+        15,
+        |v| {
+            v.as_str().is_some_and(|p| {
+                p.starts_with("/ui/review") || p.starts_with(&format!("/ui/segments/{first}"))
+            })
+        },
+    )
+    .await;
+    eprintln!("after n on the last segment: {end}");
+    c.close().await.unwrap();
 }

@@ -399,10 +399,14 @@ async fn the_queue_lists_an_escalated_segment_and_a_form_decision_ends_its_revie
         )
         .await;
     assert_eq!(accepted.status, StatusCode::SEE_OTHER, "{}", accepted.body);
+    // On to the next segment in review; with none left, back to this one, saying so.
     assert_eq!(
         accepted.location,
-        format!("/ui/segments/{segment}?done=accept")
+        format!("/ui/review/next?after={segment}&done=accept")
     );
+    let next = creator.get(&accepted.location).await;
+    assert_eq!(next.status, StatusCode::SEE_OTHER, "{}", next.body);
+    assert_eq!(next.location, format!("/ui/segments/{segment}?done=accept"));
 
     let id = retake_domain::SegmentId::parse(&segment).unwrap();
     let result = retake::retries::result(&retake::retries::handle(&app.client, &id))

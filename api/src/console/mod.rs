@@ -61,6 +61,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/sign-in", get(pages::sign_in_form).post(pages::sign_in))
         .route("/ui/sign-out", post(pages::sign_out))
         .route("/ui/review", get(pages::queue))
+        .route("/ui/review/next", get(pages::next_in_queue))
         .route("/ui/static/console.js", get(pages::script))
         .route("/ui/segments/{id}", get(pages::segment))
         .route("/ui/segments/{id}/live", get(pages::segment_live))

@@ -73,6 +73,7 @@ fn flash(query: &QueryPairs) -> &'static str {
         Some("escalate") => "Escalate sent: the retry stops and goes to review.",
         Some("saved") => "Saved.",
         Some("signed-in") => "Signed in.",
+        Some("empty") => "No other segment is awaiting a decision.",
         _ => "",
     }
 }
@@ -186,6 +187,7 @@ pub(crate) async fn sign_out(State(s): State<AppState>, posted: Posted<need::Vie
 #[template(path = "queue.html")]
 struct QueuePage {
     nav: Nav,
+    flash: &'static str,
     project: String,
     scene_type: String,
     rows: Vec<QueueRow>,
@@ -307,6 +309,7 @@ pub(crate) async fn queue(
     };
     let page = QueuePage {
         nav: Nav::new(who.role, &who.session.csrf),
+        flash: flash(&query),
         next: if page.next.is_empty() {
             String::new()
         } else {
@@ -376,6 +379,11 @@ struct SegmentPage {
     live_path: String,
     can_decide: bool,
     can_steer: bool,
+    /// The session's CSRF token when the attempt cards carry their own "Accept" button (a
+    /// creator, in review); empty otherwise.
+    decide_csrf: String,
+    /// The segment just decided, when a decision brought the creator here, to the next one.
+    decided: String,
     accept_choices: Vec<u32>,
     runs: Vec<RunView>,
     form: DecisionForm,
@@ -386,10 +394,28 @@ struct SegmentPage {
 #[derive(Template)]
 #[template(path = "segment_runs.html")]
 struct SegmentRuns {
+    segment_id: String,
     phase: String,
     live: bool,
     live_path: String,
+    /// Always empty: a running retry takes no decision (see [`SegmentPage::decide_csrf`]).
+    decide_csrf: String,
     runs: Vec<RunView>,
+}
+
+/// Mark the best attempt of the run in review — the acceptable one with the highest quality,
+/// the earliest on a tie — and say which it is. Pages preselect it; the creator still chooses.
+fn mark_best(runs: &mut [RunView]) -> Option<u32> {
+    let run = runs.iter_mut().find(|r| r.live)?;
+    let best = run.attempts.iter_mut().filter(|a| a.acceptable).fold(
+        None::<&mut AttemptView>,
+        |best, a| match best {
+            Some(b) if b.rank.unwrap_or(f64::MIN) >= a.rank.unwrap_or(f64::MIN) => Some(b),
+            _ => Some(a),
+        },
+    )?;
+    best.best = true;
+    Some(best.number)
 }
 
 fn phase_name(p: Phase) -> String {
@@ -403,7 +429,61 @@ pub(crate) async fn segment(
     query: QueryPairs,
 ) -> Result<Response, PageError> {
     let segment = SegmentId::parse(&raw)?;
-    segment_page(&who, &s, &segment, flash(&query), None, StatusCode::OK).await
+    // Set by a decision that brought the creator on to this segment; a bad value only loses
+    // the note.
+    let decided = optional(&query, "decided", |v| SegmentId::parse(v))
+        .ok()
+        .flatten();
+    let flash = flash(&query);
+    segment_page(&who, &s, &segment, flash, decided, None, StatusCode::OK).await
+}
+
+/// The segment awaiting review that comes after `after` (`GET /ui/review/next?after=…`): the
+/// newest other one in the queue, as the queue page lists them. A decision lands here, and so
+/// does the `n` key. With none left, the decided segment's own page (after a decision: it shows
+/// how the decision ended) or the queue.
+pub(crate) async fn next_in_queue(
+    _who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let after = optional(&query, "after", |v| SegmentId::parse(v))?;
+    let done = match query.0.iter().rev().find(|(k, _)| k == "done") {
+        Some((_, v)) if matches!(v.as_str(), "accept" | "reject") => v.as_str(),
+        _ => "",
+    };
+    let filter = ReviewFilter {
+        task_queue: &s.task_queue,
+        project: None,
+        scene_type: None,
+    };
+    // The decided segment may still be listed for a moment (visibility is eventually
+    // consistent): one more than needed.
+    let page = retake_client::awaiting_review(&s.temporal, &filter, 2, Vec::new())
+        .await
+        .map_err(AppError::from)?;
+    let next = page
+        .runs
+        .iter()
+        .map(|r| r.segment_id.as_str())
+        .find(|id| after.as_ref().is_none_or(|a| a.as_str() != *id))
+        .and_then(|id| SegmentId::parse(id).ok());
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    if !done.is_empty() {
+        q.append_pair("done", done);
+    }
+    let to = match (next, after) {
+        (Some(next), Some(after)) => {
+            q.append_pair("decided", after.as_str());
+            format!("/ui/segments/{next}?{}", q.finish())
+        }
+        (Some(next), None) => format!("/ui/segments/{next}"),
+        (None, Some(after)) if !done.is_empty() => {
+            format!("/ui/segments/{after}?{}", q.finish())
+        }
+        (None, _) => "/ui/review?done=empty".to_owned(),
+    };
+    Ok(see_other(&to))
 }
 
 /// The segment's runs alone (`GET /ui/segments/{id}/live`), for the page's script to swap in
@@ -416,6 +496,8 @@ pub(crate) async fn segment_live(
     let segment = SegmentId::parse(&raw)?;
     let seen = Seen::load(&s, &segment).await?;
     let page = SegmentRuns {
+        segment_id: segment.to_string(),
+        decide_csrf: String::new(),
         live_path: live_path(&segment),
         live: seen.retrying,
         phase: seen.phase,
@@ -513,10 +595,11 @@ async fn segment_page(
     s: &AppState,
     segment: &SegmentId,
     flash: &'static str,
+    decided: Option<SegmentId>,
     submitted: Option<DecisionForm>,
     status: StatusCode,
 ) -> Result<Response, PageError> {
-    let seen = Seen::load(s, segment).await?;
+    let mut seen = Seen::load(s, segment).await?;
     let accept_choices = seen
         .runs
         .iter()
@@ -529,7 +612,17 @@ async fn segment_page(
                 .collect()
         })
         .unwrap_or_default();
-    let form = refill(submitted, prefill(seen.live.as_ref(), &seen.policy));
+    let can_decide = seen.awaiting && who.role >= Role::Creator;
+    let best = if seen.awaiting {
+        mark_best(&mut seen.runs)
+    } else {
+        None
+    };
+    let mut fresh = prefill(seen.live.as_ref(), &seen.policy);
+    if let Some(best) = best {
+        fresh.accept_attempt = best.to_string();
+    }
+    let form = refill(submitted, fresh);
     let page = SegmentPage {
         nav: Nav::new(who.role, &who.session.csrf),
         flash,
@@ -539,8 +632,14 @@ async fn segment_page(
         phase: seen.phase,
         live: seen.retrying,
         live_path: live_path(segment),
-        can_decide: seen.awaiting && who.role >= Role::Creator,
+        can_decide,
         can_steer: seen.running && !seen.awaiting && who.role >= Role::Creator,
+        decide_csrf: if can_decide {
+            who.session.csrf.clone()
+        } else {
+            String::new()
+        },
+        decided: decided.map(|d| d.to_string()).unwrap_or_default(),
         accept_choices,
         runs: seen.runs,
         form,
@@ -833,7 +932,7 @@ async fn refused(
         other => vec![FieldError::new("", other.to_string())],
     };
     place_errors(&mut form, &errors);
-    segment_page(who, s, segment, "", Some(form), status).await
+    segment_page(who, s, segment, "", None, Some(form), status).await
 }
 
 /// A review decision from the segment page, through the JSON endpoint's `decide_as`.
@@ -852,10 +951,15 @@ pub(crate) async fn decide(
         Err(v) => Err(AppError::Invalid(v)),
     };
     match result {
+        // A decision that ends the review moves the creator on to the next segment in review;
+        // a retry stays, to watch its attempts.
+        Ok(()) if matches!(which.as_str(), "accept" | "reject") => Ok(see_other(&format!(
+            "/ui/review/next?after={segment}&done={which}"
+        ))),
         Ok(()) => Ok(see_other(&format!(
             "/ui/segments/{segment}?done={}",
-            if matches!(which.as_str(), "accept" | "reject" | "retry_with") {
-                which.as_str()
+            if which == "retry_with" {
+                "retry_with"
             } else {
                 ""
             }
@@ -1153,6 +1257,68 @@ pub(crate) async fn set_budget(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn run(live: bool, attempts: &[(u32, bool, Option<f64>)]) -> RunView {
+        RunView {
+            run_id: "r".into(),
+            workflow_url: String::new(),
+            outcome: String::new(),
+            reason: String::new(),
+            report: String::new(),
+            review: String::new(),
+            gpu_total: String::new(),
+            live,
+            attempts: attempts
+                .iter()
+                .map(|&(n, acceptable, rank)| AttemptView {
+                    acceptable,
+                    rank,
+                    running: false,
+                    ..AttemptView::in_flight(n)
+                })
+                .collect(),
+            decisions: Vec::new(),
+        }
+    }
+
+    fn best_of(runs: &mut [RunView]) -> (Option<u32>, Vec<u32>) {
+        let best = mark_best(runs);
+        let marked = runs
+            .iter()
+            .flat_map(|r| r.attempts.iter().filter(|a| a.best).map(|a| a.number))
+            .collect();
+        (best, marked)
+    }
+
+    #[test]
+    fn the_best_attempt_is_the_acceptable_one_of_the_run_in_review_with_the_highest_quality() {
+        // Attempt 3 scored highest but has no output; attempt 9 is in an older run.
+        let mut runs = [
+            run(false, &[(9, true, Some(0.99))]),
+            run(
+                true,
+                &[
+                    (1, true, Some(0.4)),
+                    (2, true, Some(0.7)),
+                    (3, false, Some(0.9)),
+                    (4, true, None),
+                ],
+            ),
+        ];
+        assert_eq!(best_of(&mut runs), (Some(2), vec![2]));
+    }
+
+    #[test]
+    fn on_a_tie_the_earliest_attempt_is_the_best_and_none_is_when_nothing_can_be_accepted() {
+        let mut tie = [run(true, &[(1, true, Some(0.5)), (2, true, Some(0.5))])];
+        assert_eq!(best_of(&mut tie), (Some(1), vec![1]));
+        let mut unscored = [run(true, &[(1, true, None), (2, true, None)])];
+        assert_eq!(best_of(&mut unscored), (Some(1), vec![1]));
+        let mut nothing = [run(true, &[(1, false, Some(0.5))])];
+        assert_eq!(best_of(&mut nothing), (None, vec![]));
+        let mut finished = [run(false, &[(1, true, Some(0.5))])];
+        assert_eq!(best_of(&mut finished), (None, vec![]));
+    }
 
     fn fresh() -> DecisionForm {
         DecisionForm {

@@ -91,7 +91,7 @@ pub(crate) struct Category {
 }
 
 /// One attempt, as its card shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AttemptView {
     pub(crate) number: u32,
     pub(crate) status: &'static str,
@@ -99,6 +99,11 @@ pub(crate) struct AttemptView {
     pub(crate) running: bool,
     /// Whether a creator may accept it ([`AttemptRecord::acceptable`]: it has an output).
     pub(crate) acceptable: bool,
+    /// Its quality (the policy's weighted score) when it was scored: what "best" compares.
+    pub(crate) rank: Option<f64>,
+    /// The acceptable attempt of the run in review with the highest quality: preselected, and
+    /// marked on its card (see `pages::mark_best`).
+    pub(crate) best: bool,
     pub(crate) seed: String,
     pub(crate) strategy: String,
     pub(crate) why: String,
@@ -228,6 +233,8 @@ impl AttemptView {
             selected: false,
             running: true,
             acceptable: false,
+            rank: None,
+            best: false,
             seed: String::new(),
             strategy: String::new(),
             why: String::new(),
@@ -274,6 +281,8 @@ pub(crate) async fn attempt(
         selected,
         running: false,
         acceptable: a.acceptable(),
+        rank: scored.then(|| select::quality(policy, &a.scores)),
+        best: false,
         seed: a.seed.to_string(),
         strategy: a
             .strategy
