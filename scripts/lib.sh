@@ -68,6 +68,28 @@ ensure_openapi_tools() {
   echo "${OPENAPI_TOOLS[*]}" >"$stamp"
 }
 
+# axe-core, the accessibility checker the console's browser tests run in each page (npm registry).
+# A pinned version: a newer one may add rules, which would change what the tests check.
+AXE_VERSION=4.14.1
+AXE_DIR="$TOOLS/axe"
+AXE_JS="$AXE_DIR/node_modules/axe-core/axe.min.js"
+ensure_axe() {
+  local stamp="$AXE_DIR/.retake-installed"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$AXE_VERSION" ] && [ -f "$AXE_JS" ]; then
+    return
+  fi
+  if ! command -v npm >/dev/null 2>&1; then
+    log "npm is missing: the console's accessibility checks are skipped (on CI they fail)"
+    return
+  fi
+  log "installing axe-core@$AXE_VERSION into $AXE_DIR"
+  rm -rf "$AXE_DIR"
+  mkdir -p "$AXE_DIR"
+  npm install --prefix "$AXE_DIR" --no-save --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null \
+    || die "npm could not install axe-core@$AXE_VERSION"
+  echo "$AXE_VERSION" >"$stamp"
+}
+
 # Is a Temporal frontend answering on this address?
 temporal_up() {
   "$TEMPORAL" operator cluster health --address "$1" >/dev/null 2>&1

@@ -5,7 +5,7 @@
 //! reload, accept one by keyboard; and a viewer, who sees everything and can decide nothing.
 //! Screenshots are kept in `target/test-artifacts/`.
 
-use crate::api::{CREATOR, VIEWER, serve_with};
+use crate::api::{ADMIN, CREATOR, VIEWER, serve_with};
 use crate::harness::{FakeJobs, TestApp};
 use crate::ladder::http_app;
 use fantoccini::actions::{InputSource, KeyAction, KeyActions};
@@ -627,4 +627,122 @@ async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_la
     .await;
     eprintln!("after n on the last segment: {end}");
     c.close().await.unwrap();
+}
+
+/// axe-core's source (`RETAKE_AXE_JS`, which `scripts/test` installs), or `None` off CI where it
+/// is missing (on CI a missing one fails the test).
+fn axe_source() -> Option<String> {
+    match std::env::var("RETAKE_AXE_JS") {
+        Ok(path) => Some(std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))),
+        Err(_) => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "RETAKE_AXE_JS is not set on CI (scripts/test installs axe-core)"
+            );
+            eprintln!("skipping the accessibility check: RETAKE_AXE_JS names no axe-core");
+            None
+        }
+    }
+}
+
+/// The serious and critical violations axe-core finds in the page now: rule, impact, elements.
+async fn axe_violations(c: &Client, axe: &str) -> Vec<Value> {
+    c.execute(&format!("{axe}\n;return null;"), Vec::new())
+        .await
+        .expect("axe-core loads in the page");
+    let found = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, {resultTypes: ['violations']}).then(r => done(
+                 r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
+                  .map(v => ({rule: v.id, impact: v.impact,
+                              nodes: v.nodes.map(n => n.target.join(' ')).slice(0, 5)}))),
+               e => done([{rule: 'axe failed', impact: String(e)}]));",
+            Vec::new(),
+        )
+        .await
+        .expect("axe-core runs");
+    found.as_array().cloned().unwrap_or_default()
+}
+
+/// How wide the page is against the window: `[scrollWidth, innerWidth]` and the widest
+/// elements that stick out, to name in a failure.
+const WIDTH: &str = "const w = window.innerWidth;
+    const wide = Array.from(document.querySelectorAll('body *'))
+        .filter(e => e.getBoundingClientRect().right > w + 1)
+        .slice(0, 5)
+        .map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '') +
+             (e.className && typeof e.className === 'string' ? '.' + e.className.split(' ')[0] : '') +
+             ' ' + Math.round(e.getBoundingClientRect().right));
+    return {scroll: document.documentElement.scrollWidth, inner: w, wide: wide};";
+
+#[tokio::test]
+async fn every_console_page_has_no_serious_accessibility_violation_and_fits_a_phone() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    let Some(axe) = axe_source() else {
+        return;
+    };
+    let farm = FakeJobs::render_farm(1).await;
+    let app = http_app(&farm).await;
+    let segment = escalated_named(&app, "a11y").await;
+    let project = format!("{}-p", app.tag);
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    store.set_limit(&project, Some(600_000)).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+
+    let pages = [
+        ("/ui/review".to_owned(), "queue"),
+        (format!("/ui/segments/{segment}"), "segment"),
+        ("/ui/settings".to_owned(), "settings"),
+        ("/ui/scene-types/action".to_owned(), "scene-type"),
+        (format!("/ui/projects/{project}"), "project"),
+        ("/ui/no-such-page".to_owned(), "not-found"),
+    ];
+    let mut problems = Vec::new();
+    for phone in [false, true] {
+        if phone {
+            c.set_window_size(375, 812).await.unwrap();
+        }
+        c.goto(&format!("{base}/ui/sign-in")).await.unwrap();
+        let mut seen = vec![("sign-in".to_owned(), check(&c, &axe, phone).await)];
+        sign_in(&c, &base, ADMIN).await;
+        for (path, name) in &pages {
+            c.goto(&format!("{base}{path}")).await.unwrap();
+            seen.push((path.clone(), check(&c, &axe, phone).await));
+            if phone {
+                screenshot(&c, &format!("console-375-{name}.png")).await;
+            }
+        }
+        c.goto(&format!("{base}/ui/review")).await.unwrap();
+        click(&c, "header form button[type=submit]").await;
+        problems.extend(
+            seen.into_iter()
+                .filter(|(_, p)| !p.is_empty())
+                .map(|(page, p)| {
+                    format!(
+                        "{page} ({}): {p:#?}",
+                        if phone { "375 px" } else { "desktop" }
+                    )
+                }),
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    c.close().await.unwrap();
+}
+
+/// What is wrong with the page now: axe-core's serious and critical violations, and on a phone
+/// anything wider than the window.
+async fn check(c: &Client, axe: &str, phone: bool) -> Vec<Value> {
+    let mut found = axe_violations(c, axe).await;
+    if phone {
+        let width = eval(c, WIDTH).await;
+        if width["scroll"].as_i64() > width["inner"].as_i64() {
+            found.push(json!({"rule": "wider than the window", "width": width}));
+        }
+    }
+    found
 }
