@@ -166,11 +166,38 @@ pub trait QaScorer: Send + Sync {
     async fn score(&self, req: &ScoreRequest) -> Result<Scored, BackendError>;
 }
 
-/// Retry policies per scene type, stored as validated JSON.
+/// Retry policies per scene type, stored as validated JSON, with who changed them.
 #[async_trait]
 pub trait PolicyStore: Send + Sync {
     async fn policy(&self, scene_type: &str) -> Result<Option<Value>, StoreError>;
-    async fn set_policy(&self, scene_type: &str, policy: &Value) -> Result<(), StoreError>;
+    /// Store `policy` for `scene_type` and, in the same transaction, a [`PolicyChange`] naming
+    /// `by` (`api:admin mina`, `cli:jun`).
+    async fn set_policy(
+        &self,
+        scene_type: &str,
+        policy: &Value,
+        by: &str,
+    ) -> Result<(), StoreError>;
+    /// The scene type's last `limit` policy changes, newest first.
+    async fn policy_changes(
+        &self,
+        scene_type: &str,
+        limit: u32,
+    ) -> Result<Vec<PolicyChange>, StoreError>;
+}
+
+/// One stored policy of a scene type: when, by whom, and what was stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PolicyChange {
+    /// RFC 3339, UTC.
+    pub changed_at: String,
+    /// Who stored it: `api:<role> <name>` through the API or console, `cli:<user>` by
+    /// `retake policy set`.
+    pub by: String,
+    /// The policy as stored, every field filled in.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub policy: Value,
 }
 
 /// A project's GPU budget.

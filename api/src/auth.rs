@@ -29,11 +29,55 @@ impl Role {
     }
 }
 
+/// Who a token speaks for: its role, and the person it was given to when the operator named
+/// one (`creator:mina=<token>`). Every decision, signal and policy change records it (see
+/// [`Who::recorded`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Who {
+    pub role: Role,
+    /// Letters, digits and `._@-`, at most 64 characters.
+    pub name: Option<String>,
+}
+
+impl Who {
+    /// What is recorded as `by`: `api:<role>`, then the token's name (`api:creator mina`). A
+    /// caller's own `by` may add a name to an unnamed token (`api:creator mina`, as before named
+    /// tokens), never a role; with a named token it may only repeat that name: a creator cannot
+    /// write another person into the record.
+    pub(crate) fn recorded(&self, said: Option<&str>) -> Result<String, AppError> {
+        let role = format!("api:{}", self.role.as_str());
+        let said = said.map(str::trim).filter(|s| !s.is_empty() && *s != role);
+        match (&self.name, said) {
+            (Some(name), None) => Ok(format!("{role} {name}")),
+            (Some(name), Some(said)) if said == name || said == format!("{role} {name}") => {
+                Ok(format!("{role} {name}"))
+            }
+            (Some(name), Some(_)) => Err(retake_domain::ValidationError::single(
+                "by",
+                format!("this token speaks for {name}: leave `by` out, or give {name}"),
+            )
+            .into()),
+            (None, None) => Ok(role),
+            (None, Some(said)) => Ok(format!("{role} {said}")),
+        }
+    }
+
+    /// How pages name the signed-in person: `mina (creator)`, or the role alone.
+    pub(crate) fn shown(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} ({})", self.role.as_str()),
+            None => self.role.as_str().to_owned(),
+        }
+    }
+}
+
 /// Why a token configuration is invalid (the token itself is never part of the message).
 #[derive(Debug, thiserror::Error)]
 pub enum TokensError {
-    #[error("RETAKE_API_TOKENS entry {0} is not ROLE=TOKEN")]
+    #[error("RETAKE_API_TOKENS entry {0} is not ROLE=TOKEN or ROLE:NAME=TOKEN")]
     Malformed(usize),
+    #[error("RETAKE_API_TOKENS entry {0}: a name is 1 to 64 letters, digits or ._@- (got {1:?})")]
+    BadName(usize, String),
     #[error("RETAKE_API_TOKENS entry {0}: unknown role {1:?} (use admin, creator or viewer)")]
     UnknownRole(usize, String),
     #[error("RETAKE_API_TOKENS entry {0}: tokens must be at least 16 characters")]
@@ -49,7 +93,7 @@ pub enum TokensError {
 }
 
 /// The configured tokens.
-pub struct Tokens(Vec<(Role, Vec<u8>)>);
+pub struct Tokens(Vec<(Who, Vec<u8>)>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,7 +102,8 @@ impl std::fmt::Debug for Tokens {
 }
 
 impl Tokens {
-    /// Parse `admin=<token>,creator=<token>,viewer=<token>` (several per role allowed).
+    /// Parse `admin=<token>,creator=<token>,viewer=<token>` (several per role allowed); a role
+    /// may name the person the token is for: `creator:mina=<token>`.
     pub fn parse(spec: &str) -> Result<Self, TokensError> {
         let mut tokens = Vec::new();
         for (i, entry) in spec
@@ -69,6 +114,15 @@ impl Tokens {
         {
             let n = i + 1;
             let (role, token) = entry.split_once('=').ok_or(TokensError::Malformed(n))?;
+            let (role, name) = match role.split_once(':') {
+                Some((role, name)) => (role, Some(name.trim())),
+                None => (role, None),
+            };
+            if let Some(name) = name
+                && !valid_name(name)
+            {
+                return Err(TokensError::BadName(n, name.to_owned()));
+            }
             let role = match role.trim() {
                 "admin" => Role::Admin,
                 "creator" => Role::Creator,
@@ -81,11 +135,15 @@ impl Tokens {
             }
             if let Some(first) = tokens
                 .iter()
-                .position(|(_, t): &(Role, Vec<u8>)| t.as_slice() == token.as_bytes())
+                .position(|(_, t): &(Who, Vec<u8>)| t.as_slice() == token.as_bytes())
             {
                 return Err(TokensError::Duplicate(first + 1, n));
             }
-            tokens.push((role, token.as_bytes().to_vec()));
+            let who = Who {
+                role,
+                name: name.map(str::to_owned),
+            };
+            tokens.push((who, token.as_bytes().to_vec()));
         }
         if tokens.is_empty() {
             return Err(TokensError::Empty);
@@ -93,16 +151,29 @@ impl Tokens {
         Ok(Self(tokens))
     }
 
-    /// The role of `presented`, comparing against every token in constant time.
-    pub(crate) fn role_of(&self, presented: &[u8]) -> Option<Role> {
+    /// Who `presented` speaks for, comparing against every token in constant time.
+    pub(crate) fn who(&self, presented: &[u8]) -> Option<Who> {
         let mut found = None;
-        for (role, token) in &self.0 {
+        for (who, token) in &self.0 {
             if bool::from(token.as_slice().ct_eq(presented)) {
-                found = Some(*role);
+                found = Some(who);
             }
         }
-        found
+        found.cloned()
     }
+
+    #[cfg(test)]
+    fn role_of(&self, presented: &[u8]) -> Option<Role> {
+        self.who(presented).map(|w| w.role)
+    }
+}
+
+/// A person's name in a token entry: short, and plain enough to show and record as it is.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
 }
 
 /// The lowest role an endpoint needs, as a type, so the role is checked by the extractor: before
@@ -136,8 +207,8 @@ pub(crate) mod need {
 /// An authenticated caller whose role is at least `N::ROLE` (401 without a known token, 403
 /// with too low a role).
 pub(crate) struct Caller<N> {
-    /// The caller's own role (may be higher than needed); names them in `by` fields.
-    pub(crate) role: Role,
+    /// The caller's own role (may be higher than needed) and name; names them in `by` fields.
+    pub(crate) who: Who,
     need: PhantomData<N>,
 }
 
@@ -153,15 +224,15 @@ impl<N: Need> FromRequestParts<AppState> for Caller<N> {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or(AppError::Unauthorized)?;
-        let role = state
+        let who = state
             .tokens
-            .role_of(token.trim().as_bytes())
+            .who(token.trim().as_bytes())
             .ok_or(AppError::Unauthorized)?;
-        if role < N::ROLE {
+        if who.role < N::ROLE {
             return Err(AppError::Forbidden(N::ROLE));
         }
         Ok(Caller {
-            role,
+            who,
             need: PhantomData,
         })
     }
@@ -196,6 +267,51 @@ mod tests {
             Err(TokensError::TooShort(1))
         ));
         assert!(matches!(Tokens::parse(""), Err(TokensError::Empty)));
+    }
+
+    #[test]
+    fn a_token_may_name_the_person_it_was_given_to() {
+        let t = Tokens::parse("creator:mina=cccccccccccccccc, creator=dddddddddddddddd").unwrap();
+        let mina = t.who(b"cccccccccccccccc").unwrap();
+        assert_eq!(
+            (mina.role, mina.name.as_deref()),
+            (Role::Creator, Some("mina"))
+        );
+        assert_eq!(t.who(b"dddddddddddddddd").unwrap().name, None);
+        for bad in [
+            "creator:=cccccccccccccccc",
+            "creator:mi na=cccccccccccccccc",
+        ] {
+            let err = Tokens::parse(bad).unwrap_err();
+            assert!(matches!(err, TokensError::BadName(1, _)), "{bad}: {err}");
+            assert!(!err.to_string().contains("cccc"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_named_token_is_recorded_by_its_name_and_no_caller_can_write_another() {
+        let mina = Who {
+            role: Role::Creator,
+            name: Some("mina".into()),
+        };
+        let anon = Who {
+            role: Role::Creator,
+            name: None,
+        };
+        assert_eq!(mina.recorded(None).unwrap(), "api:creator mina");
+        assert_eq!(mina.recorded(Some("mina")).unwrap(), "api:creator mina");
+        assert_eq!(
+            mina.recorded(Some("api:creator mina")).unwrap(),
+            "api:creator mina"
+        );
+        assert_eq!(mina.recorded(Some(" ")).unwrap(), "api:creator mina");
+        let refused = mina.recorded(Some("jun")).unwrap_err().to_string();
+        assert!(refused.contains("mina"), "{refused}");
+        assert!(mina.recorded(Some("api:admin")).is_err());
+        assert_eq!(anon.recorded(Some("jun")).unwrap(), "api:creator jun");
+        assert_eq!(anon.recorded(None).unwrap(), "api:creator");
+        assert_eq!(mina.shown(), "mina (creator)");
+        assert_eq!(anon.shown(), "creator");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod openapi;
 mod routes;
 mod server;
 
-pub use auth::{Role, Tokens, TokensError};
+pub use auth::{Role, Tokens, TokensError, Who};
 pub use console::Console;
 pub use error::{AppError, Dependency, ErrorBody, RETRY_AFTER_SECS};
 pub use server::{DEFAULT_MAX_CONNECTIONS, ServeOptions};

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "retake", description = "Durable, transparent, budget-bounded retries of failed generations."),
     paths(
         ops::healthz, ops::metrics,
-        policies::show, policies::set, insights::show,
+        policies::show, policies::set, policies::changes, insights::show,
         budgets::show, budgets::set,
         segments::start, segments::status, segments::abort, segments::escalate, segments::decide,
         segments::history,

@@ -78,7 +78,7 @@ pub(crate) async fn run(args: &Args) -> anyhow::Result<()> {
         retake_activities::store::connect_any(&format!("sqlite://{}", db.display())).await?;
     let policy = json!({"enabled": true, "max_attempts": 3, "ladder": ["adaptive"],
         "review_window_secs": 0, "est_gpu_ms_per_attempt": 0});
-    store.set_policy(SCENE, &policy).await?;
+    store.set_policy(SCENE, &policy, "bench").await?;
     let stored = RetryPolicy::parse(&policy)?;
     let gated = RetryPolicy {
         enabled: true,

@@ -11,6 +11,9 @@ use std::sync::Arc;
 pub const ADMIN: &str = "admin-token-0123456789";
 pub const CREATOR: &str = "creator-token-0123456789";
 pub const VIEWER: &str = "viewer-token-0123456789";
+/// A creator's token the operator named `mina`, and an admin's named `ops`.
+pub const MINA: &str = "mina-creator-token-0123456789";
+pub const OPS: &str = "ops-admin-token-0123456789";
 
 /// The API served for `app` on a free port; returns its base URL.
 async fn serve(app: &TestApp) -> String {
@@ -22,9 +25,10 @@ async fn serve(app: &TestApp) -> String {
 pub async fn serve_with(app: &TestApp, store: Arc<dyn Store>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let tokens =
-        retake_api::Tokens::parse(&format!("admin={ADMIN},creator={CREATOR},viewer={VIEWER}"))
-            .unwrap();
+    let tokens = retake_api::Tokens::parse(&format!(
+        "admin={ADMIN},creator={CREATOR},viewer={VIEWER},creator:mina={MINA},admin:ops={OPS}"
+    ))
+    .unwrap();
     let state = retake_api::AppState {
         store,
         temporal: app.client.clone(),
@@ -494,4 +498,87 @@ async fn temporal_being_down_is_a_503_with_a_retry_hint() {
         )
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_named_tokens_person_is_recorded_on_decisions_signals_and_policy_changes() {
+    let app = spawn_app().await;
+    let api = api_for(&app).await;
+    let policy = "/scene-types/named/retry-policy";
+
+    // Policy changes: who, when, what; newest first.
+    let (status, changes) = api.get(&format!("{policy}/changes"), Some(VIEWER)).await;
+    assert_eq!((status, changes), (StatusCode::OK, json!([])));
+    for (token, attempts) in [(ADMIN, 2), (OPS, 3)] {
+        let body = json!({"enabled": true, "max_attempts": attempts, "review_window_secs": 3600});
+        assert_eq!(api.put(policy, token, body).await.0, StatusCode::OK);
+    }
+    let (_, changes) = api.get(&format!("{policy}/changes"), Some(VIEWER)).await;
+    let who: Vec<(&str, u64)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["by"].as_str().unwrap(),
+                c["policy"]["max_attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(who, [("api:admin ops", 3), ("api:admin", 2)]);
+    assert!(changes[0]["changed_at"].as_str().unwrap().ends_with('Z'));
+    let stored = app.store.policy_changes("named", 10).await.unwrap();
+    assert_eq!(stored[0].by, "api:admin ops");
+
+    // A decision by mina's token carries her name; she cannot write someone else's.
+    let failing = crate::harness::find_segment(
+        &app.tag,
+        "named",
+        &json!({"enabled": true, "max_attempts": 3, "review_window_secs": 3600}),
+        |a| a.iter().all(|x| !x.passed),
+    )
+    .0;
+    let body = {
+        let mut b = request(&failing, "p1", None);
+        b["scene_type"] = json!("named");
+        b.as_object_mut().unwrap().remove("segment_id");
+        b
+    };
+    let (status, started) = api
+        .post(&format!("/segments/{failing}/retries"), MINA, body)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    app.wait_for(&failing, "awaiting review", |s| {
+        s.phase == retake_domain::review::Phase::AwaitingReview
+    })
+    .await;
+    let decision = format!("/segments/{failing}/retries/decision");
+    let (status, err) = api
+        .post(&decision, MINA, json!({"decision": "reject", "by": "jun"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert!(err.to_string().contains("speaks for mina"), "{err}");
+    let (status, _) = api
+        .post(
+            &decision,
+            MINA,
+            json!({"decision": "reject", "reason": "off-model"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = retake::retries::result(&retake::retries::handle(
+        &app.client,
+        &retake_domain::SegmentId::parse(&failing).unwrap(),
+    ))
+    .await
+    .unwrap();
+    let decisions: Vec<&str> = result.decisions.iter().map(|d| d.by.as_str()).collect();
+    assert_eq!(decisions, ["api:creator mina"]);
+    let stored = app.store.outcomes(&failing).await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|o| o.decisions.iter().any(|d| d.by == "api:creator mina")),
+        "the store records her name too"
+    );
 }

@@ -406,7 +406,7 @@ async fn an_admin_edits_a_policy_field_by_field_and_each_error_shows_at_its_inpu
                         "prompts": {"revise": "Chapter {chapter}, attempt {attempt}"}});
     let stored = retake_domain::RetryPolicy::parse(&before).unwrap();
     app.store
-        .set_policy(&scene, &serde_json::to_value(&stored).unwrap())
+        .set_policy(&scene, &serde_json::to_value(&stored).unwrap(), "test")
         .await
         .unwrap();
     let store = retake::connect::store(&app.db_url).await.unwrap();

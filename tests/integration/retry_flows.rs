@@ -182,6 +182,7 @@ async fn a_stored_scene_type_policy_is_used_and_a_request_override_merges_over_i
         .set_policy(
             "dialogue",
             &json!({"enabled": true, "max_attempts": 2, "review_window_secs": 0}),
+            "test",
         )
         .await
         .unwrap();

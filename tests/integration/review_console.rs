@@ -2,7 +2,7 @@
 //! sign-in and its cookie, CSRF, roles, the queue, decisions through the forms and their errors.
 //! The same pages in a real browser: `console_browser.rs`.
 
-use crate::api::{ADMIN, CREATOR, VIEWER, api_for, serve_with};
+use crate::api::{ADMIN, CREATOR, MINA, OPS, VIEWER, api_for, serve_with};
 use crate::harness::{TestApp, find_segment, request, spawn_app};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -779,4 +779,57 @@ async fn every_parallel_attempt_in_flight_has_its_generating_card() {
     )
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn a_named_person_is_shown_signed_in_and_recorded_on_console_decisions_and_policy_saves() {
+    let app = spawn_app().await;
+    let segment = in_review(&app, "named", "p1").await;
+
+    let mut mina = Browser::new(&app).await;
+    mina.sign_in(MINA).await;
+    let page = mina.get(&format!("/ui/segments/{segment}")).await;
+    assert!(
+        page.body.contains("signed in as mina (creator)"),
+        "{}",
+        page.body
+    );
+    let rejected = mina
+        .post(
+            &format!("/ui/segments/{segment}/decision"),
+            &[("decision", "reject"), ("reason", "off-model")],
+        )
+        .await;
+    assert_eq!(rejected.status, StatusCode::SEE_OTHER, "{}", rejected.body);
+    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    let result = retake::retries::result(&retake::retries::handle(&app.client, &id))
+        .await
+        .unwrap();
+    assert_eq!(result.decisions.last().unwrap().by, "api:creator mina");
+    let done = mina.get(&format!("/ui/segments/{segment}")).await;
+    assert!(done.body.contains("api:creator mina"), "{}", done.body);
+
+    let mut ops = Browser::new(&app).await;
+    ops.sign_in(OPS).await;
+    let scene = ops.get("/ui/scene-types/sound").await;
+    assert!(scene.body.contains("id=\"no-changes\""), "{}", scene.body);
+    let saved = ops
+        .post(
+            "/ui/scene-types/sound/policy",
+            &[("policy", r#"{"enabled": true, "max_attempts": 4}"#)],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.body);
+    let scene = ops.get("/ui/scene-types/sound").await;
+    assert!(
+        scene
+            .body
+            .contains("<td data-label=\"By\">api:admin ops</td>")
+            && scene.body.contains("first stored"),
+        "{}",
+        scene.body
+    );
+    let stored = app.store.policy_changes("sound", 5).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].by, "api:admin ops");
 }

@@ -163,10 +163,13 @@ async fn a_policy_round_trips_and_setting_it_again_replaces_it(db: &TestDb) {
     let store = db.open().await;
     assert_eq!(store.policy("dialogue").await.unwrap(), None);
     let policy = json!({"max_attempts": 3, "retry_on": ["face"], "thresholds": {"face": 0.8}});
-    store.set_policy("dialogue", &policy).await.unwrap();
+    store.set_policy("dialogue", &policy, "test").await.unwrap();
     assert_eq!(store.policy("dialogue").await.unwrap(), Some(policy));
     let replaced = json!({"max_attempts": 5});
-    store.set_policy("dialogue", &replaced).await.unwrap();
+    store
+        .set_policy("dialogue", &replaced, "test")
+        .await
+        .unwrap();
     assert_eq!(store.policy("dialogue").await.unwrap(), Some(replaced));
     assert_eq!(store.policy("action").await.unwrap(), None);
     assert_eq!(
@@ -178,7 +181,7 @@ async fn a_policy_round_trips_and_setting_it_again_replaces_it(db: &TestDb) {
 async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once(db: &TestDb) {
     let store = db.open().await;
     store
-        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .set_policy("dialogue", &json!({"max_attempts": 3}), "test")
         .await
         .unwrap();
     store.set_limit("p1", Some(1000)).await.unwrap();
@@ -214,7 +217,7 @@ async fn connect_any_picks_the_backend_from_the_url(db: &TestDb) {
         );
         // The same database as the concrete store's, through the trait object.
         store
-            .set_policy("dialogue", &json!({"max_attempts": 2}))
+            .set_policy("dialogue", &json!({"max_attempts": 2}), "test")
             .await
             .unwrap();
         let direct = db.open_url(&url).await;

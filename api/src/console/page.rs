@@ -1,7 +1,7 @@
 //! Rendering: templates become `text/html` responses, and every error becomes a readable page
 //! with the status code the JSON API would have answered (or a redirect to sign in).
 
-use crate::auth::Role;
+use crate::auth::Who;
 use crate::error::AppError;
 use askama::Template;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -12,15 +12,15 @@ use retake_domain::FieldError;
 /// (and every other form) echoes.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Nav {
-    /// `None` on the sign-in page.
-    pub(crate) role: Option<&'static str>,
+    /// Who is signed in, as the header shows them (`mina (creator)`); `None` on the sign-in page.
+    pub(crate) role: Option<String>,
     pub(crate) csrf: String,
 }
 
 impl Nav {
-    pub(crate) fn new(role: Role, csrf: &str) -> Self {
+    pub(crate) fn new(who: &Who, csrf: &str) -> Self {
         Self {
-            role: Some(role.as_str()),
+            role: Some(who.shown()),
             csrf: csrf.to_owned(),
         }
     }

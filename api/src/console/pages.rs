@@ -158,7 +158,7 @@ pub(crate) async fn sign_in(
     if !s.console.sign_in.check(&headers, csrf) {
         return Err(PageError::Csrf);
     }
-    let Some(role) = s.tokens.role_of(fields.get("token").as_bytes()) else {
+    let Some(who) = s.tokens.who(fields.get("token").as_bytes()) else {
         let page = SignInPage {
             nav: Nav {
                 role: None,
@@ -168,7 +168,7 @@ pub(crate) async fn sign_in(
         };
         return Ok(html(StatusCode::UNAUTHORIZED, &page));
     };
-    let signed = s.console.sessions.create(role);
+    let signed = s.console.sessions.create(who);
     let mut r = see_other("/ui/review");
     set(&mut r, &set_cookie(&signed));
     Ok(r)
@@ -308,7 +308,7 @@ pub(crate) async fn queue(
         format!("/ui/review?{}", q.finish())
     };
     let page = QueuePage {
-        nav: Nav::new(who.role, &who.session.csrf),
+        nav: Nav::new(&who.who(), &who.session.csrf),
         flash: flash(&query),
         next: if page.next.is_empty() {
             String::new()
@@ -624,7 +624,7 @@ async fn segment_page(
     }
     let form = refill(submitted, fresh);
     let page = SegmentPage {
-        nav: Nav::new(who.role, &who.session.csrf),
+        nav: Nav::new(&who.who(), &who.session.csrf),
         flash,
         segment_id: segment.to_string(),
         project_id: seen.project_id,
@@ -945,7 +945,7 @@ pub(crate) async fn decide(
     let (body, form) = decision_body(&posted.fields);
     let which = form.which.clone();
     let result = match body {
-        Ok(body) => segments::decide_as(posted.who.role, &s, &segment, body)
+        Ok(body) => segments::decide_as(&posted.who.who(), &s, &segment, body)
             .await
             .map(|_| ()),
         Err(v) => Err(AppError::Invalid(v)),
@@ -977,7 +977,7 @@ async fn steer(
 ) -> Result<Response, PageError> {
     let segment = SegmentId::parse(&raw)?;
     let body = json!({"reason": posted.fields.get("reason")});
-    match segments::signal(posted.who.role, &s, &segment, body, action).await {
+    match segments::signal(&posted.who.who(), &s, &segment, body, action).await {
         Ok(_) => Ok(see_other(&format!("/ui/segments/{segment}?done={name}"))),
         Err(e) => {
             let form = DecisionForm {
@@ -1028,7 +1028,7 @@ pub(crate) async fn settings(
     Ok(html(
         StatusCode::OK,
         &SettingsPage {
-            nav: Nav::new(who.role, &who.session.csrf),
+            nav: Nav::new(&who.who(), &who.session.csrf),
         },
     ))
 }
@@ -1047,6 +1047,8 @@ struct SceneTypePage {
     /// The JSON form: its text and errors.
     text: String,
     errors: Vec<FieldError>,
+    /// Who stored which policy, newest first.
+    changes: Vec<views::ChangeView>,
 }
 
 /// A refused policy form, shown again with its errors.
@@ -1074,6 +1076,15 @@ async fn scene_type_page(
     status: StatusCode,
 ) -> Result<Response, PageError> {
     let stored = s.store.policy(scene.as_str()).await?;
+    let changes = s
+        .store
+        .policy_changes(scene.as_str(), policies::CHANGES_SHOWN + 1)
+        .await?;
+    let complete = changes.len() <= policies::CHANGES_SHOWN as usize;
+    let changes = views::policy_changes(&changes, complete)
+        .into_iter()
+        .take(policies::CHANGES_SHOWN as usize)
+        .collect();
     let policy = RetryPolicy::resolve(stored.as_ref(), None).map_err(AppError::from)?;
     let shown = serde_json::to_string_pretty(&policy).unwrap_or_default();
     let (fields, (text, errors)) = match submitted {
@@ -1082,7 +1093,7 @@ async fn scene_type_page(
         None => (PolicyForm::of(&policy), (shown.clone(), Vec::new())),
     };
     let page = SceneTypePage {
-        nav: Nav::new(who.role, &who.session.csrf),
+        nav: Nav::new(&who.who(), &who.session.csrf),
         flash,
         scene_type: scene.to_string(),
         stored: stored.is_some(),
@@ -1091,6 +1102,7 @@ async fn scene_type_page(
         fields,
         text,
         errors,
+        changes,
     };
     Ok(html(status, &page))
 }
@@ -1104,7 +1116,9 @@ pub(crate) async fn set_policy(
     let scene = SceneType::parse(&raw)?;
     let text = posted.fields.get("policy").to_owned();
     let stored = match serde_json::from_str::<Value>(&text) {
-        Ok(body) => policies::store_policy(&s, &scene, &body).await.map(|_| ()),
+        Ok(body) => policies::store_policy(&posted.who.who(), &s, &scene, &body)
+            .await
+            .map(|_| ()),
         Err(e) => Err(AppError::Invalid(ValidationError::single(
             "body",
             format!("not valid JSON: {e}"),
@@ -1138,7 +1152,9 @@ pub(crate) async fn set_policy_fields(
     let mut form = PolicyForm::read(&posted.fields);
     let base = policy_of(&s, scene.as_str()).await?;
     let stored = match form.body(&base) {
-        Ok(body) => policies::store_policy(&s, &scene, &body).await.map(|_| ()),
+        Ok(body) => policies::store_policy(&posted.who.who(), &s, &scene, &body)
+            .await
+            .map(|_| ()),
         Err(v) => Err(AppError::Invalid(v)),
     };
     match stored {
@@ -1206,7 +1222,7 @@ async fn project_page(
         )
     });
     let page = ProjectPage {
-        nav: Nav::new(who.role, &who.session.csrf),
+        nav: Nav::new(&who.who(), &who.session.csrf),
         flash,
         project: project.to_string(),
         known: budget.is_some(),

@@ -13,7 +13,7 @@
 
 use super::page::PageError;
 use crate::AppState;
-use crate::auth::{Need, Role};
+use crate::auth::{Need, Role, Who};
 use crate::error::AppError;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -41,6 +41,8 @@ pub(crate) struct Session {
     pub(crate) id: String,
     /// The role of the token signed in with.
     pub(crate) role: Role,
+    /// The person that token was given to, when the operator named one.
+    pub(crate) name: Option<String>,
     /// The hidden `csrf` field every POST form of this session must echo.
     pub(crate) csrf: String,
     expires: Instant,
@@ -70,12 +72,13 @@ impl Sessions {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new signed-in session of `role`, with fresh id and CSRF token.
-    pub(crate) fn create(&self, role: Role) -> Session {
+    /// A new signed-in session of `who`, with fresh id and CSRF token.
+    pub(crate) fn create(&self, who: Who) -> Session {
         let now = Instant::now();
         let session = Session {
             id: random_hex(),
-            role,
+            role: who.role,
+            name: who.name,
             csrf: random_hex(),
             expires: now + SIGNED_IN_FOR,
         };
@@ -144,6 +147,16 @@ pub(crate) struct Signed<N> {
     pub(crate) session: Session,
     pub(crate) role: Role,
     need: PhantomData<N>,
+}
+
+impl<N> Signed<N> {
+    /// Who signed in: recorded as `by` on what they decide.
+    pub(crate) fn who(&self) -> Who {
+        Who {
+            role: self.role,
+            name: self.session.name.clone(),
+        }
+    }
 }
 
 impl<N: Need> Signed<N> {
@@ -231,8 +244,14 @@ mod tests {
     #[test]
     fn sessions_have_distinct_unguessable_ids_and_can_be_ended() {
         let sessions = Sessions::default();
-        let a = sessions.create(Role::Creator);
-        let b = sessions.create(Role::Creator);
+        let a = sessions.create(Who {
+            role: Role::Creator,
+            name: None,
+        });
+        let b = sessions.create(Who {
+            role: Role::Creator,
+            name: None,
+        });
         assert_ne!(a.id, b.id);
         assert_ne!(a.id, a.csrf);
         assert_eq!(a.id.len(), 64);
@@ -245,7 +264,10 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_and_same_site_strict() {
         let sessions = Sessions::default();
-        let s = sessions.create(Role::Viewer);
+        let s = sessions.create(Who {
+            role: Role::Viewer,
+            name: None,
+        });
         let c = set_cookie(&s);
         assert!(c.starts_with(&format!("{COOKIE}={}", s.id)), "{c}");
         for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
@@ -256,7 +278,10 @@ mod tests {
     #[test]
     fn a_form_without_the_sessions_csrf_token_is_refused() {
         let sessions = Sessions::default();
-        let s = sessions.create(Role::Admin);
+        let s = sessions.create(Who {
+            role: Role::Admin,
+            name: None,
+        });
         let with = |v: &str| Fields(vec![("csrf".into(), v.into())]);
         assert!(csrf_ok(&s, &with(&s.csrf)));
         assert!(!csrf_ok(&s, &with("")));

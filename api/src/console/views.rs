@@ -3,7 +3,7 @@
 
 use super::time::{gpu, human_ms, parse_rfc3339_ms};
 use retake_activities::files::FileRoots;
-use retake_activities::ports::{StoredAttempt, StoredOutcome};
+use retake_activities::ports::{PolicyChange, StoredAttempt, StoredOutcome};
 use retake_client::AwaitingReview;
 use retake_domain::contract::AttemptRecord;
 use retake_domain::event::CreatorEvent;
@@ -486,6 +486,68 @@ pub(crate) fn form_value(raw: &str) -> Value {
         .unwrap_or_else(|| Value::String(raw.to_owned()))
 }
 
+/// One stored policy on the scene type's page: when, by whom, what changed from the one
+/// stored before it, and the whole policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChangeView {
+    pub(crate) at: String,
+    pub(crate) by: String,
+    pub(crate) what: String,
+    pub(crate) policy: String,
+}
+
+/// `changes` (newest first) as the page lists them: each with the top-level fields that differ
+/// from the change before it (`max_attempts 3 → 5`); the oldest shown is "first stored" when it
+/// is the first ever, else "(earlier changes not shown)" applies to its comparison.
+pub(crate) fn policy_changes(changes: &[PolicyChange], complete: bool) -> Vec<ChangeView> {
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let what = match changes.get(i + 1) {
+                Some(before) => changed_fields(&before.policy, &c.policy),
+                None if complete => "first stored".to_owned(),
+                None => "earlier changes are not shown".to_owned(),
+            };
+            ChangeView {
+                at: c.changed_at.clone(),
+                by: c.by.clone(),
+                what,
+                policy: serde_json::to_string_pretty(&c.policy).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The top-level fields that differ between two stored policies, `name old → new`, in name
+/// order; "no change" when none does.
+fn changed_fields(before: &Value, after: &Value) -> String {
+    let empty = serde_json::Map::new();
+    let b = before.as_object().unwrap_or(&empty);
+    let a = after.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = b.keys().chain(a.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let short = |v: Option<&Value>| {
+        let text = v.map_or("(none)".to_owned(), |v| v.to_string());
+        if text.chars().count() > 60 {
+            format!("{}…", text.chars().take(60).collect::<String>())
+        } else {
+            text
+        }
+    };
+    let changed: Vec<String> = keys
+        .into_iter()
+        .filter(|k| b.get(*k) != a.get(*k))
+        .map(|k| format!("{k} {} → {}", short(b.get(k)), short(a.get(k))))
+        .collect();
+    if changed.is_empty() {
+        "no change".to_owned()
+    } else {
+        changed.join("; ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,5 +659,45 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn a_policy_change_lists_the_fields_it_changed_from_the_one_before() {
+        let change = |by: &str, policy: Value| PolicyChange {
+            changed_at: "2026-12-07T10:00:00Z".into(),
+            by: by.into(),
+            policy,
+        };
+        let changes = [
+            change(
+                "api:admin mina",
+                serde_json::json!({"enabled": true, "max_attempts": 5}),
+            ),
+            change(
+                "cli:jun",
+                serde_json::json!({"enabled": true, "max_attempts": 5}),
+            ),
+            change(
+                "api:admin",
+                serde_json::json!({"enabled": false, "max_attempts": 3}),
+            ),
+        ];
+        let shown = policy_changes(&changes, true);
+        let what: Vec<(&str, &str)> = shown
+            .iter()
+            .map(|c| (c.by.as_str(), c.what.as_str()))
+            .collect();
+        assert_eq!(
+            what,
+            [
+                ("api:admin mina", "no change"),
+                ("cli:jun", "enabled false → true; max_attempts 3 → 5"),
+                ("api:admin", "first stored")
+            ]
+        );
+        assert_eq!(
+            policy_changes(&changes[2..], false)[0].what,
+            "earlier changes are not shown"
+        );
     }
 }

@@ -21,6 +21,10 @@ pub(crate) fn router() -> Router<AppState> {
             "/scene-types/{id}/retry-policy",
             get(policies::show).put(policies::set),
         )
+        .route(
+            "/scene-types/{id}/retry-policy/changes",
+            get(policies::changes),
+        )
         .route("/scene-types/{id}/retry-insights", get(insights::show))
         .route(
             "/projects/{id}/budget",

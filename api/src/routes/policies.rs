@@ -1,11 +1,12 @@
 //! `GET|PUT /scene-types/{id}/retry-policy`.
 
 use crate::AppState;
-use crate::auth::{Caller, need};
+use crate::auth::{Caller, Who, need};
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{Id, JsonBody};
 use axum::Json;
 use axum::extract::State;
+use retake_activities::ports::PolicyChange;
 use retake_domain::policy::PolicyInput;
 use retake_domain::{RetryPolicy, SceneType};
 
@@ -45,22 +46,48 @@ pub(crate) async fn show(
               (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])))]
 pub(crate) async fn set(
-    _: Caller<need::Admin>,
+    caller: Caller<need::Admin>,
     State(s): State<AppState>,
     Id(scene): Id<SceneType>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<RetryPolicy>, AppError> {
-    store_policy(&s, &scene, &body).await.map(Json)
+    store_policy(&caller.who, &s, &scene, &body).await.map(Json)
 }
 
-/// Validate and store a scene type's policy: the one path of `PUT` and the console's form.
+/// Validate and store a scene type's policy, recording who changed it: the one path of `PUT`
+/// and the console's forms.
 pub(crate) async fn store_policy(
+    who: &Who,
     s: &AppState,
     scene: &SceneType,
     body: &serde_json::Value,
 ) -> Result<RetryPolicy, AppError> {
     let policy = RetryPolicy::parse(body)?;
     let value = serde_json::to_value(&policy).map_err(|e| AppError::Internal(e.to_string()))?;
-    s.store.set_policy(scene.as_str(), &value).await?;
+    let by = who.recorded(None)?;
+    s.store.set_policy(scene.as_str(), &value, &by).await?;
     Ok(policy)
+}
+
+/// How many policy changes `GET .../retry-policy/changes` answers with, newest first.
+pub(crate) const CHANGES_SHOWN: u32 = 50;
+
+/// Who changed a scene type's policy, when, and to what.
+#[utoipa::path(get, path = "/scene-types/{id}/retry-policy/changes", operation_id = "list_retry_policy_changes", tag = "policies",
+    params(("id" = String, Path, description = "Scene type")),
+    responses((status = 200, description = "The last 50 stored policies, newest first (empty when none was ever stored)", body = Vec<PolicyChange>),
+              (status = 401, description = "No or an unknown token", body = ErrorBody),
+              (status = 422, description = "Invalid scene type", body = ErrorBody),
+              (status = 503, description = "The database is unavailable", body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn changes(
+    _: Caller<need::Viewer>,
+    State(s): State<AppState>,
+    Id(scene): Id<SceneType>,
+) -> Result<Json<Vec<PolicyChange>>, AppError> {
+    Ok(Json(
+        s.store
+            .policy_changes(scene.as_str(), CHANGES_SHOWN)
+            .await?,
+    ))
 }

@@ -1,7 +1,7 @@
 //! Retries of a segment: start, steer, watch, and the recorded history.
 
 use crate::AppState;
-use crate::auth::{Caller, Role, need};
+use crate::auth::{Caller, Who, need};
 use crate::error::{AppError, ErrorBody};
 use crate::extract::{Id, JsonBody, QueryPairs, from_json};
 use axum::Json;
@@ -181,29 +181,18 @@ pub(crate) struct SignalSent {
     by: String,
 }
 
-/// Who is recorded as deciding: always the role the token carries (`api:creator`), with the name
-/// the caller gives after it (`api:creator mina`). The name is the caller's word; the role is what
-/// the API checked, so a creator can never be recorded as `api:admin`.
-fn by_or_role(by: Option<String>, role: Role) -> String {
-    let role = format!("api:{}", role.as_str());
-    match by.as_deref().map(str::trim) {
-        None | Some("") => role,
-        Some(name) if name == role => role,
-        Some(name) => format!("{role} {name}"),
-    }
-}
-
-/// Send `abort` or `escalate` for `role`: the one path of the JSON endpoints and the console's
-/// buttons, so both validate the body, default `by` and answer a finished retry alike.
+/// Send `abort` or `escalate` for `who`: the one path of the JSON endpoints and the console's
+/// buttons, so both validate the body, record `by` ([`Who::recorded`]) and answer a finished
+/// retry alike.
 pub(crate) async fn signal(
-    role: Role,
+    who: &Who,
     s: &AppState,
     segment: &SegmentId,
     body: Value,
     action: Creator,
 ) -> Result<SignalSent, AppError> {
     let body: SignalRequest = from_json(body)?;
-    let by = by_or_role(body.by, role);
+    let by = who.recorded(body.by.as_deref())?;
     let what = match action {
         Creator::Abort => "there is nothing to abort",
         Creator::Escalate => "there is nothing to escalate",
@@ -253,7 +242,7 @@ pub(crate) async fn abort(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<SignalSent>), AppError> {
-    let sent = signal(caller.role, &s, &segment, body, Creator::Abort).await?;
+    let sent = signal(&caller.who, &s, &segment, body, Creator::Abort).await?;
     Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
@@ -275,7 +264,7 @@ pub(crate) async fn escalate(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<SignalSent>), AppError> {
-    let sent = signal(caller.role, &s, &segment, body, Creator::Escalate).await?;
+    let sent = signal(&caller.who, &s, &segment, body, Creator::Escalate).await?;
     Ok((StatusCode::ACCEPTED, Json(sent)))
 }
 
@@ -343,21 +332,21 @@ pub(crate) async fn decide(
     Id(segment): Id<SegmentId>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<DecisionAccepted>, AppError> {
-    decide_as(caller.role, &s, &segment, body).await.map(Json)
+    decide_as(&caller.who, &s, &segment, body).await.map(Json)
 }
 
-/// Deliver a decision for `role`: the one path of the JSON endpoint and the console's forms, so
-/// both read the body into the same [`DecisionRequest`] (same field errors), default `by` to
-/// `api:<role>` and map the workflow's refusal the same way.
+/// Deliver a decision for `who`: the one path of the JSON endpoint and the console's forms, so
+/// both read the body into the same [`DecisionRequest`] (same field errors), record `by`
+/// ([`Who::recorded`]) and map the workflow's refusal the same way.
 pub(crate) async fn decide_as(
-    role: Role,
+    who: &Who,
     s: &AppState,
     segment: &SegmentId,
     body: Value,
 ) -> Result<DecisionAccepted, AppError> {
     let mut decision: DecisionRequest = from_json(body)?;
     check_output_uri(s, decision.params.as_ref(), "params.output_uri")?;
-    decision.by = Some(by_or_role(decision.by, role));
+    decision.by = Some(who.recorded(decision.by.as_deref())?);
     let over = "its review is over";
     running_run(s, segment, over).await?;
     let argument =
@@ -442,20 +431,17 @@ mod tests {
 
     #[test]
     fn the_recorded_decider_always_carries_the_tokens_role() {
-        assert_eq!(by_or_role(None, Role::Creator), "api:creator");
-        assert_eq!(by_or_role(Some("  ".into()), Role::Creator), "api:creator");
+        use crate::auth::Role;
+        let who = |role| Who { role, name: None };
+        let by = |role, said: Option<&str>| who(role).recorded(said).unwrap();
+        assert_eq!(by(Role::Creator, None), "api:creator");
+        assert_eq!(by(Role::Creator, Some("  ")), "api:creator");
+        assert_eq!(by(Role::Creator, Some("mina")), "api:creator mina");
         assert_eq!(
-            by_or_role(Some("mina".into()), Role::Creator),
-            "api:creator mina"
-        );
-        assert_eq!(
-            by_or_role(Some("api:admin".into()), Role::Creator),
+            by(Role::Creator, Some("api:admin")),
             "api:creator api:admin",
             "a creator never passes for an admin"
         );
-        assert_eq!(
-            by_or_role(Some("api:admin".into()), Role::Admin),
-            "api:admin"
-        );
+        assert_eq!(by(Role::Admin, Some("api:admin")), "api:admin");
     }
 }

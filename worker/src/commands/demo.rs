@@ -106,7 +106,7 @@ pub(crate) async fn run(g: &Global, args: DemoArgs) -> anyhow::Result<()> {
                 ..RetryPolicy::default()
             };
             store
-                .set_policy(scene.as_str(), &serde_json::to_value(&p)?)
+                .set_policy(scene.as_str(), &serde_json::to_value(&p)?, "demo")
                 .await?;
             p
         }

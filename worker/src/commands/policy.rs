@@ -151,7 +151,7 @@ pub(crate) async fn run(g: &Global, cmd: PolicyCommand) -> anyhow::Result<()> {
             };
             let policy = RetryPolicy::resolve(base.as_ref(), Some(&patch(&args)))?;
             store
-                .set_policy(scene.as_str(), &serde_json::to_value(&policy)?)
+                .set_policy(scene.as_str(), &serde_json::to_value(&policy)?, &cli_user())
                 .await?;
             print(&scene, &policy, true, Output { json: false })
         }
@@ -162,5 +162,22 @@ pub(crate) async fn run(g: &Global, cmd: PolicyCommand) -> anyhow::Result<()> {
             let policy = RetryPolicy::resolve(stored.as_ref(), None)?;
             print(&scene, &policy, stored.is_some(), out)
         }
+    }
+}
+
+/// Who `retake policy set` records as having changed the policy: `cli:` and the login name
+/// (`$USER`, else `$LOGNAME`), kept to letters, digits and `._@-`; `cli` alone without one.
+fn cli_user() -> String {
+    let user: String = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+        .take(64)
+        .collect();
+    if user.is_empty() {
+        "cli".to_owned()
+    } else {
+        format!("cli:{user}")
     }
 }

@@ -29,7 +29,10 @@ async fn every_method(store: &AnyStore, run: &str) -> Vec<(&'static str, Result<
     let policy = json!({"max_attempts": 2});
     let mut done = Vec::new();
     let mut note = |name, result: Result<(), StoreError>| done.push((name, result));
-    note("set_policy", store.set_policy("dialogue", &policy).await);
+    note(
+        "set_policy",
+        store.set_policy("dialogue", &policy, "test").await,
+    );
     note("policy", store.policy("dialogue").await.map(drop));
     note(
         "set_limit",
@@ -134,7 +137,7 @@ async fn a_sqlite_store_opened_while_its_file_was_read_only_writes_once_the_file
     let db = TestDb::sqlite();
     let store = db.open().await;
     store
-        .set_policy("dialogue", &json!({"max_attempts": 2}))
+        .set_policy("dialogue", &json!({"max_attempts": 2}), "test")
         .await
         .unwrap();
     store.close().await;
@@ -157,7 +160,7 @@ async fn a_sqlite_store_opened_while_its_file_was_read_only_writes_once_the_file
         Some(json!({"max_attempts": 2}))
     );
     let err = store
-        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .set_policy("dialogue", &json!({"max_attempts": 3}), "test")
         .await
         .unwrap_err();
     assert!(
@@ -167,7 +170,7 @@ async fn a_sqlite_store_opened_while_its_file_was_read_only_writes_once_the_file
     read_only.end();
 
     store
-        .set_policy("dialogue", &json!({"max_attempts": 3}))
+        .set_policy("dialogue", &json!({"max_attempts": 3}), "test")
         .await
         .unwrap();
     store.set_limit("p1", Some(1000)).await.unwrap();
@@ -434,7 +437,7 @@ async fn sqlite_errors_are_classified_by_their_result_code() {
         .await
         .unwrap();
     let err = store
-        .set_policy("b", &json!({"max_attempts": 2}))
+        .set_policy("b", &json!({"max_attempts": 2}), "test")
         .await
         .unwrap_err();
     assert!(
@@ -445,7 +448,7 @@ async fn sqlite_errors_are_classified_by_their_result_code() {
     assert_eq!(store.policy("a").await.unwrap(), Some(json!({})));
     writer.rollback().await.unwrap();
     store
-        .set_policy("b", &json!({"max_attempts": 2}))
+        .set_policy("b", &json!({"max_attempts": 2}), "test")
         .await
         .unwrap();
 }

@@ -123,7 +123,7 @@ async fn connecting_with_a_short_acquire_timeout_still_waits_for_a_server_that_i
         });
         let store = connecting.await.expect("connected once the server is up");
         store
-            .set_policy("dialogue", &json!({"max_attempts": 2}))
+            .set_policy("dialogue", &json!({"max_attempts": 2}), "test")
             .await
             .unwrap();
         store.close().await;
