@@ -178,6 +178,35 @@ async fn a_policy_round_trips_and_setting_it_again_replaces_it(db: &TestDb) {
     );
 }
 
+async fn every_stored_policy_is_kept_with_who_stored_it_newest_first(db: &TestDb) {
+    let store = db.open().await;
+    assert!(
+        store
+            .policy_changes("dialogue", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for (n, by) in [(2, "api:admin"), (3, "cli:jun"), (4, "api:admin ops")] {
+        store
+            .set_policy("dialogue", &json!({"max_attempts": n}), by)
+            .await
+            .unwrap();
+    }
+    store
+        .set_policy("action", &json!({"max_attempts": 9}), "api:admin")
+        .await
+        .unwrap();
+    let changes = store.policy_changes("dialogue", 2).await.unwrap();
+    let seen: Vec<(&str, &serde_json::Value)> = changes
+        .iter()
+        .map(|c| (c.by.as_str(), &c.policy["max_attempts"]))
+        .collect();
+    assert_eq!(seen, [("api:admin ops", &json!(4)), ("cli:jun", &json!(3))]);
+    assert!(changes[0].changed_at >= changes[1].changed_at);
+    assert_eq!(store.policy_changes("dialogue", 10).await.unwrap().len(), 3);
+}
+
 async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once(db: &TestDb) {
     let store = db.open().await;
     store
@@ -198,7 +227,7 @@ async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once
         assert_eq!(budget(&store, "p1").await.reserved_ms, 100);
         assert_eq!(
             count(&store, "SELECT COUNT(*) FROM _sqlx_migrations").await,
-            6
+            7
         );
         store.close().await;
     }
@@ -241,6 +270,7 @@ async fn connect_any_picks_the_backend_from_the_url(db: &TestDb) {
 
 store_tests! {
     #[tokio::test] a_policy_round_trips_and_setting_it_again_replaces_it,
+    #[tokio::test] every_stored_policy_is_kept_with_who_stored_it_newest_first,
     #[tokio::test] reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once,
     #[tokio::test] connect_any_picks_the_backend_from_the_url,
 }

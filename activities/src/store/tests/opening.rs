@@ -32,7 +32,7 @@ async fn stores_opened_at_the_same_moment_on_a_new_database_all_open(db: &TestDb
         TestDb::Postgres { .. } => "SELECT COUNT(*)::BIGINT FROM _sqlx_migrations",
     };
     let first = db.open().await;
-    assert_eq!(first.count(applied).await, 6);
+    assert_eq!(first.count(applied).await, 7);
     for store in &stores {
         store.set_limit("p", Some(1000)).await.expect("a write");
     }
