@@ -14,6 +14,7 @@ pub mod ports;
 pub mod sim;
 pub mod stats;
 pub mod store;
+pub mod urls;
 
 use crate::gpu::Gpu;
 use crate::io::{

@@ -41,6 +41,9 @@ pub struct AppState {
     /// The only folders whose files the API opens (text outputs, drafts), and under which a
     /// creator's `file://` `params.output_uri` must lie.
     pub files: retake_activities::files::FileRoots,
+    /// The URL prefixes under which a creator's `http(s)` `params.output_uri` must lie (the
+    /// worker GETs it). The API itself never requests an `http(s)` URL.
+    pub urls: retake_activities::urls::UrlRoots,
 }
 
 /// The router with every endpoint, the body limit and the state.

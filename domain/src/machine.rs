@@ -469,6 +469,19 @@ impl Machine {
         }
     }
 
+    /// Whether `decision` (recorded as `event`) may be taken now: [`Machine::decidable`], and for
+    /// a `retry_with`, room for another round ([`crate::review::room_for_round`]). What the
+    /// `decide` update's validator asks, so a refused decision leaves nothing in the history.
+    pub fn admits(&self, decision: &Decision, event: &CreatorEvent) -> Result<(), String> {
+        self.decidable()?;
+        match (&self.ending, decision) {
+            (Ending::InReview(result), Decision::RetryWith(retry)) => {
+                crate::review::room_for_round(result, retry, event)
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether an `escalate` signal would be taken now (attempts are being made).
     pub fn escalatable(&self) -> bool {
         self.ending == Ending::Running && self.escalate.is_none() && self.phase == Phase::Retrying

@@ -1,6 +1,6 @@
 //! Creator controls: the `abort`/`escalate` signals and the `decide` update of human review.
 
-use crate::contract::{AttemptRecord, Params};
+use crate::contract::{AttemptRecord, Params, RetryResult};
 use crate::error::{Errors, ValidationError};
 use crate::event::CreatorEvent;
 use crate::policy::{JitterSpec, MAX_ATTEMPTS_RANGE, RetryPolicy};
@@ -100,6 +100,64 @@ impl RetryWith {
         policy.max_attempts = made + self.attempts;
         (p, policy)
     }
+}
+
+/// The most attempts one run may make over all its rounds: `retry_with` may extend a run up to
+/// here and no further (three rounds of the largest `max_attempts`).
+pub const MAX_RUN_ATTEMPTS: u32 = 30;
+
+/// The largest workflow result a run may grow towards, in bytes of JSON: half of Temporal's 2 MiB
+/// payload limit, which also bounds the `record_outcome` step's input and the `report` query's
+/// answer (the result plus a phase). A result the server refuses (`TMPRL1103`) fails the workflow
+/// task at completion, which is then retried forever.
+pub const RESULT_BUDGET_BYTES: usize = 1024 * 1024;
+const _: () = assert!(RESULT_BUDGET_BYTES * 2 <= 2 * 1024 * 1024);
+
+/// Allowance per attempt, on top of the largest attempt so far and the new parameters, for what
+/// a new attempt may carry that an earlier one did not (an error cut at 4,096 characters, a note,
+/// a longer prompt).
+const ATTEMPT_SLACK_BYTES: usize = 16 * 1024;
+
+/// Whether a run whose result so far is `result` has room for another round as `retry` asks
+/// (recorded as `event`): the attempts it may make stay within [`MAX_RUN_ATTEMPTS`], and the
+/// result, grown by the decision and by each new attempt as large as the largest so far with the
+/// new parameters added, stays within [`RESULT_BUDGET_BYTES`]. The reason, when not, says what the
+/// reviewer can do instead. Asked when a decision arrives, so a run that would outgrow what
+/// Temporal accepts is told so while a reviewer can still accept or reject.
+pub fn room_for_round(
+    result: &RetryResult,
+    retry: &RetryWith,
+    event: &CreatorEvent,
+) -> Result<(), String> {
+    let made = crate::plan::made(&result.attempts);
+    let instead = "accept an attempt, reject, or start a new retry of the segment";
+    if made.saturating_add(retry.attempts) > MAX_RUN_ATTEMPTS {
+        return Err(format!(
+            "this run has made {made} attempts and may make at most {MAX_RUN_ATTEMPTS}: {} more would pass that; {instead}",
+            retry.attempts
+        ));
+    }
+    let largest = result.attempts.iter().map(json_len).max().unwrap_or(0);
+    let per_attempt = largest + json_len(&retry.params) + ATTEMPT_SLACK_BYTES;
+    let now = json_len(result);
+    let projected = now
+        .saturating_add(json_len(event))
+        .saturating_add(per_attempt.saturating_mul(retry.attempts as usize));
+    if projected > RESULT_BUDGET_BYTES {
+        return Err(format!(
+            "this run's result is {} KiB and {} more attempts could take it to {} KiB, past the {} KiB a run may keep (Temporal refuses results over 2 MiB); {instead}",
+            now / 1024,
+            retry.attempts,
+            projected / 1024,
+            RESULT_BUDGET_BYTES / 1024
+        ));
+    }
+    Ok(())
+}
+
+/// The length of a value's JSON, for [`room_for_round`].
+fn json_len<T: Serialize>(value: &T) -> usize {
+    serde_json::to_vec(value).map_or(usize::MAX, |v| v.len())
 }
 
 /// The `decide` argument: `{"decision": "retry_with" | "accept" | "reject", "by": "...",
@@ -384,5 +442,90 @@ mod tests {
         assert_eq!(pol.max_attempts, 5);
         assert_eq!(pol.vary["cfg_scale"].range, 2.0);
         assert!(pol.vary.contains_key("denoise_strength"));
+    }
+
+    /// A run's result with `n` attempts whose parameters carry `notes_bytes` of text.
+    fn result_with(n: u32, notes_bytes: usize) -> RetryResult {
+        let p = policy();
+        let attempts = (1..=n)
+            .map(|k| {
+                let mut a = crate::select::tests::attempt(k, 0.4, 0.4, &p);
+                a.params
+                    .0
+                    .insert("notes".into(), json!("n".repeat(notes_bytes)));
+                a.original_params = a.params.clone();
+                a
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "segment_id": "5", "project_id": "p", "scene_type": "s", "outcome": "escalated",
+            "reason": "r", "selected_attempt": null, "attempts": [], "gpu_ms_total": 0,
+            "report": "x", "decisions": []
+        }))
+        .map(|r: RetryResult| RetryResult { attempts, ..r })
+        .unwrap()
+    }
+
+    fn retry(attempts: u32, notes_bytes: usize) -> (RetryWith, CreatorEvent) {
+        let v = json!({"decision": "retry_with", "by": "mina", "attempts": attempts,
+                       "params": {"notes": "m".repeat(notes_bytes)}});
+        match Decision::parse(&v, &policy(), &[]).unwrap() {
+            (Decision::RetryWith(r), e) => (r, e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn another_round_is_allowed_while_the_run_stays_small() {
+        let (r, e) = retry(10, 100);
+        assert_eq!(room_for_round(&result_with(20, 100), &r, &e), Ok(()));
+    }
+
+    #[test]
+    fn a_retry_with_past_the_run_attempt_cap_is_refused_saying_what_to_do_instead() {
+        let (r, e) = retry(4, 10);
+        let err = room_for_round(&result_with(27, 10), &r, &e).unwrap_err();
+        assert!(
+            err.contains("has made 27 attempts and may make at most 30"),
+            "{err}"
+        );
+        assert!(err.contains("accept an attempt, reject"), "{err}");
+        let (r, e) = retry(3, 10);
+        assert_eq!(room_for_round(&result_with(27, 10), &r, &e), Ok(()));
+    }
+
+    #[test]
+    fn a_retry_with_that_could_outgrow_the_result_budget_is_refused() {
+        // 60 KiB of notes per attempt, in params and original params: about 120 KiB an attempt.
+        let big = 60 * 1024;
+        let (r, e) = retry(1, big);
+        assert_eq!(room_for_round(&result_with(2, big), &r, &e), Ok(()));
+        let err = room_for_round(&result_with(7, big), &r, &e).unwrap_err();
+        assert!(err.contains("past the 1024 KiB a run may keep"), "{err}");
+        assert!(err.contains("Temporal refuses results over 2 MiB"), "{err}");
+        // Asking for many attempts at once is measured as that many attempts.
+        let (r, e) = retry(10, big);
+        assert!(room_for_round(&result_with(1, big), &r, &e).is_err());
+    }
+
+    #[test]
+    fn every_round_the_budget_admits_keeps_the_result_under_temporals_limit() {
+        // Grow a run round by round, each new attempt as large as allowed, until refused: the
+        // result never passed the budget, and the budget is half of Temporal's 2 MiB.
+        let big = 50 * 1024;
+        let mut result = result_with(1, big);
+        let (r, e) = retry(1, big);
+        let mut rounds = 0;
+        while room_for_round(&result, &r, &e).is_ok() {
+            let next = result.attempts.len() as u32 + 1;
+            result
+                .attempts
+                .extend(result_with(next, big).attempts.pop());
+            result.decisions.push(e.clone());
+            rounds += 1;
+            assert!(rounds < 100, "never refused");
+        }
+        let len = serde_json::to_vec(&result).unwrap().len();
+        assert!(len <= RESULT_BUDGET_BYTES, "{len}");
     }
 }

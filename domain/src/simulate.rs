@@ -624,7 +624,11 @@ impl Sim {
             _ => json!({"decision": "reject", "by": "jun"}),
         };
         let policy = self.machine.policy().cloned().unwrap_or_default();
-        match Decision::parse(&value, &policy, &attempts) {
+        // As the workflow's `decide` validator: parsed, then admitted by the core.
+        let decided = Decision::parse(&value, &policy, &attempts)
+            .map_err(|e| e.to_string())
+            .and_then(|(d, e)| self.machine.admits(&d, &e).map(|()| (d, e)));
+        match decided {
             Ok((decision, event)) => {
                 if let Decision::Accept { attempt } = decision {
                     self.accepted.push(attempt);

@@ -36,6 +36,7 @@ pub async fn serve_with(app: &TestApp, store: Arc<dyn Store>) -> String {
         tokens: Arc::new(tokens),
         console: retake_api::Console::default(),
         files: app.files.clone(),
+        urls: app.urls.clone(),
     };
     tokio::spawn(retake_api::serve(listener, state, std::future::pending()));
     base

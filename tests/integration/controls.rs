@@ -696,3 +696,89 @@ async fn a_second_decision_while_the_first_is_recorded_is_refused() {
         "rejected"
     );
 }
+
+/// Parameters of about 60 KiB (the request may carry 64 KiB): every attempt records them twice
+/// (its params and the original ones) and every `retry_with` once more.
+fn notes(round: usize) -> String {
+    format!("round {round}: ") + &"n".repeat(60 * 1024)
+}
+
+#[tokio::test]
+async fn retry_with_rounds_stop_being_accepted_before_the_result_outgrows_what_temporal_takes() {
+    let app = spawn_app().await;
+    // A face that never passes: every round escalates to review again.
+    let segment = (0..10_000)
+        .map(|i| format!("{}-big-{i}", app.tag))
+        .find(|s| Simulator::profile(s).systematic_face)
+        .expect("a systematic segment");
+    let mut input = request(
+        &segment,
+        "p1",
+        Some(json!({"enabled": true, "review_window_secs": 3600, "max_attempts": 1})),
+    );
+    input["params"]["notes"] = json!(notes(0));
+    let handle = app.start(input).await;
+    let in_review = |decisions: usize| {
+        move |s: &retake_domain::status::Status| {
+            s.phase == Phase::AwaitingReview && s.decisions.len() == decisions
+        }
+    };
+    app.wait_for(&segment, "awaiting review", in_review(0))
+        .await;
+
+    // Past 2 MiB the server refuses the result (TMPRL1103); 14 rounds would get there.
+    let mut refused = None;
+    for round in 1..=14 {
+        let decision = json!({"decision": "retry_with", "by": "jun", "attempts": 1,
+                              "params": {"notes": notes(round)}});
+        match retries::decide(&app.client, &seg(&segment), decision).await {
+            Ok(_) => {
+                app.wait_for(&segment, "awaiting review again", in_review(round))
+                    .await;
+            }
+            Err(e) => {
+                refused = Some((round, format!("{e:#}")));
+                break;
+            }
+        }
+    }
+    let (round, why) = refused.expect("a retry_with refused before the result passed 2 MiB");
+    assert!(round > 2, "refused too early, in round {round}: {why}");
+    assert!(
+        why.contains("a run may keep (Temporal refuses results over 2 MiB)")
+            && why.contains("accept an attempt, reject, or start a new retry"),
+        "{why}"
+    );
+
+    // The run still takes a decision and ends cleanly.
+    retries::decide(
+        &app.client,
+        &seg(&segment),
+        json!({"decision": "reject", "by": "jun"}),
+    )
+    .await
+    .unwrap();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(30), retries::result(&handle))
+        .await
+        .expect("the run finished")
+        .unwrap();
+    assert_eq!(result.outcome, Outcome::Escalated);
+    let size = serde_json::to_vec(&result).unwrap().len();
+    assert!(
+        size <= retake_domain::review::RESULT_BUDGET_BYTES,
+        "result of {size} bytes"
+    );
+    use temporalio_protos::protos::temporal::api::history::v1::history_event::Attributes;
+    let failed_tasks = app
+        .history(&segment)
+        .await
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e.attributes,
+                Some(Attributes::WorkflowTaskFailedEventAttributes(_))
+            )
+        })
+        .count();
+    assert_eq!(failed_tasks, 0, "no workflow task failed");
+}

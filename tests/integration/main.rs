@@ -59,6 +59,9 @@ mod retry_flows;
 mod review_console;
 /// The `retry_attempts` table and outcomes equal the workflow result.
 mod store_records;
+/// Only `http(s)` URLs under the configured URL roots are requested: the API refuses a creator's
+/// draft elsewhere, the worker never requests one.
+mod url_roots;
 /// `retake runs versions`: the open retries counted by the behaviour version they recorded.
 mod versions;
 /// The Temporal web UI, in headless Chromium, shows a segment's workflow and search attributes.

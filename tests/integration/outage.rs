@@ -211,3 +211,102 @@ async fn retries_pause_while_another_connection_locks_sqlite_and_finish_once_it_
 
     assert_finished_as_predicted(&app, started).await;
 }
+
+/// SQLite's files made immutable (`chattr +i`: even this process, as root, and its open
+/// descriptors cannot write them) until [`Immutable::end`] or drop. Not the `-shm` file: SQLite
+/// maps it into memory, and a write to a mapped page of an immutable file is a SIGBUS that
+/// kills the worker, not an error it can report.
+struct Immutable {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl Immutable {
+    /// The database file of `app` and its `-wal` file, those that exist; the reason
+    /// when this machine cannot do it (no `chattr`, no `CAP_LINUX_IMMUTABLE`, a filesystem
+    /// without the attribute).
+    fn make(app: &TestApp) -> Result<Self, String> {
+        let db = app
+            .db_url
+            .strip_prefix("sqlite://")
+            .ok_or_else(|| format!("{} is not a SQLite URL", app.db_url))?;
+        let mut made = Self { paths: Vec::new() };
+        for suffix in ["", "-wal"] {
+            let path = std::path::PathBuf::from(format!("{db}{suffix}"));
+            if !path.exists() {
+                continue;
+            }
+            let out = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("chattr: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "chattr +i {} failed: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            made.paths.push(path.clone());
+            if std::fs::OpenOptions::new().write(true).open(&path).is_ok() {
+                return Err(format!(
+                    "{} is still writable with chattr +i",
+                    path.display()
+                ));
+            }
+        }
+        Ok(made)
+    }
+
+    fn end(mut self) {
+        self.restore();
+    }
+
+    fn restore(&mut self) {
+        for path in self.paths.drain(..) {
+            let done = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&path)
+                .status()
+                .expect("chattr -i");
+            assert!(done.success(), "chattr -i {}", path.display());
+        }
+    }
+}
+
+impl Drop for Immutable {
+    /// Also on a failed test: an immutable file would outlive its temporary directory.
+    fn drop(&mut self) {
+        self.restore();
+    }
+}
+
+#[tokio::test]
+async fn retries_pause_while_the_sqlite_files_are_read_only_and_finish_once_writable_again() {
+    let app = TestApp::builder()
+        .simulator(Simulator::new(GPU_MS))
+        .spawn()
+        .await;
+    let started = start_retries(&app, "literead").await;
+
+    let frozen = match Immutable::make(&app) {
+        Ok(frozen) => frozen,
+        Err(why) => {
+            eprintln!("skipped: cannot make the SQLite files read-only here: {why}");
+            return;
+        }
+    };
+    // Every retry has a store step refused (its first attempt's record, at least) and waits on a
+    // durable timer to retry it: the outage outlasts several store steps.
+    let message = wait_until_all_paused(&app, &started).await;
+    let expected = [
+        "readonly",
+        "disk I/O error",
+        "unable to open",
+        "not permitted",
+    ];
+    assert!(expected.iter().any(|m| message.contains(m)), "{message}");
+    frozen.end();
+
+    assert_finished_as_predicted(&app, started).await;
+}

@@ -46,6 +46,19 @@ pub struct Global {
         value_delimiter = ','
     )]
     pub file_roots: Vec<PathBuf>,
+    /// A URL prefix (`http(s)://host[:port][/path]`) under which retake may GET a draft to
+    /// revise or a chapter to judge; repeat it, or give a comma-separated list in the variable.
+    /// Scheme, host and port must match exactly and the path by whole segments. No other
+    /// `http(s)` URL is requested for a text, and the API refuses an `http(s)`
+    /// `params.output_uri` outside them. Default: none; a worker always adds its backends'
+    /// `base_url`s.
+    #[arg(
+        long = "url-root",
+        global = true,
+        env = "RETAKE_URL_ROOTS",
+        value_delimiter = ','
+    )]
+    pub url_roots: Vec<retake_activities::urls::UrlRoot>,
 }
 
 impl Global {
@@ -56,6 +69,12 @@ impl Global {
         } else {
             retake_activities::files::FileRoots::new(self.file_roots.iter().cloned())
         }
+    }
+
+    /// The URL prefixes this process may GET texts under ([`Global::url_roots`]; none by
+    /// default).
+    pub fn urls(&self) -> retake_activities::urls::UrlRoots {
+        retake_activities::urls::UrlRoots::new(self.url_roots.iter().cloned())
     }
 }
 

@@ -140,9 +140,11 @@ impl SegmentRetryWorkflow {
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         self.machine.decidable()?;
         let policy = self.machine.policy().cloned().unwrap_or_default();
-        Decision::parse(input, &policy, self.machine.attempts())
-            .map(|_| ())
-            .map_err(|e| e.to_string().into())
+        let (decision, event) =
+            Decision::parse(input, &policy, self.machine.attempts()).map_err(|e| e.to_string())?;
+        // Validators do not run on replay and a refused update leaves no history, so a rule
+        // added here changes no recorded run.
+        Ok(self.machine.admits(&decision, &event)?)
     }
 
     /// A creator's review decision: `retry_with` (new params / wider jitter / more attempts),

@@ -4,26 +4,33 @@
 use crate::files::{FileError, FileRoots};
 use crate::io::AttemptKey;
 use crate::ports::BackendError;
+use crate::urls::UrlRoots;
 use std::path::{Path, PathBuf};
 
 /// The largest text read back (a draft to revise, a chapter to judge): far beyond a chapter,
 /// small enough that a wrong file cannot fill the worker's memory or an LLM request.
 pub const TEXT_LIMIT: u64 = 4 * 1024 * 1024;
 
-/// A directory of outputs, one file per attempt, and the folders text may be read from.
+/// How many redirects a GET of a text follows, each checked against the URL roots.
+const MAX_REDIRECTS: usize = 5;
+
+/// A directory of outputs, one file per attempt, and the folders and URL prefixes text may be
+/// read from.
 #[derive(Debug, Clone)]
 pub struct Artifacts {
     dir: PathBuf,
     roots: FileRoots,
+    urls: UrlRoots,
 }
 
 impl Artifacts {
-    /// Outputs written to `dir`, and read back only from `dir`.
+    /// Outputs written to `dir`, and read back only from `dir`; no `http(s)` URL is read.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         Self {
             roots: FileRoots::new([dir.clone()]),
             dir,
+            urls: UrlRoots::default(),
         }
     }
 
@@ -34,7 +41,15 @@ impl Artifacts {
         Self {
             roots: roots.with(dir.clone()),
             dir,
+            urls: UrlRoots::default(),
         }
+    }
+
+    /// These artifacts, reading `http(s)` texts only under `urls` (and nowhere else).
+    #[must_use]
+    pub fn with_urls(mut self, urls: UrlRoots) -> Self {
+        self.urls = urls;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -106,7 +121,9 @@ impl Artifacts {
             })
     }
 
-    /// Read a text output by URI: `file://` from disk, `http(s)://` with a GET.
+    /// Read a text output by URI: `file://` from disk under the file roots, `http(s)://` with a
+    /// GET under the URL roots (a redirect is followed only to a URL inside them too). Anything
+    /// outside is refused before a byte is read or a request sent.
     pub async fn get_text(&self, uri: &str) -> Result<String, BackendError> {
         let url = url::Url::parse(uri)
             .map_err(|e| BackendError::Rejected(format!("{uri:?} is not a URI: {e}")))?;
@@ -120,9 +137,19 @@ impl Artifacts {
                 Err(e) => Err(BackendError::Rejected(e.to_string())),
             },
             "http" | "https" => {
-                let client = crate::backends::wire::client(std::time::Duration::from_secs(60))
-                    .map_err(BackendError::Transient)?;
-                let body = crate::backends::wire::bytes(uri, client.get(url)).await?;
+                self.urls
+                    .check(&url)
+                    .map_err(|e| BackendError::Rejected(e.to_string()))?;
+                let client = self.http_client()?;
+                let body = match client.get(url).send().await {
+                    Err(e) if e.is_redirect() => {
+                        return Err(BackendError::Rejected(format!(
+                            "{uri}: {}",
+                            crate::backends::wire::describe(&e)
+                        )));
+                    }
+                    sent => crate::backends::wire::bytes_of(uri, sent).await?,
+                };
                 String::from_utf8(body)
                     .map_err(|_| BackendError::Rejected(format!("{uri} is not UTF-8 text")))
             }
@@ -130,6 +157,29 @@ impl Artifacts {
                 "{uri}: unsupported scheme {other:?} (file, http, https)"
             ))),
         }
+    }
+}
+
+impl Artifacts {
+    /// A client that follows a redirect only to a URL inside the URL roots, at most
+    /// [`MAX_REDIRECTS`] times.
+    fn http_client(&self) -> Result<reqwest::Client, BackendError> {
+        let urls = self.urls.clone();
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() > MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            match urls.check(attempt.url()) {
+                Ok(()) => attempt.follow(),
+                Err(e) => attempt.error(format!("redirected: {e}")),
+            }
+        });
+        reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60))
+            .redirect(policy)
+            .build()
+            .map_err(|e| BackendError::Transient(format!("cannot build an HTTP client: {e}")))
     }
 }
 
@@ -217,5 +267,114 @@ mod tests {
             a.get_text("s3://b/k").await,
             Err(BackendError::Rejected(_))
         ));
+    }
+
+    /// A server with a draft under `/drafts`, a redirect out of it, and a secret; it counts
+    /// every request it hears.
+    async fn drafts_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let heard = std::sync::Arc::new(AtomicUsize::new(0));
+        let counted = heard.clone();
+        let app = axum::Router::new()
+            .route(
+                "/drafts/ch12.md",
+                axum::routing::get(|| async { "12화 초고" }),
+            )
+            .route(
+                "/drafts/moved.md",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "/drafts/ch12.md")],
+                    )
+                }),
+            )
+            .route(
+                "/drafts/escape.md",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::FOUND,
+                        [(axum::http::header::LOCATION, "/secret")],
+                    )
+                }),
+            )
+            .route("/secret", axum::routing::get(|| async { "admin=hunter2" }))
+            .layer(axum::middleware::from_fn(
+                move |req: axum::extract::Request, next: axum::middleware::Next| {
+                    let counted = counted.clone();
+                    async move {
+                        if req.uri().path() == "/secret" {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        next.run(req).await
+                    }
+                },
+            ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), heard)
+    }
+
+    fn under(base: &str, path: &str) -> Artifacts {
+        let dir = std::env::temp_dir().join("retake-artifacts-unused");
+        Artifacts::new(dir).with_urls(UrlRoots::new([format!("{base}{path}").parse().unwrap()]))
+    }
+
+    #[tokio::test]
+    async fn an_http_draft_is_read_only_under_a_url_root_and_nothing_else_is_requested() {
+        let (base, secret_hits) = drafts_server().await;
+        let draft = format!("{base}/drafts/ch12.md");
+        let secret = format!("{base}/secret");
+        // No URL roots (the default): not even the draft is fetched.
+        let none = Artifacts::new("/nonexistent");
+        for uri in [&draft, &secret] {
+            let err = none.get_text(uri).await.unwrap_err();
+            assert!(
+                matches!(&err, BackendError::Rejected(m) if m.contains("outside the URLs retake may read")),
+                "{uri}: {err}"
+            );
+        }
+        let a = under(&base, "/drafts/");
+        assert_eq!(a.get_text(&draft).await.unwrap(), "12화 초고");
+        for uri in [
+            secret.clone(),
+            format!("{base}/drafts/../secret"),
+            format!("{base}/drafts/%2e%2e/secret"),
+            format!("{base}/drafts/..%2fsecret"),
+        ] {
+            let err = a.get_text(&uri).await.unwrap_err();
+            assert!(matches!(err, BackendError::Rejected(_)), "{uri}: {err}");
+        }
+        assert_eq!(
+            secret_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the secret was requested"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_followed_only_inside_the_url_roots() {
+        let (base, secret_hits) = drafts_server().await;
+        let a = under(&base, "/drafts");
+        assert_eq!(
+            a.get_text(&format!("{base}/drafts/moved.md"))
+                .await
+                .unwrap(),
+            "12화 초고"
+        );
+        let err = a
+            .get_text(&format!("{base}/drafts/escape.md"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BackendError::Rejected(m) if m.contains("outside the URLs retake may read")),
+            "{err}"
+        );
+        assert_eq!(
+            secret_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the redirect reached the secret"
+        );
     }
 }

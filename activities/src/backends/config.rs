@@ -61,6 +61,11 @@ pub struct BackendsConfig {
     /// artifacts folder is always one. No other local file is ever opened.
     #[serde(default)]
     pub file_roots: Vec<PathBuf>,
+    /// URL prefixes (`http(s)://host[:port][/path]`) under which drafts to revise and chapters to
+    /// judge may be fetched; every backend's own `base_url` is always one. No other `http(s)` URL
+    /// is ever requested for a text (see [`crate::urls`]).
+    #[serde(default)]
+    pub url_roots: Vec<crate::urls::UrlRoot>,
     /// The route of scene types not listed (default: the simulator for both).
     #[serde(default)]
     pub default: Option<Route>,
@@ -103,6 +108,32 @@ pub enum ScorerConfig {
 }
 
 impl BackendsConfig {
+    /// The URL roots a worker reads texts under: [`BackendsConfig::url_roots`] and each
+    /// configured backend's `base_url` (a backend's outputs live there). A `base_url` that cannot
+    /// be a root (user info, a query) adds nothing: its adapter refuses it or its outputs stay
+    /// unread.
+    pub fn url_roots(&self) -> crate::urls::UrlRoots {
+        let routes = self.default.iter().chain(self.scene_types.values());
+        let bases = routes.flat_map(|r| {
+            let generate = match &r.generate {
+                GeneratorConfig::Simulator => None,
+                GeneratorConfig::Http(c) => Some(&c.base_url),
+                GeneratorConfig::Openai(c) => Some(&c.base_url),
+                GeneratorConfig::Comfyui(c) => Some(&c.base_url),
+            };
+            let score = match &r.score {
+                ScorerConfig::Simulator => None,
+                ScorerConfig::Http(c) => Some(&c.base_url),
+                ScorerConfig::LlmJudge(c) => Some(&c.base_url),
+            };
+            generate.into_iter().chain(score)
+        });
+        bases.filter_map(|b| b.parse().ok()).fold(
+            crate::urls::UrlRoots::new(self.url_roots.iter().cloned()),
+            |roots, root| roots.with(root),
+        )
+    }
+
     /// Parse JSON text; `source_name` (a file name) is named in errors.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, ConfigError> {
         let de = &mut serde_json::Deserializer::from_str(text);
@@ -154,5 +185,40 @@ mod tests {
     fn an_empty_configuration_routes_everything_to_the_simulator() {
         let c = BackendsConfig::parse("b.json", "{}").unwrap();
         assert!(c.scene_types.is_empty() && c.default.is_none());
+    }
+
+    #[test]
+    fn a_worker_reads_urls_only_under_its_url_roots_and_its_backends_base_urls() {
+        let c = BackendsConfig::parse(
+            "b.json",
+            r#"{"url_roots": ["https://drafts.example/novel-7/"],
+                "scene_types": {"chapter": {
+                  "generate": {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m"},
+                  "score": {"kind": "http", "base_url": "http://qa.internal:9000"}}}}"#,
+        )
+        .unwrap();
+        let roots = c.url_roots();
+        for ok in [
+            "https://drafts.example/novel-7/ch12.md",
+            "http://127.0.0.1:8000/v1/files/ch12.md",
+            "http://qa.internal:9000/outputs/5.md",
+        ] {
+            assert!(roots.admits_uri(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://127.0.0.1:8001/v1/x",
+            "http://127.0.0.1:8000/admin",
+            "https://drafts.example/other/x",
+        ] {
+            assert!(roots.admits_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_url_root_that_cannot_be_one_is_named_with_its_path() {
+        let err =
+            BackendsConfig::parse("b.json", r#"{"url_roots": ["http://u:p@host/"]}"#).unwrap_err();
+        assert!(err.field.starts_with("url_roots"), "{err}");
+        assert!(err.to_string().contains("user name"), "{err}");
     }
 }

@@ -37,7 +37,8 @@ impl Router {
                 .clone()
                 .unwrap_or_else(|| crate::files::DEFAULT_ROOT.into()),
             crate::files::FileRoots::new(config.file_roots.iter().cloned()),
-        );
+        )
+        .with_urls(config.url_roots());
         let sim = Arc::new(sim);
         let build_generator = |route: &Route| -> Result<Arc<dyn GenerationBackend>, ConfigError> {
             let generator: Arc<dyn GenerationBackend> = match &route.generate {

@@ -85,10 +85,15 @@ pub(crate) async fn bytes(
     what: &str,
     req: reqwest::RequestBuilder,
 ) -> Result<Vec<u8>, BackendError> {
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| BackendError::Transient(format!("{what}: {}", describe(&e))))?;
+    bytes_of(what, req.send().await).await
+}
+
+/// [`bytes`] of a request already sent.
+pub(crate) async fn bytes_of(
+    what: &str,
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<Vec<u8>, BackendError> {
+    let resp = sent.map_err(|e| BackendError::Transient(format!("{what}: {}", describe(&e))))?;
     let status = resp.status();
     let body = resp.bytes().await.map_err(|e| {
         BackendError::Transient(format!("{what}: reading the body: {}", describe(&e)))

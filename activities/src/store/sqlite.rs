@@ -94,8 +94,9 @@ impl SqlxStore<Sqlite> {
         if !waits.keep_connections {
             pool = pool.max_lifetime(Duration::ZERO);
         }
-        let pool = pool.before_acquire(|_, meta| {
-            Box::pin(async move { Ok(!opened_before_read_only(meta.age)) })
+        let pool = pool.before_acquire(|conn, meta| {
+            let stuck = left_in_transaction(conn);
+            Box::pin(async move { Ok(!stuck && !opened_before_read_only(meta.age)) })
         });
         // Several processes opening a new file at once contend for it: the first turns it to
         // WAL and migrates it while the others' connects and migrations wait on its locks, and
@@ -197,6 +198,18 @@ impl Backend for Sqlite {
 /// is not about read-only connections never sets it. Connections opened while the file is
 /// still read-only fail their first write and set it again.
 static READ_ONLY_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// Whether `conn` still counts itself inside a transaction when it is handed out: a write that
+/// failed mid-transaction because the file could not be written (`chattr +i`, a disk error) is
+/// rolled back by SQLite itself, so the rollback sqlx sends when the transaction is dropped fails
+/// and sqlx keeps counting the transaction as open. Every later `BEGIN IMMEDIATE` on that
+/// connection then failed ("attempted to call begin_with at non-zero transaction depth"), which
+/// failed the workflow as invalid data. Such a connection is closed instead of handed out, and
+/// the retry of the refused write gets a fresh one.
+fn left_in_transaction(conn: &SqliteConnection) -> bool {
+    use sqlx::TransactionManager as _;
+    <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(conn) > 0
+}
 
 /// The process's reference instant for [`READ_ONLY_SEEN`].
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);

@@ -54,8 +54,9 @@ async fn running_run(s: &AppState, segment: &SegmentId, what: &str) -> Result<St
 }
 
 /// A creator's `params.output_uri` (the draft a text retry revises, which the worker reads and
-/// the console shows) may name a local file only under the configured roots: anything else is a
-/// 422, before the worker or the console could open it. Other schemes are not files and pass.
+/// the console shows) may name a local file only under the configured roots, and an `http(s)`
+/// URL only under the configured URL roots: anything else is a 422, before the worker or the
+/// console could open or request it. Other schemes (`sim://`, `s3://`) are never read and pass.
 fn check_output_uri(
     s: &AppState,
     params: Option<&Map<String, Value>>,
@@ -64,13 +65,16 @@ fn check_output_uri(
     let Some(Value::String(uri)) = params.and_then(|p| p.get("output_uri")) else {
         return Ok(());
     };
-    let is_file = url::Url::parse(uri).is_ok_and(|u| u.scheme() == "file");
-    if !is_file {
-        return Ok(());
+    let scheme = url::Url::parse(uri).map(|u| u.scheme().to_owned());
+    let refused = match scheme.as_deref() {
+        Ok("file") => s.files.admits_uri(uri).err().map(|e| e.to_string()),
+        Ok("http" | "https") => s.urls.admits_uri(uri).err().map(|e| e.to_string()),
+        _ => None,
+    };
+    match refused {
+        Some(message) => Err(ValidationError::single(field, message)),
+        None => Ok(()),
     }
-    s.files
-        .admits_uri(uri)
-        .map_err(|e| ValidationError::single(field, e.to_string()))
 }
 
 /// Start a retry of a failed segment. The body is the workflow argument; its `segment_id` may be

@@ -6,6 +6,7 @@ use retake_activities::backends::BackendsConfig;
 use retake_activities::files::{DEFAULT_ROOT, FileRoots};
 use retake_activities::ports::Store;
 use retake_activities::sim::Simulator;
+use retake_activities::urls::UrlRoots;
 use retake_domain::SegmentId;
 use retake_domain::contract::RetryResult;
 use retake_domain::status::Status;
@@ -32,6 +33,9 @@ pub struct TestApp {
     /// The folders the API the test serves may read: those the worker reads (its backends'
     /// `artifacts_dir` and `file_roots`), else the default.
     pub files: FileRoots,
+    /// The URL prefixes the API the test serves admits a creator's `http(s)` draft under: the
+    /// backends' `url_roots` (as an operator gives `retake api` `RETAKE_URL_ROOTS`), else none.
+    pub urls: UrlRoots,
     // Dropped before `_dir`: the worker stops before its database file is deleted.
     _worker: Option<WorkerThread>,
     _dir: tempfile::TempDir,
@@ -180,6 +184,11 @@ impl<'s> TestAppBuilder<'s> {
                 .with(b.artifacts_dir.clone().unwrap_or(DEFAULT_ROOT.into())),
             None => FileRoots::default(),
         };
+        let urls = self
+            .backends
+            .as_ref()
+            .map(|b| UrlRoots::new(b.url_roots.iter().cloned()))
+            .unwrap_or_default();
         let worker = self.with_worker.then(|| {
             WorkerThread::start(
                 address.clone(),
@@ -197,6 +206,7 @@ impl<'s> TestAppBuilder<'s> {
             tag,
             address,
             files,
+            urls,
             _worker: worker,
             _dir: dir,
         }

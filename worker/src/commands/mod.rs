@@ -44,6 +44,7 @@ pub(crate) async fn worker(g: &Global, args: WorkerArgs) -> anyhow::Result<()> {
         .transpose()?
         .map(|mut config| {
             config.file_roots.extend(g.file_roots.iter().cloned());
+            config.url_roots.extend(g.url_roots.iter().cloned());
             config
         });
     let activities = worker::configured_activities(
@@ -121,6 +122,7 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
         tokens: Arc::new(tokens),
         console: retake_api::Console::new(&args.temporal_ui),
         files: g.files(),
+        urls: g.urls(),
     };
     tracing::info!(console = %format!("http://{}/ui", args.listen), "review console");
     let options = args.serve_options();
