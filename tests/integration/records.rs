@@ -182,3 +182,67 @@ async fn an_abort_during_the_last_attempt_ends_aborted_without_a_false_escalatio
         );
     }
 }
+
+/// The policy's `stop_after_same_refusals` decides how many of the same refusal end the round,
+/// through the workflow: 3 stops after the third, 0 goes on until the attempts are used up.
+#[tokio::test]
+async fn the_policy_says_how_many_same_refusals_in_a_row_stop_the_round() {
+    let jobs = FakeJobs::failing(
+        None,
+        Failure::Generation("cfg 31.2 is out of range".to_owned()),
+    )
+    .await;
+    let app = http_app(&jobs).await;
+    let with = |name: &str, stop_after: u32| {
+        let mut r = action_request(&app, name);
+        r["policy"]["max_attempts"] = json!(4);
+        r["policy"]["stop_after_same_refusals"] = json!(stop_after);
+        r
+    };
+
+    let three = app.retry(with("refused-three", 3)).await;
+    let never = app.retry(with("refused-never", 0)).await;
+
+    assert_eq!(three.outcome, Outcome::Escalated);
+    assert_eq!(three.attempts.len(), 3, "{}", three.report);
+    assert!(
+        three
+            .reason
+            .starts_with("the backend refused attempts 1, 2 and 3 with the same error"),
+        "{}",
+        three.reason
+    );
+    assert_eq!(never.outcome, Outcome::Escalated);
+    assert_eq!(never.attempts.len(), 4, "every attempt: {}", never.report);
+    assert!(
+        !never.reason.contains("the backend refused"),
+        "{}",
+        never.reason
+    );
+    for (name, result) in [("refused-three", &three), ("refused-never", &never)] {
+        assert!(
+            result
+                .attempts
+                .iter()
+                .all(|a| a.error_type.as_deref() == Some("BackendRejected")),
+            "{name}: {}",
+            result.report
+        );
+        let segment = format!("{}-{name}", app.tag);
+        let rows: Vec<_> = app
+            .store
+            .attempts(&segment)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        assert_eq!(rows, result.attempts, "{name}: the rows are the result's");
+    }
+    let posts = jobs
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("POST /generate"))
+        .count();
+    assert_eq!(posts, 3 + 4, "one job per attempt");
+}
