@@ -3,9 +3,10 @@
 
 use crate::cli::{retake, stdout};
 use crate::harness::{
-    CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs, TestApp, request, spawn_app,
+    CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeComfyUi, FakeJobs, TestApp, request, spawn_app,
 };
 use crate::ladder::{action_request, http_app};
+use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, Outcome};
 use serde_json::json;
 
@@ -245,4 +246,84 @@ async fn the_policy_says_how_many_same_refusals_in_a_row_stop_the_round() {
         .filter(|c| c.starts_with("POST /generate"))
         .count();
     assert_eq!(posts, 3 + 4, "one job per attempt");
+}
+
+/// A ComfyUI graph whose `inputs` map `cfg_scale` but not `denoise_strength`, under a policy
+/// jittering both: every attempt records the jittered `cfg_scale` and `denoise_strength` as the
+/// request had it, and ComfyUI was sent exactly that (its graph, with the attempt's seed and
+/// `cfg`, nothing else changed). Before, `denoise_strength` was recorded jittered too, a
+/// variation the backend never received.
+#[tokio::test]
+async fn an_attempt_records_jitter_only_for_what_comfyui_received_and_it_received_what_was_recorded()
+ {
+    let comfy = FakeComfyUi::rendering().await;
+    let dir = tempfile::tempdir().unwrap();
+    let template = json!({
+        "1": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "KSampler",
+              "inputs": {"seed": 0, "cfg": 8.0, "steps": 20, "sampler_name": "euler",
+                         "scheduler": "normal", "denoise": 1.0, "latent_image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "r"}}
+    });
+    let graph = dir.path().join("ksampler.json");
+    std::fs::write(&graph, template.to_string()).unwrap();
+    let config = json!({"artifacts_dir": dir.path(), "scene_types": {"comfy": {
+        "generate": {"kind": "comfyui", "base_url": comfy.base_url, "workflow": graph,
+                     "sampler_nodes": ["2"], "inputs": {"cfg_scale": "cfg"},
+                     "poll_interval_ms": 50},
+        "score": {"kind": "simulator"}}}});
+    let app = TestApp::builder()
+        .backends(BackendsConfig::parse("comfy", &config.to_string()).expect("config"))
+        .spawn()
+        .await;
+    let segment = format!("{}-unmapped", app.tag);
+
+    let result = app
+        .retry(json!({
+            "segment_id": segment, "project_id": "p1", "scene_type": "comfy",
+            "params": {"seed": 7, "cfg_scale": 7.0, "denoise_strength": 0.6},
+            "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+            "policy": {"enabled": true, "max_attempts": 3, "selection": "best_of_n",
+                       "ladder": ["reseed_jitter"], "review_window_secs": 0,
+                       "vary": {"cfg_scale": {"range": 0.5, "min": 1, "max": 30},
+                                "denoise_strength": {"range": 0.05, "min": 0, "max": 1}}}
+        }))
+        .await;
+
+    assert_eq!(result.attempts.len(), 3, "{}", result.report);
+    let sent = comfy.graphs();
+    assert_eq!(sent.len(), 3, "one prompt per attempt: {sent:#?}");
+    let rows = app.store.attempts(&segment).await.unwrap();
+    for (i, a) in result.attempts.iter().enumerate() {
+        let cfg = a.params.number("cfg_scale").expect("cfg_scale recorded");
+        assert_ne!(cfg, 7.0, "attempt {}: cfg_scale jittered", a.attempt);
+        assert!((cfg - 7.0).abs() <= 0.5, "attempt {}: {cfg}", a.attempt);
+        assert_eq!(
+            a.params.number("denoise_strength"),
+            Some(0.6),
+            "attempt {}: denoise_strength as the request had it",
+            a.attempt
+        );
+        let jittered: Vec<&str> = a.jitter.iter().map(|c| c.param.as_str()).collect();
+        assert_eq!(jittered, ["cfg_scale"], "attempt {}", a.attempt);
+        if let Some(v) = &a.variation {
+            assert!(
+                v.arms
+                    .iter()
+                    .all(|arm| !arm.starts_with("denoise_strength")),
+                "attempt {}: {v:?}",
+                a.attempt
+            );
+        }
+        let mut expected = template.clone();
+        expected["2"]["inputs"]["seed"] = json!(a.seed);
+        expected["2"]["inputs"]["cfg"] = json!(cfg);
+        assert_eq!(
+            sent[i], expected,
+            "attempt {}: ComfyUI got the recorded seed and cfg, nothing else",
+            a.attempt
+        );
+        assert_eq!(rows[i].record, *a, "attempt {}: the row", a.attempt);
+    }
 }
