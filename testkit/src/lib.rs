@@ -47,7 +47,7 @@ pub enum Error {
     /// The dev server exited while starting, on every try (each on fresh ports): another
     /// process took one of its ports, or it could not start at all.
     #[error(
-        "the temporal dev server exited while starting on {address} ({status}; try {tries}, each on fresh ports); its stderr ended with:\n{stderr}"
+        "the temporal dev server on {address} exited while starting ({status}; {tries} tries); its stderr ended with:\n{stderr}"
     )]
     Exited {
         /// The frontend address of the last try.
