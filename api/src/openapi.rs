@@ -92,5 +92,14 @@ mod tests {
         ] {
             assert!(schemas.contains_key(name), "no schema {name}");
         }
+        for name in ["RetryPolicy", "PolicyInput"] {
+            assert!(
+                schemas[name]["properties"]
+                    .get("stop_after_same_refusals")
+                    .is_some(),
+                "{name} documents stop_after_same_refusals: {}",
+                schemas[name]
+            );
+        }
     }
 }

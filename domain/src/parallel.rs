@@ -87,28 +87,36 @@ pub fn next(
 
 /// Why the round must start no further attempt, judging every finished attempt of it (those
 /// numbered above `round_start`) in attempt order: a pass under `first_pass`, a failure on a kind
-/// the policy does not retry on, an attempt the budget stopped mid-generation, two attempts in a
-/// row the backend refused with the same error.
+/// the policy does not retry on, an attempt the budget stopped mid-generation, the policy's
+/// `stop_after_same_refusals` attempts in a row the backend refused with the same error.
 pub fn decided(policy: &RetryPolicy, attempts: &[AttemptRecord], round_start: u32) -> Option<Stop> {
     let round = attempts.iter().filter(|a| a.attempt > round_start);
     if policy.selection == Selection::FirstPass && round.clone().any(|a| a.passed) {
         return Some(Stop::Passed);
     }
     // The first refusal may be the jitter's doing (a value out of range); the same refusal of
-    // the next attempt, with another seed and jitter, is not.
-    let mut refused: Option<(u32, &str)> = None;
+    // the next attempts, with other seeds and jitter, is not. How many in a row stop the round
+    // is the policy's `stop_after_same_refusals` (0: never).
+    let need = usize::try_from(policy.stop_after_same_refusals).unwrap_or(usize::MAX);
+    let mut streak: Vec<u32> = Vec::new();
+    let mut refused: Option<&str> = None;
     for a in round {
         let rejected = (a.error_type.as_deref() == Some(BACKEND_REJECTED))
             .then(|| refusal(a.error.as_deref().unwrap_or("")));
-        match (refused, rejected) {
-            (Some((first, before)), Some(now)) if before == now => {
-                return Some(Stop::Rejected {
-                    first,
-                    attempt: a.attempt,
-                    message: now.to_owned(),
-                });
-            }
-            _ => refused = rejected.map(|m| (a.attempt, m)),
+        match rejected {
+            Some(now) if refused == Some(now) => streak.push(a.attempt),
+            Some(_) => streak = vec![a.attempt],
+            None => streak.clear(),
+        }
+        refused = rejected;
+        if let Some(now) = rejected
+            && need > 0
+            && streak.len() >= need
+        {
+            return Some(Stop::Rejected {
+                attempts: streak,
+                message: now.to_owned(),
+            });
         }
         let blocking = policy.blocking(&a.failures);
         if a.status == AttemptStatus::Failed && !blocking.is_empty() {

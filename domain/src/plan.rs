@@ -259,20 +259,9 @@ pub fn conclude(
             ),
         ),
         (Stop::UserIntervention { message, .. }, None) => (Outcome::Escalated, message.clone()),
-        (
-            Stop::Rejected {
-                first,
-                attempt,
-                message,
-            },
-            None,
-        ) => (
-            Outcome::Escalated,
-            format!(
-                "the backend refused attempts {first} and {attempt} with the same error, which \
-                 other seeds and jitter do not change ({message}); flagged for human review"
-            ),
-        ),
+        (Stop::Rejected { attempts, message }, None) => {
+            (Outcome::Escalated, refused_words(attempts, message))
+        }
         (
             Stop::NotWorthIt {
                 attempt,
@@ -324,6 +313,26 @@ pub fn conclude(
         attempts,
         report,
         decisions: vec![],
+    }
+}
+
+/// Why refusals ended the round: "the backend refused attempts 1 and 2 with the same error, …"
+/// (one refusal, with `stop_after_same_refusals: 1`, says that the policy stops at the first).
+fn refused_words(attempts: &[u32], message: &str) -> String {
+    match attempts {
+        [only] => format!(
+            "the backend refused attempt {only} ({message}), and the policy stops at the first \
+             refusal (stop_after_same_refusals: 1); flagged for human review"
+        ),
+        [before @ .., last] => {
+            let before: Vec<String> = before.iter().map(u32::to_string).collect();
+            format!(
+                "the backend refused attempts {} and {last} with the same error, which other \
+                 seeds and jitter do not change ({message}); flagged for human review",
+                before.join(", ")
+            )
+        }
+        [] => format!("the backend refused the request ({message}); flagged for human review"),
     }
 }
 

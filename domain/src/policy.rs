@@ -15,6 +15,8 @@ pub const MAX_ATTEMPTS_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 pub const PARALLELISM_RANGE: std::ops::RangeInclusive<u32> = 1..=10;
 /// Allowed range of [`RetryPolicy::seed_bits`]; 53 keeps seeds exact in JSON/JavaScript clients.
 pub const SEED_BITS_RANGE: std::ops::RangeInclusive<u32> = 16..=53;
+/// Allowed range of [`RetryPolicy::stop_after_same_refusals`]; 0 never stops early.
+pub const SAME_REFUSALS_RANGE: std::ops::RangeInclusive<u32> = 0..=10;
 /// Longest allowed [`RetryPolicy::review_window_secs`]: 30 days.
 pub const MAX_REVIEW_WINDOW_SECS: u64 = 30 * 86_400;
 /// Largest allowed [`RetryPolicy::est_gpu_ms_per_attempt`]: 30 days of GPU time
@@ -224,6 +226,11 @@ pub struct RetryPolicy {
     /// Where generations run and where one that failed because of its machine is re-run: `any`,
     /// `avoid_failed` (default) or `same_worker`; see [`Placement`].
     pub placement: Placement,
+    /// Stop the round (escalated) once this many finished attempts in a row were refused by the
+    /// backend (`BackendRejected`) with the same error: other seeds and jitter do not change
+    /// what it refuses. 0 never stops early, 1 stops at the first refusal, 0..=10. Default: 2
+    /// (the first refusal may be the jitter's doing, so it is retried once).
+    pub stop_after_same_refusals: u32,
 }
 
 impl Default for RetryPolicy {
@@ -279,6 +286,7 @@ impl Default for RetryPolicy {
             adaptive: AdaptiveSettings::default(),
             parallelism: 1,
             placement: Placement::AvoidFailed,
+            stop_after_same_refusals: 2,
         }
     }
 }
@@ -403,6 +411,7 @@ pub struct PolicyInput {
     adaptive: Option<AdaptiveSettings>,
     parallelism: Option<u32>,
     placement: Option<Placement>,
+    stop_after_same_refusals: Option<u32>,
 }
 
 impl RetryPolicy {
@@ -457,6 +466,9 @@ impl RetryPolicy {
             adaptive: raw.adaptive.unwrap_or(d.adaptive),
             parallelism: raw.parallelism.unwrap_or(d.parallelism),
             placement: raw.placement.unwrap_or(d.placement),
+            stop_after_same_refusals: raw
+                .stop_after_same_refusals
+                .unwrap_or(d.stop_after_same_refusals),
         };
         policy.validate()
     }
@@ -498,6 +510,15 @@ impl RetryPolicy {
             errs.push(
                 "parallelism",
                 format!("must be between 1 and 10, got {}", self.parallelism),
+            );
+        }
+        if !SAME_REFUSALS_RANGE.contains(&self.stop_after_same_refusals) {
+            errs.push(
+                "stop_after_same_refusals",
+                format!(
+                    "must be between 0 (never stop early) and 10, got {}",
+                    self.stop_after_same_refusals
+                ),
             );
         }
         if !SEED_BITS_RANGE.contains(&self.seed_bits) {
@@ -701,6 +722,26 @@ mod tests {
         assert_eq!(p.vary["denoise_strength"].range, 0.05);
         assert_eq!(p.seed_bits, 53);
         assert_eq!(p.review_window_secs, 86_400);
+        assert_eq!(p.stop_after_same_refusals, 2);
+    }
+
+    #[test]
+    fn stop_after_same_refusals_out_of_range_or_mistyped_is_rejected_naming_the_field() {
+        for bad in [json!(11), json!(-1), json!("two"), json!(1.5)] {
+            let err = RetryPolicy::parse(&json!({"stop_after_same_refusals": bad})).unwrap_err();
+            assert_eq!(
+                err.first_field(),
+                "stop_after_same_refusals",
+                "{bad}: {err}"
+            );
+        }
+        for ok in [0, 1, 10] {
+            let p = RetryPolicy::parse(&json!({"stop_after_same_refusals": ok})).unwrap();
+            assert_eq!(p.stop_after_same_refusals, ok);
+        }
+        let err =
+            RetryPolicy::resolve(None, Some(&json!({"stop_after_same_refusals": 99}))).unwrap_err();
+        assert_eq!(err.first_field(), "policy.stop_after_same_refusals");
     }
 
     #[test]

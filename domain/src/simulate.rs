@@ -136,6 +136,10 @@ struct Sim {
     aborted: bool,
     /// A passing attempt of a `first_pass` round was recorded: the round starts nothing more.
     passed_first: bool,
+    /// The highest attempt of earlier rounds (a reviewer's `retry_with` starts a round).
+    round_start: u32,
+    /// Attempts claimed (evidence or reservation asked for).
+    claims: std::collections::BTreeSet<u32>,
     finished: Option<RetryResult>,
     failed: bool,
     retries_asked: u32,
@@ -224,7 +228,10 @@ impl Sim {
         let window = [3600, 0][t.draw(2) as usize];
         let est = 100 * (1 + u64::from(t.draw(10)));
         let min_evidence = 1 + t.draw(3);
+        // 0 (never), 1, the default 2, or 3 refusals in a row end a round.
+        let same_refusals = t.draw(4);
         let mut policy = json!({
+            "stop_after_same_refusals": same_refusals,
             "enabled": true,
             "max_attempts": max_attempts,
             "parallelism": parallelism,
@@ -303,6 +310,8 @@ impl Sim {
             accepted: vec![],
             aborted: false,
             passed_first: false,
+            round_start: 0,
+            claims: Default::default(),
             finished: None,
             failed: false,
             retries_asked: 0,
@@ -312,7 +321,8 @@ impl Sim {
         if sim.logging {
             let line = format!(
                 "run: {} ladder {:?}, max_attempts {}, parallelism {}, {:?}, {:?}, review {} s, \
-                 est {} ms, budget {}, workers {:?} (broken {:?}), seed_bits {}, params_taken {:?}",
+                 est {} ms, budget {}, workers {:?} (broken {:?}), seed_bits {}, params_taken {:?}, \
+                 stop after {} same refusals",
                 if text { "text" } else { "media" },
                 sim.policy
                     .ladder
@@ -334,6 +344,7 @@ impl Sim {
                 sim.broken,
                 sim.settings.seed_bits,
                 sim.settings.params_taken,
+                sim.policy.stop_after_same_refusals,
             );
             sim.log.push(line);
         }
@@ -379,7 +390,10 @@ impl Sim {
             return Err(("no command after the end", format!("{c:?}")));
         }
         match c {
-            Command::LoadEvidence { attempt, .. } => self.ops.push(Op::Evidence(attempt)),
+            Command::LoadEvidence { attempt, .. } => {
+                self.claimed(attempt)?;
+                self.ops.push(Op::Evidence(attempt))
+            }
             Command::Reserve {
                 attempt,
                 gpu_ms,
@@ -397,6 +411,7 @@ impl Sim {
                         format!("attempt {attempt} reserved after an attempt passed"),
                     ));
                 }
+                self.claimed(attempt)?;
                 self.active.insert(attempt);
                 if self.active.len() > self.policy.parallelism as usize {
                     return Err((
@@ -635,6 +650,7 @@ impl Sim {
                 }
                 if let Decision::RetryWith(retry) = &decision {
                     self.passed_first = false;
+                    self.round_start = self.recorded.last().map_or(0, |a| a.attempt);
                     for (name, value) in &retry.params {
                         self.base.0.insert(name.clone(), value.clone());
                     }
@@ -879,6 +895,53 @@ impl Sim {
         }
     }
 
+    /// Attempt `k` is claimed (its evidence loaded, or its budget reserved): a round that
+    /// `stop_after_same_refusals` refusals in a row ended claims no further attempt. (One
+    /// claimed before, still loading its evidence, may go on to reserve: the core judges stop
+    /// rules when a slot is claimed.)
+    fn claimed(&mut self, k: u32) -> Result<(), Broken> {
+        if !self.claims.insert(k) {
+            return Ok(());
+        }
+        match self.same_refusals() {
+            Some(streak) => Err((
+                "no attempt starts after `stop_after_same_refusals` same refusals in a row",
+                format!("attempt {k} claimed after refusals of {streak:?}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The first `stop_after_same_refusals` attempts of this round, recorded one after another
+    /// in attempt order, that the backend refused with the same error; `None` when there are not
+    /// that many in a row, or the policy never stops on refusals. Counted here, not by the core.
+    fn same_refusals(&self) -> Option<Vec<u32>> {
+        let need = self.policy.stop_after_same_refusals as usize;
+        if need == 0 {
+            return None;
+        }
+        let mut streak: Vec<&crate::contract::AttemptRecord> = vec![];
+        for a in self
+            .recorded
+            .iter()
+            .filter(|a| a.attempt > self.round_start)
+        {
+            let refused = a.error_type.as_deref() == Some(crate::contract::BACKEND_REJECTED);
+            if !refused {
+                streak.clear();
+                continue;
+            }
+            if streak.last().is_some_and(|b| b.error != a.error) {
+                streak.clear();
+            }
+            streak.push(a);
+            if streak.len() == need {
+                return Some(streak.iter().map(|a| a.attempt).collect());
+            }
+        }
+        None
+    }
+
     /// The invariants that hold after every step.
     fn check(&mut self) -> Result<(), Broken> {
         if self.spent_ms > self.limit_ms {
@@ -1001,6 +1064,22 @@ impl Sim {
                 return Err((
                     "a selected attempt has an output",
                     format!("attempt {k} is {:?}", a.status),
+                ));
+            }
+        }
+        if result.reason.starts_with("the backend refused") {
+            let need = self.policy.stop_after_same_refusals;
+            let Some(streak) = self.same_refusals().filter(|_| need > 0) else {
+                return Err((
+                    "refusals end a round only after `stop_after_same_refusals` in a row",
+                    format!("{need} needed: {}", result.reason),
+                ));
+            };
+            let named = format!("attempt{} {}", if need == 1 { "" } else { "s" }, streak[0]);
+            if !result.reason.contains(&named) {
+                return Err((
+                    "refusals end a round only after `stop_after_same_refusals` in a row",
+                    format!("{streak:?} not named: {}", result.reason),
                 ));
             }
         }

@@ -26,13 +26,10 @@ pub enum Stop {
         cost_ms: u64,
         saving_ms: f64,
     },
-    /// The backend refused attempts `first` and `attempt` in a row with the same error: another
-    /// seed and jitter did not change what it refuses, so more attempts would only repeat it.
-    Rejected {
-        first: u32,
-        attempt: u32,
-        message: String,
-    },
+    /// The backend refused `attempts` (finished in a row, as many as the policy's
+    /// `stop_after_same_refusals`) with the same error: another seed and jitter did not change
+    /// what it refuses, so more attempts would only repeat it.
+    Rejected { attempts: Vec<u32>, message: String },
     /// The ladder reached `user_intervention` (or its attempts ran out) before attempt `attempt`:
     /// escalated with `message` (the rendered user-intervention template).
     UserIntervention { attempt: u32, message: String },

@@ -44,6 +44,21 @@ pub enum Error {
         /// Its frontend address.
         address: String,
     },
+    /// The dev server exited while starting, on every try (each on fresh ports): another
+    /// process took one of its ports, or it could not start at all.
+    #[error(
+        "the temporal dev server on {address} exited while starting ({status}; {tries} tries); its stderr ended with:\n{stderr}"
+    )]
+    Exited {
+        /// The frontend address of the last try.
+        address: String,
+        /// How it exited.
+        status: String,
+        /// Tries made.
+        tries: u32,
+        /// Its last stderr lines.
+        stderr: String,
+    },
     /// A temporal CLI command against the server exited with an error.
     #[error("temporal {args}: {stderr}")]
     Cli {

@@ -5,9 +5,9 @@ use std::net::TcpListener;
 /// `N` distinct free local ports.
 ///
 /// Every listener is held until all `N` are picked: releasing each at once would let the OS hand
-/// the same port out twice. Another process can still take one between this call and its use;
-/// that race is accepted (the dev server then fails its health check loudly), since the dev
-/// server cannot be given bound sockets.
+/// the same port out twice. Another process can still take one between this call and its use,
+/// since the dev server cannot be given bound sockets: `DevServer` notices the server exit and
+/// starts it again on fresh ports.
 pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))

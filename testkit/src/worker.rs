@@ -53,6 +53,14 @@ impl WorkerProcess {
         self.child.id()
     }
 
+    /// Its exit status once it has exited (reaping it), `None` while it runs: a worker must
+    /// not exit on its own.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>, Error> {
+        self.child
+            .try_wait()
+            .map_err(Error::io("asking whether a retake worker process exited"))
+    }
+
     /// SIGKILL, as a crashed machine would stop it, and reap it.
     pub async fn kill(&mut self) -> std::io::Result<()> {
         self.child.kill().await

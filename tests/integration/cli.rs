@@ -264,6 +264,7 @@ async fn retake_policy_and_budget_commands_store_what_they_show() {
         "parallelism:   1",
         "placement:     avoid_failed",
         "review window: 86400 s",
+        "stop_after_same_refusals: 2",
     ] {
         assert!(text.contains(line), "{line:?} in {text}");
     }

@@ -21,6 +21,9 @@ mod budget;
 mod chaos;
 /// The contract as other clients see it: the plain `temporal` CLI and the `retake` binary.
 mod cli;
+/// Worker processes and the API started at once on a new SQLite file nobody migrated: all come
+/// up, the migrations run once, retries finish recorded and charged once.
+mod concurrent_start;
 /// The review console in headless Chromium: images, retry-with watched live, keyboard decisions,
 /// a viewer who cannot decide.
 mod console_browser;

@@ -3,9 +3,10 @@
 
 use crate::cli::{retake, stdout};
 use crate::harness::{
-    CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeJobs, TestApp, request, spawn_app,
+    CANCELLED_GPU_MS, FAILED_GPU_MS, Failure, FakeComfyUi, FakeJobs, TestApp, request, spawn_app,
 };
 use crate::ladder::{action_request, http_app};
+use retake_activities::backends::BackendsConfig;
 use retake_domain::contract::{AttemptStatus, Outcome};
 use serde_json::json;
 
@@ -180,5 +181,149 @@ async fn an_abort_during_the_last_attempt_ends_aborted_without_a_false_escalatio
             ("aborted", "none"),
             "window {window}: never recorded as escalated"
         );
+    }
+}
+
+/// The policy's `stop_after_same_refusals` decides how many of the same refusal end the round,
+/// through the workflow: 3 stops after the third, 0 goes on until the attempts are used up.
+#[tokio::test]
+async fn the_policy_says_how_many_same_refusals_in_a_row_stop_the_round() {
+    let jobs = FakeJobs::failing(
+        None,
+        Failure::Generation("cfg 31.2 is out of range".to_owned()),
+    )
+    .await;
+    let app = http_app(&jobs).await;
+    let with = |name: &str, stop_after: u32| {
+        let mut r = action_request(&app, name);
+        r["policy"]["max_attempts"] = json!(4);
+        r["policy"]["stop_after_same_refusals"] = json!(stop_after);
+        r
+    };
+
+    let three = app.retry(with("refused-three", 3)).await;
+    let never = app.retry(with("refused-never", 0)).await;
+
+    assert_eq!(three.outcome, Outcome::Escalated);
+    assert_eq!(three.attempts.len(), 3, "{}", three.report);
+    assert!(
+        three
+            .reason
+            .starts_with("the backend refused attempts 1, 2 and 3 with the same error"),
+        "{}",
+        three.reason
+    );
+    assert_eq!(never.outcome, Outcome::Escalated);
+    assert_eq!(never.attempts.len(), 4, "every attempt: {}", never.report);
+    assert!(
+        !never.reason.contains("the backend refused"),
+        "{}",
+        never.reason
+    );
+    for (name, result) in [("refused-three", &three), ("refused-never", &never)] {
+        assert!(
+            result
+                .attempts
+                .iter()
+                .all(|a| a.error_type.as_deref() == Some("BackendRejected")),
+            "{name}: {}",
+            result.report
+        );
+        let segment = format!("{}-{name}", app.tag);
+        let rows: Vec<_> = app
+            .store
+            .attempts(&segment)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.record)
+            .collect();
+        assert_eq!(rows, result.attempts, "{name}: the rows are the result's");
+    }
+    let posts = jobs
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("POST /generate"))
+        .count();
+    assert_eq!(posts, 3 + 4, "one job per attempt");
+}
+
+/// A ComfyUI graph whose `inputs` map `cfg_scale` but not `denoise_strength`, under a policy
+/// jittering both: every attempt records the jittered `cfg_scale` and `denoise_strength` as the
+/// request had it, and ComfyUI was sent exactly that (its graph, with the attempt's seed and
+/// `cfg`, nothing else changed). Before, `denoise_strength` was recorded jittered too, a
+/// variation the backend never received.
+#[tokio::test]
+async fn an_attempt_records_jitter_only_for_what_comfyui_received_and_it_received_what_was_recorded()
+ {
+    let comfy = FakeComfyUi::rendering().await;
+    let dir = tempfile::tempdir().unwrap();
+    let template = json!({
+        "1": {"class_type": "EmptyLatentImage",
+              "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "KSampler",
+              "inputs": {"seed": 0, "cfg": 8.0, "steps": 20, "sampler_name": "euler",
+                         "scheduler": "normal", "denoise": 1.0, "latent_image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "r"}}
+    });
+    let graph = dir.path().join("ksampler.json");
+    std::fs::write(&graph, template.to_string()).unwrap();
+    let config = json!({"artifacts_dir": dir.path(), "scene_types": {"comfy": {
+        "generate": {"kind": "comfyui", "base_url": comfy.base_url, "workflow": graph,
+                     "sampler_nodes": ["2"], "inputs": {"cfg_scale": "cfg"},
+                     "poll_interval_ms": 50},
+        "score": {"kind": "simulator"}}}});
+    let app = TestApp::builder()
+        .backends(BackendsConfig::parse("comfy", &config.to_string()).expect("config"))
+        .spawn()
+        .await;
+    let segment = format!("{}-unmapped", app.tag);
+
+    let result = app
+        .retry(json!({
+            "segment_id": segment, "project_id": "p1", "scene_type": "comfy",
+            "params": {"seed": 7, "cfg_scale": 7.0, "denoise_strength": 0.6},
+            "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+            "policy": {"enabled": true, "max_attempts": 3, "selection": "best_of_n",
+                       "ladder": ["reseed_jitter"], "review_window_secs": 0,
+                       "vary": {"cfg_scale": {"range": 0.5, "min": 1, "max": 30},
+                                "denoise_strength": {"range": 0.05, "min": 0, "max": 1}}}
+        }))
+        .await;
+
+    assert_eq!(result.attempts.len(), 3, "{}", result.report);
+    let sent = comfy.graphs();
+    assert_eq!(sent.len(), 3, "one prompt per attempt: {sent:#?}");
+    let rows = app.store.attempts(&segment).await.unwrap();
+    for (i, a) in result.attempts.iter().enumerate() {
+        let cfg = a.params.number("cfg_scale").expect("cfg_scale recorded");
+        assert_ne!(cfg, 7.0, "attempt {}: cfg_scale jittered", a.attempt);
+        assert!((cfg - 7.0).abs() <= 0.5, "attempt {}: {cfg}", a.attempt);
+        assert_eq!(
+            a.params.number("denoise_strength"),
+            Some(0.6),
+            "attempt {}: denoise_strength as the request had it",
+            a.attempt
+        );
+        let jittered: Vec<&str> = a.jitter.iter().map(|c| c.param.as_str()).collect();
+        assert_eq!(jittered, ["cfg_scale"], "attempt {}", a.attempt);
+        if let Some(v) = &a.variation {
+            assert!(
+                v.arms
+                    .iter()
+                    .all(|arm| !arm.starts_with("denoise_strength")),
+                "attempt {}: {v:?}",
+                a.attempt
+            );
+        }
+        let mut expected = template.clone();
+        expected["2"]["inputs"]["seed"] = json!(a.seed);
+        expected["2"]["inputs"]["cfg"] = json!(cfg);
+        assert_eq!(
+            sent[i], expected,
+            "attempt {}: ComfyUI got the recorded seed and cfg, nothing else",
+            a.attempt
+        );
+        assert_eq!(rows[i].record, *a, "attempt {}: the row", a.attempt);
     }
 }

@@ -11,7 +11,7 @@ use retake_domain::{FieldError, RetryPolicy, ValidationError};
 use serde_json::{Map, Value, json};
 
 /// The numeric fields: (name, label, hint).
-const NUMBERS: [(&str, &str, &str); 5] = [
+const NUMBERS: [(&str, &str, &str); 6] = [
     ("max_attempts", "Attempts at most", "1–10"),
     (
         "parallelism",
@@ -29,6 +29,11 @@ const NUMBERS: [(&str, &str, &str); 5] = [
         "how long an escalated segment waits; 0 ends at once",
     ),
     ("seed_bits", "Seed bits", "16–53"),
+    (
+        "stop_after_same_refusals",
+        "Stop after same refusals",
+        "0–10: attempts in a row the backend refuses with the same error before escalating; 0 never stops early",
+    ),
 ];
 
 /// The fields chosen from a list: (name, label, options).
@@ -575,6 +580,43 @@ mod tests {
         }
         let err = PolicyForm::read(&f).body(&policy).unwrap_err();
         assert_eq!(err.errors[0].field, "vary.cfg_scale");
+    }
+
+    #[test]
+    fn stop_after_same_refusals_is_shown_edited_and_its_error_lands_next_to_it() {
+        let policy = RetryPolicy::default();
+        let shown = PolicyForm::of(&policy);
+        let input = |form: &PolicyForm| {
+            form.numbers
+                .iter()
+                .find(|n| n.input.name == "stop_after_same_refusals")
+                .expect("an input for it")
+                .input
+                .clone()
+        };
+        assert_eq!(input(&shown).value, "2");
+        let mut f = posted(&policy);
+        for (k, v) in &mut f.0 {
+            if k == "stop_after_same_refusals" {
+                *v = "0".into();
+            }
+        }
+        let changed = RetryPolicy::parse(&PolicyForm::read(&f).body(&policy).unwrap()).unwrap();
+        assert_eq!(changed.stop_after_same_refusals, 0);
+        for (k, v) in &mut f.0 {
+            if k == "stop_after_same_refusals" {
+                *v = "11".into();
+            }
+        }
+        let mut form = PolicyForm::read(&f);
+        let err = RetryPolicy::parse(&form.body(&policy).unwrap()).unwrap_err();
+        form.place(&err.errors);
+        assert!(
+            input(&form).error.contains("between 0"),
+            "{:?}",
+            input(&form)
+        );
+        assert!(form.general.is_empty(), "{:?}", form.general);
     }
 
     #[test]

@@ -178,8 +178,7 @@ fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not(
     assert_eq!(
         stop,
         Stop::Rejected {
-            first: 2,
-            attempt: 3,
+            attempts: vec![2, 3],
             message: "generation failed: cfg 29.8 is out of range".to_owned()
         }
     );
@@ -188,6 +187,91 @@ fn the_same_refusal_twice_in_a_row_stops_the_round_but_a_different_one_does_not(
     assert!(
         r.reason
             .starts_with("the backend refused attempts 2 and 3 with the same error"),
+        "{}",
+        r.reason
+    );
+}
+
+/// Attempts 1..=n, each refused by the backend with the same error (the job URL aside).
+fn refused_in_a_row(p: &RetryPolicy, n: u32) -> Vec<AttemptRecord> {
+    (1..=n)
+        .map(|k| {
+            let mut plan = started(next(&request(), p, &[], &[], 0));
+            plan.attempt = k;
+            plan.errored(
+                0,
+                BACKEND_REJECTED,
+                format!("generation failed: denoise 1.2 is out of range (GET http://c/job-{k})"),
+                None,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn with_stop_after_same_refusals_0_the_same_refusal_never_stops_the_round() {
+    let p = policy(json!({"max_attempts": 10, "stop_after_same_refusals": 0}));
+    let attempts = refused_in_a_row(&p, 9);
+    assert_eq!(decided(&p, &attempts, 0), None);
+    // The round goes on to its last attempt, and ends because they are used up.
+    assert_eq!(started(next(&request(), &p, &attempts, &[], 0)).attempt, 10);
+    let all = refused_in_a_row(&p, 10);
+    assert_eq!(decided(&p, &all, 0), None);
+    assert!(
+        matches!(
+            next(&request(), &p, &all, &[], 0),
+            Next::Stop(Stop::UserIntervention { attempt: 11, .. })
+        ),
+        "attempts used up"
+    );
+}
+
+#[test]
+fn with_stop_after_same_refusals_1_the_first_refusal_stops_the_round_saying_so() {
+    let p = policy(json!({"max_attempts": 5, "stop_after_same_refusals": 1}));
+    let attempts = refused_in_a_row(&p, 1);
+    let stop = decided(&p, &attempts, 0).expect("a stop");
+    assert_eq!(
+        stop,
+        Stop::Rejected {
+            attempts: vec![1],
+            message: "generation failed: denoise 1.2 is out of range".to_owned()
+        }
+    );
+    let r = crate::plan::conclude(&request(), &p, attempts, &stop);
+    assert_eq!(r.outcome, crate::contract::Outcome::Escalated);
+    assert_eq!(
+        r.reason,
+        "the backend refused attempt 1 (generation failed: denoise 1.2 is out of range), and the \
+         policy stops at the first refusal (stop_after_same_refusals: 1); flagged for human review"
+    );
+}
+
+#[test]
+fn by_default_the_second_same_refusal_in_a_row_stops_the_round() {
+    let p = policy(json!({"max_attempts": 5}));
+    assert_eq!(p.stop_after_same_refusals, 2);
+    assert_eq!(decided(&p, &refused_in_a_row(&p, 1), 0), None);
+    let attempts = refused_in_a_row(&p, 2);
+    let stop = decided(&p, &attempts, 0).expect("a stop");
+    let r = crate::plan::conclude(&request(), &p, attempts, &stop);
+    assert_eq!(
+        r.reason,
+        "the backend refused attempts 1 and 2 with the same error, which other seeds and jitter \
+         do not change (generation failed: denoise 1.2 is out of range); flagged for human review"
+    );
+}
+
+#[test]
+fn with_stop_after_same_refusals_3_three_in_a_row_are_named() {
+    let p = policy(json!({"max_attempts": 5, "stop_after_same_refusals": 3}));
+    assert_eq!(decided(&p, &refused_in_a_row(&p, 2), 0), None);
+    let attempts = refused_in_a_row(&p, 3);
+    let stop = decided(&p, &attempts, 0).expect("a stop");
+    let r = crate::plan::conclude(&request(), &p, attempts, &stop);
+    assert!(
+        r.reason
+            .starts_with("the backend refused attempts 1, 2 and 3 with the same error"),
         "{}",
         r.reason
     );

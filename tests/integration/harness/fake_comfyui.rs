@@ -1,8 +1,9 @@
 //! A fake ComfyUI: `POST /prompt` queues, `GET /history[/{id}]` answers at once with the prompt
-//! finished. The first prompt fails with CUDA out of memory after [`OOM_MS`] of execution (the
-//! machine's failure, as a real ComfyUI reports a `torch.OutOfMemoryError`); every later one
-//! succeeds after [`RENDER_MS`]. Execution times are ComfyUI's own message timestamps, which the
-//! adapter bills.
+//! finished. As [`FakeComfyUi::start`]s it, the first prompt fails with CUDA out of memory after
+//! [`OOM_MS`] of execution (the machine's failure, as a real ComfyUI reports a
+//! `torch.OutOfMemoryError`); every later one (every one, [`FakeComfyUi::rendering`]) succeeds
+//! after [`RENDER_MS`]. Execution times are ComfyUI's own message timestamps, which the adapter
+//! bills. It keeps the graphs it was sent ([`FakeComfyUi::graphs`]).
 
 use super::fake_http::Served;
 use axum::extract::{Path, State};
@@ -20,6 +21,10 @@ pub const RENDER_MS: u64 = 10_131;
 struct Prompts {
     /// (prompt id, client id) in the order queued.
     queued: Vec<(String, String)>,
+    /// The graph (`prompt`) of each prompt queued, in order.
+    graphs: Vec<Value>,
+    /// The first prompt runs out of memory.
+    oom_first: bool,
 }
 
 pub struct FakeComfyUi {
@@ -29,8 +34,21 @@ pub struct FakeComfyUi {
 }
 
 impl FakeComfyUi {
+    /// The first prompt runs out of memory, every later one renders.
     pub async fn start() -> Self {
-        let prompts = Arc::new(Mutex::new(Prompts::default()));
+        Self::serve(true).await
+    }
+
+    /// Every prompt renders.
+    pub async fn rendering() -> Self {
+        Self::serve(false).await
+    }
+
+    async fn serve(oom_first: bool) -> Self {
+        let prompts = Arc::new(Mutex::new(Prompts {
+            oom_first,
+            ..Prompts::default()
+        }));
         let app = Router::new()
             .route("/prompt", post(queue))
             .route("/queue", get(empty_queue).post(ok))
@@ -51,6 +69,11 @@ impl FakeComfyUi {
         let p = self.prompts.lock().unwrap();
         p.queued.iter().map(|(_, c)| c.clone()).collect()
     }
+
+    /// The graphs it was sent, in the order queued: what it would have run with.
+    pub fn graphs(&self) -> Vec<Value> {
+        self.prompts.lock().unwrap().graphs.clone()
+    }
 }
 
 type Shared = State<Arc<Mutex<Prompts>>>;
@@ -60,6 +83,7 @@ async fn queue(State(p): Shared, Json(body): Json<Value>) -> Json<Value> {
     let id = format!("p-{}", p.queued.len() + 1);
     let client = body["client_id"].as_str().unwrap_or_default().to_owned();
     p.queued.push((id.clone(), client));
+    p.graphs.push(body["prompt"].clone());
     Json(json!({"prompt_id": id, "number": p.queued.len(), "node_errors": {}}))
 }
 
@@ -77,7 +101,7 @@ async fn all(State(p): Shared) -> Json<Value> {
         .queued
         .iter()
         .enumerate()
-        .map(|(i, (id, client))| (id.clone(), entry(i, id, client)))
+        .map(|(i, (id, client))| (id.clone(), entry(i, id, client, p.oom_first)))
         .collect();
     Json(Value::Object(entries))
 }
@@ -85,16 +109,16 @@ async fn all(State(p): Shared) -> Json<Value> {
 async fn one(State(p): Shared, Path(id): Path<String>) -> Json<Value> {
     let p = p.lock().unwrap();
     Json(match p.queued.iter().position(|(q, _)| *q == id) {
-        Some(i) => json!({ id.clone(): entry(i, &id, &p.queued[i].1) }),
+        Some(i) => json!({ id.clone(): entry(i, &id, &p.queued[i].1, p.oom_first) }),
         None => json!({}),
     })
 }
 
 /// The history entry of the `i`-th prompt queued.
-fn entry(i: usize, id: &str, client: &str) -> Value {
+fn entry(i: usize, id: &str, client: &str, oom_first: bool) -> Value {
     let start = 1_700_000_000_000_u64 + 100_000 * i as u64;
     let prompt = json!([i + 1, id, {}, {"client_id": client}, ["3"]]);
-    if i == 0 {
+    if i == 0 && oom_first {
         json!({"prompt": prompt, "outputs": {}, "status": {
             "status_str": "error", "completed": false, "messages": [
                 ["execution_start", {"prompt_id": id, "timestamp": start}],

@@ -127,6 +127,15 @@ fn print(scene: &SceneType, policy: &RetryPolicy, stored: bool, out: Output) -> 
         "  mixed_failures: {}",
         word(serde_json::to_value(policy.mixed_failures)?)
     );
+    println!(
+        "  stop_after_same_refusals: {}{}",
+        policy.stop_after_same_refusals,
+        if policy.stop_after_same_refusals == 0 {
+            " (never stop early)"
+        } else {
+            ""
+        }
+    );
     println!("  review window: {} s", policy.review_window_secs);
     println!("  est GPU/attempt: {} ms", policy.est_gpu_ms_per_attempt);
     println!("  seed_bits:     {}", policy.seed_bits);
