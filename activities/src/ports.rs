@@ -323,6 +323,38 @@ pub trait AttemptStore: Send + Sync {
     async fn attempts(&self, segment_id: &str) -> Result<Vec<StoredAttempt>, StoreError>;
     /// Outcomes of a segment's runs, oldest first.
     async fn outcomes(&self, segment_id: &str) -> Result<Vec<StoredOutcome>, StoreError>;
+    /// Segments by their latest recorded run, most recently updated first: see
+    /// [`SegmentQuery`].
+    async fn segments(&self, query: &SegmentQuery) -> Result<Vec<SegmentRow>, StoreError>;
+}
+
+/// Which segments [`AttemptStore::segments`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SegmentQuery {
+    /// Part of the segment id, project or scene type, any case; empty: every segment.
+    pub search: String,
+    /// The latest run's outcome (`passed`, `escalated`, `aborted`, `budget_exhausted`,
+    /// `not_retried`); `None`: any.
+    pub outcome: Option<String>,
+    /// Only segments whose latest run awaits a review decision (`review = pending`).
+    pub pending_review: bool,
+    /// At most this many rows, after skipping `offset`.
+    pub limit: u32,
+    pub offset: u32,
+}
+
+/// A segment as the list shows it: its latest recorded run, and that run's selected output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentRow {
+    pub segment_id: String,
+    pub project_id: String,
+    pub scene_type: String,
+    pub outcome: String,
+    pub review: String,
+    pub report: String,
+    pub updated_at: String,
+    /// The selected attempt's output, else the output of the run's last attempt that had one.
+    pub output_uri: Option<String>,
 }
 
 /// Totals over every recorded retry, for the `/metrics` endpoint: computed from the store at

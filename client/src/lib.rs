@@ -347,16 +347,25 @@ pub struct ReviewFilter<'a> {
     pub task_queue: &'a str,
     pub project: Option<&'a ProjectId>,
     pub scene_type: Option<&'a SceneType>,
+    /// List the runs still making attempts (`RetryOutcome = running`) instead of those
+    /// awaiting review.
+    pub retrying: bool,
 }
 
 impl ReviewFilter<'_> {
-    /// The visibility query: running runs whose `RetryOutcome` is `awaiting_review`. Ids are
-    /// validated (letters, digits, `-_.:`), so only the task queue needs its quotes escaped.
+    /// The visibility query: running runs whose `RetryOutcome` is `awaiting_review` (or
+    /// `running`, see [`ReviewFilter::retrying`]). Ids are validated (letters, digits, `-_.:`),
+    /// so only the task queue needs its quotes escaped.
     pub fn query(&self) -> String {
         let quoted = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
         let mut q = format!(
-            "WorkflowType = '{}' AND ExecutionStatus = 'Running' AND RetryOutcome = 'awaiting_review' AND TaskQueue = {}",
+            "WorkflowType = '{}' AND ExecutionStatus = 'Running' AND RetryOutcome = '{}' AND TaskQueue = {}",
             retake_domain::WORKFLOW_TYPE,
+            if self.retrying {
+                "running"
+            } else {
+                "awaiting_review"
+            },
             quoted(self.task_queue)
         );
         if let Some(p) = self.project {

@@ -612,6 +612,35 @@ async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_la
         .collect();
     assert_eq!(decisions, [("accept", "api:creator")]);
 
+    // The decided segment is found again by typing part of its id, in another case.
+    c.goto(&format!("{base}/ui/segments")).await.unwrap();
+    let search = c.find(Locator::Css("#q")).await.unwrap();
+    search
+        .send_keys(&format!(
+            "{}{}",
+            first.to_uppercase(),
+            char::from(Key::Enter)
+        ))
+        .await
+        .unwrap();
+    let found = eval_until(
+        &c,
+        "return Array.from(document.querySelectorAll('#segments tbody tr')).map(r =>
+            [r.dataset.segment, r.querySelector('td[data-label=Status]').textContent]);",
+        15,
+        |v| v.as_array().is_some_and(|r| !r.is_empty()),
+    )
+    .await;
+    assert_eq!(
+        found,
+        json!([[first.clone(), "passed (review accepted)"]]),
+        "{found}"
+    );
+    screenshot(&c, "console-segments.png").await;
+    c.goto(&format!("{base}/ui/segments/{second}"))
+        .await
+        .unwrap();
+
     // n on the last segment in review: the queue, saying there is no other.
     press(&c, 'n').await;
     let end = eval_until(
@@ -697,6 +726,7 @@ async fn every_console_page_has_no_serious_accessibility_violation_and_fits_a_ph
     let pages = [
         ("/ui/review".to_owned(), "queue"),
         (format!("/ui/segments/{segment}"), "segment"),
+        (format!("/ui/segments?q={}", app.tag), "segments"),
         ("/ui/settings".to_owned(), "settings"),
         ("/ui/scene-types/action".to_owned(), "scene-type"),
         (format!("/ui/projects/{project}"), "project"),

@@ -833,3 +833,38 @@ async fn a_named_person_is_shown_signed_in_and_recorded_on_console_decisions_and
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].by, "api:admin ops");
 }
+
+#[tokio::test]
+async fn a_finished_segment_is_found_by_part_of_its_id_in_any_case_and_filtered_by_status() {
+    let app = spawn_app().await;
+    let segment = in_review(&app, "Findable", "p1").await;
+    let id = retake_domain::SegmentId::parse(&segment).unwrap();
+    retake::retries::decide(&app.client, &id, json!({"decision": "reject", "by": "jun"}))
+        .await
+        .unwrap();
+    retake::retries::result(&retake::retries::handle(&app.client, &id))
+        .await
+        .unwrap();
+
+    let mut b = Browser::new(&app).await;
+    b.sign_in(VIEWER).await;
+    let row = format!("data-segment=\"{segment}\"");
+    let found = b.get("/ui/segments?q=FINDABLE").await;
+    assert_eq!(found.status, StatusCode::OK, "{}", found.body);
+    assert!(
+        found.body.contains(&row) && found.body.contains("rejected in review"),
+        "{}",
+        found.body
+    );
+    let escalated = b.get("/ui/segments?q=findable&status=escalated").await;
+    assert!(escalated.body.contains(&row), "{}", escalated.body);
+    let passed = b.get("/ui/segments?q=findable&status=passed").await;
+    assert!(
+        !passed.body.contains(&row) && passed.body.contains("id=\"empty\""),
+        "{}",
+        passed.body
+    );
+    let bad = b.get("/ui/segments?status=done").await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    assert!(bad.body.contains("budget_exhausted"), "{}", bad.body);
+}

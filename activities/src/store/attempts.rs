@@ -8,7 +8,9 @@ use super::budget::{release_abandoned, settle_in};
 use super::sql::{Db, stmt};
 use super::{Backend, SqlxStore, from_json, map_sqlx, now, to_i64, to_json, to_u32, to_u64};
 use crate::io::{AttemptKey, RecordAttempt, RecordOutcome};
-use crate::ports::{AttemptStore, StoreError, StoredAttempt, StoredOutcome};
+use crate::ports::{
+    AttemptStore, SegmentQuery, SegmentRow, StoreError, StoredAttempt, StoredOutcome,
+};
 use async_trait::async_trait;
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Params};
 use serde_json::Value;
@@ -70,6 +72,42 @@ const SELECT_OUTCOMES: &str = "SELECT workflow_id, run_id, segment_id, project_i
      scene_type, outcome, reason, selected_attempt, gpu_ms_total, report, review, decisions, \
      updated_at FROM segment_retries WHERE segment_id = $1 \
      ORDER BY created_at, workflow_id, run_id";
+
+/// Each segment's latest run (by `updated_at`, ties by workflow and run id) matching the
+/// filters: `$1` a lower-case `LIKE` pattern (`\` escapes) over segment, project and scene type,
+/// `$2` an outcome or `''`, `$3` 1 for pending reviews only; newest first, `$4` rows from `$5`.
+/// The thumbnail is the selected attempt's output, else the run's last one with an output.
+const SELECT_SEGMENTS: &str = "SELECT r.segment_id, r.project_id, r.scene_type, r.outcome, \
+     r.review, r.report, r.updated_at, COALESCE(\
+       (SELECT a.output_uri FROM retry_attempts a WHERE a.workflow_id = r.workflow_id \
+          AND a.run_id = r.run_id AND a.attempt = r.selected_attempt), \
+       (SELECT a.output_uri FROM retry_attempts a WHERE a.workflow_id = r.workflow_id \
+          AND a.run_id = r.run_id AND a.output_uri IS NOT NULL ORDER BY a.attempt DESC LIMIT 1)\
+     ) AS output_uri \
+     FROM segment_retries r \
+     WHERE NOT EXISTS (SELECT 1 FROM segment_retries n WHERE n.segment_id = r.segment_id \
+          AND (n.updated_at > r.updated_at OR (n.updated_at = r.updated_at \
+          AND (n.workflow_id > r.workflow_id OR (n.workflow_id = r.workflow_id \
+          AND n.run_id > r.run_id))))) \
+       AND (LOWER(r.segment_id) LIKE $1 ESCAPE '\\' OR LOWER(r.project_id) LIKE $1 ESCAPE '\\' \
+          OR LOWER(r.scene_type) LIKE $1 ESCAPE '\\') \
+       AND ($2 = '' OR r.outcome = $2) \
+       AND ($3 = 0 OR r.review = 'pending') \
+     ORDER BY r.updated_at DESC, r.segment_id \
+     LIMIT $4 OFFSET $5";
+
+/// `text` as a `LIKE` pattern matching it anywhere, any case, `%` and `_` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
 
 /// Where an attempt belongs.
 struct Owner<'a> {
@@ -385,6 +423,32 @@ impl<DB: Backend> AttemptStore for SqlxStore<DB> {
             .await?
             .iter()
             .map(outcome_from_row::<DB>)
+            .collect()
+    }
+
+    async fn segments(&self, query: &SegmentQuery) -> Result<Vec<SegmentRow>, StoreError> {
+        let select = stmt(SELECT_SEGMENTS)
+            .bind(contains_pattern(query.search.trim()))
+            .bind(query.outcome.clone().unwrap_or_default())
+            .bind(i64::from(query.pending_review))
+            .bind(i64::from(query.limit))
+            .bind(i64::from(query.offset));
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        DB::fetch_all(&mut conn, select)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(SegmentRow {
+                    segment_id: DB::get(row, "segment_id")?,
+                    project_id: DB::get(row, "project_id")?,
+                    scene_type: DB::get(row, "scene_type")?,
+                    outcome: DB::get(row, "outcome")?,
+                    review: DB::get(row, "review")?,
+                    report: DB::get(row, "report")?,
+                    updated_at: DB::get(row, "updated_at")?,
+                    output_uri: DB::get(row, "output_uri")?,
+                })
+            })
             .collect()
     }
 }

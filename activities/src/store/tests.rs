@@ -4,7 +4,9 @@
 
 use super::{PgStore, SqlStore, connect_any, rfc3339};
 use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation, Review};
-use crate::ports::{AttemptStore, Budget, BudgetLedger, PolicyStore, StoreError};
+use crate::ports::{
+    AttemptStore, Budget, BudgetLedger, PolicyStore, SegmentQuery, SegmentRow, StoreError,
+};
 use harness::{AnyStore, TestDb};
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
 use serde_json::json;
@@ -207,6 +209,95 @@ async fn every_stored_policy_is_kept_with_who_stored_it_newest_first(db: &TestDb
     assert_eq!(store.policy_changes("dialogue", 10).await.unwrap().len(), 3);
 }
 
+/// `outcome(..)` for segment `segment` of `project`, with its attempts recorded first.
+async fn recorded_run(
+    store: &AnyStore,
+    segment: &str,
+    project: &str,
+    run: &str,
+    result: Outcome,
+    selected: Option<u32>,
+) {
+    let attempts = vec![record(1, 0.3), record(2, 0.9)];
+    for a in &attempts {
+        let mut rec = record_attempt(run, a.clone());
+        rec.key.workflow_id = format!("segment-retry-{segment}");
+        rec.segment_id = segment.parse().unwrap();
+        rec.project_id = project.parse().unwrap();
+        store.record_attempt(&rec).await.unwrap();
+    }
+    let mut out = outcome(run, result, selected, attempts);
+    out.workflow_id = format!("segment-retry-{segment}");
+    out.result.segment_id = segment.parse().unwrap();
+    out.result.project_id = project.parse().unwrap();
+    store.record_outcome(&out).await.unwrap();
+}
+
+async fn segments_are_found_by_any_part_of_their_ids_in_any_case_by_their_latest_run(db: &TestDb) {
+    let store = db.open().await;
+    recorded_run(&store, "Seg-A", "Alpha", "r1", Outcome::Escalated, None).await;
+    recorded_run(&store, "seg-b", "beta", "r1", Outcome::Passed, Some(2)).await;
+    recorded_run(&store, "seg-b", "beta", "r2", Outcome::Aborted, None).await;
+    recorded_run(&store, "50pct_off", "p", "r1", Outcome::NotRetried, None).await;
+    let find = |search: &str, outcome: Option<&str>, pending_review: bool| SegmentQuery {
+        search: search.to_owned(),
+        outcome: outcome.map(str::to_owned),
+        pending_review,
+        limit: 10,
+        offset: 0,
+    };
+    let listed = |rows: Vec<SegmentRow>| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = rows
+            .into_iter()
+            .map(|r| (r.segment_id, r.outcome))
+            .collect();
+        v.sort();
+        v
+    };
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    let seg = store.segments(&find("SEG", None, false)).await.unwrap();
+    assert_eq!(
+        listed(seg),
+        [pair("Seg-A", "escalated"), pair("seg-b", "aborted")],
+        "each segment once, by its latest run"
+    );
+    let alpha = store.segments(&find("alpha", None, false)).await.unwrap();
+    assert_eq!(listed(alpha), [pair("Seg-A", "escalated")]);
+    let literal = store.segments(&find("_", None, false)).await.unwrap();
+    assert_eq!(
+        listed(literal),
+        [pair("50pct_off", "not_retried")],
+        "_ is no wildcard"
+    );
+    assert!(
+        store
+            .segments(&find("", Some("passed"), false))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let pending = store.segments(&find("", None, true)).await.unwrap();
+    assert_eq!(listed(pending), [pair("Seg-A", "escalated")]);
+    let b = store.segments(&find("seg-b", None, false)).await.unwrap();
+    assert_eq!(
+        b[0].output_uri.as_deref(),
+        Some("s3://out/2.mp4"),
+        "no selected attempt: the last output"
+    );
+    let all = store.segments(&find("", None, false)).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let second = store
+        .segments(&SegmentQuery {
+            limit: 1,
+            offset: 1,
+            ..find("", None, false)
+        })
+        .await
+        .unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].segment_id, all[1].segment_id);
+}
+
 async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once(db: &TestDb) {
     let store = db.open().await;
     store
@@ -271,6 +362,7 @@ async fn connect_any_picks_the_backend_from_the_url(db: &TestDb) {
 store_tests! {
     #[tokio::test] a_policy_round_trips_and_setting_it_again_replaces_it,
     #[tokio::test] every_stored_policy_is_kept_with_who_stored_it_newest_first,
+    #[tokio::test] segments_are_found_by_any_part_of_their_ids_in_any_case_by_their_latest_run,
     #[tokio::test] reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once,
     #[tokio::test] connect_any_picks_the_backend_from_the_url,
 }

@@ -63,6 +63,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/review", get(pages::queue))
         .route("/ui/review/next", get(pages::next_in_queue))
         .route("/ui/static/console.js", get(pages::script))
+        .route("/ui/segments", get(pages::segments_list))
         .route("/ui/segments/{id}", get(pages::segment))
         .route("/ui/segments/{id}/live", get(pages::segment_live))
         .route("/ui/segments/{id}/decision", post(pages::decide))

@@ -20,7 +20,7 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use retake_activities::ports::{Budget, StoredAttempt, StoredOutcome};
+use retake_activities::ports::{Budget, SegmentQuery, StoredAttempt, StoredOutcome};
 use retake_client::{Creator, ReviewFilter};
 use retake_domain::contract::AttemptRecord;
 use retake_domain::review::Phase;
@@ -250,6 +250,7 @@ pub(crate) async fn queue(
         task_queue: &s.task_queue,
         project: project.as_ref(),
         scene_type: scene.as_ref(),
+        retrying: false,
     };
     let (page, total) = tokio::try_join!(
         retake_client::awaiting_review(&s.temporal, &filter, per_page, token),
@@ -323,6 +324,159 @@ pub(crate) async fn queue(
         rows,
     };
     Ok(html(StatusCode::OK, &page))
+}
+
+/// The statuses the segments list filters by: how each segment's latest run stands.
+const SEGMENT_STATUSES: [(&str, &str); 8] = [
+    ("", "any"),
+    ("running", "retrying now"),
+    ("awaiting_review", "awaiting review"),
+    ("passed", "passed"),
+    ("escalated", "escalated"),
+    ("aborted", "aborted"),
+    ("budget_exhausted", "budget exhausted"),
+    ("not_retried", "not retried"),
+];
+
+/// How many segments the list shows a page.
+const SEGMENTS_PAGE: u32 = 50;
+
+#[derive(Template)]
+#[template(path = "segments.html")]
+struct SegmentsPage {
+    nav: Nav,
+    search: String,
+    status: String,
+    statuses: Vec<(&'static str, &'static str)>,
+    rows: Vec<views::SegmentListRow>,
+    page: u32,
+    /// Links to the previous and next pages (empty where there is none).
+    previous: String,
+    next: String,
+}
+
+/// Every segment, found by id, project or scene type and filtered by how its latest run stands
+/// (`GET /ui/segments?q=…&status=…&page=…`): retries making attempts now come from Temporal's
+/// visibility (`RetryOutcome = running`), every recorded run from the store, newest first, with
+/// the selected attempt's output as a thumbnail.
+pub(crate) async fn segments_list(
+    who: Signed<need::Viewer>,
+    State(s): State<AppState>,
+    query: QueryPairs,
+) -> Result<Response, PageError> {
+    let value = |name: &str| {
+        query
+            .0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let search: String = value("q").chars().take(100).collect();
+    let status = value("status");
+    if !SEGMENT_STATUSES.iter().any(|(v, _)| *v == status) {
+        return Err(ValidationError::single(
+            "status",
+            format!(
+                "must be one of: {}",
+                SEGMENT_STATUSES[1..]
+                    .iter()
+                    .map(|(v, _)| *v)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .into());
+    }
+    let page = optional(&query, "page", |v| {
+        v.parse::<u32>()
+            .ok()
+            .filter(|p| (1..=10_000).contains(p))
+            .ok_or_else(|| {
+                ValidationError::single("page", "must be a whole number from 1 to 10000")
+            })
+    })?
+    .unwrap_or(1);
+    let needle = search.to_lowercase();
+    let mut rows = Vec::new();
+    if page == 1 && (status.is_empty() || status == "running") {
+        let filter = ReviewFilter {
+            task_queue: &s.task_queue,
+            project: None,
+            scene_type: None,
+            retrying: true,
+        };
+        let running = retake_client::awaiting_review(&s.temporal, &filter, 100, Vec::new())
+            .await
+            .map_err(AppError::from)?;
+        rows.extend(
+            running
+                .runs
+                .into_iter()
+                .filter(|r| {
+                    [&r.segment_id, &r.project_id, &r.scene_type]
+                        .iter()
+                        .any(|v| v.to_lowercase().contains(&needle))
+                })
+                .map(views::SegmentListRow::running),
+        );
+    }
+    let mut more = false;
+    if status != "running" {
+        let (outcome, pending_review) = match status.as_str() {
+            "" => (None, false),
+            "awaiting_review" => (Some("escalated".to_owned()), true),
+            other => (Some(other.to_owned()), false),
+        };
+        let found = s
+            .store
+            .segments(&SegmentQuery {
+                search: search.clone(),
+                outcome,
+                pending_review,
+                limit: SEGMENTS_PAGE + 1,
+                offset: (page - 1) * SEGMENTS_PAGE,
+            })
+            .await?;
+        more = found.len() > SEGMENTS_PAGE as usize;
+        let listed: Vec<String> = rows.iter().map(|r| r.segment_id.clone()).collect();
+        rows.extend(
+            found
+                .into_iter()
+                .take(SEGMENTS_PAGE as usize)
+                .filter(|r| !listed.contains(&r.segment_id))
+                .map(views::SegmentListRow::recorded),
+        );
+    }
+    let link = |page: u32| {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        if !search.is_empty() {
+            q.append_pair("q", &search);
+        }
+        if !status.is_empty() {
+            q.append_pair("status", &status);
+        }
+        if page > 1 {
+            q.append_pair("page", &page.to_string());
+        }
+        format!("/ui/segments?{}", q.finish())
+    };
+    let page_view = SegmentsPage {
+        nav: Nav::new(&who.who(), &who.session.csrf),
+        previous: if page > 1 {
+            link(page - 1)
+        } else {
+            String::new()
+        },
+        next: if more { link(page + 1) } else { String::new() },
+        search,
+        status,
+        statuses: SEGMENT_STATUSES.to_vec(),
+        rows,
+        page,
+    };
+    Ok(html(StatusCode::OK, &page_view))
 }
 
 /// The scene type's stored policy, resolved as the workflow resolves it without an override
@@ -456,6 +610,7 @@ pub(crate) async fn next_in_queue(
         task_queue: &s.task_queue,
         project: None,
         scene_type: None,
+        retrying: false,
     };
     // The decided segment may still be listed for a moment (visibility is eventually
     // consistent): one more than needed.

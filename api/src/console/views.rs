@@ -3,7 +3,7 @@
 
 use super::time::{gpu, human_ms, parse_rfc3339_ms};
 use retake_activities::files::FileRoots;
-use retake_activities::ports::{PolicyChange, StoredAttempt, StoredOutcome};
+use retake_activities::ports::{PolicyChange, SegmentRow, StoredAttempt, StoredOutcome};
 use retake_client::AwaitingReview;
 use retake_domain::contract::AttemptRecord;
 use retake_domain::event::CreatorEvent;
@@ -484,6 +484,75 @@ pub(crate) fn form_value(raw: &str) -> Value {
         .ok()
         .filter(|v| !v.is_object() && !v.is_array())
         .unwrap_or_else(|| Value::String(raw.to_owned()))
+}
+
+/// One segment in the segments list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SegmentListRow {
+    pub(crate) segment_id: String,
+    pub(crate) project_id: String,
+    pub(crate) scene_type: String,
+    /// How its latest run stands, in words (`retrying now`, `awaiting review`, `passed`, …).
+    pub(crate) status: String,
+    /// The CSS class of the status: `passed`, `failed` or empty.
+    pub(crate) tone: &'static str,
+    pub(crate) report: String,
+    pub(crate) updated: String,
+    /// A thumbnail: the selected (or last) output when it is an image the browser can show.
+    pub(crate) thumbnail: String,
+}
+
+impl SegmentListRow {
+    /// A retry making attempts now (from Temporal's visibility): nothing recorded yet to show.
+    pub(crate) fn running(run: AwaitingReview) -> Self {
+        Self {
+            segment_id: run.segment_id,
+            project_id: run.project_id,
+            scene_type: run.scene_type,
+            status: "retrying now".to_owned(),
+            tone: "",
+            report: String::new(),
+            updated: String::new(),
+            thumbnail: String::new(),
+        }
+    }
+
+    /// A segment's latest recorded run.
+    pub(crate) fn recorded(row: SegmentRow) -> Self {
+        let status = match (row.outcome.as_str(), row.review.as_str()) {
+            ("escalated", "pending") => "awaiting review".to_owned(),
+            (_, "retrying") => "retrying after review".to_owned(),
+            ("escalated", "accepted") | ("passed", "accepted") => {
+                "passed (review accepted)".to_owned()
+            }
+            (_, "rejected") => "rejected in review".to_owned(),
+            (outcome, _) => outcome.replace('_', " "),
+        };
+        let tone = match row.outcome.as_str() {
+            "passed" => "passed",
+            "escalated" | "aborted" | "budget_exhausted" if row.review != "accepted" => "failed",
+            _ => "",
+        };
+        let thumbnail = row
+            .output_uri
+            .filter(|u| {
+                matches!(
+                    extension(u).as_str(),
+                    "png" | "jpg" | "jpeg" | "webp" | "gif" | "svg" | "avif"
+                ) && (u.starts_with("http://") || u.starts_with("https://"))
+            })
+            .unwrap_or_default();
+        Self {
+            segment_id: row.segment_id,
+            project_id: row.project_id,
+            scene_type: row.scene_type,
+            status,
+            tone,
+            report: row.report,
+            updated: row.updated_at,
+            thumbnail,
+        }
+    }
 }
 
 /// One stored policy on the scene type's page: when, by whom, what changed from the one
