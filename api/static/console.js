@@ -9,6 +9,7 @@
 //    the chosen attempt, x goes to the reject reason, n opens the next segment awaiting review.
 //    The page lists the keys. Without JavaScript every output is a link to itself at full size,
 //    and every card has its own Accept button.
+// 3. Rejecting and aborting ask for confirmation first.
 (function () {
   "use strict";
   var EVERY_MS = 2000;
@@ -285,6 +286,16 @@
       case "close":
         viewer().close();
         break;
+    }
+  });
+
+  // Rejecting and aborting cannot be undone: the browser asks first (Enter in the reason field
+  // submits the form too). Without JavaScript the forms are sent as they are.
+  document.addEventListener("submit", function (e) {
+    var form = e.target;
+    var question = form && form.dataset && form.dataset.confirm;
+    if (question && !window.confirm(question)) {
+      e.preventDefault();
     }
   });
 

@@ -641,6 +641,29 @@ async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_la
         .await
         .unwrap();
 
+    // x: to the reject reason; Enter asks first, and dismissing it rejects nothing.
+    eval_until(&c, SHOWN, 20, |v| v["can_accept"] == true).await;
+    press(&c, 'x').await;
+    c.active_element()
+        .await
+        .unwrap()
+        .send_keys(&format!("blurry{}", char::from(Key::Enter)))
+        .await
+        .unwrap();
+    let asked = c.get_alert_text().await.expect("a confirmation");
+    assert!(
+        asked.starts_with(&format!("Reject segment {second}?")),
+        "{asked}"
+    );
+    c.dismiss_alert().await.unwrap();
+    let second_id = retake_domain::SegmentId::parse(&second).unwrap();
+    let still = retake::retries::status(&app.client, &second_id)
+        .await
+        .unwrap();
+    assert_eq!(still.phase, Phase::AwaitingReview, "nothing rejected");
+    assert!(still.decisions.is_empty(), "{:?}", still.decisions);
+    eval(&c, "document.activeElement.blur(); return null;").await;
+
     // n on the last segment in review: the queue, saying there is no other.
     press(&c, 'n').await;
     let end = eval_until(
