@@ -541,6 +541,8 @@ async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_la
                 .map(b => b.textContent),
             srcs: Array.from(document.querySelectorAll('article.attempt a.full'))
                 .map(a => a.getAttribute('href')),
+            below: Array.from(document.querySelectorAll('article.attempt[data-attempt=\"1\"] dd.failed'))
+                .map(d => d.textContent),
         };",
     )
     .await;
@@ -551,6 +553,11 @@ async fn a_creator_compares_two_attempts_at_full_size_accepts_by_keyboard_and_la
         marked["buttons"],
         json!(["Accept attempt 1", "Accept attempt 2"]),
         "{marked}"
+    );
+    assert_eq!(
+        marked["below"],
+        json!(["0.310 (needs ≥ 0.60) below"]),
+        "the failing score is marked, with its threshold: {marked}"
     );
     let other = 3 - best;
     let src = |n: u32| marked["srcs"][(n - 1) as usize].clone();

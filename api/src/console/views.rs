@@ -82,6 +82,17 @@ pub(crate) struct Pair {
     pub(crate) value: String,
 }
 
+/// One score of an attempt, on the 0–1 scale the scorer gave it, with the pass threshold of
+/// its metric in the scene type's policy (empty when the metric has none) and whether it fell
+/// below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScoreView {
+    pub(crate) name: String,
+    pub(crate) value: String,
+    pub(crate) min: String,
+    pub(crate) below: bool,
+}
+
 /// One category of the scorer's breakdown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Category {
@@ -111,7 +122,7 @@ pub(crate) struct AttemptView {
     pub(crate) params: Vec<Pair>,
     pub(crate) jitter: Vec<String>,
     pub(crate) quality: String,
-    pub(crate) scores: Vec<Pair>,
+    pub(crate) scores: Vec<ScoreView>,
     pub(crate) breakdown: Vec<Category>,
     pub(crate) failures: String,
     pub(crate) error: String,
@@ -320,9 +331,16 @@ pub(crate) async fn attempt(
         scores: a
             .scores
             .iter()
-            .map(|(k, v)| Pair {
-                name: k.clone(),
-                value: format!("{v:.3}"),
+            .map(|(k, v)| {
+                let threshold = policy.thresholds.get(k);
+                ScoreView {
+                    name: k.clone(),
+                    value: format!("{v:.3}"),
+                    min: threshold
+                        .map(|t| format!("{:.2}", t.min))
+                        .unwrap_or_default(),
+                    below: threshold.is_some_and(|t| *v < t.min),
+                }
             })
             .collect(),
         breakdown: a
