@@ -35,7 +35,7 @@ use crate::plan::{self, AttemptPlan};
 use crate::policy::{Placement, RetryPolicy, Selection};
 use crate::report;
 use crate::review::{Decision, Phase, RetryWith, Review};
-use crate::status::Status;
+use crate::status::{InFlight, Status};
 use crate::stop::Stop;
 use crate::strategy::Strategy;
 
@@ -534,7 +534,34 @@ impl Machine {
             running_attempts: running,
             attempts: self.attempts.clone(),
             decisions: self.events.clone(),
+            in_flight: self.in_flight(),
         }
+    }
+
+    /// What is known of each attempt whose generation or scoring may be running.
+    fn in_flight(&self) -> Vec<InFlight> {
+        let mut known: Vec<InFlight> = self
+            .flights
+            .iter()
+            .filter(|f| f.running())
+            .map(|f| InFlight {
+                attempt: f.k(),
+                seed: f.plan.seed,
+                params: f.plan.params.clone(),
+                jitter: f.plan.jitter.clone(),
+                strategy: f.plan.strategy.map(|s| s.as_str().to_owned()),
+                stage: match f.stage {
+                    Stage::Placing => "placing",
+                    Stage::Scoring => "scoring",
+                    _ => "generating",
+                }
+                .to_owned(),
+                worker: f.target.clone(),
+                reruns: u32::try_from(f.failed.len()).unwrap_or(u32::MAX),
+            })
+            .collect();
+        known.sort_by_key(|i| i.attempt);
+        known
     }
 
     fn handle(&mut self, event: Event, out: &mut Vec<Command>) {

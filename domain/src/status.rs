@@ -25,6 +25,30 @@ pub struct Status {
     pub gpu_ms_total: u64,
     pub report: String,
     pub decisions: Vec<CreatorEvent>,
+    /// What is already known of each attempt in flight (its generation or scoring running),
+    /// in attempt order: what a live card shows before the attempt is recorded.
+    #[serde(default, deserialize_with = "crate::null_as_default")]
+    pub in_flight: Vec<InFlight>,
+}
+
+/// An attempt in flight as the query tells it: planned, not yet recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InFlight {
+    pub attempt: u32,
+    pub seed: u64,
+    /// The parameters sent to the generator (the jitter applied).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub params: crate::contract::Params,
+    pub jitter: Vec<crate::params::ParamChange>,
+    /// The ladder's strategy (`reseed`, `revise`, …), when it has one.
+    pub strategy: Option<String>,
+    /// `placing` (waiting for a worker's queue), `generating` or `scoring`.
+    pub stage: String,
+    /// The worker its generation was placed on by name, when it was.
+    pub worker: Option<String>,
+    /// Runs of its generation that failed on their machine and were re-run so far.
+    pub reruns: u32,
 }
 
 impl Status {
@@ -45,6 +69,7 @@ impl Status {
             gpu_ms_total: result.gpu_ms_total,
             report: result.report.clone(),
             decisions: result.decisions.clone(),
+            in_flight: vec![],
         }
     }
 }

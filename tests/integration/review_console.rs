@@ -753,10 +753,16 @@ async fn every_parallel_attempt_in_flight_has_its_generating_card() {
     let segment = format!("{}-live2", app.tag);
     let policy = json!({"enabled": true, "parallelism": 2, "max_attempts": 4});
     app.start(request(&segment, "p1", Some(policy))).await;
-    app.wait_for(&segment, "two attempts running", |s| {
-        s.running_attempts == [1, 2]
-    })
-    .await;
+    let live = app
+        .wait_for(&segment, "two attempts generating", |s| {
+            s.running_attempts == [1, 2]
+                && s.in_flight
+                    .iter()
+                    .filter(|i| i.stage == "generating")
+                    .count()
+                    == 2
+        })
+        .await;
 
     let mut b = Browser::new(&app).await;
     b.sign_in(VIEWER).await;
@@ -770,6 +776,23 @@ async fn every_parallel_attempt_in_flight_has_its_generating_card() {
         );
     }
     assert_eq!(page.body.matches("Generating…").count(), 2, "{}", page.body);
+    // Each card already shows the seed and parameters its generation was sent.
+    for known in &live.in_flight {
+        assert!(
+            page.body
+                .contains(&format!("<dt>Seed</dt><dd>{}</dd>", known.seed)),
+            "attempt {}'s seed on its card: {}",
+            known.attempt,
+            page.body
+        );
+        let cfg = known.params.0["cfg_scale"].to_string();
+        assert!(
+            page.body
+                .contains(&format!("<dt>cfg_scale</dt><dd>{cfg}</dd>")),
+            "{}",
+            page.body
+        );
+    }
     retake::retries::signal(
         &app.client,
         &segment.parse::<retake_domain::SegmentId>().unwrap(),

@@ -867,7 +867,10 @@ async fn run_views(
                 };
                 for n in running {
                     if !st.attempts.iter().any(|a| a.attempt == n) {
-                        attempts.push(AttemptView::in_flight(n));
+                        attempts.push(match st.in_flight.iter().find(|i| i.attempt == n) {
+                            Some(known) => AttemptView::planned(known),
+                            None => AttemptView::in_flight(n),
+                        });
                     }
                 }
                 st.attempts.iter().collect()

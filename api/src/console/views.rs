@@ -7,6 +7,7 @@ use retake_activities::ports::{PolicyChange, SegmentRow, StoredAttempt, StoredOu
 use retake_client::AwaitingReview;
 use retake_domain::contract::AttemptRecord;
 use retake_domain::event::CreatorEvent;
+use retake_domain::status::InFlight;
 use retake_domain::{FieldError, RetryPolicy, select};
 use serde_json::Value;
 
@@ -236,6 +237,42 @@ pub(crate) async fn add_diffs(
 }
 
 impl AttemptView {
+    /// An attempt in flight with what the workflow already knows of it: seed, parameters sent,
+    /// jitter, strategy, where it stands, the worker it was placed on.
+    pub(crate) fn planned(known: &InFlight) -> Self {
+        let stage = match known.stage.as_str() {
+            "placing" => "Waiting for a worker…",
+            "scoring" => "Generated; scoring…",
+            _ => "Generating…",
+        };
+        let note = match known.reruns {
+            0 => stage.to_owned(),
+            1 => format!("{stage} (re-run after a failure on its machine)"),
+            n => format!("{stage} (re-run {n} times after failures on its machine)"),
+        };
+        Self {
+            seed: known.seed.to_string(),
+            strategy: known.strategy.clone().unwrap_or_default(),
+            params: known
+                .params
+                .0
+                .iter()
+                .map(|(k, v)| Pair {
+                    name: k.clone(),
+                    value: shown(v),
+                })
+                .collect(),
+            jitter: known
+                .jitter
+                .iter()
+                .map(|c| format!("{} {} → {:.3}", c.param, c.original, c.value))
+                .collect(),
+            worker: known.worker.clone().unwrap_or_default(),
+            note,
+            ..Self::in_flight(known.attempt)
+        }
+    }
+
     /// The attempt in flight: planned, not recorded yet.
     pub(crate) fn in_flight(number: u32) -> Self {
         Self {
@@ -257,7 +294,7 @@ impl AttemptView {
             breakdown: Vec::new(),
             failures: String::new(),
             error: String::new(),
-            note: String::new(),
+            note: "Generating…".to_owned(),
             prompt: String::new(),
             gpu: String::new(),
             worker: String::new(),
