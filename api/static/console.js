@@ -1,6 +1,7 @@
 // The review console's only script, on the segment page. Two jobs:
 // 1. While a retry runs, it asks the server for the segment's runs and attempts every two
-//    seconds and swaps them in, so attempts appear as they finish without a reload (a form being
+//    seconds and swaps them in (the review queue's table likewise, so a segment escalated while
+//    the queue is open appears in it), so attempts appear as they finish without a reload (a form being
 //    filled in keeps its text). When the retry's phase changes (it finished, or went to review),
 //    the whole page is loaded again: the forms that fit the new phase come with it. Without
 //    JavaScript the page refreshes itself instead (<noscript> in its head).
@@ -14,12 +15,14 @@
   "use strict";
   var EVERY_MS = 2000;
 
-  function runs() {
-    return document.getElementById("runs");
+  // The part of the page that follows the server: a segment's runs while it retries, or the
+  // review queue's table (always).
+  function live() {
+    return document.querySelector("[data-live]");
   }
 
   function poll() {
-    var current = runs();
+    var current = live();
     if (!current || !current.dataset.live) {
       return;
     }
@@ -40,7 +43,7 @@
         return r.text();
       })
       .then(function (html) {
-        var next = new DOMParser().parseFromString(html, "text/html").getElementById("runs");
+        var next = new DOMParser().parseFromString(html, "text/html").getElementById(current.id);
         if (!next || next.dataset.phase !== current.dataset.phase) {
           throw new Error("reload");
         }

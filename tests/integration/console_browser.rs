@@ -806,3 +806,37 @@ async fn check(c: &Client, axe: &str, phone: bool) -> Vec<Value> {
     }
     found
 }
+
+#[tokio::test]
+async fn a_segment_escalated_while_the_queue_is_open_appears_in_it_without_a_reload() {
+    let Some(chromium) = Chromium::start().await else {
+        return;
+    };
+    let farm = FakeJobs::render_farm(1).await;
+    let app = http_app(&farm).await;
+    let first = escalated_named(&app, "q-1").await;
+    let store = retake::connect::store(&app.db_url).await.unwrap();
+    let base = serve_with(&app, store).await;
+    let profile = tempfile::tempdir().unwrap();
+    let c = chromium.window(profile.path()).await;
+    sign_in(&c, &base, VIEWER).await;
+    let rows = "return {
+        rows: Array.from(document.querySelectorAll('#queue tbody tr')).map(r => r.dataset.segment),
+        same_page: window.__mark === 'open before',
+    };";
+    eval_until(&c, rows, 30, |v| v["rows"] == json!([first.clone()])).await;
+    eval(&c, "window.__mark = 'open before'; return null;").await;
+
+    let second = escalated_named(&app, "q-2").await;
+    let shown = eval_until(&c, rows, 30, |v| {
+        v["rows"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    assert_eq!(shown["same_page"], true, "no reload: {shown}");
+    assert_eq!(
+        shown["rows"],
+        json!([second, first]),
+        "newest first: {shown}"
+    );
+    c.close().await.unwrap();
+}

@@ -188,6 +188,8 @@ pub(crate) async fn sign_out(State(s): State<AppState>, posted: Posted<need::Vie
 struct QueuePage {
     nav: Nav,
     flash: &'static str,
+    /// This page's own address, which `console.js` loads again to keep the table current.
+    here: String,
     project: String,
     scene_type: String,
     rows: Vec<QueueRow>,
@@ -252,6 +254,7 @@ pub(crate) async fn queue(
         scene_type: scene.as_ref(),
         retrying: false,
     };
+    let current = token.clone();
     let (page, total) = tokio::try_join!(
         retake_client::awaiting_review(&s.temporal, &filter, per_page, token),
         retake_client::count_awaiting_review(&s.temporal, &filter),
@@ -311,6 +314,7 @@ pub(crate) async fn queue(
     let page = QueuePage {
         nav: Nav::new(&who.who(), &who.session.csrf),
         flash: flash(&query),
+        here: link(later.then_some(current.as_slice())),
         next: if page.next.is_empty() {
             String::new()
         } else {
