@@ -412,6 +412,18 @@ pub trait Reporting: Send + Sync {
         scene_type: &str,
         query: &retake_domain::adapt::EvidenceQuery,
     ) -> Result<retake_domain::adapt::Evidence, StoreError>;
+    /// Every scene type and project the store knows, as stored (case and all), sorted: those
+    /// with a policy or budget and those that ever had a retry recorded.
+    async fn known(&self) -> Result<Known, StoreError>;
+}
+
+/// What [`Reporting::known`] lists.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Scene types, each with whether a policy is stored for it.
+    pub scene_types: Vec<(String, bool)>,
+    /// Projects, each with whether it has a budget limit.
+    pub projects: Vec<(String, bool)>,
 }
 
 /// A worker process as the registry knows it (`workers`).

@@ -891,3 +891,38 @@ async fn a_finished_segment_is_found_by_part_of_its_id_in_any_case_and_filtered_
     assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
     assert!(bad.body.contains("budget_exhausted"), "{}", bad.body);
 }
+
+#[tokio::test]
+async fn settings_list_every_scene_type_and_project_and_a_wrong_case_id_is_not_taken_for_another() {
+    let app = spawn_app().await;
+    app.store
+        .set_policy("Action", &json!({"enabled": true}), "test")
+        .await
+        .unwrap();
+    app.store.set_limit("Film-7", Some(60_000)).await.unwrap();
+
+    let mut b = Browser::new(&app).await;
+    b.sign_in(ADMIN).await;
+    let settings = b.get("/ui/settings").await;
+    assert_eq!(settings.status, StatusCode::OK, "{}", settings.body);
+    assert!(
+        settings
+            .body
+            .contains("<a href=\"/ui/scene-types/Action\">Action</a> <span class=\"muted\">policy stored</span>")
+            && settings
+                .body
+                .contains("<a href=\"/ui/projects/Film-7\">Film-7</a> <span class=\"muted\">budget set</span>"),
+        "{}",
+        settings.body
+    );
+    let wrong = b.get("/ui/scene-types/action").await;
+    assert!(
+        wrong.body.contains("id=\"similar\"")
+            && wrong.body.contains("href=\"/ui/scene-types/Action\"")
+            && wrong.body.contains("stores a policy for a new scene type"),
+        "{}",
+        wrong.body
+    );
+    let right = b.get("/ui/scene-types/Action").await;
+    assert!(!right.body.contains("id=\"similar\""), "{}", right.body);
+}

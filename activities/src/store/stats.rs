@@ -2,7 +2,7 @@
 
 use super::sql::stmt;
 use super::{Backend, SqlxStore, map_sqlx, to_i64};
-use crate::ports::{Reporting, Stats, StoreError, VariationCount};
+use crate::ports::{Known, Reporting, Stats, StoreError, VariationCount};
 use async_trait::async_trait;
 use retake_domain::adapt::{ArmStats, Evidence, EvidenceQuery};
 
@@ -10,6 +10,20 @@ use retake_domain::adapt::{ArmStats, Evidence, EvidenceQuery};
 // there, hence the CAST.
 const BY_STATUS: &str = "SELECT status, COUNT(*) AS n, CAST(COALESCE(SUM(gpu_ms), 0) AS BIGINT) AS ms \
      FROM retry_attempts GROUP BY status";
+/// Every scene type with whether it has a stored policy (1) or only recorded retries (0).
+const SCENE_TYPES: &str = "SELECT scene_type AS id, CAST(MAX(stored) AS BIGINT) AS stored FROM (\
+     SELECT scene_type, 1 AS stored FROM retry_policies \
+     UNION ALL SELECT DISTINCT scene_type, 0 AS stored FROM segment_retries) known \
+     GROUP BY scene_type ORDER BY scene_type";
+
+/// Every project with whether it has a budget limit (1) or only reservations or recorded
+/// retries (0).
+const PROJECTS: &str = "SELECT project_id AS id, CAST(MAX(stored) AS BIGINT) AS stored FROM (\
+     SELECT project_id, CASE WHEN limit_ms IS NULL THEN 0 ELSE 1 END AS stored \
+     FROM project_budgets \
+     UNION ALL SELECT DISTINCT project_id, 0 AS stored FROM segment_retries) known \
+     GROUP BY project_id ORDER BY project_id";
+
 const BY_OUTCOME: &str = "SELECT outcome, COUNT(*) AS n FROM segment_retries GROUP BY outcome";
 const REFUSALS: &str = "SELECT COUNT(*) AS n FROM budget_reservations WHERE status = 'refused'";
 const PENDING: &str = "SELECT COUNT(*) AS n FROM segment_retries WHERE review = 'pending'";
@@ -61,6 +75,26 @@ fn count(v: i64) -> u64 {
 
 #[async_trait]
 impl<DB: Backend> Reporting for SqlxStore<DB> {
+    async fn known(&self) -> Result<Known, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut list = async |sql: &'static str| -> Result<Vec<(String, bool)>, StoreError> {
+            DB::fetch_all(&mut conn, stmt(sql))
+                .await?
+                .iter()
+                .map(|row| {
+                    let stored: i64 = DB::get(row, "stored")?;
+                    Ok((DB::get(row, "id")?, stored == 1))
+                })
+                .collect()
+        };
+        let scene_types = list(SCENE_TYPES).await?;
+        let projects = list(PROJECTS).await?;
+        Ok(Known {
+            scene_types,
+            projects,
+        })
+    }
+
     async fn stats(&self) -> Result<Stats, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         let mut stats = Stats::default();

@@ -5,7 +5,8 @@
 use super::{PgStore, SqlStore, connect_any, rfc3339};
 use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation, Review};
 use crate::ports::{
-    AttemptStore, Budget, BudgetLedger, PolicyStore, SegmentQuery, SegmentRow, StoreError,
+    AttemptStore, Budget, BudgetLedger, Known, PolicyStore, Reporting, SegmentQuery, SegmentRow,
+    StoreError,
 };
 use harness::{AnyStore, TestDb};
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
@@ -298,6 +299,31 @@ async fn segments_are_found_by_any_part_of_their_ids_in_any_case_by_their_latest
     assert_eq!(second[0].segment_id, all[1].segment_id);
 }
 
+async fn the_known_scene_types_and_projects_are_listed_as_stored(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.known().await.unwrap(), Known::default());
+    store
+        .set_policy("Dialogue", &json!({"max_attempts": 3}), "test")
+        .await
+        .unwrap();
+    store.set_limit("Budgeted", Some(1000)).await.unwrap();
+    store.reserve(&key("r9", 1), "Reserved", 10).await.unwrap();
+    recorded_run(&store, "seg-1", "Alpha", "r1", Outcome::Passed, Some(2)).await;
+    let known = store.known().await.unwrap();
+    let own = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+        v.iter().map(|(s, b)| ((*s).to_owned(), *b)).collect()
+    };
+    assert_eq!(
+        known.scene_types,
+        own(&[("Dialogue", true), ("dialogue", false)]),
+        "as stored, case and all"
+    );
+    assert_eq!(
+        known.projects,
+        own(&[("Alpha", false), ("Budgeted", true), ("Reserved", false)])
+    );
+}
+
 async fn reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once(db: &TestDb) {
     let store = db.open().await;
     store
@@ -362,6 +388,7 @@ async fn connect_any_picks_the_backend_from_the_url(db: &TestDb) {
 store_tests! {
     #[tokio::test] a_policy_round_trips_and_setting_it_again_replaces_it,
     #[tokio::test] every_stored_policy_is_kept_with_who_stored_it_newest_first,
+    #[tokio::test] the_known_scene_types_and_projects_are_listed_as_stored,
     #[tokio::test] segments_are_found_by_any_part_of_their_ids_in_any_case_by_their_latest_run,
     #[tokio::test] reopening_the_same_database_keeps_the_data_and_runs_the_migrations_once,
     #[tokio::test] connect_any_picks_the_backend_from_the_url,

@@ -1174,11 +1174,17 @@ pub(crate) async fn escalate(
 #[template(path = "settings.html")]
 struct SettingsPage {
     nav: Nav,
+    /// Every known scene type, with whether it has a stored policy.
+    scene_types: Vec<(String, bool)>,
+    /// Every known project, with whether it has a budget.
+    projects: Vec<(String, bool)>,
 }
 
-/// The settings index: two look-up forms (a GET with `scene_type` or `project` goes there).
+/// The settings index: every known scene type and project, as stored, and two look-up forms (a
+/// GET with `scene_type` or `project` goes there).
 pub(crate) async fn settings(
     who: Signed<need::Viewer>,
+    State(s): State<AppState>,
     query: QueryPairs,
 ) -> Result<Response, PageError> {
     if let Some(t) = optional(&query, "scene_type", |v| SceneType::parse(v))? {
@@ -1187,10 +1193,13 @@ pub(crate) async fn settings(
     if let Some(p) = optional(&query, "project", |v| ProjectId::parse(v))? {
         return Ok(see_other(&format!("/ui/projects/{p}")));
     }
+    let known = s.store.known().await?;
     Ok(html(
         StatusCode::OK,
         &SettingsPage {
             nav: Nav::new(&who.who(), &who.session.csrf),
+            scene_types: known.scene_types,
+            projects: known.projects,
         },
     ))
 }
@@ -1211,6 +1220,8 @@ struct SceneTypePage {
     errors: Vec<FieldError>,
     /// Who stored which policy, newest first.
     changes: Vec<views::ChangeView>,
+    /// Known scene types that differ from this one only by case.
+    similar: Vec<String>,
 }
 
 /// A refused policy form, shown again with its errors.
@@ -1238,6 +1249,20 @@ async fn scene_type_page(
     status: StatusCode,
 ) -> Result<Response, PageError> {
     let stored = s.store.policy(scene.as_str()).await?;
+    // Ids are matched as stored: `Action` is not `action`. Say so when the id differs from a
+    // known one only by case, rather than show an editable default that would start another.
+    let similar: Vec<String> = if stored.is_none() {
+        s.store
+            .known()
+            .await?
+            .scene_types
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| id != scene.as_str() && id.eq_ignore_ascii_case(scene.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let changes = s
         .store
         .policy_changes(scene.as_str(), policies::CHANGES_SHOWN + 1)
@@ -1265,6 +1290,7 @@ async fn scene_type_page(
         text,
         errors,
         changes,
+        similar,
     };
     Ok(html(status, &page))
 }
