@@ -5,8 +5,7 @@
 use super::{PgStore, SqlStore, connect_any, rfc3339};
 use crate::io::{AttemptKey, RecordAttempt, RecordOutcome, Reservation, Review};
 use crate::ports::{
-    AttemptStore, Budget, BudgetLedger, Known, PolicyStore, Reporting, SegmentQuery, SegmentRow,
-    StoreError,
+    AttemptStore, Budget, BudgetLedger, Known, PolicyStore, SegmentQuery, SegmentRow, StoreError,
 };
 use harness::{AnyStore, TestDb};
 use retake_domain::contract::{AttemptRecord, AttemptStatus, Outcome, Params, RetryResult};
