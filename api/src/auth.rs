@@ -84,6 +84,8 @@ pub enum TokensError {
     TooShort(usize),
     #[error("RETAKE_API_TOKENS names no token")]
     Empty,
+    #[error("--user-header {0:?} is not an HTTP header name")]
+    BadHeader(String),
     /// One token under two entries: with different roles the caller's role would depend on the
     /// order of the list, so the configuration is refused rather than guessed at.
     #[error(
@@ -92,8 +94,9 @@ pub enum TokensError {
     Duplicate(usize, usize),
 }
 
-/// The configured tokens.
-pub struct Tokens(Vec<(Who, Vec<u8>)>);
+/// The configured tokens, and the header of a trusted auth proxy that names the person, if the
+/// operator opted in to one.
+pub struct Tokens(Vec<(Who, Vec<u8>)>, Option<axum::http::HeaderName>);
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,7 +151,45 @@ impl Tokens {
         if tokens.is_empty() {
             return Err(TokensError::Empty);
         }
-        Ok(Self(tokens))
+        Ok(Self(tokens, None))
+    }
+
+    /// Take the person's name from `header` when a request carries it, as an authenticating
+    /// proxy in front of the API sends it (oauth2-proxy: `X-Forwarded-User` or
+    /// `X-Auth-Request-User`). The token still decides the role. Only for an API that nothing
+    /// but that proxy can reach: anyone else could write any name into the header.
+    pub fn trusting_user_header(mut self, header: &str) -> Result<Self, TokensError> {
+        let name = axum::http::HeaderName::try_from(header.trim())
+            .map_err(|_| TokensError::BadHeader(header.to_owned()))?;
+        self.1 = Some(name);
+        Ok(self)
+    }
+
+    /// Who `presented` speaks for, with the trusted proxy's name from `headers` when it is
+    /// configured and present (it replaces the token's own name). A name that is not 1–64
+    /// letters, digits or `._@-` is refused: the request is treated as unauthenticated.
+    pub(crate) fn who_with(
+        &self,
+        presented: &[u8],
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<Who>, AppError> {
+        let Some(mut who) = self.who(presented) else {
+            return Ok(None);
+        };
+        if let Some(header) = &self.1
+            && let Some(value) = headers.get(header)
+        {
+            let name = value.to_str().unwrap_or("").trim();
+            if !valid_name(name) {
+                return Err(retake_domain::ValidationError::single(
+                    header.as_str(),
+                    "the proxy's user name must be 1 to 64 letters, digits or ._@-",
+                )
+                .into());
+            }
+            who.name = Some(name.to_owned());
+        }
+        Ok(Some(who))
     }
 
     /// Who `presented` speaks for, comparing against every token in constant time.
@@ -226,7 +267,7 @@ impl<N: Need> FromRequestParts<AppState> for Caller<N> {
             .ok_or(AppError::Unauthorized)?;
         let who = state
             .tokens
-            .who(token.trim().as_bytes())
+            .who_with(token.trim().as_bytes(), &parts.headers)?
             .ok_or(AppError::Unauthorized)?;
         if who.role < N::ROLE {
             return Err(AppError::Forbidden(N::ROLE));
@@ -312,6 +353,43 @@ mod tests {
         assert_eq!(anon.recorded(None).unwrap(), "api:creator");
         assert_eq!(mina.shown(), "mina (creator)");
         assert_eq!(anon.shown(), "creator");
+    }
+
+    #[test]
+    fn a_trusted_proxys_user_header_names_the_person_and_the_token_keeps_the_role() {
+        let t = Tokens::parse("creator:mina=cccccccccccccccc")
+            .unwrap()
+            .trusting_user_header("X-Forwarded-User")
+            .unwrap();
+        let mut headers = axum::http::HeaderMap::new();
+        let mina = t.who_with(b"cccccccccccccccc", &headers).unwrap().unwrap();
+        assert_eq!(mina.name.as_deref(), Some("mina"));
+        headers.insert("x-forwarded-user", "jun@studio".parse().unwrap());
+        let jun = t.who_with(b"cccccccccccccccc", &headers).unwrap().unwrap();
+        assert_eq!(
+            (jun.role, jun.name.as_deref()),
+            (Role::Creator, Some("jun@studio"))
+        );
+        assert!(
+            t.who_with(b"wrong-token-000000", &headers)
+                .unwrap()
+                .is_none()
+        );
+        headers.insert("x-forwarded-user", "api:admin x".parse().unwrap());
+        assert!(t.who_with(b"cccccccccccccccc", &headers).is_err());
+        assert!(matches!(
+            Tokens::parse("creator=cccccccccccccccc")
+                .unwrap()
+                .trusting_user_header("not a header"),
+            Err(TokensError::BadHeader(_))
+        ));
+        // Without the opt-in the header is nobody's word.
+        let plain = Tokens::parse("creator:mina=cccccccccccccccc").unwrap();
+        let still = plain
+            .who_with(b"cccccccccccccccc", &headers)
+            .unwrap()
+            .unwrap();
+        assert_eq!(still.name.as_deref(), Some("mina"));
     }
 
     #[test]

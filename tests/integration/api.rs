@@ -583,3 +583,94 @@ async fn a_named_tokens_person_is_recorded_on_decisions_signals_and_policy_chang
         "the store records her name too"
     );
 }
+
+/// `retake api` on a free port of this app's server and database, with `extra` arguments; its
+/// base URL once it answers `/healthz` (panics with its stderr if it exits first).
+async fn retake_api_process(app: &TestApp, extra: &[&str]) -> (tokio::process::Child, String) {
+    let [port] = retake_testkit::free_ports::<1>().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--temporal-address", &app.address])
+        .args(extra)
+        .env("RETAKE_API_TOKENS", format!("admin={ADMIN}"))
+        .env("RETAKE_DATABASE_URL", &app.db_url)
+        .env("RUST_LOG", "error")
+        .env_remove("TEMPORAL_ADDRESS")
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start retake api");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "retake api exited ({status}): {}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        }
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            return (child, base);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retake api never answered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn behind_an_auth_proxy_the_name_comes_from_its_user_header_only_when_opted_in() {
+    let app = spawn_app().await;
+    let put = |base: &str, user: &str, n: u32| {
+        reqwest::Client::new()
+            .put(format!("{base}/scene-types/proxied/retry-policy"))
+            .bearer_auth(ADMIN)
+            .header("X-Forwarded-User", user)
+            .json(&json!({"enabled": true, "max_attempts": n}))
+            .send()
+    };
+    let (_plain, base) = retake_api_process(&app, &[]).await;
+    assert_eq!(put(&base, "jun", 2).await.unwrap().status(), StatusCode::OK);
+    let (_proxied, base) = retake_api_process(&app, &["--user-header", "X-Forwarded-User"]).await;
+    assert_eq!(
+        put(&base, "mina@studio", 3).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let refused = put(&base, "api:admin", 4).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let by: Vec<String> = app
+        .store
+        .policy_changes("proxied", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.by)
+        .collect();
+    assert_eq!(
+        by,
+        ["api:admin mina@studio", "api:admin"],
+        "the header is nobody's word unless opted in"
+    );
+
+    let bad = tokio::process::Command::new(env!("CARGO_BIN_EXE_retake"))
+        .args([
+            "api",
+            "--user-header",
+            "not a header",
+            "--temporal-address",
+            &app.address,
+        ])
+        .env("RETAKE_API_TOKENS", format!("admin={ADMIN}"))
+        .env("RETAKE_DATABASE_URL", &app.db_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    let said = String::from_utf8_lossy(&bad.stderr);
+    assert!(said.contains("--user-header \"not a header\""), "{said}");
+}

@@ -119,6 +119,11 @@ pub struct ApiArgs {
     /// Address to listen on.
     #[arg(long, env = "RETAKE_API_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// Take the person's name recorded with decisions, signals and policy changes from this
+    /// request header, as an authenticating proxy sends it (oauth2-proxy: `X-Forwarded-User`);
+    /// the token still decides the role. Only when nothing but the proxy reaches the API.
+    #[arg(long, env = "RETAKE_API_USER_HEADER")]
+    pub user_header: Option<String>,
     /// Base URL of the Temporal web UI, which the review console (`/ui`) links workflows to.
     #[arg(long, env = "RETAKE_TEMPORAL_UI_URL", default_value = retake_api::console::DEFAULT_TEMPORAL_UI)]
     pub temporal_ui: String,

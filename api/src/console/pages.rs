@@ -158,7 +158,10 @@ pub(crate) async fn sign_in(
     if !s.console.sign_in.check(&headers, csrf) {
         return Err(PageError::Csrf);
     }
-    let Some(who) = s.tokens.who(fields.get("token").as_bytes()) else {
+    let Some(who) = s
+        .tokens
+        .who_with(fields.get("token").as_bytes(), &headers)?
+    else {
         let page = SignInPage {
             nav: Nav {
                 role: None,

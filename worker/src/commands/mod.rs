@@ -108,7 +108,11 @@ pub(crate) async fn api(g: &Global, args: ApiArgs) -> anyhow::Result<()> {
     let spec = std::env::var("RETAKE_API_TOKENS").context(
         "RETAKE_API_TOKENS is not set: give at least one token, e.g. admin=<token>,creator=<token>,viewer=<token>",
     )?;
-    let tokens = retake_api::Tokens::parse(&spec)?;
+    let mut tokens = retake_api::Tokens::parse(&spec)?;
+    if let Some(header) = &args.user_header {
+        tokens = tokens.trusting_user_header(header)?;
+        tracing::warn!(%header, "names come from this request header: only the auth proxy may reach this API");
+    }
     let temporal = connect::temporal_for(g).await?;
     let store = connect::api_store(&g.database_url).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
