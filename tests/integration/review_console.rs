@@ -388,6 +388,12 @@ async fn the_queue_lists_an_escalated_segment_and_a_form_decision_ends_its_revie
     creator.sign_in(CREATOR).await;
     let page = creator.get(&format!("/ui/segments/{segment}")).await;
     assert!(page.body.contains("accept-form"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("Each reserves about 60.00 s of the project"),
+        "the retry-with form says what an attempt reserves: {}",
+        page.body
+    );
     let accepted = creator
         .post(
             &format!("/ui/segments/{segment}/decision"),

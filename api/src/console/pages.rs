@@ -524,6 +524,9 @@ struct DecisionForm {
     vary_error: String,
     attempts: String,
     attempts_error: String,
+    /// What each new attempt reserves of the project's GPU budget before it runs (the policy's
+    /// estimate; the scene type's attempts may have taught it more).
+    per_attempt: String,
 }
 
 #[derive(Template)]
@@ -907,7 +910,9 @@ async fn run_views(
             workflow_url: format!(
                 "{base}/namespaces/{namespace}/workflows/{workflow_id}/{run_id}/history"
             ),
-            outcome: outcome.map(|o| o.outcome.clone()).unwrap_or_default(),
+            outcome: outcome
+                .map(|o| o.outcome.replace('_', " "))
+                .unwrap_or_default(),
             reason: outcome.map(|o| o.reason.clone()).unwrap_or_default(),
             report: outcome
                 .map(|o| o.report.clone())
@@ -959,6 +964,7 @@ fn prefill(live: Option<&Status>, policy: &RetryPolicy) -> DecisionForm {
         params,
         vary: serde_json::to_string_pretty(&policy.vary).unwrap_or_default(),
         attempts: policy.max_attempts.to_string(),
+        per_attempt: gpu(policy.est_gpu_ms_per_attempt),
         accept_attempt: live
             .and_then(|st| {
                 st.selected_attempt
@@ -976,6 +982,7 @@ fn refill(submitted: Option<DecisionForm>, fresh: DecisionForm) -> DecisionForm 
     let Some(mut form) = submitted else {
         return fresh;
     };
+    form.per_attempt = fresh.per_attempt;
     if form.which != "retry_with" {
         form.params = fresh.params;
         form.vary = fresh.vary;

@@ -497,6 +497,14 @@ pub(crate) struct Input {
     pub(crate) error: String,
 }
 
+impl Input {
+    /// Whether the value wants a multi-line field: a prompt, or text with line breaks or too long
+    /// to read in one line.
+    pub(crate) fn long(&self) -> bool {
+        self.name.contains("prompt") || self.value.contains('\n') || self.value.chars().count() > 60
+    }
+}
+
 /// The field errors of a rejected decision. The workflow's update validator answers with the
 /// `Display` of the same [`retake_domain::ValidationError`] the JSON API's 422 carries
 /// (`invalid input: attempts: must be …; params.seed: …`), behind the API's `decision rejected: `;
@@ -823,5 +831,19 @@ mod tests {
             policy_changes(&changes[2..], false)[0].what,
             "earlier changes are not shown"
         );
+    }
+
+    #[test]
+    fn a_prompt_or_long_or_multi_line_value_gets_a_multi_line_field() {
+        let input = |name: &str, value: &str| Input {
+            name: name.into(),
+            value: value.into(),
+            error: String::new(),
+        };
+        assert!(input("prompt", "short").long());
+        assert!(input("negative_prompt", "").long());
+        assert!(input("style", "two\nlines").long());
+        assert!(input("style", &"x".repeat(61)).long());
+        assert!(!input("cfg_scale", "7.5").long());
     }
 }
