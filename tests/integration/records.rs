@@ -284,8 +284,11 @@ async fn an_attempt_records_jitter_only_for_what_comfyui_received_and_it_receive
             "segment_id": segment, "project_id": "p1", "scene_type": "comfy",
             "params": {"seed": 7, "cfg_scale": 7.0, "denoise_strength": 0.6},
             "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
+            // Only `face`, and out of reach: every attempt fails the same retried way, whatever
+            // the simulated scorer gives this segment (a failing `motion` would stop the round).
             "policy": {"enabled": true, "max_attempts": 3, "selection": "best_of_n",
                        "ladder": ["reseed_jitter"], "review_window_secs": 0,
+                       "thresholds": {"face": {"min": 1.0, "failure": "face_melt"}},
                        "vary": {"cfg_scale": {"range": 0.5, "min": 1, "max": 30},
                                 "denoise_strength": {"range": 0.05, "min": 0, "max": 1}}}
         }))
