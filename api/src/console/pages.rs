@@ -371,17 +371,9 @@ pub(crate) async fn segments_list(
     State(s): State<AppState>,
     query: QueryPairs,
 ) -> Result<Response, PageError> {
-    let value = |name: &str| {
-        query
-            .0
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim().to_owned())
-            .unwrap_or_default()
-    };
-    let search: String = value("q").chars().take(100).collect();
-    let status = value("status");
+    let text = |name: &str| optional(&query, name, |v| Ok(v.to_owned()));
+    let search: String = text("q")?.unwrap_or_default().chars().take(100).collect();
+    let status = text("status")?.unwrap_or_default();
     if !SEGMENT_STATUSES.iter().any(|(v, _)| *v == status) {
         return Err(ValidationError::single(
             "status",

@@ -5,8 +5,9 @@ use super::time::{gpu, human_ms, parse_rfc3339_ms};
 use retake_activities::files::FileRoots;
 use retake_activities::ports::{PolicyChange, SegmentRow, StoredAttempt, StoredOutcome};
 use retake_client::AwaitingReview;
-use retake_domain::contract::AttemptRecord;
+use retake_domain::contract::{AttemptRecord, Params};
 use retake_domain::event::CreatorEvent;
+use retake_domain::params::ParamChange;
 use retake_domain::status::InFlight;
 use retake_domain::{FieldError, RetryPolicy, select};
 use serde_json::Value;
@@ -32,6 +33,18 @@ fn extension(uri: &str) -> String {
         .unwrap_or_default()
 }
 
+/// `image` or `video` for an `http(s)` URI the browser can fetch and show, by its extension.
+fn fetchable_media(uri: &str) -> Option<&'static str> {
+    if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+        return None;
+    }
+    match extension(uri).as_str() {
+        "png" | "jpg" | "jpeg" | "webp" | "gif" | "avif" | "svg" => Some("image"),
+        "mp4" | "webm" | "mov" | "ogv" => Some("video"),
+        _ => None,
+    }
+}
+
 /// How to show `uri`: media a browser can fetch (`http(s)`, `data:`) inline by extension; local
 /// text files (`file://`, what text backends write) read here, up to [`TEXT_LIMIT`], when they lie
 /// under `files`' roots; anything else (`sim://`, `file://` media, files elsewhere) as the URI
@@ -43,12 +56,9 @@ pub(crate) async fn output(uri: Option<&str>, files: &FileRoots) -> Output {
             ..Output::default()
         };
     };
-    let ext = extension(uri);
-    let fetchable = uri.starts_with("http://") || uri.starts_with("https://");
-    let kind = match ext.as_str() {
-        "png" | "jpg" | "jpeg" | "webp" | "gif" | "avif" | "svg" if fetchable => "image",
-        "mp4" | "webm" | "mov" | "ogv" if fetchable => "video",
-        "txt" | "md" | "json" if uri.starts_with("file://") => {
+    let kind = match (fetchable_media(uri), extension(uri).as_str()) {
+        (Some(kind), _) => kind,
+        (None, "txt" | "md" | "json") if uri.starts_with("file://") => {
             if let Some(text) = read_text(uri, files).await {
                 return Output {
                     kind: "text",
@@ -253,20 +263,8 @@ impl AttemptView {
         Self {
             seed: known.seed.to_string(),
             strategy: known.strategy.clone().unwrap_or_default(),
-            params: known
-                .params
-                .0
-                .iter()
-                .map(|(k, v)| Pair {
-                    name: k.clone(),
-                    value: shown(v),
-                })
-                .collect(),
-            jitter: known
-                .jitter
-                .iter()
-                .map(|c| format!("{} {} → {:.3}", c.param, c.original, c.value))
-                .collect(),
+            params: shown_params(&known.params),
+            jitter: shown_jitter(&known.jitter),
             worker: known.worker.clone().unwrap_or_default(),
             note,
             ..Self::in_flight(known.attempt)
@@ -308,6 +306,26 @@ impl AttemptView {
     }
 }
 
+/// Parameters as the cards list them, a name and its value each.
+fn shown_params(params: &Params) -> Vec<Pair> {
+    params
+        .0
+        .iter()
+        .map(|(k, v)| Pair {
+            name: k.clone(),
+            value: shown(v),
+        })
+        .collect()
+}
+
+/// Each jittered parameter as the cards list it: `cfg_scale 7 → 6.809`.
+fn shown_jitter(jitter: &[ParamChange]) -> Vec<String> {
+    jitter
+        .iter()
+        .map(|c| format!("{} {} → {:.3}", c.param, c.original, c.value))
+        .collect()
+}
+
 fn shown(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -346,20 +364,8 @@ pub(crate) async fn attempt(
             .as_ref()
             .map(|v| v.arms.join(", "))
             .unwrap_or_default(),
-        params: a
-            .params
-            .0
-            .iter()
-            .map(|(k, v)| Pair {
-                name: k.clone(),
-                value: shown(v),
-            })
-            .collect(),
-        jitter: a
-            .jitter
-            .iter()
-            .map(|c| format!("{} {} → {:.3}", c.param, c.original, c.value))
-            .collect(),
+        params: shown_params(&a.params),
+        jitter: shown_jitter(&a.jitter),
         quality: if scored {
             format!("{:.3}", select::quality(policy, &a.scores))
         } else {
@@ -598,12 +604,7 @@ impl SegmentListRow {
         };
         let thumbnail = row
             .output_uri
-            .filter(|u| {
-                matches!(
-                    extension(u).as_str(),
-                    "png" | "jpg" | "jpeg" | "webp" | "gif" | "svg" | "avif"
-                ) && (u.starts_with("http://") || u.starts_with("https://"))
-            })
+            .filter(|u| fetchable_media(u) == Some("image"))
             .unwrap_or_default();
         Self {
             segment_id: row.segment_id,
