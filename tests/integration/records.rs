@@ -277,15 +277,19 @@ async fn an_attempt_records_jitter_only_for_what_comfyui_received_and_it_receive
         .backends(BackendsConfig::parse("comfy", &config.to_string()).expect("config"))
         .spawn()
         .await;
-    let segment = format!("{}-unmapped", app.tag);
+    // A segment whose motion the simulated scorer does not fail whatever the seed (10 % do):
+    // a failing motion is a kind the policy does not retry, and would stop the round.
+    let segment = (0..)
+        .map(|n| format!("{}-unmapped{n}", app.tag))
+        .find(|s| !retake_activities::sim::Simulator::profile(s).systematic_motion)
+        .expect("a segment without systematic motion failures");
 
     let result = app
         .retry(json!({
             "segment_id": segment, "project_id": "p1", "scene_type": "comfy",
             "params": {"seed": 7, "cfg_scale": 7.0, "denoise_strength": 0.6},
             "failed_qa": {"scores": {"face": 0.3}, "failures": ["face_melt"]},
-            // Only `face`, and out of reach: every attempt fails the same retried way, whatever
-            // the simulated scorer gives this segment (a failing `motion` would stop the round).
+            // `face` out of reach: every attempt fails the same retried way.
             "policy": {"enabled": true, "max_attempts": 3, "selection": "best_of_n",
                        "ladder": ["reseed_jitter"], "review_window_secs": 0,
                        "thresholds": {"face": {"min": 1.0, "failure": "face_melt"}},
